@@ -1,0 +1,56 @@
+"""Exceptions raised by the till's store.
+
+One root, so an integrator can catch everything tillsync raises on purpose::
+
+    TillsyncError
+    ├── StoreError                 the store on disk cannot be used
+    │   ├── StoreNotFound          no store at that path (run `peer init`)
+    │   ├── StoreExists            `peer init` on a directory that already holds one
+    │   ├── StoreLocked            another process is writing the same store
+    │   └── StoreCorrupt           the database or a file in it is damaged
+    └── InvalidInput               the caller asked for something that cannot be stored
+        ├── UnknownReference       a product, customer, shift... that does not exist
+        └── DuplicateEntry         a client_id reused for a different entry
+
+Schema violations are raised as ``schemas.SchemaViolation`` (a ``ValueError``) by the
+language-neutral loader; the store lets them through unchanged.  In every case nothing
+that was already stored has changed.
+"""
+
+from __future__ import annotations
+
+
+class TillsyncError(Exception):
+    """Root of every error tillsync raises on purpose."""
+
+
+class StoreError(TillsyncError):
+    """The store on disk cannot be used as it is."""
+
+
+class StoreNotFound(StoreError):
+    pass
+
+
+class StoreExists(StoreError):
+    pass
+
+
+class StoreLocked(StoreError):
+    pass
+
+
+class StoreCorrupt(StoreError):
+    pass
+
+
+class InvalidInput(TillsyncError, ValueError):
+    """The request is wrong; nothing was stored."""
+
+
+class UnknownReference(InvalidInput):
+    pass
+
+
+class DuplicateEntry(InvalidInput):
+    pass

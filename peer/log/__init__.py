@@ -1,0 +1,6 @@
+"""The append-only log: entries, their canonical bytes, hashes, signatures, chains."""
+
+from peer.log.chain import ChainBreak, verify_chain
+from peer.log.entry import GENESIS_PREV, Entry, canonical_body, seal
+
+__all__ = ["GENESIS_PREV", "ChainBreak", "Entry", "canonical_body", "seal", "verify_chain"]

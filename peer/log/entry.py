@@ -1,0 +1,143 @@
+"""Log entries and their canonical, hashable form.
+
+An entry is signed over the SHA-256 of its canonical bytes, the msgpack encoding of::
+
+    [1, client_id, device_id, seq, prev, kind, client_created_at, ticket, body]
+
+where ``1`` is the format version, ``prev`` the 32-byte hash of the device's previous
+entry (32 zero bytes for ``seq`` 1), ``ticket`` the provisional ticket number of a sale
+or nil, and ``body`` a msgpack map whose keys are sorted at every level.  Floats are not
+allowed anywhere: money is integer minor units and quantities are decimal strings.
+Because ``body`` is stored already canonical, the hash is recomputed from stored bytes
+without decoding it (see ``Entry.canonical``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import msgpack
+
+from peer.identity import DeviceKey, verify_signature
+
+FORMAT_VERSION = 1
+GENESIS_PREV = bytes(32)
+_ARRAY_OF_9 = b"\x99"  # msgpack fixarray header, 9 elements
+
+
+def _canonical(value: object, path: str) -> object:
+    if isinstance(value, Mapping):
+        out: dict[str, object] = {}
+        for key in sorted(value):
+            if not isinstance(key, str):
+                raise TypeError(f"{path}: keys must be strings, got {key!r}")
+            out[key] = _canonical(value[key], f"{path}.{key}")
+        return out
+    if isinstance(value, list | tuple):
+        return [_canonical(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, float):
+        raise TypeError(f"{path}: floats are not allowed (money is integer minor units)")
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    raise TypeError(f"{path}: {type(value).__name__} cannot be stored")
+
+
+def canonical_body(body: Mapping[str, object]) -> bytes:
+    """The canonical msgpack bytes of an entry body (keys sorted, no floats)."""
+    packed: bytes = msgpack.packb(_canonical(body, "body"), use_bin_type=True)
+    return packed
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One signed entry of a device's log, as stored and as sent."""
+
+    client_id: str
+    device_id: str
+    seq: int
+    prev: bytes
+    kind: str
+    client_created_at: str
+    ticket: str | None
+    body_bytes: bytes
+    sig: bytes
+
+    @cached_property
+    def body(self) -> dict[str, Any]:
+        decoded: dict[str, Any] = msgpack.unpackb(self.body_bytes, raw=False)
+        return decoded
+
+    def canonical(self) -> bytes:
+        return canonical_bytes(
+            self.client_id,
+            self.device_id,
+            self.seq,
+            self.prev,
+            self.kind,
+            self.client_created_at,
+            self.ticket,
+            self.body_bytes,
+        )
+
+    @cached_property
+    def hash(self) -> bytes:
+        return hashlib.sha256(self.canonical()).digest()
+
+    def signature_valid(self, public_key: bytes) -> bool:
+        return verify_signature(public_key, self.sig, self.hash)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON-ready form, with the field names of DESIGN.md."""
+        out: dict[str, Any] = {
+            "client_id": self.client_id,
+            "device_id": self.device_id,
+            "seq": self.seq,
+            "prev": self.prev.hex(),
+            "kind": self.kind,
+            "client_created_at": self.client_created_at,
+            "body": self.body,
+            "hash": self.hash.hex(),
+            "sig": self.sig.hex(),
+        }
+        if self.ticket is not None:
+            out["ticket"] = self.ticket
+        return out
+
+
+def canonical_bytes(
+    client_id: str,
+    device_id: str,
+    seq: int,
+    prev: bytes,
+    kind: str,
+    client_created_at: str,
+    ticket: str | None,
+    body_bytes: bytes,
+) -> bytes:
+    head = (FORMAT_VERSION, client_id, device_id, seq, prev, kind, client_created_at, ticket)
+    return _ARRAY_OF_9 + b"".join(msgpack.packb(x, use_bin_type=True) for x in head) + body_bytes
+
+
+def seal(
+    key: DeviceKey,
+    *,
+    client_id: str,
+    device_id: str,
+    seq: int,
+    prev: bytes,
+    kind: str,
+    client_created_at: str,
+    ticket: str | None,
+    body: Mapping[str, object],
+) -> Entry:
+    """Build and sign the next entry.  Pure: the caller supplies ids and the time."""
+    body_bytes = canonical_body(body)
+    fields = (client_id, device_id, seq, prev, kind, client_created_at, ticket, body_bytes)
+    digest = hashlib.sha256(canonical_bytes(*fields)).digest()
+    entry = Entry(*fields, key.sign(digest))
+    entry.__dict__["hash"] = digest  # cached_property slot: no need to hash twice
+    return entry

@@ -1,0 +1,212 @@
+"""The store's master-data document, sans I/O.
+
+Layout of the Automerge document::
+
+    ROOT
+    ├── products   {id: {name, sku, price, volatile, active, ...}}
+    ├── customers  {id: {...}}
+    ├── suppliers  {id: {...}}
+    ├── cashiers   {id: {name, role, pin_hash, ...}}
+    └── settings   {"store": {store_name, currency, tax_rates: {...}, ...}}
+
+The five collection maps come from one *genesis* change made with a fixed actor and
+Automerge's zero timestamp, so every device of every store starts from the byte-identical
+change: two tills initialised apart merge cleanly instead of fighting over which
+``products`` map wins.  Records are keyed by stable ids (UUIDs recommended), never by
+array position, and each field is its own Automerge key, so concurrent edits of
+different fields of one product both survive and edits of the same field converge.
+
+Known limit: two devices *creating* the same record id concurrently make two maps, and
+Automerge keeps one; use fresh UUIDs for new records.
+
+Every edit returns the Automerge change chunks it made, which the storage layer appends
+to disk before the call returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import automerge.core as am
+
+from peer.errors import InvalidInput
+from peer.master.pins import hash_pin
+from schemas import validate_record
+
+COLLECTIONS = ("cashiers", "customers", "products", "settings", "suppliers")
+SETTINGS_ID = "store"
+GENESIS_ACTOR = b"tillsync-genesis"  # 16 bytes, shared by every device on purpose
+
+# Filled in on create, so reads return complete records.
+_DEFAULTS: dict[str, dict[str, object]] = {
+    "products": {"volatile": False, "active": True},
+    "customers": {"active": True},
+    "suppliers": {"active": True},
+    "cashiers": {"active": True},
+}
+
+
+def genesis() -> am.Document:
+    doc = am.Document(actor_id=GENESIS_ACTOR)
+    with doc.transaction() as tx:
+        for name in COLLECTIONS:
+            tx.put_object(am.ROOT, name, am.ObjType.Map)
+    return doc
+
+
+def _scalar(value: object) -> tuple[Any, object]:
+    if isinstance(value, bool):
+        return am.ScalarType.Boolean, value
+    if isinstance(value, int):
+        return am.ScalarType.Int, value
+    if isinstance(value, str):
+        return am.ScalarType.Str, value
+    raise InvalidInput(f"{type(value).__name__} values cannot be stored in master data")
+
+
+def _write(tx: Any, obj: bytes, key: str | int, value: object, insert: bool = False) -> None:
+    if isinstance(value, Mapping):
+        child = tx.insert_object(obj, key, am.ObjType.Map) if insert else tx.put_object(
+            obj, key, am.ObjType.Map
+        )
+        for k, v in value.items():
+            _write(tx, child, k, v)
+    elif isinstance(value, list):
+        child = tx.insert_object(obj, key, am.ObjType.List) if insert else tx.put_object(
+            obj, key, am.ObjType.List
+        )
+        for i, v in enumerate(value):
+            _write(tx, child, i, v, insert=True)
+    else:
+        kind, scalar = _scalar(value)
+        if insert:
+            tx.insert(obj, key, kind, scalar)
+        else:
+            tx.put(obj, key, kind, scalar)
+
+
+class MasterData:
+    """One store's master-data document, for one device (Automerge actor)."""
+
+    def __init__(self, doc: am.Document, actor: bytes) -> None:
+        doc.set_actor(actor)
+        self._doc = doc
+        self._collections: dict[str, bytes] = {}
+        for name in COLLECTIONS:
+            found = doc.get(am.ROOT, name)
+            if found is None or found[0] != am.ObjType.Map:
+                raise InvalidInput(f"document has no '{name}' map: not a tillsync document")
+            self._collections[name] = found[1]
+
+    @classmethod
+    def new(cls, actor: bytes) -> MasterData:
+        return cls(genesis(), actor)
+
+    @classmethod
+    def load(cls, data: bytes, actor: bytes) -> MasterData:
+        """Load a snapshot followed by any number of change chunks."""
+        return cls(am.Document.load(data), actor)
+
+    # -- reads -------------------------------------------------------------------------
+
+    def _collection(self, collection: str) -> bytes:
+        try:
+            return self._collections[collection]
+        except KeyError:
+            raise InvalidInput(
+                f"unknown collection {collection!r}; known: {', '.join(COLLECTIONS)}"
+            ) from None
+
+    def get(self, collection: str, record_id: str) -> dict[str, Any] | None:
+        """The record as plain Python values, or None."""
+        found = self._doc.get(self._collection(collection), record_id)
+        if found is None:
+            return None
+        record = am.extract(self._doc, found[1])
+        assert isinstance(record, dict)
+        return record
+
+    def all(self, collection: str) -> dict[str, dict[str, Any]]:
+        """Every record of a collection, by id."""
+        records = am.extract(self._doc, self._collection(collection))
+        assert isinstance(records, dict)
+        return {k: v for k, v in records.items() if isinstance(v, dict)}
+
+    def ids(self, collection: str) -> list[str]:
+        return list(self._doc.keys(self._collection(collection)))
+
+    def has(self, collection: str, record_id: str) -> bool:
+        return self._doc.get(self._collection(collection), record_id) is not None
+
+    def heads(self) -> list[bytes]:
+        return list(self._doc.get_heads())
+
+    def to_py(self) -> dict[str, Any]:
+        everything = am.extract(self._doc)
+        assert isinstance(everything, dict)
+        return everything
+
+    # -- writes ------------------------------------------------------------------------
+
+    def put(self, collection: str, record_id: str, patch: Mapping[str, object]) -> list[bytes]:
+        """Create or update a record with the fields in ``patch`` (``None`` removes one).
+
+        The merged record is validated against ``schemas/master/<collection>.json``
+        before anything changes.  Returns the change chunks to persist (empty if the
+        patch changed nothing).
+        """
+        coll = self._collection(collection)
+        if not isinstance(patch, Mapping):
+            raise InvalidInput(f"{collection} body must be a JSON object")
+        if collection == "settings" and record_id != SETTINGS_ID:
+            raise InvalidInput(f"settings has a single record, id {SETTINGS_ID!r}")
+        existing = self.get(collection, record_id)
+        merged: dict[str, Any] = dict(_DEFAULTS.get(collection, {})) if existing is None else {}
+        merged.update(existing or {})
+        for field_name, value in patch.items():
+            if value is None:
+                merged.pop(field_name, None)
+            else:
+                merged[field_name] = value
+        if collection == "cashiers":
+            if "pin_hash" in patch:
+                raise InvalidInput("cashiers: give 'pin'; 'pin_hash' is computed, never set")
+            if existing is None and "pin" not in patch:
+                raise InvalidInput(f"cashiers record {record_id!r}: a new cashier needs a 'pin'")
+        validate_record(collection, merged, record_id)
+        if "pin" in merged:
+            merged["pin_hash"] = hash_pin(str(merged.pop("pin")))
+
+        before = self._doc.get_heads()
+        with self._doc.transaction() as tx:
+            if existing is None:
+                obj = tx.put_object(coll, record_id, am.ObjType.Map)
+            else:
+                found = self._doc.get(coll, record_id)
+                assert found is not None
+                obj = found[1]
+            for field_name in existing or {}:
+                if field_name not in merged:
+                    tx.delete(obj, field_name)
+            for field_name, value in merged.items():
+                if existing is not None and existing.get(field_name) == value:
+                    continue  # untouched fields make no op, so they cannot conflict
+                _write(tx, obj, field_name, value)
+        return [change.bytes for change in self._doc.get_changes(before)]
+
+    # -- persistence and merge ---------------------------------------------------------
+
+    def save(self) -> bytes:
+        """A compact snapshot of the whole document."""
+        data: bytes = self._doc.save()
+        return data
+
+    def changes_since(self, heads: list[bytes]) -> list[bytes]:
+        return [change.bytes for change in self._doc.get_changes(heads)]
+
+    def apply(self, chunks: bytes) -> list[bytes]:
+        """Merge change chunks (or a snapshot) from elsewhere; returns the new chunks."""
+        before = self._doc.get_heads()
+        self._doc.merge(am.Document.load(chunks))
+        return self.changes_since(before)

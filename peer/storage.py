@@ -1,0 +1,325 @@
+"""The till's SQLite file, behind a narrow interface.
+
+One file, ``till.db``, in WAL mode with ``synchronous=FULL``: a transaction that has
+committed survives a crash of the process and of the machine.  Log entries can only be
+inserted: triggers refuse UPDATE and DELETE, and no code path issues either.
+
+The master document is kept as one snapshot plus change chunks appended after it;
+``compact`` replaces both in one transaction, so a crash mid-compaction leaves either the
+old snapshot with every chunk, or the new snapshot.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from peer.errors import StoreCorrupt
+from peer.log.entry import Entry
+from peer.views import Effect
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE devices (
+    device_id TEXT PRIMARY KEY,
+    public_key BLOB NOT NULL,
+    name TEXT NOT NULL
+);
+CREATE TABLE entries (
+    device_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    client_id TEXT NOT NULL UNIQUE,
+    prev BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    client_created_at TEXT NOT NULL,
+    ticket TEXT,
+    body BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    sig BLOB NOT NULL,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+CREATE TRIGGER entries_append_only_update BEFORE UPDATE ON entries
+    BEGIN SELECT RAISE(ABORT, 'log entries are append-only'); END;
+CREATE TRIGGER entries_append_only_delete BEFORE DELETE ON entries
+    BEGIN SELECT RAISE(ABORT, 'log entries are append-only'); END;
+CREATE TABLE receipts (
+    client_id TEXT PRIMARY KEY,
+    server_seq INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE views (
+    view TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (view, key)
+) WITHOUT ROWID;
+CREATE TABLE doc_snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), data BLOB NOT NULL);
+CREATE TABLE doc_changes (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+"""
+
+_ENTRY_COLUMNS = "client_id, device_id, seq, prev, kind, client_created_at, ticket, body, sig"
+
+
+def _row_to_entry(row: Sequence[Any]) -> Entry:
+    return Entry(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8])
+
+
+class TillDB:
+    """The few queries the till needs; nothing else touches SQL."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: Path, *, create: bool = False, readonly: bool = False) -> TillDB:
+        uri = f"file:{path}?mode={'ro' if readonly else 'rwc' if create else 'rw'}"
+        try:
+            conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreCorrupt(f"{path}: cannot open the database: {exc}") from None
+        db = cls(conn, path)
+        try:
+            if not readonly:
+                await conn.execute("PRAGMA journal_mode=WAL")
+                await conn.execute("PRAGMA synchronous=FULL")
+            await conn.execute("PRAGMA foreign_keys=ON")
+            if create:
+                await conn.executescript(_SCHEMA)
+                await db.set_meta({"schema_version": str(SCHEMA_VERSION)})
+            version = await db.meta("schema_version")
+        except sqlite3.DatabaseError as exc:
+            await conn.close()
+            raise StoreCorrupt(
+                f"{path} is damaged or is not a tillsync store ({exc}); "
+                "nothing was changed: keep the file for recovery"
+            ) from None
+        if version != str(SCHEMA_VERSION):
+            await conn.close()
+            raise StoreCorrupt(f"{path}: unsupported store schema version {version!r}")
+        return db
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    # -- transactions ------------------------------------------------------------------
+
+    async def begin(self) -> None:
+        await self._conn.execute("BEGIN IMMEDIATE")
+
+    async def commit(self) -> None:
+        await self._conn.execute("COMMIT")
+
+    async def rollback(self) -> None:
+        if self._conn.in_transaction:
+            await self._conn.execute("ROLLBACK")
+
+    async def savepoint(self, name: str) -> None:
+        await self._conn.execute(f"SAVEPOINT {name}")
+
+    async def release(self, name: str) -> None:
+        await self._conn.execute(f"RELEASE {name}")
+
+    async def rollback_to(self, name: str) -> None:
+        await self._conn.execute(f"ROLLBACK TO {name}")
+        await self._conn.execute(f"RELEASE {name}")
+
+    # -- meta and devices --------------------------------------------------------------
+
+    async def meta(self, key: str) -> str | None:
+        async with self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def set_meta(self, values: dict[str, str]) -> None:
+        await self._conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            values.items(),
+        )
+
+    async def add_device(self, device_id: str, public_key: bytes, name: str) -> None:
+        await self._conn.execute(
+            "INSERT OR IGNORE INTO devices (device_id, public_key, name) VALUES (?, ?, ?)",
+            (device_id, public_key, name),
+        )
+
+    async def devices(self) -> dict[str, tuple[bytes, str]]:
+        async with self._conn.execute("SELECT device_id, public_key, name FROM devices") as cur:
+            return {row[0]: (bytes(row[1]), row[2]) async for row in cur}
+
+    # -- log ---------------------------------------------------------------------------
+
+    async def insert_entries(self, entries: Iterable[Entry]) -> None:
+        await self._conn.executemany(
+            f"INSERT INTO entries ({_ENTRY_COLUMNS}, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (e.client_id, e.device_id, e.seq, e.prev, e.kind, e.client_created_at,
+                 e.ticket, e.body_bytes, e.sig, e.hash)
+                for e in entries
+            ],
+        )
+
+    async def head(self, device_id: str) -> tuple[int, bytes] | None:
+        async with self._conn.execute(
+            "SELECT seq, hash FROM entries WHERE device_id = ? ORDER BY seq DESC LIMIT 1",
+            (device_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    async def last_ticket(self, device_id: str) -> str | None:
+        async with self._conn.execute(
+            "SELECT ticket FROM entries WHERE device_id = ? AND ticket IS NOT NULL "
+            "ORDER BY seq DESC LIMIT 1",
+            (device_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def entry(self, client_id: str) -> Entry | None:
+        async with self._conn.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE client_id = ?", (client_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else _row_to_entry(row)
+
+    async def entries(
+        self, device_id: str | None = None, after_seq: int = 0, kind: str | None = None
+    ) -> AsyncIterator[tuple[Entry, bytes]]:
+        """Entries with their stored hash, by device then seq."""
+        where, args = ["seq > ?"], [after_seq]
+        if device_id is not None:
+            where.append("device_id = ?")
+            args.append(device_id)  # type: ignore[arg-type]
+        if kind is not None:
+            where.append("kind = ?")
+            args.append(kind)  # type: ignore[arg-type]
+        sql = (
+            f"SELECT {_ENTRY_COLUMNS}, hash FROM entries WHERE {' AND '.join(where)} "
+            "ORDER BY device_id, seq"
+        )
+        async with self._conn.execute(sql, args) as cur:
+            async for row in cur:
+                yield _row_to_entry(row), bytes(row[9])
+
+    async def count_entries(self) -> dict[str, int]:
+        async with self._conn.execute(
+            "SELECT kind, count(*) FROM entries GROUP BY kind ORDER BY kind"
+        ) as cur:
+            return {row[0]: int(row[1]) async for row in cur}
+
+    async def pending(self, limit: int) -> tuple[int, list[Entry]]:
+        """Entries with no receipt yet: how many, and the oldest ``limit`` of them."""
+        unacked = "FROM entries e WHERE NOT EXISTS " \
+            "(SELECT 1 FROM receipts r WHERE r.client_id = e.client_id)"
+        async with self._conn.execute(f"SELECT count(*) {unacked}") as cur:
+            row = await cur.fetchone()
+        count = int(row[0]) if row else 0
+        async with self._conn.execute(
+            f"SELECT {', '.join('e.' + c for c in _ENTRY_COLUMNS.split(', '))} {unacked} "
+            "ORDER BY e.client_created_at LIMIT ?",
+            (limit,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return count, [_row_to_entry(r) for r in rows]
+
+    async def integrity_check(self) -> list[str]:
+        async with self._conn.execute("PRAGMA integrity_check") as cur:
+            rows = await cur.fetchall()
+        problems = [str(r[0]) for r in rows]
+        return [] if problems == ["ok"] else problems
+
+    # -- views -------------------------------------------------------------------------
+
+    async def view(self, view: str) -> dict[str, Decimal]:
+        async with self._conn.execute(
+            "SELECT key, value FROM views WHERE view = ?", (view,)
+        ) as cur:
+            return {row[0]: Decimal(row[1]) async for row in cur}
+
+    async def view_value(self, view: str, key: str) -> Decimal | None:
+        async with self._conn.execute(
+            "SELECT value FROM views WHERE view = ? AND key = ?", (view, key)
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else Decimal(row[0])
+
+    async def apply_effects(self, effects: Sequence[Effect]) -> None:
+        for effect in effects:
+            if effect.op == "set":
+                value = effect.value
+            else:
+                current = await self.view_value(effect.view, effect.key)
+                value = (current or Decimal(0)) + effect.value
+            await self._conn.execute(
+                "INSERT INTO views (view, key, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (view, key) DO UPDATE SET value = excluded.value",
+                (effect.view, effect.key, str(value)),
+            )
+
+    async def replace_views(self, values: dict[tuple[str, str], Decimal]) -> None:
+        await self._conn.execute("DELETE FROM views")
+        await self._conn.executemany(
+            "INSERT INTO views (view, key, value) VALUES (?, ?, ?)",
+            [(v, k, str(x)) for (v, k), x in values.items()],
+        )
+
+    # -- master document ---------------------------------------------------------------
+
+    async def document(self) -> tuple[bytes, int, int]:
+        """Snapshot followed by every change chunk; sizes of the snapshot and the chunks."""
+        async with self._conn.execute("SELECT data FROM doc_snapshot WHERE id = 1") as cur:
+            row = await cur.fetchone()
+        snapshot = bytes(row[0]) if row else b""
+        async with self._conn.execute("SELECT data FROM doc_changes ORDER BY id") as cur:
+            chunks = [bytes(r[0]) async for r in cur]
+        tail = b"".join(chunks)
+        return snapshot + tail, len(snapshot), len(tail)
+
+    async def append_changes(self, chunks: Sequence[bytes]) -> None:
+        await self._conn.executemany(
+            "INSERT INTO doc_changes (data) VALUES (?)", [(c,) for c in chunks]
+        )
+
+    async def document_sizes(self) -> tuple[int, int, int]:
+        """Number of change chunks, bytes of the snapshot, bytes of the chunks."""
+        async with self._conn.execute(
+            "SELECT (SELECT count(*) FROM doc_changes), "
+            "(SELECT coalesce(sum(length(data)), 0) FROM doc_snapshot), "
+            "(SELECT coalesce(sum(length(data)), 0) FROM doc_changes)"
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1]), int(row[2])
+
+    async def compact_inside(self, snapshot: bytes) -> None:
+        """Replace snapshot and chunks by ``snapshot`` within the current transaction."""
+        await self._conn.execute(
+            "INSERT INTO doc_snapshot (id, data) VALUES (1, ?) "
+            "ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+            (snapshot,),
+        )
+        await self._conn.execute("DELETE FROM doc_changes")
+
+    async def compact(self, snapshot: bytes) -> None:
+        """Replace snapshot and chunks by ``snapshot`` in one transaction of its own:
+        a crash before COMMIT leaves the old snapshot and every chunk."""
+        await self.begin()
+        try:
+            await self.compact_inside(snapshot)
+            await self.commit()
+        except BaseException:
+            await self.rollback()
+            raise
+
+    async def checkpoint(self) -> None:
+        await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

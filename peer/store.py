@@ -1,0 +1,551 @@
+"""``Till``: the Python API of one device's store.
+
+    async with await Till.open("/var/lib/tillsync/till1") as till:
+        await till.put("products", "p-bread", {"name": "Bread", "sku": "B1", "price": 320})
+        shift = await till.record("shift_open", {"cashier_id": "c1", "opening_cash": 10000})
+        sale = await till.record("sale", {...})
+        print(sale.ticket)          # provisional ticket, e.g. "TILL1-000001"
+
+Every write goes through one writer task that commits whatever is queued in one SQLite
+transaction (group commit): under load many sales share one fsync, and a call returns
+only after the transaction holding its write has committed.  One process at a time may
+write a store (an exclusive lock on ``DIR/lock``); readers open it ``readonly``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, TypeVar
+
+from peer import rules
+from peer.errors import (
+    DuplicateEntry,
+    InvalidInput,
+    StoreCorrupt,
+    StoreError,
+    StoreExists,
+    StoreLocked,
+    StoreNotFound,
+    TillsyncError,
+)
+from peer.identity import KEY_FILE, DeviceKey
+from peer.log import GENESIS_PREV, ChainBreak, Entry, canonical_body, seal
+from peer.master import MasterData
+from peer.storage import TillDB
+from peer.views import effects, fold, format_quantity
+from schemas import SchemaViolation, validate_entry
+
+DB_FILE = "till.db"
+LOCK_FILE = "lock"
+T = TypeVar("T")
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def default_series(name: str) -> str:
+    """Ticket series from the device name: 'Till 3' -> 'TILL3'."""
+    return re.sub(r"[^A-Z0-9]", "", name.upper())[:8] or "T"
+
+
+def _lock(path: Path) -> IO[str]:
+    handle = open(path / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the store's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StoreLocked(
+            f"{path} is being written by {holder}; stop it, or open the store read-only"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+@dataclass
+class VerifyReport:
+    """What ``Till.verify`` found.  ``ok`` is False if anything at all is wrong."""
+
+    entries: int = 0
+    devices: int = 0
+    first_break: ChainBreak | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.first_break is None and not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        brk = self.first_break
+        return {
+            "ok": self.ok,
+            "entries_checked": self.entries,
+            "devices": self.devices,
+            "first_break": None if brk is None else {
+                "device_id": brk.device_id, "seq": brk.seq,
+                "client_id": brk.client_id, "reason": brk.reason,
+            },
+            "problems": self.problems,
+        }
+
+
+class Till:
+    """One device's store: master document, signed log, derived views."""
+
+    def __init__(
+        self,
+        path: Path,
+        db: TillDB,
+        master: MasterData,
+        info: dict[str, str],
+        *,
+        key: DeviceKey | None,
+        lock: IO[str] | None,
+        clock: Clock,
+    ) -> None:
+        self.path = path
+        self.device_id = info["device_id"]
+        self.name = info["name"]
+        self.series = info["series"]
+        self.store_id = info["store_id"]
+        self.public_key = bytes.fromhex(info["public_key"])
+        self._db = db
+        self.master = master
+        self._key = key
+        self._lock = lock
+        self._clock = clock
+        self._head: tuple[int, bytes] = (0, GENESIS_PREV)
+        self._tickets = 0
+        self._queue: list[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any]]] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- life cycle --------------------------------------------------------------------
+
+    @classmethod
+    async def init(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        name: str,
+        series: str | None = None,
+        store_id: str | None = None,
+    ) -> dict[str, str]:
+        """Create a new store in ``path``: device key, database, empty master document."""
+        root = Path(path)
+        if not name.strip():
+            raise InvalidInput("a device needs a name (--name)")
+        series = series or default_series(name)
+        if not re.fullmatch(r"[A-Z0-9]{1,12}", series):
+            raise InvalidInput(f"ticket series {series!r}: use 1-12 capital letters or digits")
+        if (root / DB_FILE).exists():
+            raise StoreExists(f"{root} already holds a store; nothing was changed")
+        if (root / KEY_FILE).exists():
+            raise StoreExists(
+                f"{root} holds a device key but no database (an interrupted init?); "
+                "move it away and run init again"
+            )
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)  # noqa: ASYNC240 - once, tiny
+        os.chmod(root, 0o700)
+        key = DeviceKey.generate()
+        device_id = str(uuid.uuid4())
+        info = {
+            "device_id": device_id,
+            "name": name,
+            "series": series,
+            "store_id": store_id or str(uuid.uuid4()),
+            "public_key": key.public_bytes.hex(),
+            "created_at": _timestamp(_utc_now()),
+        }
+        key.write(root)
+        # Built under a temporary name and renamed: a crash leaves no half-made store.
+        tmp = root / (DB_FILE + ".init")
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+            leftover.unlink(missing_ok=True)
+        db = await TillDB.open(tmp, create=True)
+        try:
+            await db.begin()
+            await db.set_meta(info)
+            await db.add_device(device_id, key.public_bytes, name)
+            await db.compact_inside(MasterData.new(uuid.UUID(device_id).bytes).save())
+            await db.commit()
+            await db.checkpoint()
+        finally:
+            await db.close()
+        os.replace(tmp, root / DB_FILE)
+        return info
+
+    @classmethod
+    async def open(
+        cls, path: str | os.PathLike[str], *, readonly: bool = False, clock: Clock = _utc_now
+    ) -> Till:
+        """Open an existing store; ``readonly`` takes no lock and allows no writes."""
+        root = Path(path)
+        if not (root / DB_FILE).exists():
+            raise StoreNotFound(f"no tillsync store in {root} (run `tillsync peer init {root}`)")
+        lock = None if readonly else _lock(root)
+        try:
+            db = await TillDB.open(root / DB_FILE, readonly=readonly)
+            try:
+                info = {k: await db.meta(k) or "" for k in
+                        ("device_id", "name", "series", "store_id", "public_key")}
+                data, _, _ = await db.document()
+                try:
+                    master = MasterData.load(data, uuid.UUID(info["device_id"]).bytes)
+                except Exception as exc:  # the Automerge binding raises plain Exception
+                    raise StoreCorrupt(f"{root}: master document is damaged: {exc}") from None
+                key = None if readonly else DeviceKey.read(root)
+                if key is not None and key.public_bytes.hex() != info["public_key"]:
+                    raise StoreCorrupt(f"{root}/{KEY_FILE} is not this store's device key")
+                till = cls(root, db, master, info, key=key, lock=lock, clock=clock)
+                head = await db.head(till.device_id)
+                if head is not None:
+                    till._head = head
+                last = await db.last_ticket(till.device_id)
+                till._tickets = int(last.rsplit("-", 1)[1]) if last else 0
+            except BaseException:
+                await db.close()
+                raise
+        except BaseException:
+            if lock is not None:
+                lock.close()
+            raise
+        if not readonly:
+            till._writer = asyncio.create_task(till._write_loop(), name=f"tillsync-writer {root}")
+        return till
+
+    async def close(self) -> None:
+        """Finish queued writes, then close the database and release the lock."""
+        if self._writer is not None:
+            self._closing = True
+            self._wake.set()
+            await self._writer
+            self._writer = None
+        await self._db.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    async def __aenter__(self) -> Till:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- the writer (group commit) -----------------------------------------------------
+
+    async def _submit(self, op: Callable[[], Awaitable[T]]) -> T:
+        if self._writer is None or self._closing:
+            raise StoreError(f"{self.path} is open read-only or closed; nothing was written")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((op, future))
+        self._wake.set()
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._queue = self._queue, []
+            if batch:
+                await self._commit_batch(batch)
+            elif self._closing:
+                return
+
+    async def _commit_batch(
+        self, batch: list[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any]]]
+    ) -> None:
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            await self._db.begin()
+            for op, future in batch:
+                await self._db.savepoint("op")
+                try:
+                    result = await op()
+                except (TillsyncError, SchemaViolation) as exc:
+                    await self._db.rollback_to("op")
+                    outcomes.append((future, None, exc))
+                else:
+                    await self._db.release("op")
+                    outcomes.append((future, result, None))
+            await self._db.commit()
+        except Exception as exc:
+            # Nothing of this batch is on disk: bring memory back to what is.
+            await self._db.rollback()
+            await self._reload()
+            failure = StoreError(f"{self.path}: write failed, nothing was stored: {exc}")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
+            return
+        for future, result, error in outcomes:
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+        await self._maybe_compact()
+
+    async def _reload(self) -> None:
+        data, _, _ = await self._db.document()
+        self.master = MasterData.load(data, uuid.UUID(self.device_id).bytes)
+        self._head = await self._db.head(self.device_id) or (0, GENESIS_PREV)
+        last = await self._db.last_ticket(self.device_id)
+        self._tickets = int(last.rsplit("-", 1)[1]) if last else 0
+
+    async def _maybe_compact(self) -> None:
+        _, snapshot_size, changes_size = await self._db.document_sizes()
+        if changes_size > max(snapshot_size, 64 * 1024):
+            await self._db.compact(self.master.save())
+
+    # -- master data -------------------------------------------------------------------
+
+    def get(self, collection: str, record_id: str) -> dict[str, Any] | None:
+        """One master-data record as plain Python values (``pin_hash`` left out)."""
+        record = self.master.get(collection, record_id)
+        if record is not None:
+            record.pop("pin_hash", None)
+        return record
+
+    def all(self, collection: str) -> dict[str, dict[str, Any]]:
+        records = self.master.all(collection)
+        for record in records.values():
+            record.pop("pin_hash", None)
+        return records
+
+    async def put(
+        self, collection: str, record_id: str, body: Mapping[str, object]
+    ) -> dict[str, Any]:
+        """Create or update a master-data record; returns it as stored."""
+
+        async def op() -> dict[str, Any]:
+            chunks = self.master.put(collection, record_id, body)
+            await self._db.append_changes(chunks)
+            record = self.get(collection, record_id)
+            assert record is not None
+            return record
+
+        return await self._submit(op)
+
+    def check_pin(self, cashier_id: str, pin: str) -> bool:
+        from peer.master import check_pin
+
+        record = self.master.get("cashiers", cashier_id)
+        return bool(record and "pin_hash" in record and check_pin(pin, record["pin_hash"]))
+
+    # -- the log -----------------------------------------------------------------------
+
+    async def record(
+        self, kind: str, body: Mapping[str, Any], *, client_id: str | None = None
+    ) -> Entry:
+        """Validate, number, chain, sign and durably append one entry.
+
+        ``client_id`` is the idempotency key: pass the one your front end made and a retry
+        after a crash returns the entry already stored instead of a duplicate.
+        """
+        validate_entry(kind, body)
+        canonical_body(body)  # refuses floats and odd types before queueing
+        if client_id is not None:
+            try:
+                client_id = str(uuid.UUID(client_id))
+            except ValueError:
+                raise InvalidInput(f"client_id {client_id!r} is not a UUID") from None
+        return await self._submit(lambda: self._append(kind, body, client_id))
+
+    async def _append(self, kind: str, body: Mapping[str, Any], client_id: str | None) -> Entry:
+        assert self._key is not None
+        if client_id is not None:
+            existing = await self._db.entry(client_id)
+            if existing is not None:
+                if (existing.device_id, existing.kind, existing.body_bytes) == (
+                    self.device_id, kind, canonical_body(body)
+                ):
+                    return existing  # a retry: same entry, nothing new
+                raise DuplicateEntry(
+                    f"client_id {client_id} is already used by another entry "
+                    f"({existing.kind} seq {existing.seq} of device {existing.device_id})"
+                )
+        await rules.check(kind, body, rules.Lookup(self.master.has, self._shift_state,
+                                                   self._entry_kind))
+        seq, prev = self._head[0] + 1, self._head[1]
+        ticket = f"{self.series}-{self._tickets + 1:06d}" if kind == "sale" else None
+        entry = seal(
+            self._key,
+            client_id=client_id or str(uuid.uuid4()),
+            device_id=self.device_id,
+            seq=seq,
+            prev=prev,
+            kind=kind,
+            client_created_at=_timestamp(self._clock()),
+            ticket=ticket,
+            body=body,
+        )
+        await self._db.insert_entries([entry])
+        await self._db.apply_effects(effects(kind, entry.client_id, body))
+        # Memory follows the database; a failed commit reloads both (see _commit_batch).
+        self._head = (seq, entry.hash)
+        if ticket is not None:
+            self._tickets += 1
+        return entry
+
+    async def _shift_state(self, shift_client_id: str) -> str | None:
+        if await self._db.view_value("shift_closed", shift_client_id) is not None:
+            return "closed"
+        if await self._db.view_value("shift_opened", shift_client_id) is not None:
+            return "open"
+        return None
+
+    async def _entry_kind(self, client_id: str) -> str | None:
+        entry = await self._db.entry(client_id)
+        return None if entry is None else entry.kind
+
+    async def entry(self, client_id: str) -> Entry | None:
+        return await self._db.entry(client_id)
+
+    async def entries(self, kind: str | None = None) -> list[Entry]:
+        return [e async for e, _ in self._db.entries(kind=kind)]
+
+    # -- derived views -----------------------------------------------------------------
+
+    async def stock(self) -> list[dict[str, Any]]:
+        """Stock of every tracked product; suggested price of every volatile one."""
+        levels = await self._db.view("stock")
+        last_price = await self._db.view("last_price")
+        out: list[dict[str, Any]] = []
+        for product_id, product in sorted(self.master.all("products").items()):
+            row: dict[str, Any] = {"product_id": product_id, "name": product.get("name"),
+                                   "sku": product.get("sku"), "volatile": product["volatile"]}
+            if product["volatile"]:
+                row["suggested_price"] = int(last_price.get(product_id, product["price"]))
+            else:
+                qty = levels.get(product_id, Decimal(0))
+                row["qty"] = format_quantity(qty)
+                if "reorder_level" in product:
+                    row["reorder_level"] = str(product["reorder_level"])
+                    row["low"] = qty < Decimal(product["reorder_level"])
+            out.append(row)
+        return out
+
+    async def expected_cash(self, shift_client_id: str) -> int:
+        """Cash that should be in the drawer of a shift, in minor units."""
+        if await self._shift_state(shift_client_id) is None:
+            raise InvalidInput(f"no shift {shift_client_id} on this till")
+        return int(await self._db.view_value("cash", shift_client_id) or 0)
+
+    async def shifts(self) -> list[dict[str, Any]]:
+        opened = await self._db.view("shift_opened")
+        closed = await self._db.view("shift_closed")
+        cash = await self._db.view("cash")
+        return [
+            {"shift_client_id": s, "open": s not in closed, "expected_cash": int(cash.get(s, 0))}
+            for s in sorted(opened)
+        ]
+
+    async def balances(self) -> dict[str, int]:
+        """What each customer owes (sales on account minus payments), minor units."""
+        return {k: int(v) for k, v in sorted((await self._db.view("balance")).items())}
+
+    async def balance(self, customer_id: str) -> int:
+        if not self.master.has("customers", customer_id):
+            raise InvalidInput(f"no customers record {customer_id!r}")
+        return int(await self._db.view_value("balance", customer_id) or 0)
+
+    async def held_sales(self) -> list[str]:
+        """Held sales not yet resumed."""
+        return sorted(k for k, v in (await self._db.view("held")).items() if v)
+
+    async def pending(self, limit: int = 100) -> tuple[int, list[Entry]]:
+        """Entries the relay has not acknowledged yet: the count and the oldest few."""
+        return await self._db.pending(limit)
+
+    async def status(self) -> dict[str, Any]:
+        pending, _ = await self.pending(limit=0)
+        counts = await self._db.count_entries()
+        return {
+            "path": str(self.path),
+            "device_id": self.device_id,
+            "name": self.name,
+            "series": self.series,
+            "store_id": self.store_id,
+            "last_seq": self._head[0],
+            "last_ticket": f"{self.series}-{self._tickets:06d}" if self._tickets else None,
+            "entries": counts,
+            "pending": pending,
+            "last_contact": None,
+            "open_shifts": [s for s in await self.shifts() if s["open"]],
+            "held_sales": await self.held_sales(),
+            "master": {c: len(self.master.ids(c)) for c in ("products", "customers",
+                                                            "suppliers", "cashiers")},
+        }
+
+    async def rebuild_views(self) -> dict[tuple[str, str], Decimal]:
+        """The views folded afresh from the whole log (for checks and repair)."""
+        views: dict[tuple[str, str], Decimal] = {}
+        async for entry, _ in self._db.entries():
+            for effect in effects(entry.kind, entry.client_id, entry.body):
+                fold(views, effect)
+        return views
+
+    # -- verification ------------------------------------------------------------------
+
+    async def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
+        """Re-check the database pages, every chain link and every signature."""
+        report = VerifyReport()
+        report.problems.extend(f"sqlite: {p}" for p in await self._db.integrity_check())
+        devices = await self._db.devices()
+        report.devices = len(devices)
+        expected: dict[str, tuple[int, bytes]] = {}
+        async for entry, stored_hash in self._db.entries():
+            report.entries += 1
+            if progress is not None and report.entries % 10_000 == 0:
+                progress(report.entries)
+            if report.first_break is not None:
+                continue
+            seq, prev = expected.get(entry.device_id, (0, GENESIS_PREV))
+            known = devices.get(entry.device_id)
+            reason = None
+            if known is None:
+                reason = "entry of a device this store does not know"
+            elif entry.seq != seq + 1:
+                reason = f"expected seq {seq + 1}: the log has a gap"
+            elif entry.prev != prev:
+                reason = "prev does not match the hash of the entry before it"
+            elif entry.hash != stored_hash:
+                reason = "content does not match its stored hash (the entry was altered)"
+            elif not entry.signature_valid(known[0]):
+                reason = "signature does not match the entry's content"
+            if reason is not None:
+                report.first_break = ChainBreak(entry.device_id, entry.seq, entry.client_id,
+                                                reason)
+            expected[entry.device_id] = (entry.seq, entry.hash)
+        stored_views = {(v, k): x for v in ("stock", "cash", "balance", "last_price",
+                                               "shift_opened", "shift_closed", "held")
+                        for k, x in (await self._db.view(v)).items()}
+        if report.first_break is None and stored_views != await self.rebuild_views():
+            report.problems.append("derived views differ from the log (run a rebuild)")
+        return report
+

@@ -1,0 +1,106 @@
+"""Views derived from the log, sans I/O: what each entry does to stock, cash and balances.
+
+Derived state is never master data.  Each entry maps to a list of ``Effect`` values; the
+storage layer folds them into its ``views`` table in the same transaction that appends
+the entry, so the views are always exactly the log's sum and can be rebuilt from it
+(``Till.rebuild_views``).  Effects are commutative additions (or last-writer "set" for
+the suggested price), so entries arriving from other tills in any order fold the same.
+
+Views:
+
+``stock``        product id -> exact quantity on hand (may go negative offline).  Kept for
+                 every product; volatile products are filtered out when read.
+``last_price``   product id -> last unit price sold: the suggested price of a volatile
+                 (weighed, market-priced) product.
+``cash``         shift client id -> cash expected in the drawer (opening cash, cash
+                 sales, cash in/out, cash refunds, cash payments and expenses).
+``balance``      customer id -> what the customer owes (sales on account minus payments
+                 and refunds to account).
+``shift_opened`` / ``shift_closed``  shift client id -> 1 once seen.
+``held``         held-sale client id -> 1 while held, 0 once resumed by a sale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Effect:
+    view: str
+    key: str
+    op: Literal["add", "set"]
+    value: Decimal
+
+
+def quantity(value: object) -> Decimal:
+    """An exact quantity from an integer or a decimal string (never a float)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(f"quantity must be an integer or decimal string, not {value!r}")
+    return Decimal(value)
+
+
+def format_quantity(value: Decimal) -> str:
+    """'2', '0.75', '-1.5': no exponent, no trailing zeros."""
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "") else text
+
+
+def _add(view: str, key: str, amount: Decimal | int | str) -> Effect:
+    return Effect(view, key, "add", amount if isinstance(amount, Decimal) else quantity(amount))
+
+
+def effects(kind: str, client_id: str, body: Mapping[str, Any]) -> list[Effect]:
+    """What one entry does to the derived views."""
+    out: list[Effect] = []
+    if kind == "sale":
+        for line in body["lines"]:
+            out.append(_add("stock", line["product_id"], -quantity(line["qty"])))
+            out.append(Effect("last_price", line["product_id"], "set", Decimal(line["unit_price"])))
+        for payment in body["payments"]:
+            if payment["method"] == "cash":
+                out.append(_add("cash", body["shift_client_id"], payment["amount"]))
+            elif payment["method"] == "account" and "customer_id" in body:
+                out.append(_add("balance", body["customer_id"], payment["amount"]))
+        if "held_transaction_client_id" in body:
+            out.append(Effect("held", body["held_transaction_client_id"], "set", Decimal(0)))
+    elif kind == "held_sale":
+        out.append(Effect("held", client_id, "set", Decimal(1)))
+    elif kind == "refund":
+        if body.get("restock", True):
+            for line in body["lines"]:
+                out.append(_add("stock", line["product_id"], line["qty"]))
+        if body["method"] == "cash" and "shift_client_id" in body:
+            out.append(_add("cash", body["shift_client_id"], -body["amount"]))
+        elif body["method"] == "account" and "customer_id" in body:
+            out.append(_add("balance", body["customer_id"], -body["amount"]))
+    elif kind == "stock_move":
+        qty = quantity(body["qty"])
+        out.append(_add("stock", body["product_id"], -qty if body["direction"] == "out" else qty))
+    elif kind == "shift_open":
+        out.append(_add("cash", client_id, body["opening_cash"]))
+        out.append(Effect("shift_opened", client_id, "set", Decimal(1)))
+    elif kind == "shift_close":
+        out.append(Effect("shift_closed", body["open_shift_client_id"], "set", Decimal(1)))
+    elif kind == "cash_movement":
+        sign = 1 if body["direction"] == "in" else -1
+        out.append(_add("cash", body["shift_client_id"], sign * body["amount"]))
+    elif kind == "customer_payment":
+        out.append(_add("balance", body["customer_id"], -body["amount"]))
+        if body["method"] == "cash" and "shift_client_id" in body:
+            out.append(_add("cash", body["shift_client_id"], body["amount"]))
+    elif kind == "expense":
+        if body["method"] == "cash" and "shift_client_id" in body:
+            out.append(_add("cash", body["shift_client_id"], -body["amount"]))
+    return out
+
+
+def fold(views: dict[tuple[str, str], Decimal], effect: Effect) -> Decimal:
+    """Apply one effect to an in-memory view table; returns the new value."""
+    key = (effect.view, effect.key)
+    value = effect.value if effect.op == "set" else views.get(key, Decimal(0)) + effect.value
+    views[key] = value
+    return value

@@ -1,0 +1,367 @@
+"""Load the tillsync JSON Schemas and validate entry bodies and master-data records.
+
+The schema files (``common.json``, ``entries/<kind>.json``, ``master/<collection>.json``)
+are the contract; this module only loads them (once, lazily, through
+:mod:`importlib.resources`), resolves ``$ref`` with an offline :mod:`referencing`
+registry, and turns every violation into one readable :class:`Violation`.
+
+Two deliberate strictnesses beyond plain JSON Schema:
+
+* ``"integer"`` means a Python ``int`` that is not a ``bool``: ``150.0`` is *not* an
+  integer here, so a float can never pass as money;
+* ``format: date`` / ``format: date-time`` are asserted (a calendar-valid date), not
+  just annotations.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import functools
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+from typing import Any, cast
+
+from jsonschema import Draft202012Validator, FormatChecker, ValidationError, validators
+from jsonschema.protocols import Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+__all__ = [
+    "COLLECTIONS",
+    "ENTRY_KINDS",
+    "SchemaViolation",
+    "UnknownCollection",
+    "UnknownKind",
+    "Violation",
+    "entry_schema",
+    "record_schema",
+    "validate_entry",
+    "validate_record",
+]
+
+_PACKAGE = __name__.rpartition(".")[0] or "schemas"
+_ENTRIES = "entries"
+_MASTER = "master"
+_COMMON = "common.json"
+
+
+def _root() -> Traversable:
+    return files(_PACKAGE)
+
+
+def _names(sub: str) -> tuple[str, ...]:
+    folder = _root() / sub
+    return tuple(
+        sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+    )
+
+
+ENTRY_KINDS: tuple[str, ...] = _names(_ENTRIES)
+"""Every log-entry kind that has a schema (``schemas/entries/<kind>.json``), sorted."""
+
+COLLECTIONS: tuple[str, ...] = _names(_MASTER)
+"""Every master-data collection that has a schema (``schemas/master/<name>.json``), sorted."""
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One problem found in a body or record.
+
+    ``path`` locates the offending value, e.g. ``"body.lines[0].qty"`` or
+    ``"record.price"``; ``message`` says what is wrong with it.
+    """
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class SchemaViolation(ValueError):
+    """A body or record does not match its schema. Carries every violation found."""
+
+    what: str
+    violations: tuple[Violation, ...]
+
+    def __init__(self, what: str, violations: Iterable[Violation]) -> None:
+        self.what = what
+        self.violations = tuple(violations)
+        super().__init__(what, self.violations)
+
+    def __str__(self) -> str:
+        n = len(self.violations)
+        head = f"{self.what} is invalid ({n} problem{'' if n == 1 else 's'})"
+        return head + ":" + "".join(f"\n  {v}" for v in self.violations)
+
+
+class UnknownKind(ValueError):
+    """No schema exists for this entry kind."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        super().__init__(f"unknown entry kind {kind!r}; known kinds: {', '.join(ENTRY_KINDS)}")
+
+
+class UnknownCollection(ValueError):
+    """No schema exists for this master-data collection."""
+
+    def __init__(self, collection: str) -> None:
+        self.collection = collection
+        super().__init__(
+            f"unknown collection {collection!r}; known collections: {', '.join(COLLECTIONS)}"
+        )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _is_integer(_checker: object, instance: object) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_Strict: type[Validator] = validators.extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
+)
+
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_DATE_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+_FORMATS = FormatChecker(formats=())
+
+
+@_FORMATS.checks("date", raises=ValueError)
+def _is_date(instance: object) -> bool:
+    # Shape errors are left to the schema's "pattern" so each problem is reported once.
+    if isinstance(instance, str) and _DATE.fullmatch(instance):
+        datetime.date.fromisoformat(instance)
+    return True
+
+
+@_FORMATS.checks("date-time", raises=ValueError)
+def _is_date_time(instance: object) -> bool:
+    if isinstance(instance, str) and _DATE_TIME.fullmatch(instance):
+        text = instance.upper()
+        datetime.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    return True
+
+
+def _load(path: Traversable) -> dict[str, Any]:
+    contents = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(contents, dict):
+        raise TypeError(f"schema file {path.name} does not hold a JSON object")
+    return contents
+
+
+@dataclass(frozen=True)
+class _Store:
+    entries: Mapping[str, dict[str, Any]]
+    master: Mapping[str, dict[str, Any]]
+    registry: Registry[Any]
+
+
+@functools.cache
+def _store() -> _Store:
+    root = _root()
+    common = _load(root / _COMMON)
+    entries = {k: _load(root / _ENTRIES / f"{k}.json") for k in ENTRY_KINDS}
+    master = {c: _load(root / _MASTER / f"{c}.json") for c in COLLECTIONS}
+    documents = [common, *entries.values(), *master.values()]
+    registry: Registry[Any] = Registry().with_resources(
+        (str(doc["$id"]), Resource.from_contents(doc, default_specification=DRAFT202012))
+        for doc in documents
+    )
+    return _Store(entries=entries, master=master, registry=registry)
+
+
+@functools.cache
+def _validator(sub: str, name: str) -> Validator:
+    store = _store()
+    schema = (store.entries if sub == _ENTRIES else store.master)[name]
+    return _Strict(schema, registry=store.registry, format_checker=_FORMATS)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in ENTRY_KINDS:
+        raise UnknownKind(kind)
+
+
+def _check_collection(collection: str) -> None:
+    if collection not in COLLECTIONS:
+        raise UnknownCollection(collection)
+
+
+def entry_schema(kind: str) -> dict[str, object]:
+    """A copy of the JSON Schema of the body of entries of ``kind``."""
+    _check_kind(kind)
+    return copy.deepcopy(_store().entries[kind])
+
+
+def record_schema(collection: str) -> dict[str, object]:
+    """A copy of the JSON Schema of one record of ``collection``."""
+    _check_collection(collection)
+    return copy.deepcopy(_store().master[collection])
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_entry(kind: str, body: object) -> None:
+    """Raise :class:`SchemaViolation` listing every problem if ``body`` is not a valid
+    body for an entry of ``kind``; :class:`UnknownKind` if there is no such kind."""
+    _check_kind(kind)
+    _raise_if_invalid(_validator(_ENTRIES, kind), body, "body", f"{kind} body")
+
+
+def validate_record(collection: str, record: object, record_id: str | None = None) -> None:
+    """Raise :class:`SchemaViolation` listing every problem if ``record`` (a whole record,
+    after merging any partial update) is not valid for ``collection``;
+    :class:`UnknownCollection` if there is no such collection. ``record_id`` only labels
+    the error."""
+    _check_collection(collection)
+    what = f"{collection} record" + ("" if record_id is None else f" {record_id!r}")
+    _raise_if_invalid(_validator(_MASTER, collection), record, "record", what)
+
+
+def _raise_if_invalid(validator: Validator, instance: object, root: str, what: str) -> None:
+    # One violation per offending value: when a value breaks several keywords (a float
+    # that is also negative, an empty id that also misses the pattern), a wrong type wins,
+    # then whichever keyword the schema lists first.
+    best: dict[tuple[tuple[int, Any], ...], tuple[int, Violation]] = {}
+    for error in validator.iter_errors(cast(Any, instance)):
+        rank = 0 if error.validator == "type" else 1
+        for parts, message in _explain(error):
+            key = tuple((0, p) if isinstance(p, int) else (1, str(p)) for p in parts)
+            if key not in best or rank < best[key][0]:
+                best[key] = (rank, Violation(_format_path(root, parts), message))
+    if best:
+        raise SchemaViolation(what, (best[k][1] for k in sorted(best)))
+
+
+def _explain(error: ValidationError) -> list[tuple[list[str | int], str]]:
+    """(path parts, message) pairs for one jsonschema error."""
+    base: list[str | int] = list(error.absolute_path)
+    instance: object = error.instance
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "required" and isinstance(instance, dict):
+        required = error.validator_value if isinstance(error.validator_value, list) else []
+        return [
+            ([*base, name], "required field is missing")
+            for name in required
+            if name not in instance
+        ]
+    if (
+        error.validator == "additionalProperties"
+        and error.validator_value is False
+        and isinstance(instance, dict)
+    ):
+        allowed = list(schema.get("properties", {}))
+        patterns = list(schema.get("patternProperties", {}))
+        extras = [
+            k
+            for k in instance
+            if k not in allowed and not any(re.search(p, str(k)) for p in patterns)
+        ]
+        hint = f"; allowed fields: {', '.join(allowed)}" if allowed else "; no fields are allowed"
+        return [([*base, k], f"unexpected field {k!r}{hint}") for k in extras]
+    return [(base, _message(error, schema))]
+
+
+def _message(error: ValidationError, schema: Mapping[str, Any]) -> str:
+    keyword = str(error.validator)
+    instance: object = error.instance
+    is_float = isinstance(instance, float)
+    custom = schema.get("x-messages")
+    if isinstance(custom, dict):
+        template: object = None
+        if is_float and keyword in ("type", "anyOf", "oneOf"):
+            template = custom.get("float")
+        if template is None:
+            template = custom.get(keyword)
+        if isinstance(template, str):
+            return template.replace("{instance}", _show(instance))
+    expected = error.validator_value
+    if keyword == "type":
+        if is_float and _mentions(expected, "integer"):
+            return f"{_show(instance)} is a float; an integer is expected"
+        wanted = [expected] if isinstance(expected, str) else expected
+        if isinstance(wanted, list):
+            names = " or ".join(_EXPECTED.get(str(w), str(w)) for w in wanted)
+            return f"{_show(instance)} is {_json_type(instance)}; expected {names}"
+    if keyword in ("anyOf", "oneOf"):
+        description = schema.get("description")
+        if isinstance(description, str):
+            return f"{_show(instance)} is not valid: {description}"
+    if keyword == "minLength" and expected == 1 and isinstance(instance, str):
+        return "must not be empty"
+    if keyword == "minItems" and isinstance(expected, int) and isinstance(instance, list):
+        return f"needs at least {expected} item{'' if expected == 1 else 's'}, got {len(instance)}"
+    return error.message
+
+
+def _mentions(expected: object, name: str) -> bool:
+    if isinstance(expected, str):
+        return expected == name
+    return isinstance(expected, Sequence) and name in expected
+
+
+def _json_type(instance: object) -> str:
+    if instance is None:
+        return "null"
+    for cls, name in _TYPE_NAMES:
+        if isinstance(instance, cls):
+            return name
+    return f"a {type(instance).__name__}"
+
+
+_TYPE_NAMES: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a float"),
+    (str, "a string"),
+    (dict, "an object"),
+    (list, "an array"),
+    (tuple, "an array"),
+)
+
+
+_EXPECTED = {
+    "object": "an object",
+    "array": "an array",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "a boolean (true or false)",
+    "null": "null",
+}
+
+
+def _show(instance: object) -> str:
+    text = repr(instance)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _format_path(root: str, parts: Iterable[str | int]) -> str:
+    out = root
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _IDENTIFIER.fullmatch(part):
+            out += f".{part}"
+        else:
+            out += f"[{json.dumps(part, ensure_ascii=False)}]"
+    return out

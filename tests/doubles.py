@@ -1,0 +1,59 @@
+"""Shared test doubles and builders: one place, imported by every test module."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from peer.store import Till
+
+REPO = Path(__file__).resolve().parent.parent
+SHIFT = "11111111-1111-4111-8111-111111111111"
+
+
+def cli(*args: str, check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run the real ``tillsync`` command line in a separate process."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.cli", *args],
+        capture_output=True, text=True, env=env, timeout=60, **kwargs,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"tillsync {' '.join(args)} -> {result.returncode}\n{result.stderr}")
+    return result
+
+
+async def stocked_till(path: Path, name: str = "Till 1") -> Till:
+    """A store with a few products, a cashier, a customer and an open shift (SHIFT)."""
+    await Till.init(path, name=name)
+    till = await Till.open(path)
+    await till.put("products", "bread", {"name": "Bread", "sku": "B1", "price": 320,
+                                         "reorder_level": "5"})
+    await till.put("products", "tomato", {"name": "Tomatoes", "sku": "T1", "price": 450,
+                                          "volatile": True, "unit": "kg"})
+    await till.put("products", "cheese", {"name": "Cheese", "sku": "C1", "price": 1890,
+                                          "unit": "kg"})
+    await till.put("cashiers", "ann", {"name": "Ann", "role": "cashier", "pin": "1234"})
+    await till.put("customers", "bob", {"name": "Bob", "credit_limit": 50000})
+    await till.put("suppliers", "mill", {"name": "The Mill"})
+    await till.record("shift_open", {"cashier_id": "ann", "opening_cash": 10000},
+                      client_id=SHIFT)
+    return till
+
+
+def sale(*lines: tuple[str, int | str, int], cash: int | None = None,
+         **extra: Any) -> dict[str, Any]:
+    """A sale body: lines of (product, qty, unit price), paid in cash by default."""
+    body_lines = [{"product_id": p, "qty": q, "unit_price": u} for p, q, u in lines]
+    if cash is None:
+        from decimal import Decimal
+
+        cash = int(sum(Decimal(q) * u for _, q, u in lines))
+    body: dict[str, Any] = {"lines": body_lines,
+                            "payments": [{"method": "cash", "amount": cash}],
+                            "shift_client_id": SHIFT}
+    body.update(extra)
+    return body

@@ -1,0 +1,98 @@
+"""The master-data document: edits, validation, PINs, merging, persistence."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from peer.errors import InvalidInput
+from peer.master import MasterData, check_pin
+from schemas import SchemaViolation
+
+A, B = uuid.uuid4().bytes, uuid.uuid4().bytes
+
+
+def test_put_merges_fields_and_fills_defaults() -> None:
+    doc = MasterData.new(A)
+    doc.put("products", "p1", {"name": "Bread", "sku": "B1", "price": 320})
+    doc.put("products", "p1", {"price": 340, "category": "bakery"})
+    assert doc.get("products", "p1") == {"name": "Bread", "sku": "B1", "price": 340,
+                                         "category": "bakery", "volatile": False,
+                                         "active": True}
+    doc.put("products", "p1", {"category": None})
+    assert "category" not in (doc.get("products", "p1") or {})
+
+
+def test_an_unchanged_put_makes_no_change() -> None:
+    doc = MasterData.new(A)
+    doc.put("products", "p1", {"name": "Bread", "sku": "B1", "price": 320})
+    assert doc.put("products", "p1", {"price": 320}) == []
+
+
+@pytest.mark.parametrize(
+    ("collection", "body", "message"),
+    [
+        ("products", {"name": "Bread", "sku": "B1", "price": -5}, "record.price"),
+        ("products", {"name": "Bread", "sku": "B1", "price": 3.2}, "float"),
+        ("products", {"name": "Bread", "price": 3}, "record.sku"),
+        ("products", {"name": "Bread", "sku": "B1", "price": 3, "colour": "red"}, "colour"),
+    ],
+)
+def test_bad_records_are_refused_and_nothing_changes(
+    collection: str, body: dict[str, object], message: str
+) -> None:
+    doc = MasterData.new(A)
+    heads = doc.heads()
+    with pytest.raises(SchemaViolation, match=message):
+        doc.put(collection, "p1", body)
+    assert doc.heads() == heads and doc.get(collection, "p1") is None
+
+
+def test_unknown_collection_and_settings_id() -> None:
+    doc = MasterData.new(A)
+    with pytest.raises(InvalidInput, match="unknown collection 'prodcts'"):
+        doc.put("prodcts", "p1", {})
+    with pytest.raises(InvalidInput, match="single record"):
+        doc.put("settings", "other", {"store_name": "x"})
+    doc.put("settings", "store", {"store_name": "Corner", "tax_rates": {"std": "20"}})
+    assert doc.get("settings", "store") == {"store_name": "Corner", "tax_rates": {"std": "20"}}
+
+
+def test_pin_is_stored_only_as_a_slow_salted_hash() -> None:
+    doc = MasterData.new(A)
+    doc.put("cashiers", "ann", {"name": "Ann", "role": "cashier", "pin": "1234"})
+    record = doc.get("cashiers", "ann")
+    assert record is not None and "pin" not in record
+    assert record["pin_hash"].startswith("scrypt$") and "1234" not in record["pin_hash"]
+    assert check_pin("1234", record["pin_hash"]) and not check_pin("1235", record["pin_hash"])
+    assert b"1234" not in doc.save()
+    with pytest.raises(InvalidInput, match="needs a 'pin'"):
+        doc.put("cashiers", "bob", {"name": "Bob", "role": "cashier"})
+    with pytest.raises(InvalidInput, match="computed"):
+        doc.put("cashiers", "ann", {"pin_hash": "x"})
+
+
+def test_two_devices_initialised_apart_merge_field_by_field() -> None:
+    a, b = MasterData.new(A), MasterData.new(B)
+    a.put("products", "p1", {"name": "Bread", "sku": "B1", "price": 320})
+    b.apply(a.save())
+    a.put("products", "p1", {"price": 350})
+    b.put("products", "p1", {"name": "Sourdough"})
+    b.put("customers", "c1", {"name": "Cafe"})
+    a.apply(b.save())
+    b.apply(a.save())
+    assert a.to_py() == b.to_py()
+    assert a.get("products", "p1") == {"name": "Sourdough", "sku": "B1", "price": 350,
+                                       "volatile": False, "active": True}
+    assert a.get("customers", "c1") is not None
+
+
+def test_snapshot_plus_change_chunks_load_to_the_same_document() -> None:
+    doc = MasterData.new(A)
+    snapshot = doc.save()
+    chunks: list[bytes] = []
+    for i in range(50):
+        chunks += doc.put("products", f"p{i}", {"name": f"P{i}", "sku": f"S{i}", "price": i})
+    loaded = MasterData.load(snapshot + b"".join(chunks), A)
+    assert loaded.to_py() == doc.to_py() and loaded.heads() == doc.heads()

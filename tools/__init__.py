@@ -1,0 +1,1 @@
+"""Command line, benchmarks and data generators for tillsync."""
