@@ -1,0 +1,97 @@
+"""The command line, run as a real process and through ``main``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.doubles import SHIFT, cli
+from tools.cli import main
+
+SALE = json.dumps({"lines": [{"product_id": "bread", "qty": 2, "unit_price": 320},
+                             {"product_id": "tomato", "qty": "0.75", "unit_price": 480}],
+                   "payments": [{"method": "cash", "amount": 1000}],
+                   "shift_client_id": SHIFT})
+
+
+@pytest.fixture
+def till(tmp_path: Path) -> Path:
+    path = tmp_path / "till1"
+    assert main(["peer", "init", str(path), "--name", "Till 1"]) == 0
+    assert main(["peer", "put", str(path), "products", "bread", "--body",
+                 '{"name": "Bread", "sku": "B1", "price": 320, "reorder_level": "5"}']) == 0
+    assert main(["peer", "put", str(path), "products", "tomato", "--body",
+                 '{"name": "Tomatoes", "sku": "T1", "price": 450, "volatile": true}']) == 0
+    assert main(["peer", "put", str(path), "cashiers", "ann", "--body",
+                 '{"name": "Ann", "role": "cashier", "pin": "1234"}']) == 0
+    assert main(["peer", "record", str(path), "shift_open", "--client-id", SHIFT, "--body",
+                 '{"cashier_id": "ann", "opening_cash": 10000}']) == 0
+    return path
+
+
+def test_a_sale_end_to_end_in_separate_processes(till: Path) -> None:
+    out = cli("peer", "record", str(till), "sale", "--body", SALE, "--json").stdout
+    entry = json.loads(out)
+    assert entry["ticket"] == "TILL1-000001" and entry["seq"] == 2
+    stock = json.loads(cli("peer", "stock", str(till), "--json").stdout)
+    assert {r["product_id"]: r.get("qty") for r in stock} == {"bread": "-2", "tomato": None}
+    status = json.loads(cli("peer", "status", str(till), "--json").stdout)
+    assert status["pending"] == 2 and status["open_shifts"][0]["expected_cash"] == 11000
+    verify = cli("peer", "verify", str(till))
+    assert verify.stdout.startswith("ok: 2 entries")
+    got = json.loads(cli("peer", "get", str(till), "cashiers", "ann").stdout)
+    assert got == {"name": "Ann", "role": "cashier", "active": True}
+
+
+def test_init_never_prints_the_private_key(tmp_path: Path) -> None:
+    result = cli("peer", "init", str(tmp_path / "t"), "--name", "T", "--json")
+    key = (tmp_path / "t" / "device.key").read_text()
+    assert "PRIVATE KEY" in key
+    body = key.splitlines()[1]
+    assert body not in result.stdout + result.stderr
+    assert "PRIVATE" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["record", "{till}", "sale", "--body", "{not json"], "not valid JSON"),
+        (["record", "{till}", "sael", "--body", "{}"], "unknown entry kind 'sael'"),
+        (["record", "{till}", "sale", "--body",
+          SALE.replace('"qty": 2', '"qty": 2.5')], "is a float"),
+        (["record", "{till}", "sale", "--body", SALE.replace("bread", "ghost")],
+         "unknown product 'ghost'"),
+        (["put", "{till}", "products", "p9", "--body",
+          '{"name": "X", "sku": "X", "price": -1}'], "record.price"),
+        (["put", "{till}", "products", "p9", "--body", "@/nonexistent.json"], "No such file"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message_and_stores_nothing(
+    till: Path, args: list[str], message: str
+) -> None:
+    result = cli("peer", *[a.replace("{till}", str(till)) for a in args], check=False)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert json.loads(cli("peer", "status", str(till), "--json").stdout)["last_seq"] == 1
+    assert json.loads(cli("peer", "get", str(till), "products").stdout).keys() == {"bread",
+                                                                                  "tomato"}
+
+
+def test_missing_store_and_usage_errors(tmp_path: Path) -> None:
+    result = cli("peer", "status", str(tmp_path / "none"), check=False)
+    assert result.returncode == 3 and "peer init" in result.stderr
+    result = cli("peer", "put", str(tmp_path), "prodcts", "x", "--body", "{}", check=False)
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+    assert "exit status" in cli("peer", "record", "--help").stdout
+
+
+def test_body_from_stdin(till: Path) -> None:
+    result = cli("peer", "record", str(till), "sale", "--body", "-", input=SALE)
+    assert "ticket TILL1-000001" in result.stdout
+
+
+def test_demo_runs_and_verifies(tmp_path: Path) -> None:
+    result = cli("demo", "--dir", str(tmp_path / "demo"))
+    assert "verify: ok" in result.stdout and "TILL1-000004" in result.stdout
