@@ -58,12 +58,26 @@ CREATE TABLE receipts (
 CREATE TABLE views (
     view TEXT NOT NULL,
     key TEXT NOT NULL,
-    value TEXT NOT NULL,
+    value INTEGER NOT NULL,  -- millionths: exact for money and 6-decimal quantities
     PRIMARY KEY (view, key)
 ) WITHOUT ROWID;
 CREATE TABLE doc_snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), data BLOB NOT NULL);
 CREATE TABLE doc_changes (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
+
+_SCALE = 1_000_000  # views hold integers in millionths so SQLite can add them exactly
+
+
+def _to_view(value: Decimal) -> int:
+    scaled = value * _SCALE
+    if scaled != scaled.to_integral_value():
+        raise ValueError(f"{value} has more than 6 decimal places")
+    return int(scaled)
+
+
+def _from_view(value: int) -> Decimal:
+    return Decimal(value) / _SCALE
+
 
 _ENTRY_COLUMNS = "client_id, device_id, seq, prev, kind, client_created_at, ticket, body, sig"
 
@@ -244,33 +258,48 @@ class TillDB:
         async with self._conn.execute(
             "SELECT key, value FROM views WHERE view = ?", (view,)
         ) as cur:
-            return {row[0]: Decimal(row[1]) async for row in cur}
+            return {row[0]: _from_view(row[1]) async for row in cur}
 
     async def view_value(self, view: str, key: str) -> Decimal | None:
         async with self._conn.execute(
             "SELECT value FROM views WHERE view = ? AND key = ?", (view, key)
         ) as cur:
             row = await cur.fetchone()
-        return None if row is None else Decimal(row[0])
+        return None if row is None else _from_view(row[0])
+
+    async def shift_state(self, shift_client_id: str) -> str | None:
+        """'closed', 'open' or None, in one query."""
+        async with self._conn.execute(
+            "SELECT min(view) FROM views WHERE key = ? "  # closed sorts first
+            "AND view IN ('shift_opened', 'shift_closed')",
+            (shift_client_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        state = None if row is None else row[0]
+        return {"shift_closed": "closed", "shift_opened": "open"}.get(state or "")
 
     async def apply_effects(self, effects: Sequence[Effect]) -> None:
-        for effect in effects:
-            if effect.op == "set":
-                value = effect.value
-            else:
-                current = await self.view_value(effect.view, effect.key)
-                value = (current or Decimal(0)) + effect.value
-            await self._conn.execute(
+        """Fold effects into the views: additions summed by SQLite, one statement each kind."""
+        adds = [(e.view, e.key, _to_view(e.value)) for e in effects if e.op == "add"]
+        sets = [(e.view, e.key, _to_view(e.value)) for e in effects if e.op == "set"]
+        if adds:
+            await self._conn.executemany(
+                "INSERT INTO views (view, key, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (view, key) DO UPDATE SET value = value + excluded.value",
+                adds,
+            )
+        if sets:
+            await self._conn.executemany(
                 "INSERT INTO views (view, key, value) VALUES (?, ?, ?) "
                 "ON CONFLICT (view, key) DO UPDATE SET value = excluded.value",
-                (effect.view, effect.key, str(value)),
+                sets,
             )
 
     async def replace_views(self, values: dict[tuple[str, str], Decimal]) -> None:
         await self._conn.execute("DELETE FROM views")
         await self._conn.executemany(
             "INSERT INTO views (view, key, value) VALUES (?, ?, ?)",
-            [(v, k, str(x)) for (v, k), x in values.items()],
+            [(v, k, _to_view(x)) for (v, k), x in values.items()],
         )
 
     # -- master document ---------------------------------------------------------------

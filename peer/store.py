@@ -413,11 +413,7 @@ class Till:
         return entry
 
     async def _shift_state(self, shift_client_id: str) -> str | None:
-        if await self._db.view_value("shift_closed", shift_client_id) is not None:
-            return "closed"
-        if await self._db.view_value("shift_opened", shift_client_id) is not None:
-            return "open"
-        return None
+        return await self._db.shift_state(shift_client_id)
 
     async def _entry_kind(self, client_id: str) -> str | None:
         entry = await self._db.entry(client_id)
