@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import re
 import uuid
@@ -44,6 +45,8 @@ from peer.master import MasterData
 from peer.storage import TillDB
 from peer.views import effects, fold, format_quantity
 from schemas import SchemaViolation, validate_entry
+
+log = logging.getLogger(__name__)
 
 DB_FILE = "till.db"
 LOCK_FILE = "lock"
@@ -266,14 +269,21 @@ class Till:
         return await future
 
     async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            batch, self._queue = self._queue, []
-            if batch:
-                await self._commit_batch(batch)
-            elif self._closing:
-                return
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                batch, self._queue = self._queue, []
+                if batch:
+                    await self._commit_batch(batch)
+                elif self._closing:
+                    return
+        finally:
+            # However the writer ends, nobody is left waiting for it.
+            self._closing = True
+            for _, future in self._queue:
+                if not future.done():
+                    future.set_exception(StoreError(f"{self.path}: the store was closed"))
 
     async def _commit_batch(
         self, batch: list[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any]]]
@@ -318,9 +328,16 @@ class Till:
         self._tickets = int(last.rsplit("-", 1)[1]) if last else 0
 
     async def _maybe_compact(self) -> None:
-        _, snapshot_size, changes_size = await self._db.document_sizes()
-        if changes_size > max(snapshot_size, 64 * 1024):
-            await self._db.compact(self.master.save())
+        """Fold the change chunks into a new snapshot once they outgrow it.
+
+        Compaction is its own transaction; if it fails, the old snapshot and every chunk
+        are still there, so the writer logs it and carries on."""
+        try:
+            _, snapshot_size, changes_size = await self._db.document_sizes()
+            if changes_size > max(snapshot_size, 64 * 1024):
+                await self._db.compact(self.master.save())
+        except Exception:
+            log.exception("%s: compacting the master document failed; will retry", self.path)
 
     # -- master data -------------------------------------------------------------------
 

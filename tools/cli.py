@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from peer.errors import InvalidInput, StoreError, TillsyncError
+from peer.errors import InvalidInput, StoreCorrupt, StoreError, TillsyncError
 from peer.store import Till
 from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, UnknownCollection, UnknownKind
 from tools import demo as demo_module
@@ -148,7 +148,14 @@ async def peer_status(args: argparse.Namespace) -> int:
 
 
 async def peer_verify(args: argparse.Namespace) -> int:
-    async with await Till.open(args.dir, readonly=True) as till:
+    try:
+        till = await Till.open(args.dir, readonly=True)
+    except StoreCorrupt as exc:  # damage found before the chain walk: still a failed check
+        damage = str(exc)
+        _emit(args, {"ok": False, "first_break": None, "problems": [damage]},
+              lambda: f"FAILED: {damage}")
+        return EXIT_CHECK_FAILED
+    async with till:
         def progress(n: int) -> None:
             if not args.json:
                 print(f"  checked {n} entries...", file=sys.stderr)
