@@ -124,6 +124,11 @@ class TillDB:
     async def close(self) -> None:
         await self._conn.close()
 
+    async def _one(self, sql: str, args: Sequence[object] = ()) -> Any:
+        """The first row of a query, in one trip to the database thread."""
+        rows = await self._conn.execute_fetchall(sql, args)
+        return next(iter(rows), None)
+
     # -- transactions ------------------------------------------------------------------
 
     async def begin(self) -> None:
@@ -149,8 +154,7 @@ class TillDB:
     # -- meta and devices --------------------------------------------------------------
 
     async def meta(self, key: str) -> str | None:
-        async with self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
-            row = await cur.fetchone()
+        row = await self._one("SELECT value FROM meta WHERE key = ?", (key,))
         return None if row is None else str(row[0])
 
     async def set_meta(self, values: dict[str, str]) -> None:
@@ -183,27 +187,24 @@ class TillDB:
         )
 
     async def head(self, device_id: str) -> tuple[int, bytes] | None:
-        async with self._conn.execute(
+        row = await self._one(
             "SELECT seq, hash FROM entries WHERE device_id = ? ORDER BY seq DESC LIMIT 1",
             (device_id,),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return None if row is None else (int(row[0]), bytes(row[1]))
 
     async def last_ticket(self, device_id: str) -> str | None:
-        async with self._conn.execute(
+        row = await self._one(
             "SELECT ticket FROM entries WHERE device_id = ? AND ticket IS NOT NULL "
             "ORDER BY seq DESC LIMIT 1",
             (device_id,),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return None if row is None else str(row[0])
 
     async def entry(self, client_id: str) -> Entry | None:
-        async with self._conn.execute(
+        row = await self._one(
             f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE client_id = ?", (client_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return None if row is None else _row_to_entry(row)
 
     async def entries(
@@ -261,38 +262,29 @@ class TillDB:
             return {row[0]: _from_view(row[1]) async for row in cur}
 
     async def view_value(self, view: str, key: str) -> Decimal | None:
-        async with self._conn.execute(
+        row = await self._one(
             "SELECT value FROM views WHERE view = ? AND key = ?", (view, key)
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return None if row is None else _from_view(row[0])
 
     async def shift_state(self, shift_client_id: str) -> str | None:
         """'closed', 'open' or None, in one query."""
-        async with self._conn.execute(
+        row = await self._one(
             "SELECT min(view) FROM views WHERE key = ? "  # closed sorts first
             "AND view IN ('shift_opened', 'shift_closed')",
             (shift_client_id,),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         state = None if row is None else row[0]
         return {"shift_closed": "closed", "shift_opened": "open"}.get(state or "")
 
     async def apply_effects(self, effects: Sequence[Effect]) -> None:
-        """Fold effects into the views: additions summed by SQLite, one statement each kind."""
-        adds = [(e.view, e.key, _to_view(e.value)) for e in effects if e.op == "add"]
-        sets = [(e.view, e.key, _to_view(e.value)) for e in effects if e.op == "set"]
-        if adds:
+        """Fold effects into the views in one statement: SQLite sums the additions."""
+        if effects:
             await self._conn.executemany(
-                "INSERT INTO views (view, key, value) VALUES (?, ?, ?) "
-                "ON CONFLICT (view, key) DO UPDATE SET value = value + excluded.value",
-                adds,
-            )
-        if sets:
-            await self._conn.executemany(
-                "INSERT INTO views (view, key, value) VALUES (?, ?, ?) "
-                "ON CONFLICT (view, key) DO UPDATE SET value = excluded.value",
-                sets,
+                "INSERT INTO views (view, key, value) VALUES (?1, ?2, ?3) "
+                "ON CONFLICT (view, key) DO UPDATE SET value = "
+                "CASE WHEN ?4 THEN excluded.value ELSE value + excluded.value END",
+                [(e.view, e.key, _to_view(e.value), e.op == "set") for e in effects],
             )
 
     async def replace_views(self, values: dict[tuple[str, str], Decimal]) -> None:
@@ -321,12 +313,11 @@ class TillDB:
 
     async def document_sizes(self) -> tuple[int, int, int]:
         """Number of change chunks, bytes of the snapshot, bytes of the chunks."""
-        async with self._conn.execute(
+        row = await self._one(
             "SELECT (SELECT count(*) FROM doc_changes), "
             "(SELECT coalesce(sum(length(data)), 0) FROM doc_snapshot), "
             "(SELECT coalesce(sum(length(data)), 0) FROM doc_changes)"
-        ) as cur:
-            row = await cur.fetchone()
+        )
         assert row is not None
         return int(row[0]), int(row[1]), int(row[2])
 

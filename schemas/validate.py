@@ -5,6 +5,11 @@ are the contract; this module only loads them (once, lazily, through
 :mod:`importlib.resources`), resolves ``$ref`` with an offline :mod:`referencing`
 registry, and turns every violation into one readable :class:`Violation`.
 
+Speed: a body is first run through a validator compiled to Python by ``fastjsonschema``
+(about 15 µs for a sale, against about 300 µs here).  It may only say "valid": anything
+it refuses, and any body holding a float, goes to the ``jsonschema`` validator, which is
+the reference and writes the messages.  ``tests/schemas`` checks both agree.
+
 Two deliberate strictnesses beyond plain JSON Schema:
 
 * ``"integer"`` means a Python ``int`` that is not a ``bool``: ``150.0`` is *not* an
@@ -26,6 +31,7 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from typing import Any, cast
 
+import fastjsonschema
 from jsonschema import Draft202012Validator, FormatChecker, ValidationError, validators
 from jsonschema.protocols import Validator
 from referencing import Registry, Resource
@@ -192,6 +198,37 @@ def _validator(sub: str, name: str) -> Validator:
     return _Strict(schema, registry=store.registry, format_checker=_FORMATS)
 
 
+@functools.cache
+def _fast(sub: str, name: str) -> Any:
+    store = _store()
+    schema = (store.entries if sub == _ENTRIES else store.master)[name]
+    by_id = {str(doc["$id"]).partition("#")[0]: doc
+             for doc in (_load(_root() / _COMMON), *store.entries.values(),
+                         *store.master.values())}
+    return fastjsonschema.compile(
+        schema, handlers={"https": lambda uri: by_id[uri.partition("#")[0]]}, use_default=False
+    )
+
+
+def _has_float(value: object) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    return False
+
+
+def fast_valid(sub: str, name: str, instance: object) -> bool:
+    """True only if the compiled validator accepts ``instance`` and it holds no float."""
+    try:
+        _fast(sub, name)(instance)
+    except fastjsonschema.JsonSchemaException:
+        return False
+    return not _has_float(instance)
+
+
 def _check_kind(kind: str) -> None:
     if kind not in ENTRY_KINDS:
         raise UnknownKind(kind)
@@ -221,7 +258,8 @@ def validate_entry(kind: str, body: object) -> None:
     """Raise :class:`SchemaViolation` listing every problem if ``body`` is not a valid
     body for an entry of ``kind``; :class:`UnknownKind` if there is no such kind."""
     _check_kind(kind)
-    _raise_if_invalid(_validator(_ENTRIES, kind), body, "body", f"{kind} body")
+    if not fast_valid(_ENTRIES, kind, body):
+        _raise_if_invalid(_validator(_ENTRIES, kind), body, "body", f"{kind} body")
 
 
 def validate_record(collection: str, record: object, record_id: str | None = None) -> None:
@@ -230,6 +268,8 @@ def validate_record(collection: str, record: object, record_id: str | None = Non
     :class:`UnknownCollection` if there is no such collection. ``record_id`` only labels
     the error."""
     _check_collection(collection)
+    if fast_valid(_MASTER, collection, record):
+        return
     what = f"{collection} record" + ("" if record_id is None else f" {record_id!r}")
     _raise_if_invalid(_validator(_MASTER, collection), record, "record", what)
 

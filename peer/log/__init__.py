@@ -1,6 +1,8 @@
 """The append-only log: entries, their canonical bytes, hashes, signatures, chains."""
 
 from peer.log.chain import ChainBreak, verify_chain
-from peer.log.entry import GENESIS_PREV, Entry, canonical_body, seal
+from peer.log.entry import GENESIS_PREV, Entry, canonical_body, seal, seal_bytes
 
-__all__ = ["GENESIS_PREV", "ChainBreak", "Entry", "canonical_body", "seal", "verify_chain"]
+__all__ = [
+    "GENESIS_PREV", "ChainBreak", "Entry", "canonical_body", "seal", "seal_bytes", "verify_chain",
+]

@@ -122,7 +122,12 @@ def canonical_bytes(
     return _ARRAY_OF_9 + b"".join(msgpack.packb(x, use_bin_type=True) for x in head) + body_bytes
 
 
-def seal(
+def seal(key: DeviceKey, *, body: Mapping[str, object], **fields: Any) -> Entry:
+    """Build and sign the next entry.  Pure: the caller supplies ids and the time."""
+    return seal_bytes(key, body_bytes=canonical_body(body), **fields)
+
+
+def seal_bytes(
     key: DeviceKey,
     *,
     client_id: str,
@@ -132,10 +137,9 @@ def seal(
     kind: str,
     client_created_at: str,
     ticket: str | None,
-    body: Mapping[str, object],
+    body_bytes: bytes,
 ) -> Entry:
-    """Build and sign the next entry.  Pure: the caller supplies ids and the time."""
-    body_bytes = canonical_body(body)
+    """``seal`` for a body already in canonical bytes (see ``canonical_body``)."""
     fields = (client_id, device_id, seq, prev, kind, client_created_at, ticket, body_bytes)
     digest = hashlib.sha256(canonical_bytes(*fields)).digest()
     entry = Entry(*fields, key.sign(digest))

@@ -96,3 +96,20 @@ def test_snapshot_plus_change_chunks_load_to_the_same_document() -> None:
         chunks += doc.put("products", f"p{i}", {"name": f"P{i}", "sku": f"S{i}", "price": i})
     loaded = MasterData.load(snapshot + b"".join(chunks), A)
     assert loaded.to_py() == doc.to_py() and loaded.heads() == doc.heads()
+
+
+def test_cached_reads_follow_puts_and_merges_and_are_copies() -> None:
+    a, b = MasterData.new(A), MasterData.new(B)
+    a.put("products", "p1", {"name": "Bread", "sku": "B1", "price": 320})
+    a.put("settings", "store", {"tax_rates": {"std": "20"}})
+    assert a.all("products")["p1"]["price"] == 320  # fills the cache
+    a.all("settings")["store"]["tax_rates"]["std"] = "99"  # callers get copies
+    assert a.all("settings")["store"]["tax_rates"] == {"std": "20"}
+    a.put("products", "p1", {"price": 330})
+    a.put("products", "p2", {"name": "Milk", "sku": "M1", "price": 119})
+    assert a.all("products")["p1"]["price"] == 330 and a.get("products", "p2") is not None
+    b.apply(a.save())
+    b.put("products", "p1", {"price": 340})
+    a.apply(b.save())
+    assert a.all("products")["p1"]["price"] == 340 and a.get("products", "p1") == b.get(
+        "products", "p1")
