@@ -46,9 +46,9 @@ class DeviceKey:
     def __repr__(self) -> str:
         return f"DeviceKey(public={self.public_bytes.hex()})"
 
-    def write(self, directory: Path) -> Path:
+    def write(self, directory: Path, filename: str = KEY_FILE) -> Path:
         """Write the key to ``directory/device.key`` (0600); refuse to overwrite."""
-        path = directory / KEY_FILE
+        path = directory / filename
         pem = self._private.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -64,8 +64,8 @@ class DeviceKey:
         return path
 
     @classmethod
-    def read(cls, directory: Path) -> DeviceKey:
-        path = directory / KEY_FILE
+    def read(cls, directory: Path, filename: str = KEY_FILE) -> DeviceKey:
+        path = directory / filename
         try:
             mode = path.stat().st_mode
             data = path.read_bytes()

@@ -232,6 +232,31 @@ class TillDB:
         ) as cur:
             return {row[0]: int(row[1]) async for row in cur}
 
+    async def entries_after(self, device_id: str, after_seq: int, limit: int) -> list[Entry]:
+        rows = await self._conn.execute_fetchall(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE device_id = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?", (device_id, after_seq, limit))
+        return [_row_to_entry(r) for r in rows]
+
+    async def store_receipts(self, receipts: Sequence[tuple[str, int, str, bytes]]) -> None:
+        """Keep the latest receipt of each entry (a later one supersedes: waiting, then
+        accepted)."""
+        await self._conn.executemany(
+            "INSERT INTO receipts (client_id, server_seq, status, body) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (client_id) DO UPDATE SET server_seq = excluded.server_seq, "
+            "status = excluded.status, body = excluded.body "
+            "WHERE excluded.server_seq > receipts.server_seq",
+            receipts,
+        )
+
+    async def receipts(self, status: str | None = None) -> list[bytes]:
+        sql = "SELECT body FROM receipts"
+        args: tuple[str, ...] = ()
+        if status is not None:
+            sql, args = sql + " WHERE status = ?", (status,)
+        rows = await self._conn.execute_fetchall(sql + " ORDER BY server_seq", args)
+        return [bytes(r[0]) for r in rows]
+
     async def pending(self, limit: int) -> tuple[int, list[Entry]]:
         """Entries with no receipt yet: how many, and the oldest ``limit`` of them."""
         unacked = "FROM entries e WHERE NOT EXISTS " \

@@ -19,6 +19,7 @@ import fcntl
 import logging
 import os
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
+
+import msgpack
 
 from peer import rules
 from peer.errors import (
@@ -49,6 +52,8 @@ from schemas import SchemaViolation, validate_entry
 log = logging.getLogger(__name__)
 
 DB_FILE = "till.db"
+META_KEYS = ("device_id", "name", "series", "store_id", "public_key", "relay_url", "relay_key",
+             "receipts_seq", "receipts_hash", "last_contact", "last_error")
 LOCK_FILE = "lock"
 T = TypeVar("T")
 Clock = Callable[[], datetime]
@@ -67,17 +72,24 @@ def default_series(name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "", name.upper())[:8] or "T"
 
 
-def _lock(path: Path) -> IO[str]:
-    handle = open(path / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the store's life
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise StoreLocked(
-            f"{path} is being written by {holder}; stop it, or open the store read-only"
-        ) from None
+async def _lock(path: Path, wait: float) -> IO[str]:
+    """Take the store's write lock, waiting up to ``wait`` seconds for another process."""
+    handle = open(path / LOCK_FILE, "a+")  # noqa: SIM115, ASYNC230 - held for the store's life
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                continue
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise StoreLocked(
+                f"{path} is being written by {holder}; stop it, or open the store read-only"
+            ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"process {os.getpid()}\n")
@@ -93,6 +105,8 @@ class _Batch:
     effects: list[Effect] = field(default_factory=list)
     chunks: list[bytes] = field(default_factory=list)
     by_client_id: dict[str, Entry] = field(default_factory=dict)
+    receipts: list[tuple[str, int, str, bytes]] = field(default_factory=list)
+    meta: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -142,6 +156,7 @@ class Till:
         self.series = info["series"]
         self.store_id = info["store_id"]
         self.public_key = bytes.fromhex(info["public_key"])
+        self.meta = info
         self._db = db
         self.master = master
         self._key = key
@@ -166,25 +181,21 @@ class Till:
         name: str,
         series: str | None = None,
         store_id: str | None = None,
+        key: DeviceKey | None = None,
+        device_id: str | None = None,
+        relay_url: str | None = None,
+        relay_key: bytes | None = None,
     ) -> dict[str, str]:
-        """Create a new store in ``path``: device key, database, empty master document."""
+        """Create a new store in ``path``: device key, database, empty master document.
+
+        An enrolled device passes the key and id it enrolled with, the store id and the
+        relay's url and key (see ``peer.client.enroll``)."""
         root = Path(path)
-        if not name.strip():
-            raise InvalidInput("a device needs a name (--name)")
-        series = series or default_series(name)
-        if not re.fullmatch(r"[A-Z0-9]{1,12}", series):
-            raise InvalidInput(f"ticket series {series!r}: use 1-12 capital letters or digits")
-        if (root / DB_FILE).exists():
-            raise StoreExists(f"{root} already holds a store; nothing was changed")
-        if (root / KEY_FILE).exists():
-            raise StoreExists(
-                f"{root} holds a device key but no database (an interrupted init?); "
-                "move it away and run init again"
-            )
+        series = cls.check_new(root, name, series)
         root.mkdir(mode=0o700, parents=True, exist_ok=True)  # noqa: ASYNC240 - once, tiny
         os.chmod(root, 0o700)
-        key = DeviceKey.generate()
-        device_id = str(uuid.uuid4())
+        key = key or DeviceKey.generate()
+        device_id = device_id or str(uuid.uuid4())
         info = {
             "device_id": device_id,
             "name": name,
@@ -193,6 +204,8 @@ class Till:
             "public_key": key.public_bytes.hex(),
             "created_at": _timestamp(_utc_now()),
         }
+        if relay_url and relay_key:
+            info.update(relay_url=relay_url, relay_key=relay_key.hex())
         key.write(root)
         # Built under a temporary name and renamed: a crash leaves no half-made store.
         tmp = root / (DB_FILE + ".init")
@@ -211,20 +224,44 @@ class Till:
         os.replace(tmp, root / DB_FILE)
         return info
 
+    @staticmethod
+    def check_new(root: Path, name: str, series: str | None) -> str:
+        """Refuse a bad name, series or target before anything is made; returns the series."""
+        if not name.strip():
+            raise InvalidInput("a device needs a name (--name)")
+        series = series or default_series(name)
+        if not re.fullmatch(r"[A-Z0-9]{1,12}", series):
+            raise InvalidInput(f"ticket series {series!r}: use 1-12 capital letters or digits")
+        if (root / DB_FILE).exists():
+            raise StoreExists(f"{root} already holds a store; nothing was changed")
+        if (root / KEY_FILE).exists():
+            raise StoreExists(
+                f"{root} holds a device key but no database (an interrupted init?); "
+                "move it away and run init again"
+            )
+        return series
+
     @classmethod
     async def open(
-        cls, path: str | os.PathLike[str], *, readonly: bool = False, clock: Clock = _utc_now
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        readonly: bool = False,
+        clock: Clock = _utc_now,
+        wait: float = 0.0,
     ) -> Till:
-        """Open an existing store; ``readonly`` takes no lock and allows no writes."""
+        """Open an existing store; ``readonly`` takes no lock and allows no writes.
+
+        ``wait`` is how long to wait for another process's write lock (``peer run``
+        holds it only while a sync round runs)."""
         root = Path(path)
         if not (root / DB_FILE).exists():
             raise StoreNotFound(f"no tillsync store in {root} (run `tillsync peer init {root}`)")
-        lock = None if readonly else _lock(root)
+        lock = None if readonly else await _lock(root, wait)
         try:
             db = await TillDB.open(root / DB_FILE, readonly=readonly)
             try:
-                info = {k: await db.meta(k) or "" for k in
-                        ("device_id", "name", "series", "store_id", "public_key")}
+                info = {k: await db.meta(k) or "" for k in META_KEYS}
                 data, snapshot_size, changes_size = await db.document()
                 try:
                     master = MasterData.load(data, uuid.UUID(info["device_id"]).bytes)
@@ -315,12 +352,15 @@ class Till:
                     outcomes.append((future, await op(batch), None))
                 except (TillsyncError, SchemaViolation) as exc:
                     outcomes.append((future, None, exc))
-            if batch.entries or batch.chunks:
+            if batch.entries or batch.chunks or batch.receipts or batch.meta:
                 await self._db.begin()
                 await self._db.insert_entries(batch.entries)
                 await self._db.apply_effects(batch.effects)
                 await self._db.append_changes(batch.chunks)
+                await self._db.store_receipts(batch.receipts)
+                await self._db.set_meta(batch.meta)
                 await self._db.commit()
+                self.meta.update(batch.meta)
         except Exception as exc:
             # Nothing of this batch is on disk: bring memory back to what is.
             await self._db.rollback()
@@ -481,6 +521,72 @@ class Till:
     async def entries(self, kind: str | None = None) -> list[Entry]:
         return [e async for e, _ in self._db.entries(kind=kind)]
 
+    # -- sync with the relay -----------------------------------------------------------
+
+    @property
+    def key(self) -> DeviceKey:
+        if self._key is None:
+            raise StoreError(f"{self.path} is open read-only; syncing needs it writable")
+        return self._key
+
+    @property
+    def relay_key(self) -> bytes | None:
+        return bytes.fromhex(self.meta["relay_key"]) if self.meta.get("relay_key") else None
+
+    def receipts_position(self) -> tuple[int, bytes]:
+        """Position and hash of the last receipt of the relay's stream held here."""
+        seq = int(self.meta.get("receipts_seq") or 0)
+        head = bytes.fromhex(self.meta["receipts_hash"]) if self.meta.get("receipts_hash") \
+            else bytes(32)
+        return seq, head
+
+    async def entries_after(self, heads: Mapping[str, int], limit: int) -> list[Entry]:
+        """Entries this store holds beyond ``heads`` (device -> seq), oldest first."""
+        out: list[Entry] = []
+        for device_id in await self._db.devices():
+            if len(out) >= limit:
+                break
+            out += await self._db.entries_after(device_id, heads.get(device_id, 0),
+                                                limit - len(out))
+        return out
+
+    async def store_receipts(self, receipts: list[dict[str, Any]], seq: int, head: bytes,
+                             contact: str) -> None:
+        """Keep verified receipts and the new stream position, in one commit."""
+
+        async def op(batch: _Batch) -> None:
+            batch.receipts.extend(
+                (r["client_id"], r["server_seq"], r["status"],
+                 msgpack.packb(r, use_bin_type=True)) for r in receipts)
+            batch.meta.update(receipts_seq=str(seq), receipts_hash=head.hex(),
+                              last_contact=contact)
+
+        await self._submit(op)
+
+    async def note_contact(self, contact: str, error: str = "") -> None:
+        async def op(batch: _Batch) -> None:
+            batch.meta["last_error"] = error
+            if contact:
+                batch.meta["last_contact"] = contact
+
+        await self._submit(op)
+
+    async def receive_document(self, sync_state: Any, message: bytes | None = None,
+                               snapshot: bytes | None = None) -> None:
+        """Merge a peer's document sync message or snapshot, durably."""
+
+        async def op(batch: _Batch) -> None:
+            if snapshot is not None:
+                batch.chunks.extend(self.master.apply(snapshot))
+            if message is not None:
+                batch.chunks.extend(self.master.receive_sync(sync_state, message))
+
+        await self._submit(op)
+
+    async def receipts(self, status: str | None = None) -> list[dict[str, Any]]:
+        """The latest receipt of every entry the relay has answered (any device)."""
+        return [msgpack.unpackb(b, raw=False) for b in await self._db.receipts(status)]
+
     # -- derived views -----------------------------------------------------------------
 
     async def stock(self) -> list[dict[str, Any]]:
@@ -547,7 +653,15 @@ class Till:
             "last_ticket": f"{self.series}-{self._tickets:06d}" if self._tickets else None,
             "entries": counts,
             "pending": pending,
-            "last_contact": None,
+            "relay": self.meta.get("relay_url") or None,
+            "last_contact": self.meta.get("last_contact") or None,
+            "last_error": self.meta.get("last_error") or None,
+            "receipts_position": self.receipts_position()[0],
+            "rejected": [{"client_id": r["client_id"], "kind": r.get("kind"),
+                          "seq": r.get("seq"), "device_id": r.get("device_id"),
+                          **r.get("error", {})}
+                         for r in await self.receipts("rejected")],
+            "waiting": len(await self.receipts("waiting")),
             "open_shifts": [s for s in await self.shifts() if s["open"]],
             "held_sales": await self.held_sales(),
             "master": {c: len(self.master.ids(c)) for c in ("products", "customers",

@@ -9,19 +9,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+from peer import client
 from peer.errors import InvalidInput, StoreCorrupt, StoreError, TillsyncError
 from peer.store import Till
+from relay.server import Relay, RelayConfig, running
 from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, UnknownCollection, UnknownKind
 from tools import demo as demo_module
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_STORE = 0, 1, 2, 3
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_STORE, EXIT_RELAY = 0, 1, 2, 3, 4
 
 EPILOG = """\
-exit status: 0 done, 1 a check failed, 2 bad input (nothing stored), 3 store unusable.
+exit status: 0 done, 1 a check failed, 2 bad input (nothing stored), 3 store unusable,
+4 the relay could not be reached or refused.
 money is integer minor units (1250 = 12.50); quantities are integers or decimal strings
 ("0.75"); --body takes JSON, @FILE to read it from a file, or - for standard input."""
 
@@ -58,12 +64,22 @@ def _emit(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None
 
 
 async def peer_init(args: argparse.Namespace) -> int:
-    info = await Till.init(args.dir, name=args.name, series=args.series, store_id=args.store)
+    if bool(args.relay) != bool(args.code):
+        raise CliError("--relay and --code go together (get a code from `tillsync relay "
+                       "enroll`)", EXIT_BAD_INPUT)
+    if args.relay:
+        info = await client.init_enrolled(Path(args.dir), name=args.name, url=args.relay,
+                                          code=args.code, series=args.series)
+    else:
+        info = await Till.init(args.dir, name=args.name, series=args.series,
+                               store_id=args.store)
     public = {k: info[k] for k in ("device_id", "name", "series", "store_id", "public_key")}
     _emit(args, public, lambda: (
         f"initialised store in {args.dir}\n"
         f"  device   {info['device_id']} ({info['name']})\n"
-        f"  tickets  {info['series']}-000001, {info['series']}-000002, ...\n"
+        f"  store    {info['store_id']}"
+        + (f", enrolled at {info['relay_url']}\n" if info.get("relay_url") else "\n")
+        + f"  tickets  {info['series']}-000001, {info['series']}-000002, ...\n"
         f"  key      {args.dir}/device.key (owner-only; keep it secret, back it up)"
     ))
     return EXIT_OK
@@ -177,6 +193,74 @@ async def peer_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_CHECK_FAILED
 
 
+async def peer_sync(args: argparse.Namespace) -> int:
+    if not args.once:
+        raise CliError("peer sync runs one round: pass --once (the daemon is `peer run`)",
+                       EXIT_BAD_INPUT)
+    async with await Till.open(args.dir, wait=10.0) as till:
+        report = await client.sync_once(till, args.relay)
+    data = vars(report)
+    _emit(args, data, lambda: (
+        f"synced: pushed {report.pushed} entries, received {report.receipts} receipts "
+        f"({report.accepted} accepted, {report.waiting} waiting, {report.rejected} rejected "
+        f"of mine), {report.doc_changes} document messages; {report.pending} pending"))
+    return EXIT_OK
+
+
+async def peer_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    await client.run(Path(args.dir), url=args.relay, interval=args.interval)
+    return EXIT_OK
+
+
+async def peer_receipts(args: argparse.Namespace) -> int:
+    async with await Till.open(args.dir, readonly=True) as till:
+        receipts = await till.receipts()
+    if args.mine:
+        receipts = [r for r in receipts if r.get("device_id") == till.device_id]
+    rows = [{k: (v.hex() if isinstance(v, bytes) else v) for k, v in r.items()}
+            for r in receipts]
+
+    def human() -> str:
+        lines = [f"{'ticket':<16} {'invoice':<14} {'status':<9} {'total':>9}  kind / note"]
+        for r in receipts:
+            invoice = f"{r['series']}-{r['invoice_no']:06d}" if "invoice_no" in r else ""
+            note = r.get("error", {}).get("message", "") or ", ".join(
+                w["code"] for w in r.get("warnings", []))
+            total = f"{r['total'] / 100:.2f}" if "total" in r else ""
+            lines.append(f"{r.get('ticket') or '':<16} {invoice:<14} {r['status']:<9} "
+                         f"{total:>9}  {r.get('kind', '')} {r.get('server_id', '')} {note}")
+        return "\n".join(lines) if receipts else "no receipts yet: run `tillsync peer sync`"
+
+    _emit(args, rows, human)
+    return EXIT_OK
+
+
+async def relay_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = RelayConfig(Path(args.data), args.host, args.port)
+    async with running(config) as (_, port):
+        print(f"relay listening on ws://{args.host}:{port} (data in {args.data})",
+              flush=True)
+        await asyncio.Event().wait()
+    return EXIT_OK
+
+
+async def relay_enroll(args: argparse.Namespace) -> int:
+    relay = await Relay.open(Path(args.data))
+    try:
+        code = await relay.new_code(args.store, args.name, args.role,
+                                    timedelta(hours=args.hours))
+    finally:
+        await relay.close()
+    _emit(args, {"code": code, "store": args.store, "name": args.name,
+                 "expires_in_hours": args.hours}, lambda: (
+        f"{code}\n(one-time code for '{args.name}' in store {args.store}, valid "
+        f"{args.hours} h: tillsync peer init DIR --name '{args.name}' --relay URL "
+        f"--code {code})"))
+    return EXIT_OK
+
+
 async def peer_log(args: argparse.Namespace) -> int:
     async with await Till.open(args.dir, readonly=True) as till:
         entries = await till.entries(kind=args.kind)
@@ -206,7 +290,25 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    areas = parser.add_subparsers(dest="area", required=True, metavar="{peer,demo}")
+    areas = parser.add_subparsers(dest="area", required=True, metavar="{peer,relay,demo}")
+    relay = areas.add_parser("relay", help="the relay server", epilog=EPILOG,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    relay_verbs = relay.add_subparsers(dest="verb", required=True)
+    sub = relay_verbs.add_parser("serve", help="serve devices over websockets",
+                                 description="serve devices over websockets")
+    sub.add_argument("--data", required=True, metavar="DIR", help="the relay's data folder")
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sub.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
+    sub.set_defaults(func=relay_serve)
+    sub = relay_verbs.add_parser("enroll", help="make a one-time code to enroll a device",
+                                 description="make a one-time code to enroll a device")
+    sub.add_argument("--data", required=True, metavar="DIR", help="the relay's data folder")
+    sub.add_argument("--store", required=True, help="store id (created on first use)")
+    sub.add_argument("--name", required=True, help="the device's name")
+    sub.add_argument("--role", default="till", choices=["till", "backoffice", "admin"])
+    sub.add_argument("--hours", type=float, default=24.0, help="validity (default 24)")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.set_defaults(func=relay_enroll)
     demo_parser = areas.add_parser("demo", help="one till selling offline, end to end",
                                    description=demo_module.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,7 +331,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = verb("init", peer_init, "create a store: device key, database, empty master data")
     sub.add_argument("--name", required=True, help="device name, e.g. 'Till 3'")
     sub.add_argument("--series", help="provisional ticket series (default: from the name)")
-    sub.add_argument("--store", help="store id (default: a new UUID)")
+    sub.add_argument("--store", help="store id when not enrolling (default: a new UUID)")
+    sub.add_argument("--relay", metavar="URL", help="relay to enroll with, ws://host:port")
+    sub.add_argument("--code", help="one-time code from `tillsync relay enroll`")
+
+    sub = verb("sync", peer_sync, "one sync round with the relay: push, receipts, document")
+    sub.add_argument("--once", action="store_true", help="run one round and exit")
+    sub.add_argument("--relay", metavar="URL", help="relay url (default: the enrolled one)")
+
+    sub = verb("run", peer_run, "daemon: sync every few seconds, back off when the relay "
+               "is unreachable", json_flag=False)
+    sub.add_argument("--relay", metavar="URL", help="relay url (default: the enrolled one)")
+    sub.add_argument("--interval", type=float, default=5.0, help="seconds between rounds")
+
+    sub = verb("receipts", peer_receipts, "the relay's answers: ticket -> invoice number, "
+               "waiting and rejected entries")
+    sub.add_argument("--mine", action="store_true", help="only this device's entries")
 
     sub = verb("put", peer_put, "create or update a master-data record (fields merge)")
     sub.add_argument("collection", choices=COLLECTIONS)
@@ -269,6 +386,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         print(f"tillsync: {exc}", file=sys.stderr)
         return EXIT_STORE
+    except client.SyncError as exc:
+        print(f"tillsync: {exc}", file=sys.stderr)
+        return EXIT_RELAY
     except TillsyncError as exc:
         print(f"tillsync: {exc}", file=sys.stderr)
         return EXIT_STORE

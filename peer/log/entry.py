@@ -41,13 +41,14 @@ def _canonical(value: object, path: str) -> object:
         return [_canonical(v, f"{path}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, float):
         raise TypeError(f"{path}: floats are not allowed (money is integer minor units)")
-    if value is None or isinstance(value, str | int | bool):
+    if value is None or isinstance(value, str | int | bool | bytes):
         return value
     raise TypeError(f"{path}: {type(value).__name__} cannot be stored")
 
 
 def canonical_body(body: Mapping[str, object]) -> bytes:
-    """The canonical msgpack bytes of an entry body (keys sorted, no floats)."""
+    """The canonical msgpack bytes of a map (keys sorted at every level, no floats):
+    entry bodies, and the relay's receipts."""
     packed: bytes = msgpack.packb(_canonical(body, "body"), use_bin_type=True)
     return packed
 

@@ -228,6 +228,29 @@ class MasterData:
     def changes_since(self, heads: list[bytes]) -> list[bytes]:
         return [change.bytes for change in self._doc.get_changes(heads)]
 
+    def sync_message(self, state: am.SyncState) -> bytes | None:
+        """The next Automerge sync message for a peer, or None when there is nothing."""
+        message = self._doc.generate_sync_message(state)
+        return None if message is None else bytes(message.encode())
+
+    def receive_sync(self, state: am.SyncState, data: bytes) -> list[bytes]:
+        """Apply a peer's sync message; returns the change chunks it brought, to persist.
+
+        Raises ``InvalidInput`` if the message cannot be decoded."""
+        before = self._doc.get_heads()
+        try:
+            self._doc.receive_sync_message(state, am.Message.decode(data))
+        except Exception as exc:  # the binding raises plain Exception for bad input
+            raise InvalidInput(f"bad document sync message: {exc}") from None
+        chunks = self.changes_since(before)
+        if chunks:
+            self._cache.clear()
+        return chunks
+
+    def is_genesis(self) -> bool:
+        """True while the document holds nothing but the shared genesis change."""
+        return self._doc.get_heads() == genesis().get_heads()
+
     def apply(self, chunks: bytes) -> list[bytes]:
         """Merge change chunks (or a snapshot) from elsewhere; returns the new chunks."""
         before = self._doc.get_heads()

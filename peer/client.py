@@ -1,0 +1,232 @@
+"""The device's link to the relay: enrollment, one sync round, and the daemon loop.
+
+A thin asyncio layer around ``peer.sync.ClientLink``: it opens a websocket, feeds frames
+to the link and acts on its events, using the ``Till`` for everything stored.  One round
+(``sync_once``) authenticates, merges the master document both ways, pushes every entry
+the relay lacks (its heads say which) in ordered batches, and takes the receipts after
+this device's stream position, checking the relay's chain and signature before storing
+them.  ``run`` repeats rounds forever, with exponential backoff and jitter on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import automerge.core as am
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from peer.errors import InvalidInput, TillsyncError
+from peer.identity import DeviceKey
+from peer.store import Till
+from peer.sync.engine import (
+    ClientLink,
+    DocMessage,
+    DocSnapshot,
+    Enrolled,
+    Ingested,
+    LinkFailed,
+    Ready,
+    ReceiptsReceived,
+    RemoteError,
+)
+from peer.sync.frames import MAX_FRAME
+from peer.sync.receipts import verify_receipts
+
+log = logging.getLogger("tillsync.peer")
+BATCH = 500
+
+
+class SyncError(TillsyncError):
+    """A sync round could not complete (relay unreachable, refused, or misbehaving)."""
+
+    def __init__(self, message: str, code: str = "unreachable") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class SyncReport:
+    pushed: int = 0
+    receipts: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    waiting: int = 0
+    doc_changes: int = 0
+    pending: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def enroll(url: str, code: str, name: str, key: DeviceKey, device_id: str,
+                 within: float = 10.0) -> Enrolled:
+    """Register a new device at the relay with a one-time code."""
+    link = ClientLink(store="", device=device_id, key=key, nonce=os.urandom(32))
+    link.start_enroll(code, name)
+    try:
+        async with asyncio.timeout(within):
+            async with connect(url, max_size=MAX_FRAME, compression=None) as ws:
+                for out in link.data_to_send():
+                    await ws.send(out)
+                async for frame in ws:
+                    link.receive_data(frame)
+                    for event in link.events_received():
+                        if isinstance(event, Enrolled):
+                            return event
+                        if isinstance(event, RemoteError | LinkFailed):
+                            raise SyncError(f"enrollment refused: {event.message}", event.code)
+    except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+        raise SyncError(f"cannot reach the relay at {url}: {exc or type(exc).__name__}") \
+            from None
+    raise SyncError("the relay closed the connection during enrollment")
+
+
+async def init_enrolled(path: Path, *, name: str, url: str, code: str,
+                        series: str | None = None) -> dict[str, str]:
+    """``peer init --relay URL --code CODE``: enroll first, then create the store, so a
+    refused code leaves nothing behind."""
+    Till.check_new(path, name, series)
+    key, device_id = DeviceKey.generate(), str(uuid.uuid4())
+    enrolled = await enroll(url, code, name, key, device_id)
+    return await Till.init(path, name=name, series=series, store_id=enrolled.store, key=key,
+                           device_id=device_id, relay_url=url, relay_key=enrolled.relay_key)
+
+
+async def sync_once(till: Till, url: str | None = None, *, within: float = 30.0,
+                    settle: float = 0.2) -> SyncReport:
+    """One full round with the relay; raises ``SyncError`` if it cannot complete."""
+    url = url or till.meta.get("relay_url")
+    if not url:
+        raise InvalidInput("this store has no relay; enroll it (`peer init --relay URL "
+                           "--code CODE`) or pass --relay")
+    report = SyncReport()
+    try:
+        async with asyncio.timeout(within):
+            async with connect(url, max_size=MAX_FRAME, compression=None,
+                               open_timeout=min(within, 10)) as ws:
+                await _round(till, ws, report, settle)
+    except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+        error = f"cannot sync with the relay at {url}: {exc or type(exc).__name__}"
+        await till.note_contact("", error)
+        raise SyncError(error) from None
+    except SyncError as exc:
+        await till.note_contact("", str(exc))
+        raise
+    report.pending = (await till.pending(limit=0))[0]
+    return report
+
+
+async def _round(till: Till, ws: ClientConnection,
+                 report: SyncReport, settle: float) -> None:
+    seq, head = till.receipts_position()
+    link = ClientLink(store=till.store_id, device=till.device_id, key=till.key,
+                      nonce=os.urandom(32), relay_key=till.relay_key, receipts_after=seq,
+                      doc_empty=till.master.is_genesis())
+    sync = am.SyncState()
+    link.start()
+    heads: dict[str, int] = {}
+    in_flight = 0
+    pushed_all = False
+    relay_head = -1
+
+    async def flush() -> None:
+        for frame in link.data_to_send():
+            await ws.send(frame)
+
+    async def push_next() -> None:
+        nonlocal in_flight, pushed_all
+        batch = await till.entries_after(heads, BATCH)
+        if not batch:
+            pushed_all = True
+            return
+        for entry in batch:
+            heads[entry.device_id] = max(heads.get(entry.device_id, 0), entry.seq)
+        link.send_entries(batch)
+        report.pushed += len(batch)
+        in_flight += 1
+
+    await flush()
+    while True:
+        done = pushed_all and in_flight == 0 and seq >= relay_head
+        try:
+            frame = await asyncio.wait_for(ws.recv(), settle if done else None)
+        except TimeoutError:
+            return  # everything pushed and answered, and the relay has gone quiet
+        link.receive_data(frame)
+        for event in link.events_received():
+            if isinstance(event, Ready):
+                heads = dict(event.heads)
+                relay_head = event.receipts_head
+                message = till.master.sync_message(sync)
+                if message is not None:
+                    link.send_doc(message)
+                await push_next()
+            elif isinstance(event, Ingested):
+                in_flight -= 1
+                if not pushed_all:
+                    await push_next()
+            elif isinstance(event, ReceiptsReceived):
+                good_seq, good_head, problem = verify_receipts(
+                    till.relay_key or b"", event.receipts, seq, head)
+                if problem is not None:
+                    raise SyncError(f"receipts from the relay do not verify: {problem}",
+                                    "bad_receipts")
+                vouched = [r for r in event.receipts if r["server_seq"] <= good_seq]
+                if vouched:
+                    await till.store_receipts(vouched, good_seq, good_head, _now())
+                    seq, head = good_seq, good_head
+                    report.receipts += len(vouched)
+                    for r in vouched:
+                        if r["device_id"] == till.device_id:
+                            setattr(report, r["status"], getattr(report, r["status"]) + 1)
+                relay_head = max(relay_head, event.head)
+            elif isinstance(event, DocSnapshot):
+                await till.receive_document(sync, snapshot=event.data)
+                report.doc_changes += 1
+            elif isinstance(event, DocMessage):
+                await till.receive_document(sync, message=event.data)
+                report.doc_changes += 1
+                reply = till.master.sync_message(sync)
+                if reply is not None:
+                    link.send_doc(reply)
+            elif isinstance(event, RemoteError | LinkFailed):
+                raise SyncError(f"the relay refused: {event.message}", event.code)
+        await flush()
+        if link.closed:
+            raise SyncError("the relay closed the link")
+
+
+async def run(path: Path, *, url: str | None = None, interval: float = 5.0,
+              max_backoff: float = 60.0, rounds: int | None = None) -> None:
+    """The daemon: sync every ``interval`` seconds; on failure back off exponentially
+    (with full jitter, so a shop's tills do not all retry at once) up to ``max_backoff``.
+
+    The store is opened for each round and closed after it, so other processes (the
+    till's front end, the CLI) can write between rounds."""
+    failures = 0
+    done = 0
+    while rounds is None or done < rounds:
+        try:
+            async with await Till.open(path, wait=10.0) as till:
+                report = await sync_once(till, url)
+            failures = 0
+            log.info("synced: pushed %d, %d receipts, %d pending", report.pushed,
+                     report.receipts, report.pending)
+            delay = interval
+        except SyncError as exc:
+            failures += 1
+            delay = random.uniform(0, min(max_backoff, interval * 2 ** failures))
+            log.warning("sync failed (%s); retrying in %.1f s", exc, delay)
+        done += 1
+        if rounds is None or done < rounds:
+            await asyncio.sleep(delay)

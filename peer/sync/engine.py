@@ -1,0 +1,340 @@
+"""The state of one link, sans I/O: bytes in, events and bytes out.
+
+A link is either the device end (``ClientLink``) or the relay end (``RelayLink``).  It
+knows the handshake and which message may come when; it has no sockets, no clock and
+no randomness (nonces are given to it), and it never touches storage: when the relay
+must look a device up or ingest a batch, the link hands out an event and the I/O layer
+answers by calling a method.  Use::
+
+    link.receive_data(frame)
+    for event in link.events_received(): ...
+    for frame in link.data_to_send(): await websocket.send(frame)
+
+Handshake (both sides prove their keys over the same transcript)::
+
+    device                                   relay
+      hello {v, store, device, nonce_d, receipts_after, doc_empty}  ->
+                      <-  challenge {nonce_r, relay_key, sig_r(transcript)}
+      auth {sig_d(transcript)}                ->
+                      <-  welcome {heads, receipts_head}
+
+then, in any order: ``entries`` -> / <- ``ingested``, <- ``receipts``, ``doc`` <->,
+<- ``doc_snapshot``, ``error`` <->.  Enrollment is its own short link:
+``enroll`` -> / <- ``enrolled``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from peer.identity import DeviceKey, verify_signature
+from peer.log import Entry
+from peer.sync.frames import (
+    PROTOCOL_VERSION,
+    ProtocolError,
+    decode,
+    encode,
+    entry_from_wire,
+    entry_to_wire,
+)
+
+# -- events ---------------------------------------------------------------------------
+
+
+class Event:
+    """Base of everything a link reports."""
+
+
+@dataclass(frozen=True)
+class HelloReceived(Event):
+    store: str
+    device: str
+    receipts_after: int
+    doc_empty: bool
+
+
+@dataclass(frozen=True)
+class EnrollRequested(Event):
+    code: str
+    device: str
+    name: str
+    public_key: bytes
+
+
+@dataclass(frozen=True)
+class Authenticated(Event):
+    store: str
+    device: str
+    receipts_after: int
+    doc_empty: bool
+
+
+@dataclass(frozen=True)
+class Ready(Event):
+    heads: dict[str, int]
+    receipts_head: int
+
+
+@dataclass(frozen=True)
+class Enrolled(Event):
+    store: str
+    device: str
+    relay_key: bytes
+
+
+@dataclass(frozen=True)
+class EntriesReceived(Event):
+    entries: list[Entry]
+
+
+@dataclass(frozen=True)
+class Ingested(Event):
+    heads: dict[str, int]
+    count: int
+
+
+@dataclass(frozen=True)
+class ReceiptsReceived(Event):
+    receipts: list[dict[str, Any]]
+    head: int
+
+
+@dataclass(frozen=True)
+class DocMessage(Event):
+    data: bytes
+
+
+@dataclass(frozen=True)
+class DocSnapshot(Event):
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RemoteError(Event):
+    """The other side sent an ``error`` frame."""
+
+    code: str
+    message: str
+    fatal: bool
+
+
+@dataclass(frozen=True)
+class LinkFailed(Event):
+    """The other side broke the protocol; an error frame has been queued for it."""
+
+    code: str
+    message: str
+
+
+def transcript(store: str, device: str, nonce_d: bytes, nonce_r: bytes, relay_key: bytes) -> bytes:
+    """What both ends sign: binds the store, the device, both nonces and the relay key."""
+    packed = msgpack.packb([store, device, nonce_d, nonce_r, relay_key], use_bin_type=True)
+    return hashlib.sha256(b"tillsync/auth/v1" + packed).digest()
+
+
+class _Link:
+    def __init__(self) -> None:
+        self._out: list[bytes] = []
+        self._events: list[Event] = []
+        self.state = "new"
+
+    def data_to_send(self) -> list[bytes]:
+        out, self._out = self._out, []
+        return out
+
+    def events_received(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    @property
+    def closed(self) -> bool:
+        return self.state == "closed"
+
+    def _send(self, t: str, **fields: Any) -> None:
+        self._out.append(encode(t, **fields))
+
+    def fail(self, code: str, message: str, *, fatal: bool = True) -> None:
+        """Tell the other side what is wrong (never internal details); close if fatal."""
+        self._send("error", code=code, message=message, fatal=fatal)
+        if fatal:
+            self.state = "closed"
+
+    def receive_data(self, data: bytes | str) -> None:
+        if self.closed:
+            return
+        try:
+            message = decode(data)
+            if message["t"] == "error":
+                self._events.append(RemoteError(message["code"], message["message"],
+                                                message["fatal"]))
+                if message["fatal"]:
+                    self.state = "closed"
+                return
+            self._handle(message)
+        except ProtocolError as exc:
+            self._events.append(LinkFailed(exc.code, exc.message))
+            self.fail(exc.code, exc.message, fatal=exc.fatal)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _unexpected(self, message: dict[str, Any]) -> ProtocolError:
+        return ProtocolError("unexpected", f"{message['t']!r} is not expected now "
+                                           f"(link state {self.state})")
+
+
+# -- the device end -------------------------------------------------------------------
+
+
+class ClientLink(_Link):
+    """A device's end of a link to the relay (or, later, to another till)."""
+
+    def __init__(self, *, store: str, device: str, key: DeviceKey, nonce: bytes,
+                 relay_key: bytes | None = None, receipts_after: int = 0,
+                 doc_empty: bool = False) -> None:
+        super().__init__()
+        self.store, self.device = store, device
+        self._key, self._nonce, self.relay_key = key, nonce, relay_key
+        self._receipts_after, self._doc_empty = receipts_after, doc_empty
+
+    def start(self) -> None:
+        self._send("hello", v=PROTOCOL_VERSION, store=self.store, device=self.device,
+                   nonce=self._nonce, receipts_after=self._receipts_after,
+                   doc_empty=self._doc_empty)
+        self.state = "hello_sent"
+
+    def start_enroll(self, code: str, name: str) -> None:
+        self._send("enroll", v=PROTOCOL_VERSION, code=code, device=self.device, name=name,
+                   public_key=self._key.public_bytes)
+        self.state = "enrolling"
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        t = message["t"]
+        if t == "enrolled" and self.state == "enrolling":
+            self._events.append(Enrolled(message["store"], message["device"],
+                                         message["relay_key"]))
+            self.state = "closed"
+        elif t == "challenge" and self.state == "hello_sent":
+            relay_key = message["relay_key"]
+            if self.relay_key is not None and relay_key != self.relay_key:
+                raise ProtocolError("auth_failed", "the relay's key is not the one this "
+                                                   "device enrolled with")
+            proof = transcript(self.store, self.device, self._nonce, message["nonce"],
+                               relay_key)
+            if not verify_signature(relay_key, message["sig"], b"relay" + proof):
+                raise ProtocolError("auth_failed", "the relay's signature does not verify")
+            self._send("auth", sig=self._key.sign(b"device" + proof))
+            self.state = "authenticating"
+        elif t == "welcome" and self.state == "authenticating":
+            heads = message["heads"]
+            if not all(isinstance(k, str) and isinstance(v, int) for k, v in heads.items()):
+                raise ProtocolError("bad_field", "welcome: heads maps device ids to seqs")
+            self.state = "ready"
+            self._events.append(Ready(heads, message["receipts_head"]))
+        elif self.state != "ready":
+            raise self._unexpected(message)
+        elif t == "ingested":
+            self._events.append(Ingested(message["heads"], message["count"]))
+        elif t == "receipts":
+            if not all(isinstance(r, dict) for r in message["receipts"]):
+                raise ProtocolError("bad_field", "receipts: each receipt is a map")
+            self._events.append(ReceiptsReceived(message["receipts"], message["head"]))
+        elif t == "doc":
+            self._events.append(DocMessage(message["m"]))
+        elif t == "doc_snapshot":
+            self._events.append(DocSnapshot(message["data"]))
+        else:
+            raise self._unexpected(message)
+
+    def send_entries(self, entries: list[Entry]) -> None:
+        self._send("entries", entries=[entry_to_wire(e) for e in entries])
+
+    def send_doc(self, data: bytes) -> None:
+        self._send("doc", m=data)
+
+
+# -- the relay end --------------------------------------------------------------------
+
+
+class RelayLink(_Link):
+    """The relay's end of one device's link."""
+
+    def __init__(self, *, relay_key: DeviceKey, nonce: bytes) -> None:
+        super().__init__()
+        self._key, self._nonce = relay_key, nonce
+        self.store = self.device = ""
+        self._device_key = b""
+        self._hello: HelloReceived | None = None
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        t = message["t"]
+        if t in ("hello", "enroll") and self.state == "new":
+            if message["v"] != PROTOCOL_VERSION:
+                raise ProtocolError("version", f"protocol version {message['v']} is not "
+                                               f"supported; this relay speaks {PROTOCOL_VERSION}")
+            if t == "enroll":
+                self.state = "enrolling"
+                self._events.append(EnrollRequested(message["code"], message["device"],
+                                                    message["name"], message["public_key"]))
+                return
+            self.store, self.device = message["store"], message["device"]
+            self._hello = HelloReceived(self.store, self.device, message["receipts_after"],
+                                        message["doc_empty"])
+            self._client_nonce = message["nonce"]
+            self.state = "looking_up"
+            self._events.append(self._hello)
+        elif t == "auth" and self.state == "challenged":
+            proof = transcript(self.store, self.device, self._client_nonce, self._nonce,
+                               self._key.public_bytes)
+            if not verify_signature(self._device_key, message["sig"], b"device" + proof):
+                raise ProtocolError("auth_failed", "the device's signature does not verify")
+            assert self._hello is not None
+            self.state = "authenticated"
+            self._events.append(Authenticated(self.store, self.device,
+                                              self._hello.receipts_after, self._hello.doc_empty))
+        elif self.state != "ready":
+            raise self._unexpected(message)
+        elif t == "entries":
+            self._events.append(EntriesReceived([entry_from_wire(e)
+                                                 for e in message["entries"]]))
+        elif t == "doc":
+            self._events.append(DocMessage(message["m"]))
+        else:
+            raise self._unexpected(message)
+
+    # answers from the I/O layer
+
+    def challenge(self, device_public_key: bytes) -> None:
+        """The device is registered with this key: prove the relay's own and ask for its."""
+        assert self.state == "looking_up"
+        self._device_key = device_public_key
+        proof = transcript(self.store, self.device, self._client_nonce, self._nonce,
+                           self._key.public_bytes)
+        self._send("challenge", nonce=self._nonce, relay_key=self._key.public_bytes,
+                   sig=self._key.sign(b"relay" + proof))
+        self.state = "challenged"
+
+    def welcome(self, heads: dict[str, int], receipts_head: int) -> None:
+        assert self.state == "authenticated"
+        self._send("welcome", heads=heads, receipts_head=receipts_head)
+        self.state = "ready"
+
+    def enrolled(self, store: str, device: str) -> None:
+        self._send("enrolled", store=store, device=device, relay_key=self._key.public_bytes)
+        self.state = "closed"
+
+    def send_ingested(self, heads: dict[str, int], count: int) -> None:
+        self._send("ingested", heads=heads, count=count)
+
+    def send_receipts(self, receipts: list[dict[str, Any]], head: int) -> None:
+        self._send("receipts", receipts=receipts, head=head)
+
+    def send_doc(self, data: bytes) -> None:
+        self._send("doc", m=data)
+
+    def send_snapshot(self, data: bytes) -> None:
+        self._send("doc_snapshot", data=data)

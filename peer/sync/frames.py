@@ -1,0 +1,138 @@
+"""Wire frames: one msgpack map per websocket binary message, checked on the way in.
+
+Every frame is a map with ``t`` (its type) and the fields of that type (see
+``schemas/protocol/messages.json``).  ``decode`` never raises anything but
+``ProtocolError``, whose ``code`` is what goes back to the other side in an ``error``
+frame; internal details are never echoed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 4 * 1024 * 1024  # bytes; a batch of 500 sales is ~250 KB
+MAX_BATCH = 1000  # entries or receipts in one frame
+
+
+class ProtocolError(Exception):
+    """The other side sent something this protocol does not allow.
+
+    ``code`` is stable and machine-readable (``malformed``, ``unknown_type``,
+    ``too_large``, ``bad_field``, ``unexpected``, ``version``, ``auth_failed``,
+    ``unknown_device``, ``revoked``, ``bad_code``); ``fatal`` says whether the link must
+    close."""
+
+    def __init__(self, code: str, message: str, *, fatal: bool = True) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.fatal = fatal
+
+
+def _is_bytes(n: int | None = None) -> Callable[[object], bool]:
+    return lambda v: isinstance(v, bytes) and (n is None or len(v) == n)
+
+
+def _is_str(v: object) -> bool:
+    return isinstance(v, str) and 0 < len(v) <= 200
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_list(v: object) -> bool:
+    return isinstance(v, list) and len(v) <= MAX_BATCH
+
+
+def _is_map(v: object) -> bool:
+    return isinstance(v, dict)
+
+
+def _is_opt_bytes(v: object) -> bool:
+    return v is None or isinstance(v, bytes)
+
+
+# type -> {field: check}; fields not listed are refused.
+MESSAGES: dict[str, dict[str, Callable[[object], bool]]] = {
+    "hello": {"v": _is_int, "store": _is_str, "device": _is_str, "nonce": _is_bytes(32),
+              "receipts_after": _is_int, "doc_empty": lambda v: isinstance(v, bool)},
+    "enroll": {"v": _is_int, "code": _is_str, "device": _is_str, "name": _is_str,
+               "public_key": _is_bytes(32)},
+    "enrolled": {"store": _is_str, "device": _is_str, "relay_key": _is_bytes(32)},
+    "challenge": {"nonce": _is_bytes(32), "relay_key": _is_bytes(32), "sig": _is_bytes(64)},
+    "auth": {"sig": _is_bytes(64)},
+    "welcome": {"heads": _is_map, "receipts_head": _is_int},
+    "entries": {"entries": _is_list},
+    "ingested": {"heads": _is_map, "count": _is_int},
+    "receipts": {"receipts": _is_list, "head": _is_int},
+    "doc": {"m": _is_bytes()},
+    "doc_snapshot": {"data": _is_bytes()},
+    "error": {"code": _is_str, "message": lambda v: isinstance(v, str),
+              "fatal": lambda v: isinstance(v, bool)},
+}
+
+
+def encode(t: str, **fields: Any) -> bytes:
+    packed: bytes = msgpack.packb({"t": t, **fields}, use_bin_type=True)
+    return packed
+
+
+def decode(data: bytes | str, *, max_size: int = MAX_FRAME) -> dict[str, Any]:
+    """Parse and check one frame; raise ``ProtocolError`` naming what is wrong."""
+    if isinstance(data, str):
+        raise ProtocolError("malformed", "text frames are not used; send binary msgpack")
+    if len(data) > max_size:
+        raise ProtocolError("too_large", f"frame of {len(data)} bytes exceeds {max_size}")
+    try:
+        message = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError("malformed", "frame is not valid msgpack") from None
+    if not isinstance(message, dict) or not isinstance(message.get("t"), str):
+        raise ProtocolError("malformed", "frame must be a map with a string field 't'")
+    t = message["t"]
+    spec = MESSAGES.get(t)
+    if spec is None:
+        raise ProtocolError("unknown_type", f"unknown message type {t[:40]!r}")
+    for name, value in message.items():
+        if name == "t":
+            continue
+        check = spec.get(name)
+        if check is None:
+            raise ProtocolError("bad_field", f"{t}: unexpected field {name[:40]!r}")
+        if not check(value):
+            raise ProtocolError("bad_field", f"{t}: field {name!r} has the wrong type or size")
+    missing = [name for name in spec if name not in message]
+    if missing:
+        raise ProtocolError("bad_field", f"{t}: missing field(s) {', '.join(missing)}")
+    return message
+
+
+def entry_to_wire(entry: Any) -> list[Any]:
+    """An ``Entry`` as the 9-element array of the wire format."""
+    return [entry.client_id, entry.device_id, entry.seq, entry.prev, entry.kind,
+            entry.client_created_at, entry.ticket, entry.body_bytes, entry.sig]
+
+
+def entry_from_wire(item: object) -> Any:
+    from peer.log import Entry
+
+    if not (isinstance(item, list) and len(item) == 9):
+        raise ProtocolError("bad_field", "entries: each entry is an array of 9 fields",
+                            fatal=False)
+    cid, dev, seq, prev, kind, at, ticket, body, sig = item
+    if not (isinstance(cid, str) and isinstance(dev, str) and _is_int(seq)
+            and isinstance(prev, bytes) and len(prev) == 32 and isinstance(kind, str)
+            and isinstance(at, str) and (ticket is None or isinstance(ticket, str))
+            and isinstance(body, bytes) and isinstance(sig, bytes) and len(sig) == 64):
+        raise ProtocolError("bad_field", "entries: an entry has a field of the wrong type",
+                            fatal=False)
+    return Entry(cid, dev, seq, prev, kind, at, ticket, body, sig)
+
+
+def is_mapping(value: object) -> bool:
+    return isinstance(value, Mapping)

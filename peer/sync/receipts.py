@@ -1,0 +1,63 @@
+"""Receipts: the relay's signed answer for every entry, in its own append-only stream.
+
+Each receipt is a msgpack map (field names of DESIGN.md: ``client_id``, ``status``,
+``server_seq``, ``series``, ``invoice_no``, ``server_id``, ``total``, ``warnings``,
+``error``) plus ``device_id``, ``seq``, ``kind``, ``ticket`` of the entry it answers and
+``prev``, the hash of the receipt before it in the store's stream.  The hash of a receipt
+is SHA-256 of its canonical bytes without ``sig``.  Like a device's log, the stream is a
+hash chain, so the relay signs only the last receipt of each batch (its ``sig``): that
+signature vouches for every receipt before it.  A later receipt for the same
+``client_id`` supersedes an earlier one (``waiting`` then ``accepted``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from peer.identity import DeviceKey, verify_signature
+from peer.log import canonical_body
+
+GENESIS = bytes(32)
+
+
+def receipt_hash(receipt: dict[str, Any]) -> bytes:
+    unsigned = {k: v for k, v in receipt.items() if k != "sig"}
+    return hashlib.sha256(canonical_body(unsigned)).digest()
+
+
+def seal_receipts(
+    key: DeviceKey, receipts: Sequence[dict[str, Any]], first_seq: int, prev: bytes
+) -> bytes:
+    """Number, chain and sign a batch in place; returns the new stream head hash."""
+    for offset, receipt in enumerate(receipts):
+        receipt["server_seq"] = first_seq + offset
+        receipt["prev"] = prev
+        prev = receipt_hash(receipt)
+    if receipts:
+        receipts[-1]["sig"] = key.sign(prev)
+    return prev
+
+
+def verify_receipts(
+    relay_key: bytes, receipts: Iterable[dict[str, Any]], after_seq: int, after_hash: bytes
+) -> tuple[int, bytes, str | None]:
+    """Check a run of receipts continuing the stream at ``after_seq``.
+
+    Returns the last position vouched for by a valid signature, its hash, and the first
+    problem (or None).  Receipts after the last signature are not vouched for yet."""
+    seq, prev = after_seq, after_hash
+    good_seq, good_hash = after_seq, after_hash
+    for receipt in receipts:
+        if receipt.get("server_seq") != seq + 1:
+            got = receipt.get("server_seq")
+            return good_seq, good_hash, f"expected receipt {seq + 1}, got {got}"
+        if receipt.get("prev") != prev:
+            return good_seq, good_hash, f"receipt {seq + 1} does not chain to the one before"
+        seq, prev = seq + 1, receipt_hash(receipt)
+        if "sig" in receipt:
+            if not verify_signature(relay_key, receipt["sig"], prev):
+                return good_seq, good_hash, f"receipt {seq}: the relay's signature does not verify"
+            good_seq, good_hash = seq, prev
+    return good_seq, good_hash, None

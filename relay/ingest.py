@@ -1,0 +1,365 @@
+"""Ingest: what the relay decides for a batch of entries, in one transaction.
+
+For each device in the batch the relay continues that device's chain from the head it
+holds: entries it already has are skipped (idempotency by position and ``client_id``),
+the new ones must follow on (contiguous ``seq``, ``prev`` = hash before) and the
+signature of the last one must verify; a valid signature over the head vouches for the
+whole run, so a batch costs one Ed25519 verification per device, not one per entry.
+
+Then, in ingestion order, each new entry is decided:
+
+* schema re-checked (a bad body is stored, since it is part of the signed chain, and
+  answered with a ``rejected`` receipt: nothing is ever dropped);
+* ``sale``: totals recomputed from the lines (a different ``client_total`` is a warning),
+  next gapless invoice number of the store's series, stock moved (volatile products
+  instead update their suggested price), low-stock warning when stock falls below the
+  reorder level;
+* ``shift_open`` / ``held_sale``: a server id; entries waiting for them are resolved now;
+* ``shift_close``, ``cash_movement``, ``sale``: they need their shift (and a resumed held
+  sale) to be known; if it has not arrived yet the receipt says ``waiting``, and an
+  ``accepted`` receipt follows when it does;
+* ``purchase_order`` / ``journal_entry``: stored as drafts with a server id.
+
+Every decision becomes a receipt, numbered in the store's stream and chained; the last
+one of the batch is signed.  Counters (invoice numbers, server ids, stream position)
+are read and written inside the transaction, never kept in memory.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import msgpack
+
+from peer.identity import DeviceKey
+from peer.log import Entry, verify_chain
+from peer.sync.frames import entry_to_wire
+from peer.sync.receipts import seal_receipts
+from peer.totals import sale_total
+from peer.views import quantity
+from relay.storage.base import RelayTxn
+from schemas import ENTRY_KINDS, SchemaViolation, validate_entry
+
+SERIES = "INV"
+_SCALE = 1_000_000
+_SERVER_ID_KINDS = {"shift_open": "shift", "held_sale": "held", "purchase_order": "po",
+                    "journal_entry": "je"}
+_NEEDS_SHIFT = ("sale", "cash_movement", "shift_close")
+
+Catalogue = Callable[[str], Mapping[str, Any] | None]
+
+
+@dataclass
+class IngestResult:
+    receipts: list[dict[str, Any]] = field(default_factory=list)
+    heads: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    gaps: dict[str, int] = field(default_factory=dict)  # device -> seq the relay wants next
+
+
+def _about(entry: Entry) -> dict[str, Any]:
+    out: dict[str, Any] = {"client_id": entry.client_id, "device_id": entry.device_id,
+                           "seq": entry.seq, "kind": entry.kind}
+    if entry.ticket is not None:
+        out["ticket"] = entry.ticket
+    return out
+
+
+class _Batch:
+    """The decisions of one transaction, gathered in memory and written in bulk."""
+
+    def __init__(self, txn: RelayTxn, store: str, catalogue: Catalogue, now: str) -> None:
+        self.txn, self.store, self.catalogue, self.now = txn, store, catalogue, now
+        self.receipts: list[dict[str, Any]] = []
+        self.counters: dict[str, int] = {}
+        self.maps: dict[str, dict[str, str]] = {"shift": {}, "held": {}}
+        self.new_maps: dict[str, dict[str, str]] = {"shift": {}, "held": {}}
+        self.waiting: list[tuple[str, str]] = []
+        self.stock: dict[str, int] = {}
+        self.stock_changed: set[str] = set()
+        self.prices: dict[str, int] = {}
+        self.invoices: list[tuple[Any, ...]] = []
+        self.alerts: list[tuple[Any, ...]] = []
+        self.rejected: list[tuple[Any, ...]] = []
+
+    async def preload(self, entries: Sequence[tuple[Entry, dict[str, Any]]]) -> None:
+        """Fetch in bulk what deciding these entries will look up."""
+        shifts, held, products = set(), set(), set()
+        for _entry, body in entries:
+            for key in ("shift_client_id", "open_shift_client_id"):
+                if isinstance(body.get(key), str):
+                    shifts.add(body[key])
+            if isinstance(body.get("held_transaction_client_id"), str):
+                held.add(body["held_transaction_client_id"])
+            for line in body.get("lines", []) if isinstance(body.get("lines"), list) else []:
+                if isinstance(line, dict) and isinstance(line.get("product_id"), str):
+                    products.add(line["product_id"])
+            if isinstance(body.get("product_id"), str):
+                products.add(body["product_id"])
+        # Only what is not loaded yet: memory may already be ahead of the database.
+        shifts -= self.maps["shift"].keys()
+        held -= self.maps["held"].keys()
+        products -= self.stock.keys()
+        if shifts:
+            self.maps["shift"].update(await self.txn.mappings(self.store, "shift", shifts))
+        if held:
+            self.maps["held"].update(await self.txn.mappings(self.store, "held", held))
+        if products:
+            self.stock.update(await self.txn.stock(self.store, products))
+        if not self.counters:
+            self.counters.update(await self.txn.counters(
+                self.store, [f"invoice:{SERIES}", *sorted(set(_SERVER_ID_KINDS.values()))]))
+
+    def reject(self, entry: Entry, code: str, message: str, *, keep: bool = True) -> None:
+        """A ``rejected`` receipt; ``keep`` also files the entry itself (entries outside
+        the stored chain would otherwise be lost)."""
+        self.receipts.append({**_about(entry), "status": "rejected", "warnings": [],
+                              "error": {"code": code, "message": message}})
+        wire = msgpack.packb(entry_to_wire(entry), use_bin_type=True)
+        self.rejected.append((entry.client_id, entry.device_id, entry.seq, code, message,
+                              wire if keep else b"", self.now))
+
+    def next(self, counter: str) -> int:
+        self.counters[counter] += 1
+        return self.counters[counter]
+
+    def move_stock(self, entry: Entry, product_id: str, delta: Decimal,
+                   warnings: list[dict[str, Any]]) -> None:
+        product = self.catalogue(product_id)
+        if product is None:
+            warnings.append({"code": "unknown_product", "product_id": product_id})
+        elif product.get("volatile"):
+            return
+        before = self.stock.get(product_id, 0)
+        after = before + int(delta * _SCALE)
+        self.stock[product_id] = after
+        self.stock_changed.add(product_id)
+        if product is not None and "reorder_level" in product:
+            level = int(quantity(product["reorder_level"]) * _SCALE)
+            if after < level <= before:
+                warnings.append({"code": "low_stock", "product_id": product_id,
+                                 "qty": _qty(after), "reorder_level": _qty(level)})
+                self.alerts.append((entry.client_id, product_id, after, level, self.now))
+
+    async def write(self, key: DeviceKey) -> None:
+        txn, store = self.txn, self.store
+        for kind, rows in self.new_maps.items():
+            if rows:
+                await txn.add_mappings(store, kind, rows)
+        if self.waiting:
+            await txn.add_waiting(store, self.waiting)
+        if self.stock_changed:
+            await txn.set_stock(store, {p: self.stock[p] for p in self.stock_changed})
+        if self.prices:
+            await txn.set_prices(store, self.prices)
+        if self.invoices:
+            await txn.add_invoices(store, self.invoices)
+        if self.alerts:
+            await txn.add_alerts(store, self.alerts)
+        if self.rejected:
+            await txn.add_rejected(store, self.rejected)
+        await txn.set_counters(store, self.counters)
+        if self.receipts:
+            seq, prev = await txn.stream_head(store)
+            head = seal_receipts(key, self.receipts, seq + 1, prev)
+            await txn.insert_receipts(store, self.receipts)
+            await txn.set_stream_head(store, seq + len(self.receipts), head)
+
+
+def _qty(millionths: int) -> str:
+    text = format((Decimal(millionths) / _SCALE).normalize(), "f")
+    return "0" if text in ("-0", "") else text
+
+
+def _decode_body(entry: Entry) -> dict[str, Any] | None:
+    try:
+        body = msgpack.unpackb(entry.body_bytes, raw=False)
+    except Exception:  # any malformed body is answered with a rejection, never raised
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _decide(batch: _Batch, entry: Entry, body: dict[str, Any]) -> None:
+    """Decide one chained entry; appends its receipt (and any it resolves)."""
+    kind = entry.kind
+    waits = []
+    shift_key = "open_shift_client_id" if kind == "shift_close" else "shift_client_id"
+    if kind in _NEEDS_SHIFT and body[shift_key] not in batch.maps["shift"]:
+        waits.append(body[shift_key])
+    held = body.get("held_transaction_client_id") if kind == "sale" else None
+    if held is not None and held not in batch.maps["held"]:
+        waits.append(held)
+    if waits:
+        batch.waiting.extend((entry.client_id, w) for w in waits)
+        batch.receipts.append({**_about(entry), "status": "waiting", "warnings": [],
+                               "waiting_for": waits})
+        return
+
+    receipt: dict[str, Any] = {**_about(entry), "status": "accepted", "warnings": []}
+    warnings: list[dict[str, Any]] = receipt["warnings"]
+    if kind in _NEEDS_SHIFT:
+        receipt["shift_server_id"] = batch.maps["shift"][body[shift_key]]
+    if kind == "sale":
+        total = sale_total(body["lines"])
+        number = batch.next(f"invoice:{SERIES}")
+        receipt.update(series=SERIES, invoice_no=number, total=total)
+        if held is not None:
+            receipt["held_server_id"] = batch.maps["held"][held]
+        if "client_total" in body and body["client_total"] != total:
+            warnings.append({"code": "total_mismatch", "client_total": body["client_total"],
+                             "total": total})
+        batch.invoices.append((SERIES, number, entry.client_id, entry.device_id, entry.ticket,
+                               total, entry.client_created_at, batch.now))
+        for line in body["lines"]:
+            product = batch.catalogue(line["product_id"])
+            if product is not None and product.get("volatile"):
+                batch.prices[line["product_id"]] = line["unit_price"]
+            else:
+                batch.move_stock(entry, line["product_id"], -quantity(line["qty"]), warnings)
+    elif kind == "refund" and body.get("restock", True):
+        for line in body["lines"]:
+            batch.move_stock(entry, line["product_id"], quantity(line["qty"]), warnings)
+    elif kind == "stock_move":
+        qty = quantity(body["qty"])
+        batch.move_stock(entry, body["product_id"],
+                         -qty if body["direction"] == "out" else qty, warnings)
+    if kind in _SERVER_ID_KINDS:
+        prefix = _SERVER_ID_KINDS[kind]
+        receipt["server_id"] = f"{prefix}-{batch.next(prefix)}"
+        if kind in ("purchase_order", "journal_entry"):
+            receipt["draft"] = True
+        if prefix in batch.maps:
+            batch.maps[prefix][entry.client_id] = receipt["server_id"]
+            batch.new_maps[prefix][entry.client_id] = receipt["server_id"]
+    batch.receipts.append(receipt)
+
+
+async def ingest(
+    txn: RelayTxn,
+    store: str,
+    entries: Sequence[Entry],
+    *,
+    public_keys: Mapping[str, bytes],
+    catalogue: Catalogue,
+    key: DeviceKey,
+    now: str,
+) -> IngestResult:
+    """Decide a batch inside ``txn``.  ``public_keys`` holds the registered, unrevoked
+    keys of the store's devices; entries of other devices are rejected and kept."""
+    result = IngestResult()
+    batch = _Batch(txn, store, catalogue, now)
+    by_device: dict[str, list[Entry]] = defaultdict(list)
+    for entry in entries:
+        by_device[entry.device_id].append(entry)
+    heads = await txn.heads(store, by_device)
+    known = await txn.known_client_ids(store, [e.client_id for e in entries])
+    seen: set[str] = set()
+
+    chained: list[Entry] = []
+    for device, group in by_device.items():
+        seq, prev = heads.get(device, (0, bytes(32)))
+        public_key = public_keys.get(device)
+        run: list[Entry] = []
+        for entry in sorted(group, key=lambda e: e.seq):
+            if public_key is None:
+                batch.reject(entry, "unknown_device", "no enrolled, unrevoked device of this "
+                                                      "store has this id")
+                continue
+            if entry.seq <= seq:
+                if known.get(entry.client_id) == entry.hash:
+                    result.duplicates += 1  # already ingested: its receipt is in the stream
+                else:
+                    batch.reject(entry, "conflicting_entry", f"seq {entry.seq} is already "
+                                 "held with other content (a forked or replayed chain)")
+                continue
+            if entry.seq != seq + len(run) + 1 or entry.prev != (run[-1].hash if run else prev):
+                result.gaps[device] = seq + len(run) + 1  # the device should resend from here
+                break
+            if entry.client_id in known or entry.client_id in seen:
+                # An idempotency key reused by a different entry: the chain stops here
+                # until someone looks at this device.
+                batch.reject(entry, "duplicate_client_id", "this client_id is already used "
+                             "by another entry of this store")
+                break
+            seen.add(entry.client_id)
+            run.append(entry)
+        if run:
+            run = _verified_prefix(run, public_key or b"", seq, prev, batch)
+        chained.extend(run)
+        head = run[-1].seq if run else heads.get(device, (0, b""))[0]
+        if public_key is not None:
+            result.heads[device] = head
+
+    # Stored first, so entries that wait on others of this batch can be read back.
+    await txn.insert_entries(store, chained, now)
+    bodies: list[tuple[Entry, dict[str, Any]]] = []
+    for entry in chained:
+        body = _decode_body(entry)
+        problem = _check(entry, body)
+        if problem is not None:
+            batch.reject(entry, *problem, keep=False)  # stored in the chain already
+            continue
+        assert body is not None
+        bodies.append((entry, body))
+    await batch.preload(bodies)
+    for entry, body in bodies:
+        _decide(batch, entry, body)
+        if entry.kind in ("shift_open", "held_sale"):
+            await _resolve_waiting(batch, entry.client_id)
+    await batch.write(key)
+    result.receipts = batch.receipts
+    return result
+
+
+def _check(entry: Entry, body: dict[str, Any] | None) -> tuple[str, str] | None:
+    if body is None:
+        return "malformed_body", "the body is not a msgpack map"
+    if entry.kind not in ENTRY_KINDS:
+        return "unknown_kind", f"unknown entry kind {entry.kind[:40]!r}"
+    try:
+        validate_entry(entry.kind, body)
+    except SchemaViolation as exc:
+        return "schema", str(exc)
+    return None
+
+
+def _verified_prefix(run: list[Entry], public_key: bytes, seq: int, prev: bytes,
+                     batch: _Batch) -> list[Entry]:
+    """The run if its head signature holds; else the part before the first bad entry,
+    with the rest rejected and kept."""
+    if verify_chain(run, public_key, after_seq=seq, after_hash=prev,
+                    every_signature=False) is None:
+        return run
+    broken = verify_chain(run, public_key, after_seq=seq, after_hash=prev)
+    assert broken is not None
+    good = [e for e in run if e.seq < broken.seq]
+    for entry in run[len(good):]:
+        if entry.seq == broken.seq:
+            batch.reject(entry, "bad_signature", "the device's signature does not verify")
+        else:
+            batch.reject(entry, "broken_chain",
+                         f"follows entry {broken.seq}, whose signature does not verify")
+    return good
+
+
+async def _resolve_waiting(batch: _Batch, dependency: str) -> None:
+    """Decide again the entries that were waiting for ``dependency``, now it is known."""
+    # Entries of this very batch that wait on it are still in memory.
+    local = [c for c, w in batch.waiting if w == dependency]
+    batch.waiting = [(c, w) for c, w in batch.waiting if w != dependency]
+    stored = await batch.txn.waiting_for(batch.store, [dependency])
+    ids = list(dict.fromkeys([*local, *stored]))
+    if not ids:
+        return
+    found = {e.client_id: e for e in await batch.txn.entries(batch.store, ids)}
+    resolved = [(found[c], body) for c in ids if c in found
+                for body in [_decode_body(found[c])] if body is not None]
+    await batch.preload(resolved)
+    for entry, body in resolved:
+        # Still waiting on something else? _decide records that again.
+        batch.waiting = [(c, w) for c, w in batch.waiting if c != entry.client_id]
+        _decide(batch, entry, body)

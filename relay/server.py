@@ -1,0 +1,223 @@
+"""The relay's websocket server: a thin asyncio layer around ``RelayLink`` and ``ingest``.
+
+One task per connection reads frames and feeds the link; a second one, once the device
+is authenticated, pushes receipts (by stream position, read from the database) and
+document changes whenever the store's hub signals something new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import automerge.core as am
+import websockets
+from websockets.asyncio.server import ServerConnection, serve
+
+from peer.errors import InvalidInput
+from peer.identity import DeviceKey
+from peer.sync.engine import (
+    Authenticated,
+    DocMessage,
+    EnrollRequested,
+    EntriesReceived,
+    HelloReceived,
+    LinkFailed,
+    RelayLink,
+    RemoteError,
+)
+from peer.sync.frames import MAX_FRAME
+from relay.documents import Hubs, StoreHub
+from relay.ingest import ingest
+from relay.storage import SQLiteStorage
+
+log = logging.getLogger("tillsync.relay")
+
+DB_FILE = "relay.db"
+RECEIPTS_PER_FRAME = 500
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def code_hash(code: str) -> bytes:
+    return hashlib.sha256(b"tillsync-enroll/" + code.strip().upper().encode()).digest()
+
+
+def relay_key(data: Path) -> DeviceKey:
+    """The relay's signing key, made on first use (owner-only file, like a device key)."""
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not (data / "relay.key").exists():
+        DeviceKey.generate().write(data, "relay.key")
+    return DeviceKey.read(data, "relay.key")
+
+
+@dataclass
+class RelayConfig:
+    data: Path
+    host: str = "127.0.0.1"
+    port: int = 8765
+
+
+class Relay:
+    """Everything one relay process holds: storage, key, hubs."""
+
+    def __init__(self, storage: SQLiteStorage, key: DeviceKey) -> None:
+        self.storage = storage
+        self.key = key
+        self.hubs = Hubs(storage)
+
+    @classmethod
+    async def open(cls, data: Path) -> Relay:
+        key = relay_key(data)
+        return cls(await SQLiteStorage.open(data / DB_FILE), key)
+
+    async def close(self) -> None:
+        await self.storage.close()
+
+    async def new_code(self, store: str, name: str, role: str = "till",
+                       ttl: timedelta = timedelta(hours=24)) -> str:
+        """A one-time enrollment code for a device of ``store``."""
+        raw = os.urandom(10)
+        code = "-".join(raw.hex().upper()[i:i + 5] for i in range(0, 20, 5))
+        expires = (datetime.now(UTC) + ttl).isoformat(timespec="seconds").replace("+00:00", "Z")
+        await self.storage.add_code(store, code_hash(code), name, role, expires)
+        return code
+
+    # -- one connection ----------------------------------------------------------------
+
+    async def handle(self, ws: ServerConnection) -> None:
+        link = RelayLink(relay_key=self.key, nonce=os.urandom(32))
+        peer = f"{ws.remote_address}"
+        pump: asyncio.Task[None] | None = None
+        state: dict[str, Any] = {}
+        try:
+            async for frame in ws:
+                link.receive_data(frame)
+                for event in link.events_received():
+                    if isinstance(event, HelloReceived):
+                        device = await self.storage.device(event.store, event.device)
+                        if device is None:
+                            log.warning("%s: unknown device %s of store %s", peer,
+                                        event.device, event.store)
+                            link.fail("unknown_device", "this device is not enrolled in this "
+                                      "store; enroll it with a code from `tillsync relay "
+                                      "enroll`")
+                        elif device.revoked:
+                            log.warning("%s: revoked device %s", peer, event.device)
+                            link.fail("revoked", "this device has been revoked")
+                        else:
+                            link.challenge(device.public_key)
+                    elif isinstance(event, EnrollRequested):
+                        row = await self.storage.enroll(code_hash(event.code), event.device,
+                                                        event.name, event.public_key, now_utc())
+                        if row is None:
+                            log.warning("%s: refused enrollment code", peer)
+                            link.fail("bad_code", "the enrollment code is unknown, used or "
+                                      "expired")
+                        else:
+                            log.info("enrolled %s (%s) in store %s", row.device_id, row.name,
+                                     row.store)
+                            link.enrolled(row.store, row.device_id)
+                    elif isinstance(event, Authenticated):
+                        hub = await self.hubs.get(event.store)
+                        state["hub"] = hub
+                        state["sync"] = am.SyncState()
+                        await self.storage.touch(event.store, event.device, now_utc())
+                        link.welcome(await self.storage.heads(event.store),
+                                     await self.storage.stream_position(event.store))
+                        if event.doc_empty and not hub.doc.is_genesis():
+                            link.send_snapshot(hub.doc.save())
+                        message = hub.doc.sync_message(state["sync"])
+                        if message is not None:
+                            link.send_doc(message)
+                        pump = asyncio.create_task(self._pump(ws, link, hub, state,
+                                                              event.receipts_after))
+                        log.info("%s: device %s of store %s connected", peer, event.device,
+                                 event.store)
+                    elif isinstance(event, EntriesReceived):
+                        await self._ingest(link, state["hub"], event)
+                    elif isinstance(event, DocMessage):
+                        await self._doc(link, state["hub"], state["sync"], event.data)
+                    elif isinstance(event, LinkFailed | RemoteError):
+                        log.warning("%s: %s: %s", peer, event.code, event.message)
+                for out in link.data_to_send():
+                    await ws.send(out)
+                if link.closed:
+                    break
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            if pump is not None:
+                pump.cancel()
+            await ws.close()
+
+    async def _ingest(self, link: RelayLink, hub: StoreHub, event: EntriesReceived) -> None:
+        keys = {}
+        for device_id in {e.device_id for e in event.entries}:
+            device = await self.storage.device(hub.store, device_id)
+            if device is not None and not device.revoked:
+                keys[device_id] = device.public_key
+        async with self.storage.transaction() as txn:
+            result = await ingest(txn, hub.store, event.entries, public_keys=keys,
+                                  catalogue=hub.product, key=self.key, now=now_utc())
+        link.send_ingested(result.heads, len(event.entries))
+        if result.receipts:
+            hub.notify()
+
+    async def _doc(self, link: RelayLink, hub: StoreHub, sync: am.SyncState,
+                   data: bytes) -> None:
+        async with hub.lock:
+            try:
+                chunks = hub.doc.receive_sync(sync, data)
+            except InvalidInput as exc:
+                link.fail("bad_document", str(exc), fatal=False)
+                return
+            await self.hubs.persist(hub, chunks)
+        if chunks:
+            hub.notify()
+        reply = hub.doc.sync_message(sync)
+        if reply is not None:
+            link.send_doc(reply)
+
+    async def _pump(self, ws: ServerConnection, link: RelayLink, hub: StoreHub,
+                    state: dict[str, Any], after: int) -> None:
+        """Push receipts after ``after`` and document changes, as they come."""
+        while True:
+            changed = hub.changed
+            while True:
+                receipts = await self.storage.receipts_after(hub.store, after, RECEIPTS_PER_FRAME)
+                if not receipts:
+                    break
+                after = receipts[-1]["server_seq"]
+                link.send_receipts(receipts, await self.storage.stream_position(hub.store))
+                for out in link.data_to_send():
+                    await ws.send(out)
+            message = hub.doc.sync_message(state["sync"])
+            if message is not None:
+                link.send_doc(message)
+                for out in link.data_to_send():
+                    await ws.send(out)
+            await changed.wait()
+
+
+@asynccontextmanager
+async def running(config: RelayConfig) -> AsyncIterator[tuple[Relay, int]]:
+    """Start a relay; yields it and the port it listens on (0 picks a free one)."""
+    relay = await Relay.open(config.data)
+    try:
+        async with serve(relay.handle, config.host, config.port, max_size=MAX_FRAME,
+                         compression=None) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            yield relay, port
+    finally:
+        await relay.close()

@@ -1,0 +1,398 @@
+"""The relay's SQLite backend (the default): one file, WAL, ``synchronous=FULL``.
+
+SQLite has one writer at a time, and ``BEGIN IMMEDIATE`` takes the write lock at the
+start of every ingest transaction, so counters read inside it cannot change under it:
+that is what makes invoice numbers gapless here.  Receipts are msgpack blobs keyed by
+(store, server_seq).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgpack
+
+from peer.log import Entry
+from relay.storage.base import DeviceRow
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE devices (
+    store TEXT NOT NULL, device_id TEXT NOT NULL, name TEXT NOT NULL,
+    public_key BLOB NOT NULL, role TEXT NOT NULL, enrolled_at TEXT NOT NULL,
+    revoked_at TEXT, last_seen TEXT,
+    PRIMARY KEY (store, device_id)
+) WITHOUT ROWID;
+CREATE TABLE enroll_codes (
+    code_hash BLOB PRIMARY KEY, store TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL,
+    expires_at TEXT NOT NULL, used_at TEXT, used_by TEXT
+);
+CREATE TABLE entries (
+    store TEXT NOT NULL, device_id TEXT NOT NULL, seq INTEGER NOT NULL,
+    client_id TEXT NOT NULL, prev BLOB NOT NULL, kind TEXT NOT NULL,
+    client_created_at TEXT NOT NULL, ticket TEXT, body BLOB NOT NULL, sig BLOB NOT NULL,
+    hash BLOB NOT NULL, received_at TEXT NOT NULL,
+    PRIMARY KEY (store, device_id, seq),
+    UNIQUE (store, client_id)
+) WITHOUT ROWID;
+CREATE TRIGGER entries_append_only_update BEFORE UPDATE ON entries
+    BEGIN SELECT RAISE(ABORT, 'entries are append-only'); END;
+CREATE TRIGGER entries_append_only_delete BEFORE DELETE ON entries
+    BEGIN SELECT RAISE(ABORT, 'entries are append-only'); END;
+CREATE TABLE receipts (
+    store TEXT NOT NULL, server_seq INTEGER NOT NULL, client_id TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (store, server_seq)
+) WITHOUT ROWID;
+CREATE INDEX receipts_by_client ON receipts (store, client_id);
+CREATE TRIGGER receipts_append_only_update BEFORE UPDATE ON receipts
+    BEGIN SELECT RAISE(ABORT, 'receipts are append-only'); END;
+CREATE TRIGGER receipts_append_only_delete BEFORE DELETE ON receipts
+    BEGIN SELECT RAISE(ABORT, 'receipts are append-only'); END;
+CREATE TABLE stream_heads (store TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash BLOB NOT NULL);
+CREATE TABLE counters (
+    store TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,
+    PRIMARY KEY (store, name)
+) WITHOUT ROWID;
+CREATE TABLE invoices (
+    store TEXT NOT NULL, series TEXT NOT NULL, invoice_no INTEGER NOT NULL,
+    client_id TEXT NOT NULL, device_id TEXT NOT NULL, ticket TEXT, total INTEGER NOT NULL,
+    client_created_at TEXT NOT NULL, issued_at TEXT NOT NULL,
+    PRIMARY KEY (store, series, invoice_no),
+    UNIQUE (store, client_id)
+) WITHOUT ROWID;
+CREATE TABLE mappings (
+    store TEXT NOT NULL, kind TEXT NOT NULL, client_id TEXT NOT NULL, server_id TEXT NOT NULL,
+    PRIMARY KEY (store, kind, client_id)
+) WITHOUT ROWID;
+CREATE TABLE waiting (
+    store TEXT NOT NULL, client_id TEXT NOT NULL, waiting_for TEXT NOT NULL,
+    PRIMARY KEY (store, waiting_for, client_id)
+) WITHOUT ROWID;
+CREATE TABLE stock (
+    store TEXT NOT NULL, product_id TEXT NOT NULL, qty INTEGER NOT NULL,
+    PRIMARY KEY (store, product_id)
+) WITHOUT ROWID;
+CREATE TABLE prices (
+    store TEXT NOT NULL, product_id TEXT NOT NULL, price INTEGER NOT NULL,
+    PRIMARY KEY (store, product_id)
+) WITHOUT ROWID;
+CREATE TABLE alerts (
+    store TEXT NOT NULL, client_id TEXT NOT NULL, product_id TEXT NOT NULL,
+    qty INTEGER NOT NULL, reorder_level INTEGER NOT NULL, at TEXT NOT NULL
+);
+CREATE TABLE rejected (
+    store TEXT NOT NULL, client_id TEXT NOT NULL, device_id TEXT NOT NULL,
+    seq INTEGER NOT NULL, code TEXT NOT NULL, message TEXT NOT NULL, entry BLOB NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE TABLE doc_snapshot (store TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE doc_changes (id INTEGER PRIMARY KEY, store TEXT NOT NULL, data BLOB NOT NULL);
+CREATE INDEX doc_changes_by_store ON doc_changes (store, id);
+"""
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ", ".join("?" * len(values))
+
+
+def _device(row: Sequence[Any] | None) -> DeviceRow | None:
+    if row is None:
+        return None
+    return DeviceRow(row[0], row[1], row[2], bytes(row[3]), row[4], row[5] is not None)
+
+
+_DEVICE_COLUMNS = "store, device_id, name, public_key, role, revoked_at"
+
+
+class _Txn:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._c = conn
+
+    async def _rows(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
+        return list(await self._c.execute_fetchall(sql, args))
+
+    async def device(self, store: str, device_id: str) -> DeviceRow | None:
+        rows = await self._rows(f"SELECT {_DEVICE_COLUMNS} FROM devices "
+                                "WHERE store = ? AND device_id = ?", (store, device_id))
+        return _device(rows[0] if rows else None)
+
+    async def heads(self, store: str, devices: Iterable[str]) -> dict[str, tuple[int, bytes]]:
+        devices = list(devices)
+        rows = await self._rows(
+            "SELECT device_id, seq, hash FROM entries e WHERE store = ? AND device_id IN "
+            f"({_marks(devices)}) AND seq = (SELECT max(seq) FROM entries "
+            "WHERE store = e.store AND device_id = e.device_id)", (store, *devices))
+        return {r[0]: (int(r[1]), bytes(r[2])) for r in rows}
+
+    async def known_client_ids(self, store: str, client_ids: Sequence[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for i in range(0, len(client_ids), 500):
+            part = client_ids[i:i + 500]
+            rows = await self._rows("SELECT client_id, hash FROM entries WHERE store = ? AND "
+                                    f"client_id IN ({_marks(part)})", (store, *part))
+            out.update({r[0]: bytes(r[1]) for r in rows})
+        return out
+
+    async def entries(self, store: str, client_ids: Sequence[str]) -> list[Entry]:
+        out: list[Entry] = []
+        for i in range(0, len(client_ids), 500):
+            part = client_ids[i:i + 500]
+            rows = await self._rows(
+                "SELECT client_id, device_id, seq, prev, kind, client_created_at, ticket, "
+                f"body, sig FROM entries WHERE store = ? AND client_id IN ({_marks(part)})",
+                (store, *part))
+            out.extend(Entry(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6], bytes(r[7]),
+                             bytes(r[8])) for r in rows)
+        return out
+
+    async def insert_entries(self, store: str, entries: Sequence[Entry], at: str) -> None:
+        await self._c.executemany(
+            "INSERT INTO entries (store, device_id, seq, client_id, prev, kind, "
+            "client_created_at, ticket, body, sig, hash, received_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(store, e.device_id, e.seq, e.client_id, e.prev, e.kind, e.client_created_at,
+              e.ticket, e.body_bytes, e.sig, e.hash, at) for e in entries])
+
+    async def counters(self, store: str, names: Iterable[str]) -> dict[str, int]:
+        names = list(names)
+        rows = await self._rows(f"SELECT name, value FROM counters WHERE store = ? AND name IN "
+                                f"({_marks(names)})", (store, *names))
+        found = {r[0]: int(r[1]) for r in rows}
+        return {n: found.get(n, 0) for n in names}
+
+    async def set_counters(self, store: str, values: dict[str, int]) -> None:
+        await self._c.executemany(
+            "INSERT INTO counters (store, name, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (store, name) DO UPDATE SET value = excluded.value",
+            [(store, n, v) for n, v in values.items()])
+
+    async def stream_head(self, store: str) -> tuple[int, bytes]:
+        rows = await self._rows("SELECT seq, hash FROM stream_heads WHERE store = ?", (store,))
+        return (int(rows[0][0]), bytes(rows[0][1])) if rows else (0, bytes(32))
+
+    async def set_stream_head(self, store: str, seq: int, head: bytes) -> None:
+        await self._c.execute(
+            "INSERT INTO stream_heads (store, seq, hash) VALUES (?, ?, ?) "
+            "ON CONFLICT (store) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            (store, seq, head))
+
+    async def insert_receipts(self, store: str, receipts: Sequence[dict[str, Any]]) -> None:
+        await self._c.executemany(
+            "INSERT INTO receipts (store, server_seq, client_id, data) VALUES (?, ?, ?, ?)",
+            [(store, r["server_seq"], r["client_id"], msgpack.packb(r, use_bin_type=True))
+             for r in receipts])
+
+    async def mappings(self, store: str, kind: str, client_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(client_ids)
+        out: dict[str, str] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            rows = await self._rows(
+                "SELECT client_id, server_id FROM mappings WHERE store = ? AND kind = ? AND "
+                f"client_id IN ({_marks(part)})", (store, kind, *part))
+            out.update({r[0]: r[1] for r in rows})
+        return out
+
+    async def add_mappings(self, store: str, kind: str, rows: dict[str, str]) -> None:
+        await self._c.executemany(
+            "INSERT INTO mappings (store, kind, client_id, server_id) VALUES (?, ?, ?, ?)",
+            [(store, kind, c, s) for c, s in rows.items()])
+
+    async def waiting_for(self, store: str, dependencies: Iterable[str]) -> list[str]:
+        deps = list(dependencies)
+        if not deps:
+            return []
+        rows = await self._rows(f"SELECT client_id FROM waiting WHERE store = ? AND waiting_for "
+                                f"IN ({_marks(deps)})", (store, *deps))
+        await self._c.execute(f"DELETE FROM waiting WHERE store = ? AND waiting_for IN "
+                              f"({_marks(deps)})", (store, *deps))
+        return list(dict.fromkeys(r[0] for r in rows))
+
+    async def add_waiting(self, store: str, rows: Sequence[tuple[str, str]]) -> None:
+        await self._c.executemany(
+            "INSERT OR IGNORE INTO waiting (store, client_id, waiting_for) VALUES (?, ?, ?)",
+            [(store, c, w) for c, w in rows])
+
+    async def stock(self, store: str, product_ids: Iterable[str]) -> dict[str, int]:
+        ids = list(product_ids)
+        rows = await self._rows(f"SELECT product_id, qty FROM stock WHERE store = ? AND "
+                                f"product_id IN ({_marks(ids)})", (store, *ids))
+        found = {r[0]: int(r[1]) for r in rows}
+        return {p: found.get(p, 0) for p in ids}
+
+    async def set_stock(self, store: str, levels: dict[str, int]) -> None:
+        await self._c.executemany(
+            "INSERT INTO stock (store, product_id, qty) VALUES (?, ?, ?) "
+            "ON CONFLICT (store, product_id) DO UPDATE SET qty = excluded.qty",
+            [(store, p, q) for p, q in levels.items()])
+
+    async def set_prices(self, store: str, prices: dict[str, int]) -> None:
+        await self._c.executemany(
+            "INSERT INTO prices (store, product_id, price) VALUES (?, ?, ?) "
+            "ON CONFLICT (store, product_id) DO UPDATE SET price = excluded.price",
+            [(store, p, v) for p, v in prices.items()])
+
+    async def add_invoices(self, store: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        await self._c.executemany(
+            "INSERT INTO invoices (store, series, invoice_no, client_id, device_id, ticket, "
+            "total, client_created_at, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(store, *r) for r in rows])
+
+    async def add_alerts(self, store: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        await self._c.executemany(
+            "INSERT INTO alerts (store, client_id, product_id, qty, reorder_level, at) "
+            "VALUES (?, ?, ?, ?, ?, ?)", [(store, *r) for r in rows])
+
+    async def add_rejected(self, store: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        await self._c.executemany(
+            "INSERT INTO rejected (store, client_id, device_id, seq, code, message, entry, at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(store, *r) for r in rows])
+
+
+class SQLiteStorage:
+    """``RelayStorage`` on one SQLite file."""
+
+    def __init__(self, conn: aiosqlite.Connection, reader: aiosqlite.Connection,
+                 path: Path) -> None:
+        # Two connections: writes (one transaction at a time, behind a lock) and reads,
+        # which in WAL mode see only committed data even while a write is in flight.
+        self._conn = conn
+        self._reader = reader
+        self.path = path
+        self._txn = _Txn(conn)
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> SQLiteStorage:
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA synchronous=FULL")
+            tables = list(await conn.execute_fetchall("SELECT count(*) FROM sqlite_master"))
+            if tables[0][0] == 0:
+                await conn.executescript(_SCHEMA)
+                await conn.execute("INSERT INTO meta VALUES ('schema_version', ?)",
+                                   (str(SCHEMA_VERSION),))
+            rows = list(await conn.execute_fetchall(
+                "SELECT value FROM meta WHERE key = 'schema_version'"))
+        except sqlite3.DatabaseError as exc:
+            await conn.close()
+            raise RuntimeError(f"{path} is damaged or not a tillsync relay database: {exc}") \
+                from None
+        if not rows or rows[0][0] != str(SCHEMA_VERSION):
+            await conn.close()
+            raise RuntimeError(f"{path}: unsupported relay schema version")
+        reader = await aiosqlite.connect(path, isolation_level=None)
+        return cls(conn, reader, path)
+
+    async def close(self) -> None:
+        await self._reader.close()
+        await self._conn.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_Txn]:
+        async with self._write_lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._txn
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")
+
+    async def _rows(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
+        return list(await self._reader.execute_fetchall(sql, args))
+
+    # -- devices and enrollment --------------------------------------------------------
+
+    async def device(self, store: str, device_id: str) -> DeviceRow | None:
+        rows = await self._rows(f"SELECT {_DEVICE_COLUMNS} FROM devices "
+                                "WHERE store = ? AND device_id = ?", (store, device_id))
+        return _device(rows[0] if rows else None)
+
+    async def devices(self, store: str) -> list[DeviceRow]:
+        rows = await self._rows(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE store = ? "
+                                "ORDER BY name", (store,))
+        return [d for d in (_device(r) for r in rows) if d is not None]
+
+    async def add_code(self, store: str, code_hash: bytes, name: str, role: str,
+                       expires_at: str) -> None:
+        async with self.transaction():
+            await self._conn.execute(
+                "INSERT INTO enroll_codes (code_hash, store, name, role, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)", (code_hash, store, name, role, expires_at))
+
+    async def enroll(self, code_hash: bytes, device_id: str, name: str, public_key: bytes,
+                     now: str) -> DeviceRow | None:
+        """Use a one-time code: register the device, or None if the code is not valid."""
+        async with self.transaction():
+            rows = list(await self._conn.execute_fetchall(
+                "SELECT store, name, role FROM enroll_codes WHERE code_hash = ? "
+                "AND used_at IS NULL AND expires_at > ?", (code_hash, now)))
+            if not rows:
+                return None
+            store, code_name, role = rows[0]
+            await self._conn.execute(
+                "UPDATE enroll_codes SET used_at = ?, used_by = ? WHERE code_hash = ?",
+                (now, device_id, code_hash))
+            await self._conn.execute(
+                "INSERT INTO devices (store, device_id, name, public_key, role, enrolled_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (store, device_id, code_name or name, public_key,
+                                              role, now))
+        return await self.device(store, device_id)
+
+    async def touch(self, store: str, device_id: str, now: str) -> None:
+        async with self.transaction():
+            await self._conn.execute("UPDATE devices SET last_seen = ? WHERE store = ? AND "
+                                     "device_id = ?", (now, store, device_id))
+
+    # -- what devices read -------------------------------------------------------------
+
+    async def heads(self, store: str) -> dict[str, int]:
+        rows = await self._rows("SELECT device_id, max(seq) FROM entries WHERE store = ? "
+                                "GROUP BY device_id", (store,))
+        return {r[0]: int(r[1]) for r in rows}
+
+    async def receipts_after(self, store: str, after: int, limit: int) -> list[dict[str, Any]]:
+        rows = await self._rows("SELECT data FROM receipts WHERE store = ? AND server_seq > ? "
+                                "ORDER BY server_seq LIMIT ?", (store, after, limit))
+        return [msgpack.unpackb(r[0], raw=False) for r in rows]
+
+    async def stream_position(self, store: str) -> int:
+        rows = await self._rows("SELECT seq FROM stream_heads WHERE store = ?", (store,))
+        return int(rows[0][0]) if rows else 0
+
+    # -- master documents --------------------------------------------------------------
+
+    async def document(self, store: str) -> bytes:
+        snap = await self._rows("SELECT data FROM doc_snapshot WHERE store = ?", (store,))
+        chunks = await self._rows("SELECT data FROM doc_changes WHERE store = ? ORDER BY id",
+                                  (store,))
+        return (bytes(snap[0][0]) if snap else b"") + b"".join(bytes(c[0]) for c in chunks)
+
+    async def document_sizes(self, store: str) -> tuple[int, int]:
+        rows = await self._rows(
+            "SELECT (SELECT coalesce(sum(length(data)), 0) FROM doc_snapshot WHERE store = ?),"
+            " (SELECT coalesce(sum(length(data)), 0) FROM doc_changes WHERE store = ?)",
+            (store, store))
+        return int(rows[0][0]), int(rows[0][1])
+
+    async def append_document(self, store: str, chunks: Sequence[bytes]) -> None:
+        async with self.transaction():
+            await self._conn.executemany("INSERT INTO doc_changes (store, data) VALUES (?, ?)",
+                                         [(store, c) for c in chunks])
+
+    async def compact_document(self, store: str, snapshot: bytes) -> None:
+        async with self.transaction():
+            await self._conn.execute(
+                "INSERT INTO doc_snapshot (store, data) VALUES (?, ?) "
+                "ON CONFLICT (store) DO UPDATE SET data = excluded.data", (store, snapshot))
+            await self._conn.execute("DELETE FROM doc_changes WHERE store = ?", (store,))
