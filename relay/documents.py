@@ -41,7 +41,12 @@ class Hubs:
         hub = self._hubs.get(store)
         if hub is None:
             data = await self._storage.document(store)
-            doc = MasterData.load(data, self._actor) if data else MasterData.new(self._actor)
+            if data:
+                doc = MasterData.load(data, self._actor)
+            else:
+                # The genesis change is stored too: later chunks depend on it.
+                doc = MasterData.new(self._actor)
+                await self._storage.compact_document(store, doc.save())
             hub = self._hubs.setdefault(store, StoreHub(store, doc))
         return hub
 

@@ -8,6 +8,7 @@ document changes whenever the store's hub signals something new.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -156,6 +157,13 @@ class Relay:
                     break
         except websockets.ConnectionClosed:
             pass
+        except Exception:
+            # A bug of ours, not the device's: log it, tell the device only that much.
+            log.exception("%s: internal error", peer)
+            link.fail("internal", "the relay hit an internal error; try again later")
+            for out in link.data_to_send():
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await ws.send(out)
         finally:
             if pump is not None:
                 pump.cancel()
