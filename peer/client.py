@@ -173,6 +173,7 @@ async def _round(till: Till, ws: ClientConnection,
                 await push_next()
             elif isinstance(event, Ingested):
                 in_flight -= 1
+                relay_head = max(relay_head, event.receipts_head)
                 if not pushed_all:
                     await push_next()
             elif isinstance(event, ReceiptsReceived):

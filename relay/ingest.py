@@ -59,6 +59,7 @@ class IngestResult:
     heads: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     gaps: dict[str, int] = field(default_factory=dict)  # device -> seq the relay wants next
+    position: int = 0  # the receipt stream's position after this batch
 
 
 def _about(entry: Entry) -> dict[str, Any]:
@@ -85,6 +86,7 @@ class _Batch:
         self.invoices: list[tuple[Any, ...]] = []
         self.alerts: list[tuple[Any, ...]] = []
         self.rejected: list[tuple[Any, ...]] = []
+        self.position = 0
 
     async def preload(self, entries: Sequence[tuple[Entry, dict[str, Any]]]) -> None:
         """Fetch in bulk what deciding these entries will look up."""
@@ -163,11 +165,12 @@ class _Batch:
         if self.rejected:
             await txn.add_rejected(store, self.rejected)
         await txn.set_counters(store, self.counters)
+        seq, prev = await txn.stream_head(store)
         if self.receipts:
-            seq, prev = await txn.stream_head(store)
             head = seal_receipts(key, self.receipts, seq + 1, prev)
             await txn.insert_receipts(store, self.receipts)
             await txn.set_stream_head(store, seq + len(self.receipts), head)
+        self.position = seq + len(self.receipts)
 
 
 def _qty(millionths: int) -> str:
@@ -312,6 +315,7 @@ async def ingest(
             await _resolve_waiting(batch, entry.client_id)
     await batch.write(key)
     result.receipts = batch.receipts
+    result.position = batch.position
     return result
 
 

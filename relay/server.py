@@ -178,7 +178,7 @@ class Relay:
         async with self.storage.transaction() as txn:
             result = await ingest(txn, hub.store, event.entries, public_keys=keys,
                                   catalogue=hub.product, key=self.key, now=now_utc())
-        link.send_ingested(result.heads, len(event.entries))
+        link.send_ingested(result.heads, len(event.entries), result.position)
         if result.receipts:
             hub.notify()
 

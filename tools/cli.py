@@ -23,6 +23,7 @@ from relay.server import Relay, RelayConfig, running
 from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, UnknownCollection, UnknownKind
 from tools import demo as demo_module
 
+LOCK_WAIT = 5.0  # seconds a writing verb waits for `peer run` to finish its round
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_STORE, EXIT_RELAY = 0, 1, 2, 3, 4
 
 EPILOG = """\
@@ -89,7 +90,7 @@ async def peer_put(args: argparse.Namespace) -> int:
     body = _read_body(args.body)
     if not isinstance(body, dict):
         raise CliError("--body must be a JSON object", EXIT_BAD_INPUT)
-    async with await Till.open(args.dir) as till:
+    async with await Till.open(args.dir, wait=LOCK_WAIT) as till:
         record = await till.put(args.collection, args.id, body)
     _emit(args, {"id": args.id, **record}, lambda: json.dumps({"id": args.id, **record},
                                                               sort_keys=True))
@@ -110,7 +111,7 @@ async def peer_get(args: argparse.Namespace) -> int:
 
 async def peer_record(args: argparse.Namespace) -> int:
     body = _read_body(args.body)
-    async with await Till.open(args.dir) as till:
+    async with await Till.open(args.dir, wait=LOCK_WAIT) as till:
         entry = await till.record(args.kind, body, client_id=args.client_id)
     data = entry.to_json()
     _emit(args, data, lambda: (

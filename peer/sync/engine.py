@@ -93,8 +93,12 @@ class EntriesReceived(Event):
 
 @dataclass(frozen=True)
 class Ingested(Event):
+    """The relay stored a batch: its heads now, and its receipt stream's position after
+    the batch (the receipts for it are at or before that position)."""
+
     heads: dict[str, int]
     count: int
+    receipts_head: int
 
 
 @dataclass(frozen=True)
@@ -238,7 +242,8 @@ class ClientLink(_Link):
         elif self.state != "ready":
             raise self._unexpected(message)
         elif t == "ingested":
-            self._events.append(Ingested(message["heads"], message["count"]))
+            self._events.append(Ingested(message["heads"], message["count"],
+                                         message["receipts_head"]))
         elif t == "receipts":
             if not all(isinstance(r, dict) for r in message["receipts"]):
                 raise ProtocolError("bad_field", "receipts: each receipt is a map")
@@ -327,8 +332,8 @@ class RelayLink(_Link):
         self._send("enrolled", store=store, device=device, relay_key=self._key.public_bytes)
         self.state = "closed"
 
-    def send_ingested(self, heads: dict[str, int], count: int) -> None:
-        self._send("ingested", heads=heads, count=count)
+    def send_ingested(self, heads: dict[str, int], count: int, receipts_head: int) -> None:
+        self._send("ingested", heads=heads, count=count, receipts_head=receipts_head)
 
     def send_receipts(self, receipts: list[dict[str, Any]], head: int) -> None:
         self._send("receipts", receipts=receipts, head=head)

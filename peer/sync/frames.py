@@ -68,7 +68,7 @@ MESSAGES: dict[str, dict[str, Callable[[object], bool]]] = {
     "auth": {"sig": _is_bytes(64)},
     "welcome": {"heads": _is_map, "receipts_head": _is_int},
     "entries": {"entries": _is_list},
-    "ingested": {"heads": _is_map, "count": _is_int},
+    "ingested": {"heads": _is_map, "count": _is_int, "receipts_head": _is_int},
     "receipts": {"receipts": _is_list, "head": _is_int},
     "doc": {"m": _is_bytes()},
     "doc_snapshot": {"data": _is_bytes()},
