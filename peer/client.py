@@ -37,7 +37,7 @@ from peer.sync.engine import (
     ReceiptsReceived,
     RemoteError,
 )
-from peer.sync.frames import MAX_FRAME
+from peer.sync.frames import TRANSPORT_MAX
 from peer.sync.receipts import verify_receipts
 
 log = logging.getLogger("tillsync.peer")
@@ -75,7 +75,7 @@ async def enroll(url: str, code: str, name: str, key: DeviceKey, device_id: str,
     link.start_enroll(code, name)
     try:
         async with asyncio.timeout(within):
-            async with connect(url, max_size=MAX_FRAME, compression=None) as ws:
+            async with connect(url, max_size=TRANSPORT_MAX, compression=None) as ws:
                 for out in link.data_to_send():
                     await ws.send(out)
                 async for frame in ws:
@@ -112,7 +112,7 @@ async def sync_once(till: Till, url: str | None = None, *, within: float = 30.0,
     report = SyncReport()
     try:
         async with asyncio.timeout(within):
-            async with connect(url, max_size=MAX_FRAME, compression=None,
+            async with connect(url, max_size=TRANSPORT_MAX, compression=None,
                                open_timeout=min(within, 10)) as ws:
                 await _round(till, ws, report, settle)
     except (OSError, TimeoutError, websockets.WebSocketException) as exc:

@@ -35,7 +35,7 @@ from peer.sync.engine import (
     RelayLink,
     RemoteError,
 )
-from peer.sync.frames import MAX_FRAME
+from peer.sync.frames import TRANSPORT_MAX
 from relay.documents import Hubs, StoreHub
 from relay.ingest import ingest
 from relay.storage import SQLiteStorage
@@ -223,7 +223,7 @@ async def running(config: RelayConfig) -> AsyncIterator[tuple[Relay, int]]:
     """Start a relay; yields it and the port it listens on (0 picks a free one)."""
     relay = await Relay.open(config.data)
     try:
-        async with serve(relay.handle, config.host, config.port, max_size=MAX_FRAME,
+        async with serve(relay.handle, config.host, config.port, max_size=TRANSPORT_MAX,
                          compression=None) as server:
             port = next(iter(server.sockets)).getsockname()[1]
             yield relay, port

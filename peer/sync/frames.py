@@ -15,6 +15,9 @@ import msgpack
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 4 * 1024 * 1024  # bytes; a batch of 500 sales is ~250 KB
+# The websocket layer accepts up to twice that, so a frame a little too big gets a
+# 'too_large' error frame and the link goes on; a far bigger one is cut off (close 1009).
+TRANSPORT_MAX = 2 * MAX_FRAME
 MAX_BATCH = 1000  # entries or receipts in one frame
 
 
@@ -87,7 +90,8 @@ def decode(data: bytes | str, *, max_size: int = MAX_FRAME) -> dict[str, Any]:
     if isinstance(data, str):
         raise ProtocolError("malformed", "text frames are not used; send binary msgpack")
     if len(data) > max_size:
-        raise ProtocolError("too_large", f"frame of {len(data)} bytes exceeds {max_size}")
+        raise ProtocolError("too_large", f"frame of {len(data)} bytes exceeds {max_size}; "
+                            f"send smaller batches", fatal=False)
     try:
         message = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception:  # msgpack raises several unrelated types for bad input
