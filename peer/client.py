@@ -135,6 +135,7 @@ async def _round(till: Till, ws: ClientConnection,
     sync = am.SyncState()
     link.start()
     heads: dict[str, int] = {}
+    unvouched: list[dict[str, object]] = []  # received, not yet covered by a signature
     in_flight = 0
     pushed_all = False
     relay_head = -1
@@ -177,12 +178,16 @@ async def _round(till: Till, ws: ClientConnection,
                 if not pushed_all:
                     await push_next()
             elif isinstance(event, ReceiptsReceived):
+                # The relay signs the last receipt of each of its batches; a frame may end
+                # inside a batch, so what is not yet vouched for waits for the next frame.
+                run = unvouched + event.receipts
                 good_seq, good_head, problem = verify_receipts(
-                    till.relay_key or b"", event.receipts, seq, head)
+                    till.relay_key or b"", run, seq, head)
                 if problem is not None:
                     raise SyncError(f"receipts from the relay do not verify: {problem}",
                                     "bad_receipts")
-                vouched = [r for r in event.receipts if r["server_seq"] <= good_seq]
+                vouched = [r for r in run if r["server_seq"] <= good_seq]
+                unvouched = [r for r in run if r["server_seq"] > good_seq]
                 if vouched:
                     await till.store_receipts(vouched, good_seq, good_head, _now())
                     seq, head = good_seq, good_head

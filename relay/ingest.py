@@ -86,6 +86,7 @@ class _Batch:
         self.invoices: list[tuple[Any, ...]] = []
         self.alerts: list[tuple[Any, ...]] = []
         self.rejected: list[tuple[Any, ...]] = []
+        self.refused_before: set[tuple[str, str]] = set()
         self.position = 0
 
     async def preload(self, entries: Sequence[tuple[Entry, dict[str, Any]]]) -> None:
@@ -118,7 +119,12 @@ class _Batch:
 
     def reject(self, entry: Entry, code: str, message: str, *, keep: bool = True) -> None:
         """A ``rejected`` receipt; ``keep`` also files the entry itself (entries outside
-        the stored chain would otherwise be lost)."""
+        the stored chain would otherwise be lost).  An entry refused before for the same
+        reason (a till re-sends what the relay's heads say it lacks) is not answered
+        again: its receipt is already in the stream."""
+        if (entry.client_id, code) in self.refused_before:
+            return
+        self.refused_before.add((entry.client_id, code))
         self.receipts.append({**_about(entry), "status": "rejected", "warnings": [],
                               "error": {"code": code, "message": message}})
         wire = msgpack.packb(entry_to_wire(entry), use_bin_type=True)
@@ -260,6 +266,7 @@ async def ingest(
         by_device[entry.device_id].append(entry)
     heads = await txn.heads(store, by_device)
     known = await txn.known_client_ids(store, [e.client_id for e in entries])
+    batch.refused_before = await txn.rejected(store, [e.client_id for e in entries])
     seen: set[str] = set()
 
     chained: list[Entry] = []

@@ -242,6 +242,9 @@ class ClientLink(_Link):
         elif self.state != "ready":
             raise self._unexpected(message)
         elif t == "ingested":
+            if not all(isinstance(k, str) and isinstance(v, int)
+                       for k, v in message["heads"].items()):
+                raise ProtocolError("bad_field", "ingested: heads maps device ids to seqs")
             self._events.append(Ingested(message["heads"], message["count"],
                                          message["receipts_head"]))
         elif t == "receipts":

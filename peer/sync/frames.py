@@ -26,8 +26,8 @@ class ProtocolError(Exception):
 
     ``code`` is stable and machine-readable (``malformed``, ``unknown_type``,
     ``too_large``, ``bad_field``, ``unexpected``, ``version``, ``auth_failed``,
-    ``unknown_device``, ``revoked``, ``bad_code``); ``fatal`` says whether the link must
-    close."""
+    ``unknown_device``, ``revoked``, ``bad_code``, ``bad_document``, ``internal``);
+    ``fatal`` says whether the link must close (see ``schemas/protocol/README.md``)."""
 
     def __init__(self, code: str, message: str, *, fatal: bool = True) -> None:
         super().__init__(f"{code}: {message}")

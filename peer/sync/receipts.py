@@ -50,14 +50,18 @@ def verify_receipts(
     seq, prev = after_seq, after_hash
     good_seq, good_hash = after_seq, after_hash
     for receipt in receipts:
-        if receipt.get("server_seq") != seq + 1:
-            got = receipt.get("server_seq")
-            return good_seq, good_hash, f"expected receipt {seq + 1}, got {got}"
+        if not isinstance(receipt, dict) or receipt.get("server_seq") != seq + 1:
+            got = receipt.get("server_seq") if isinstance(receipt, dict) else receipt
+            return good_seq, good_hash, f"expected receipt {seq + 1}, got {got!r:.40}"
         if receipt.get("prev") != prev:
             return good_seq, good_hash, f"receipt {seq + 1} does not chain to the one before"
-        seq, prev = seq + 1, receipt_hash(receipt)
+        try:
+            seq, prev = seq + 1, receipt_hash(receipt)
+        except (TypeError, ValueError) as exc:  # floats, odd keys: not a receipt we sign
+            return good_seq, good_hash, f"receipt {seq + 1} is malformed: {exc}"
         if "sig" in receipt:
-            if not verify_signature(relay_key, receipt["sig"], prev):
+            sig = receipt["sig"]
+            if not isinstance(sig, bytes) or not verify_signature(relay_key, sig, prev):
                 return good_seq, good_hash, f"receipt {seq}: the relay's signature does not verify"
             good_seq, good_hash = seq, prev
     return good_seq, good_hash, None

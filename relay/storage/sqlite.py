@@ -93,6 +93,7 @@ CREATE TABLE rejected (
     seq INTEGER NOT NULL, code TEXT NOT NULL, message TEXT NOT NULL, entry BLOB NOT NULL,
     at TEXT NOT NULL
 );
+CREATE INDEX rejected_by_client ON rejected (store, client_id);
 CREATE TABLE doc_snapshot (store TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE doc_changes (id INTEGER PRIMARY KEY, store TEXT NOT NULL, data BLOB NOT NULL);
 CREATE INDEX doc_changes_by_store ON doc_changes (store, id);
@@ -255,6 +256,16 @@ class _Txn:
         await self._c.executemany(
             "INSERT INTO rejected (store, client_id, device_id, seq, code, message, entry, at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(store, *r) for r in rows])
+
+
+    async def rejected(self, store: str, client_ids: Sequence[str]) -> set[tuple[str, str]]:
+        out: set[tuple[str, str]] = set()
+        for i in range(0, len(client_ids), 500):
+            part = client_ids[i:i + 500]
+            rows = await self._rows(f"SELECT client_id, code FROM rejected WHERE store = ? AND "
+                                    f"client_id IN ({_marks(part)})", (store, *part))
+            out.update((r[0], r[1]) for r in rows)
+        return out
 
 
 class SQLiteStorage:
