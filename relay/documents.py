@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
 from peer.master import MasterData
+from peer.sync.frames import encode
 from relay.storage import SQLiteStorage
 
 
@@ -17,18 +19,40 @@ class StoreHub:
     ``changed`` is replaced by a fresh event each time something new is committed
     (receipts or document changes), so every connection waiting on it wakes once."""
 
+    RECENT = 64  # receipt frames kept encoded for connections that are up to date
+
     def __init__(self, store: str, doc: MasterData) -> None:
         self.store = store
         self.doc = doc
         self.changed = asyncio.Event()
         self.lock = asyncio.Lock()  # one document merge at a time
+        # (first server_seq, last server_seq, encoded receipts frame): a batch's receipts
+        # go to every connected till of the store, so they are encoded once, not per till.
+        self.recent: deque[tuple[int, int, bytes]] = deque(maxlen=self.RECENT)
 
     def notify(self) -> None:
         self.changed.set()
         self.changed = asyncio.Event()
 
+    def publish(self, receipts: list[dict[str, Any]], position: int, per_frame: int) -> None:
+        """Keep a committed batch's receipts as ready-to-send frames, then wake the pumps."""
+        for i in range(0, len(receipts), per_frame):
+            part = receipts[i:i + per_frame]
+            self.recent.append((part[0]["server_seq"], part[-1]["server_seq"],
+                                encode("receipts", receipts=part, head=position)))
+        self.notify()
+
+    def frame_after(self, after: int) -> tuple[int, bytes] | None:
+        """The encoded frame continuing the stream right after ``after``, if still kept."""
+        for first, last, frame in reversed(self.recent):
+            if first == after + 1:
+                return last, frame
+            if last <= after:
+                break
+        return None
+
     def product(self, product_id: str) -> Mapping[str, Any] | None:
-        return self.doc.get("products", product_id)
+        return self.doc.peek("products", product_id)
 
 
 class Hubs:

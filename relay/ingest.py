@@ -136,8 +136,9 @@ class _Batch:
         return self.counters[counter]
 
     def move_stock(self, entry: Entry, product_id: str, delta: Decimal,
-                   warnings: list[dict[str, Any]]) -> None:
-        product = self.catalogue(product_id)
+                   warnings: list[dict[str, Any]], product: Mapping[str, Any] | None = None,
+                   ) -> None:
+        product = product if product is not None else self.catalogue(product_id)
         if product is None:
             warnings.append({"code": "unknown_product", "product_id": product_id})
         elif product.get("volatile"):
@@ -228,7 +229,8 @@ def _decide(batch: _Batch, entry: Entry, body: dict[str, Any]) -> None:
             if product is not None and product.get("volatile"):
                 batch.prices[line["product_id"]] = line["unit_price"]
             else:
-                batch.move_stock(entry, line["product_id"], -quantity(line["qty"]), warnings)
+                batch.move_stock(entry, line["product_id"], -quantity(line["qty"]), warnings,
+                                 product)
     elif kind == "refund" and body.get("restock", True):
         for line in body["lines"]:
             batch.move_stock(entry, line["product_id"], quantity(line["qty"]), warnings)

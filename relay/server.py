@@ -180,7 +180,7 @@ class Relay:
                                   catalogue=hub.product, key=self.key, now=now_utc())
         link.send_ingested(result.heads, len(event.entries), result.position)
         if result.receipts:
-            hub.notify()
+            hub.publish(result.receipts, result.position, RECEIPTS_PER_FRAME)
 
     async def _doc(self, link: RelayLink, hub: StoreHub, sync: am.SyncState,
                    data: bytes) -> None:
@@ -203,6 +203,11 @@ class Relay:
         while True:
             changed = hub.changed
             while True:
+                ready = hub.frame_after(after)
+                if ready is not None:  # up to date: the shared, already encoded frame
+                    after, frame = ready
+                    await ws.send(frame)
+                    continue
                 receipts = await self.storage.receipts_after(hub.store, after, RECEIPTS_PER_FRAME)
                 if not receipts:
                     break

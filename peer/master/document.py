@@ -126,6 +126,15 @@ class MasterData:
                 f"unknown collection {collection!r}; known: {', '.join(COLLECTIONS)}"
             ) from None
 
+    def peek(self, collection: str, record_id: str) -> Mapping[str, Any] | None:
+        """The cached record itself, not a copy: for hot read-only paths (the relay looks
+        up every sold product).  Callers must not change it."""
+        cached = self._cache.get(collection)
+        if cached is None:
+            self.all(collection)  # fills the cache
+            cached = self._cache[collection]
+        return cached.get(record_id)
+
     def get(self, collection: str, record_id: str) -> dict[str, Any] | None:
         """The record as plain Python values, or None."""
         cached = self._cache.get(collection)

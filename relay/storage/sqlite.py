@@ -51,7 +51,6 @@ CREATE TABLE receipts (
     data BLOB NOT NULL,
     PRIMARY KEY (store, server_seq)
 ) WITHOUT ROWID;
-CREATE INDEX receipts_by_client ON receipts (store, client_id);
 CREATE TRIGGER receipts_append_only_update BEFORE UPDATE ON receipts
     BEGIN SELECT RAISE(ABORT, 'receipts are append-only'); END;
 CREATE TRIGGER receipts_append_only_delete BEFORE DELETE ON receipts
@@ -66,7 +65,7 @@ CREATE TABLE invoices (
     client_id TEXT NOT NULL, device_id TEXT NOT NULL, ticket TEXT, total INTEGER NOT NULL,
     client_created_at TEXT NOT NULL, issued_at TEXT NOT NULL,
     PRIMARY KEY (store, series, invoice_no),
-    UNIQUE (store, client_id)
+    UNIQUE (store, client_id)  -- a sale is numbered once, whatever the code above does
 ) WITHOUT ROWID;
 CREATE TABLE mappings (
     store TEXT NOT NULL, kind TEXT NOT NULL, client_id TEXT NOT NULL, server_id TEXT NOT NULL,
