@@ -42,6 +42,7 @@ from peer.sync.receipts import verify_receipts
 
 log = logging.getLogger("tillsync.peer")
 BATCH = 500
+DOC_WAIT = 2.0  # seconds to wait for the document exchange before pushing anyway
 
 
 class SyncError(TillsyncError):
@@ -138,6 +139,7 @@ async def _round(till: Till, ws: ClientConnection,
     unvouched: list[dict[str, object]] = []  # received, not yet covered by a signature
     in_flight = 0
     pushed_all = False
+    pushing = False
     relay_head = -1
 
     async def flush() -> None:
@@ -145,7 +147,8 @@ async def _round(till: Till, ws: ClientConnection,
             await ws.send(frame)
 
     async def push_next() -> None:
-        nonlocal in_flight, pushed_all
+        nonlocal in_flight, pushed_all, pushing
+        pushing = True
         batch = await till.entries_after(heads, BATCH)
         if not batch:
             pushed_all = True
@@ -156,22 +159,35 @@ async def _round(till: Till, ws: ClientConnection,
         report.pushed += len(batch)
         in_flight += 1
 
+    async def doc_settled() -> None:
+        """Entries go up only once the relay holds this till's document: a sale of a
+        product made offline must not reach the relay before the product does.  Our
+        side has nothing to send exactly when the relay's last sync message showed it
+        has all our changes."""
+        message = till.master.sync_message(sync)
+        if message is not None:
+            link.send_doc(message)
+        elif not pushing:
+            await push_next()
+
     await flush()
     while True:
         done = pushed_all and in_flight == 0 and seq >= relay_head
+        wait = settle if done else (DOC_WAIT if not pushing and relay_head >= 0 else None)
         try:
-            frame = await asyncio.wait_for(ws.recv(), settle if done else None)
+            frame = await asyncio.wait_for(ws.recv(), wait)
         except TimeoutError:
-            return  # everything pushed and answered, and the relay has gone quiet
+            if done:
+                return  # everything pushed and answered, and the relay has gone quiet
+            await push_next()  # the document exchange stalled: push all the same
+            await flush()
+            continue
         link.receive_data(frame)
         for event in link.events_received():
             if isinstance(event, Ready):
                 heads = dict(event.heads)
                 relay_head = event.receipts_head
-                message = till.master.sync_message(sync)
-                if message is not None:
-                    link.send_doc(message)
-                await push_next()
+                await doc_settled()
             elif isinstance(event, Ingested):
                 in_flight -= 1
                 relay_head = max(relay_head, event.receipts_head)
@@ -202,9 +218,7 @@ async def _round(till: Till, ws: ClientConnection,
             elif isinstance(event, DocMessage):
                 await till.receive_document(sync, message=event.data)
                 report.doc_changes += 1
-                reply = till.master.sync_message(sync)
-                if reply is not None:
-                    link.send_doc(reply)
+                await doc_settled()
             elif isinstance(event, RemoteError | LinkFailed):
                 raise SyncError(f"the relay refused: {event.message}", event.code)
         await flush()

@@ -249,6 +249,23 @@ def _decide(batch: _Batch, entry: Entry, body: dict[str, Any]) -> None:
     batch.receipts.append(receipt)
 
 
+Checked = dict[int, tuple[dict[str, Any] | None, tuple[str, str] | None]]
+
+
+def prepare(entries: Sequence[Entry]) -> Checked:
+    """The work that needs no database: hashes, body decoding, schema checks.
+
+    Run it before taking the write lock, so it overlaps another batch's transaction;
+    returns id(entry) -> (body, problem): keyed by the object, since a hostile batch may
+    repeat a client_id or a position with other content."""
+    checked: Checked = {}
+    for entry in entries:
+        _ = entry.hash  # computed once here, cached on the entry
+        body = _decode_body(entry)
+        checked[id(entry)] = (body, _check(entry, body))
+    return checked
+
+
 async def ingest(
     txn: RelayTxn,
     store: str,
@@ -258,9 +275,12 @@ async def ingest(
     catalogue: Catalogue,
     key: DeviceKey,
     now: str,
+    checked: Checked | None = None,
 ) -> IngestResult:
     """Decide a batch inside ``txn``.  ``public_keys`` holds the registered, unrevoked
-    keys of the store's devices; entries of other devices are rejected and kept."""
+    keys of the store's devices; entries of other devices are rejected and kept.
+    ``checked`` is ``prepare(entries)`` if the caller ran it already."""
+    checked = prepare(entries) if checked is None else checked
     result = IngestResult()
     batch = _Batch(txn, store, catalogue, now)
     by_device: dict[str, list[Entry]] = defaultdict(list)
@@ -288,8 +308,14 @@ async def ingest(
                     batch.reject(entry, "conflicting_entry", f"seq {entry.seq} is already "
                                  "held with other content (a forked or replayed chain)")
                 continue
-            if entry.seq != seq + len(run) + 1 or entry.prev != (run[-1].hash if run else prev):
+            if entry.seq != seq + len(run) + 1:
                 result.gaps[device] = seq + len(run) + 1  # the device should resend from here
+                break
+            if entry.prev != (run[-1].hash if run else prev):
+                # The right position but not the chain the relay holds: a forked or
+                # altered log. Refused and kept; the chain cannot go on past it.
+                batch.reject(entry, "broken_chain", f"prev of seq {entry.seq} is not the hash "
+                             "of the entry before it held by the relay")
                 break
             if entry.client_id in known or entry.client_id in seen:
                 # An idempotency key reused by a different entry: the chain stops here
@@ -310,8 +336,7 @@ async def ingest(
     await txn.insert_entries(store, chained, now)
     bodies: list[tuple[Entry, dict[str, Any]]] = []
     for entry in chained:
-        body = _decode_body(entry)
-        problem = _check(entry, body)
+        body, problem = checked[id(entry)]
         if problem is not None:
             batch.reject(entry, *problem, keep=False)  # stored in the chain already
             continue

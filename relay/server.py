@@ -37,7 +37,7 @@ from peer.sync.engine import (
 )
 from peer.sync.frames import TRANSPORT_MAX
 from relay.documents import Hubs, StoreHub
-from relay.ingest import ingest
+from relay.ingest import ingest, prepare
 from relay.storage import SQLiteStorage
 
 log = logging.getLogger("tillsync.relay")
@@ -121,10 +121,9 @@ class Relay:
                     elif isinstance(event, EnrollRequested):
                         row = await self.storage.enroll(code_hash(event.code), event.device,
                                                         event.name, event.public_key, now_utc())
-                        if row is None:
-                            log.warning("%s: refused enrollment code", peer)
-                            link.fail("bad_code", "the enrollment code is unknown, used or "
-                                      "expired")
+                        if isinstance(row, str):
+                            log.warning("%s: enrollment refused: %s", peer, row)
+                            link.fail("bad_code", row)
                         else:
                             log.info("enrolled %s (%s) in store %s", row.device_id, row.name,
                                      row.store)
@@ -175,9 +174,11 @@ class Relay:
             device = await self.storage.device(hub.store, device_id)
             if device is not None and not device.revoked:
                 keys[device_id] = device.public_key
+        checked = prepare(event.entries)  # outside the write lock: overlaps other batches
         async with self.storage.transaction() as txn:
             result = await ingest(txn, hub.store, event.entries, public_keys=keys,
-                                  catalogue=hub.product, key=self.key, now=now_utc())
+                                  catalogue=hub.product, key=self.key, now=now_utc(),
+                                  checked=checked)
         link.send_ingested(result.heads, len(event.entries), result.position)
         if result.receipts:
             hub.publish(result.receipts, result.position, RECEIPTS_PER_FRAME)

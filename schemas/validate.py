@@ -211,12 +211,16 @@ def _fast(sub: str, name: str) -> Any:
 
 
 def _has_float(value: object) -> bool:
-    if isinstance(value, float):
-        return True
-    if isinstance(value, dict):
-        return any(_has_float(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_float(v) for v in value)
+    kind = type(value)
+    if kind is dict:
+        values: Iterable[object] = value.values()  # type: ignore[attr-defined]
+    elif kind is list:
+        values = value  # type: ignore[assignment]
+    else:
+        return isinstance(value, float)
+    for item in values:
+        if type(item) in (dict, list, float) and _has_float(item):
+            return True
     return False
 
 

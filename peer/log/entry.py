@@ -46,10 +46,31 @@ def _canonical(value: object, path: str) -> object:
     raise TypeError(f"{path}: {type(value).__name__} cannot be stored")
 
 
+_PLAIN = frozenset((str, int, bool, bytes, type(None)))
+
+
+def _sorted(value: object) -> object:
+    """``_canonical`` for the common case (plain dicts, lists, scalars), without building
+    paths; anything else raises and the slow path says where."""
+    if type(value) is dict:
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if type(value) is list:
+        return [_sorted(v) for v in value]
+    if type(value) in _PLAIN:
+        return value
+    raise TypeError
+
+
 def canonical_body(body: Mapping[str, object]) -> bytes:
     """The canonical msgpack bytes of a map (keys sorted at every level, no floats):
     entry bodies, and the relay's receipts."""
-    packed: bytes = msgpack.packb(_canonical(body, "body"), use_bin_type=True)
+    try:
+        plain = _sorted(body)
+        if type(body) is not dict:
+            raise TypeError
+        packed: bytes = msgpack.packb(plain, use_bin_type=True)
+    except TypeError:  # a float, a non-string key, an odd type: name it
+        packed = msgpack.packb(_canonical(body, "body"), use_bin_type=True)
     return packed
 
 

@@ -341,15 +341,20 @@ class SQLiteStorage:
                 "VALUES (?, ?, ?, ?, ?)", (code_hash, store, name, role, expires_at))
 
     async def enroll(self, code_hash: bytes, device_id: str, name: str, public_key: bytes,
-                     now: str) -> DeviceRow | None:
-        """Use a one-time code: register the device, or None if the code is not valid."""
+                     now: str) -> DeviceRow | str:
+        """Use a one-time code: register the device; or say why not (the code stays
+        unused when the device is refused)."""
         async with self.transaction():
             rows = list(await self._conn.execute_fetchall(
                 "SELECT store, name, role FROM enroll_codes WHERE code_hash = ? "
                 "AND used_at IS NULL AND expires_at > ?", (code_hash, now)))
             if not rows:
-                return None
+                return "the enrollment code is unknown, used or expired"
             store, code_name, role = rows[0]
+            taken = list(await self._conn.execute_fetchall(
+                "SELECT 1 FROM devices WHERE store = ? AND device_id = ?", (store, device_id)))
+            if taken:
+                return "a device with this id is already enrolled in this store"
             await self._conn.execute(
                 "UPDATE enroll_codes SET used_at = ?, used_by = ? WHERE code_hash = ?",
                 (now, device_id, code_hash))
@@ -357,7 +362,9 @@ class SQLiteStorage:
                 "INSERT INTO devices (store, device_id, name, public_key, role, enrolled_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)", (store, device_id, code_name or name, public_key,
                                               role, now))
-        return await self.device(store, device_id)
+        row = await self.device(store, device_id)
+        assert row is not None
+        return row
 
     async def touch(self, store: str, device_id: str, now: str) -> None:
         async with self.transaction():
