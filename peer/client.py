@@ -16,7 +16,6 @@ import os
 import random
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import automerge.core as am
@@ -25,7 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from peer.errors import InvalidInput, TillsyncError
 from peer.identity import DeviceKey
-from peer.store import Till
+from peer.store import Till, utc_timestamp
 from peer.sync.engine import (
     ClientLink,
     DocMessage,
@@ -63,10 +62,6 @@ class SyncReport:
     doc_changes: int = 0
     pending: int = 0
     errors: list[str] = field(default_factory=list)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def enroll(url: str, code: str, name: str, key: DeviceKey, device_id: str,
@@ -205,7 +200,7 @@ async def _round(till: Till, ws: ClientConnection,
                 vouched = [r for r in run if r["server_seq"] <= good_seq]
                 unvouched = [r for r in run if r["server_seq"] > good_seq]
                 if vouched:
-                    await till.store_receipts(vouched, good_seq, good_head, _now())
+                    await till.store_receipts(vouched, good_seq, good_head, utc_timestamp())
                     seq, head = good_seq, good_head
                     report.receipts += len(vouched)
                     for r in vouched:

@@ -21,7 +21,7 @@ import aiosqlite
 
 from peer.errors import StoreCorrupt
 from peer.log.entry import Entry
-from peer.views import Effect
+from peer.views import Effect, from_millionths, to_millionths
 
 SCHEMA_VERSION = 1
 
@@ -64,20 +64,6 @@ CREATE TABLE views (
 CREATE TABLE doc_snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), data BLOB NOT NULL);
 CREATE TABLE doc_changes (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
-
-_SCALE = 1_000_000  # views hold integers in millionths so SQLite can add them exactly
-
-
-def _to_view(value: Decimal) -> int:
-    scaled = value * _SCALE
-    if scaled != scaled.to_integral_value():
-        raise ValueError(f"{value} has more than 6 decimal places")
-    return int(scaled)
-
-
-def _from_view(value: int) -> Decimal:
-    return Decimal(value) / _SCALE
-
 
 _ENTRY_COLUMNS = "client_id, device_id, seq, prev, kind, client_created_at, ticket, body, sig"
 
@@ -284,13 +270,13 @@ class TillDB:
         async with self._conn.execute(
             "SELECT key, value FROM views WHERE view = ?", (view,)
         ) as cur:
-            return {row[0]: _from_view(row[1]) async for row in cur}
+            return {row[0]: from_millionths(row[1]) async for row in cur}
 
     async def view_value(self, view: str, key: str) -> Decimal | None:
         row = await self._one(
             "SELECT value FROM views WHERE view = ? AND key = ?", (view, key)
         )
-        return None if row is None else _from_view(row[0])
+        return None if row is None else from_millionths(row[0])
 
     async def shift_state(self, shift_client_id: str) -> str | None:
         """'closed', 'open' or None, in one query."""
@@ -309,14 +295,14 @@ class TillDB:
                 "INSERT INTO views (view, key, value) VALUES (?1, ?2, ?3) "
                 "ON CONFLICT (view, key) DO UPDATE SET value = "
                 "CASE WHEN ?4 THEN excluded.value ELSE value + excluded.value END",
-                [(e.view, e.key, _to_view(e.value), e.op == "set") for e in effects],
+                [(e.view, e.key, to_millionths(e.value), e.op == "set") for e in effects],
             )
 
     async def replace_views(self, values: dict[tuple[str, str], Decimal]) -> None:
         await self._conn.execute("DELETE FROM views")
         await self._conn.executemany(
             "INSERT INTO views (view, key, value) VALUES (?, ?, ?)",
-            [(v, k, _to_view(x)) for (v, k), x in values.items()],
+            [(v, k, to_millionths(x)) for (v, k), x in values.items()],
         )
 
     # -- master document ---------------------------------------------------------------

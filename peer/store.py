@@ -67,6 +67,11 @@ def _timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def utc_timestamp() -> str:
+    """Now, as the RFC 3339 UTC text every timestamp of tillsync uses."""
+    return _timestamp(_utc_now())
+
+
 def default_series(name: str) -> str:
     """Ticket series from the device name: 'Till 3' -> 'TILL3'."""
     return re.sub(r"[^A-Z0-9]", "", name.upper())[:8] or "T"

@@ -43,6 +43,20 @@ def quantity(value: object) -> Decimal:
     return Decimal(value)
 
 
+MILLIONTHS = 1_000_000  # stored quantities: integers in millionths, exact and summable by SQL
+
+
+def to_millionths(value: Decimal) -> int:
+    scaled = value * MILLIONTHS
+    if scaled != scaled.to_integral_value():
+        raise ValueError(f"{value} has more than 6 decimal places")
+    return int(scaled)
+
+
+def from_millionths(value: int) -> Decimal:
+    return Decimal(value) / MILLIONTHS
+
+
 def format_quantity(value: Decimal) -> str:
     """'2', '0.75', '-1.5': no exponent, no trailing zeros."""
     text = format(value.normalize(), "f")

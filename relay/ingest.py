@@ -40,12 +40,11 @@ from peer.log import Entry, verify_chain
 from peer.sync.frames import entry_to_wire
 from peer.sync.receipts import seal_receipts
 from peer.totals import sale_total
-from peer.views import quantity
+from peer.views import format_quantity, from_millionths, quantity, to_millionths
 from relay.storage.base import RelayTxn
 from schemas import ENTRY_KINDS, SchemaViolation, validate_entry
 
 SERIES = "INV"
-_SCALE = 1_000_000
 _SERVER_ID_KINDS = {"shift_open": "shift", "held_sale": "held", "purchase_order": "po",
                     "journal_entry": "je"}
 _NEEDS_SHIFT = ("sale", "cash_movement", "shift_close")
@@ -144,11 +143,11 @@ class _Batch:
         elif product.get("volatile"):
             return
         before = self.stock.get(product_id, 0)
-        after = before + int(delta * _SCALE)
+        after = before + to_millionths(delta)
         self.stock[product_id] = after
         self.stock_changed.add(product_id)
         if product is not None and "reorder_level" in product:
-            level = int(quantity(product["reorder_level"]) * _SCALE)
+            level = to_millionths(quantity(product["reorder_level"]))
             if after < level <= before:
                 warnings.append({"code": "low_stock", "product_id": product_id,
                                  "qty": _qty(after), "reorder_level": _qty(level)})
@@ -181,8 +180,7 @@ class _Batch:
 
 
 def _qty(millionths: int) -> str:
-    text = format((Decimal(millionths) / _SCALE).normalize(), "f")
-    return "0" if text in ("-0", "") else text
+    return format_quantity(from_millionths(millionths))
 
 
 def _decode_body(entry: Entry) -> dict[str, Any] | None:

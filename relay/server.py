@@ -25,6 +25,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from peer.errors import InvalidInput
 from peer.identity import DeviceKey
+from peer.store import utc_timestamp
 from peer.sync.engine import (
     Authenticated,
     DocMessage,
@@ -44,10 +45,6 @@ log = logging.getLogger("tillsync.relay")
 
 DB_FILE = "relay.db"
 RECEIPTS_PER_FRAME = 500
-
-
-def now_utc() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def code_hash(code: str) -> bytes:
@@ -120,7 +117,8 @@ class Relay:
                             link.challenge(device.public_key)
                     elif isinstance(event, EnrollRequested):
                         row = await self.storage.enroll(code_hash(event.code), event.device,
-                                                        event.name, event.public_key, now_utc())
+                                                        event.name, event.public_key,
+                                                        utc_timestamp())
                         if isinstance(row, str):
                             log.warning("%s: enrollment refused: %s", peer, row)
                             link.fail("bad_code", row)
@@ -132,7 +130,7 @@ class Relay:
                         hub = await self.hubs.get(event.store)
                         state["hub"] = hub
                         state["sync"] = am.SyncState()
-                        await self.storage.touch(event.store, event.device, now_utc())
+                        await self.storage.touch(event.store, event.device, utc_timestamp())
                         link.welcome(await self.storage.heads(event.store),
                                      await self.storage.stream_position(event.store))
                         if event.doc_empty and not hub.doc.is_genesis():
@@ -177,7 +175,7 @@ class Relay:
         checked = prepare(event.entries)  # outside the write lock: overlaps other batches
         async with self.storage.transaction() as txn:
             result = await ingest(txn, hub.store, event.entries, public_keys=keys,
-                                  catalogue=hub.product, key=self.key, now=now_utc(),
+                                  catalogue=hub.product, key=self.key, now=utc_timestamp(),
                                   checked=checked)
         link.send_ingested(result.heads, len(event.entries), result.position)
         if result.receipts:
