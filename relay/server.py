@@ -25,6 +25,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from peer.errors import InvalidInput
 from peer.identity import DeviceKey
+from peer.log import Entry
 from peer.store import utc_timestamp
 from peer.sync.engine import (
     Authenticated,
@@ -38,13 +39,14 @@ from peer.sync.engine import (
 )
 from peer.sync.frames import TRANSPORT_MAX
 from relay.documents import Hubs, StoreHub
-from relay.ingest import ingest, prepare
+from relay.ingest import Checked, IngestResult, ingest, prepare
 from relay.storage import SQLiteStorage
 
 log = logging.getLogger("tillsync.relay")
 
 DB_FILE = "relay.db"
 RECEIPTS_PER_FRAME = 500
+MAX_JOBS_PER_COMMIT = 32
 
 
 def code_hash(code: str) -> bytes:
@@ -57,6 +59,17 @@ def relay_key(data: Path) -> DeviceKey:
     if not (data / "relay.key").exists():
         DeviceKey.generate().write(data, "relay.key")
     return DeviceKey.read(data, "relay.key")
+
+
+@dataclass
+class _Job:
+    """One entries frame waiting for the writer."""
+
+    hub: StoreHub
+    entries: list[Entry]
+    keys: dict[str, bytes]
+    checked: Checked
+    done: asyncio.Future[IngestResult]
 
 
 @dataclass
@@ -73,6 +86,8 @@ class Relay:
         self.storage = storage
         self.key = key
         self.hubs = Hubs(storage)
+        self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, data: Path) -> Relay:
@@ -80,6 +95,10 @@ class Relay:
         return cls(await SQLiteStorage.open(data / DB_FILE), key)
 
     async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
         await self.storage.close()
 
     async def new_code(self, store: str, name: str, role: str = "till",
@@ -172,14 +191,40 @@ class Relay:
             device = await self.storage.device(hub.store, device_id)
             if device is not None and not device.revoked:
                 keys[device_id] = device.public_key
-        checked = prepare(event.entries)  # outside the write lock: overlaps other batches
-        async with self.storage.transaction() as txn:
-            result = await ingest(txn, hub.store, event.entries, public_keys=keys,
-                                  catalogue=hub.product, key=self.key, now=utc_timestamp(),
-                                  checked=checked)
+        job = _Job(hub, event.entries, keys, prepare(event.entries),
+                   asyncio.get_running_loop().create_future())
+        await self._jobs.put(job)
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(), name="relay-writer")
+        result = await job.done
         link.send_ingested(result.heads, len(event.entries), result.position)
-        if result.receipts:
-            hub.publish(result.receipts, result.position, RECEIPTS_PER_FRAME)
+
+    async def _write_loop(self) -> None:
+        """Group commit: every batch queued meanwhile, from any connection and store,
+        goes into one transaction (one fsync), decided in arrival order."""
+        while True:
+            jobs = [await self._jobs.get()]
+            while not self._jobs.empty() and len(jobs) < MAX_JOBS_PER_COMMIT:
+                jobs.append(self._jobs.get_nowait())
+            try:
+                results = []
+                async with self.storage.transaction() as txn:
+                    for job in jobs:
+                        results.append(await ingest(
+                            txn, job.hub.store, job.entries, public_keys=job.keys,
+                            catalogue=job.hub.product, key=self.key, now=utc_timestamp(),
+                            checked=job.checked))
+            except Exception as exc:  # nothing of these batches was stored
+                log.exception("ingest of %d batches failed", len(jobs))
+                for job in jobs:
+                    if not job.done.done():
+                        job.done.set_exception(exc)
+                continue
+            for job, result in zip(jobs, results, strict=True):
+                if result.receipts:  # in commit order, so pumps see the stream in order
+                    job.hub.publish(result.receipts, result.position, RECEIPTS_PER_FRAME)
+                if not job.done.done():
+                    job.done.set_result(result)
 
     async def _doc(self, link: RelayLink, hub: StoreHub, sync: am.SyncState,
                    data: bytes) -> None:
