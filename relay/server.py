@@ -236,7 +236,7 @@ class Relay:
                 return
             await self.hubs.persist(hub, chunks)
         if chunks:
-            hub.notify()
+            hub.document_changed()
         reply = hub.doc.sync_message(sync)
         if reply is not None:
             link.send_doc(reply)

@@ -113,3 +113,15 @@ def test_cached_reads_follow_puts_and_merges_and_are_copies() -> None:
     a.apply(b.save())
     assert a.all("products")["p1"]["price"] == 340 and a.get("products", "p1") == b.get(
         "products", "p1")
+
+
+def test_fields_reads_just_the_named_scalars_and_follows_merges() -> None:
+    a, b = MasterData.new(A), MasterData.new(B)
+    a.put("products", "p1", {"name": "Tomatoes", "sku": "T1", "price": 450, "volatile": True})
+    assert a.fields("products", "p1", ("volatile", "reorder_level")) == {"volatile": True}
+    assert a.fields("products", "nope", ("volatile",)) is None
+    b.apply(a.save())
+    b.put("products", "p1", {"volatile": False, "reorder_level": "2.5"})
+    a.apply(b.save())
+    assert a.fields("products", "p1", ("volatile", "reorder_level")) == {
+        "volatile": False, "reorder_level": "2.5"}
