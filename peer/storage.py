@@ -127,16 +127,6 @@ class TillDB:
         if self._conn.in_transaction:
             await self._conn.execute("ROLLBACK")
 
-    async def savepoint(self, name: str) -> None:
-        await self._conn.execute(f"SAVEPOINT {name}")
-
-    async def release(self, name: str) -> None:
-        await self._conn.execute(f"RELEASE {name}")
-
-    async def rollback_to(self, name: str) -> None:
-        await self._conn.execute(f"ROLLBACK TO {name}")
-        await self._conn.execute(f"RELEASE {name}")
-
     # -- meta and devices --------------------------------------------------------------
 
     async def meta(self, key: str) -> str | None:
@@ -297,13 +287,6 @@ class TillDB:
                 "CASE WHEN ?4 THEN excluded.value ELSE value + excluded.value END",
                 [(e.view, e.key, to_millionths(e.value), e.op == "set") for e in effects],
             )
-
-    async def replace_views(self, values: dict[tuple[str, str], Decimal]) -> None:
-        await self._conn.execute("DELETE FROM views")
-        await self._conn.executemany(
-            "INSERT INTO views (view, key, value) VALUES (?, ?, ?)",
-            [(v, k, to_millionths(x)) for (v, k), x in values.items()],
-        )
 
     # -- master document ---------------------------------------------------------------
 

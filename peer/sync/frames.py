@@ -8,7 +8,7 @@ frame; internal details are never echoed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -54,10 +54,6 @@ def _is_list(v: object) -> bool:
 
 def _is_map(v: object) -> bool:
     return isinstance(v, dict)
-
-
-def _is_opt_bytes(v: object) -> bool:
-    return v is None or isinstance(v, bytes)
 
 
 # type -> {field: check}; fields not listed are refused.
@@ -137,6 +133,3 @@ def entry_from_wire(item: object) -> Any:
                             fatal=False)
     return Entry(cid, dev, seq, prev, kind, at, ticket, body, sig)
 
-
-def is_mapping(value: object) -> bool:
-    return isinstance(value, Mapping)
