@@ -118,6 +118,7 @@ async def sync_once(till: Till, url: str | None = None, *, within: float = 30.0,
     except SyncError as exc:
         await till.note_contact("", str(exc))
         raise
+    await till.note_contact(utc_timestamp())  # a completed round; clears the last error
     report.pending = (await till.pending(limit=0))[0]
     return report
 

@@ -153,8 +153,14 @@ async def peer_status(args: argparse.Namespace) -> int:
             f"log         {status['last_seq']} entries of mine; last ticket "
             f"{status['last_ticket'] or 'none'}",
             f"pending     {status['pending']} not yet acknowledged by the relay",
-            "last contact never (no relay configured)" if status["last_contact"] is None
-            else f"last contact {status['last_contact']}",
+            "relay       none configured (a store of its own)" if status["relay"] is None
+            else f"relay       {status['relay']}, last contact "
+                 f"{status['last_contact'] or 'never'}"
+                 + (f"\n            last error: {status['last_error']}"
+                    if status["last_error"] else ""),
+            f"receipts    {status['waiting']} waiting, {len(status['rejected'])} rejected"
+            + "".join(f"\n            rejected {r['kind']} seq {r['seq']}: {r.get('code')}: "
+                      f"{r.get('message')}" for r in status["rejected"]),
             f"open shifts {shifts}",
             f"held sales  {len(status['held_sales'])}",
             "master      " + ", ".join(f"{n} {c}" for c, n in status["master"].items()),
