@@ -67,6 +67,9 @@ def test_the_daemon_syncs_backs_off_while_the_relay_is_down_and_catches_up(
             numbers = sorted(mine[c]["invoice_no"] for c in online + offline)
             assert numbers == [1, 2, 3, 4, 5, 6]
             assert [mine[c]["invoice_no"] for c in offline] == [4, 5, 6]
+            wait_until(lambda: till.status()["last_error"] is None, "a clean round")
+            status = till.status()
+            assert status["last_contact"] and status["relay"] == relay.url
         finally:
             daemon.send_signal(signal.SIGINT)
             try:
