@@ -245,6 +245,9 @@ async def peer_receipts(args: argparse.Namespace) -> int:
 
 async def relay_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # One line per device session comes from tillsync.relay; the library's own
+    # open/close lines would double them.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
     config = RelayConfig(Path(args.data), args.host, args.port)
     async with running(config) as (_, port):
         print(f"relay listening on ws://{args.host}:{port} (data in {args.data})",
