@@ -55,7 +55,6 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +71,11 @@ from peer.sync.engine import ClientLink, Ingested, LinkFailed, Ready, ReceiptsRe
 from peer.sync.frames import MAX_BATCH, MAX_FRAME, encode, entry_to_wire
 from relay.server import DB_FILE, Relay
 from tools.bench_store import machine, percentile, products_for_sales
+from tools.workload import sale_body
 
 TARGET_SALES_PER_SECOND = 30_000
 TARGET_RATIO = 20.0
 SERIES = "INV"
-WEIGHT = "0.75"
 CASHIER = "ann"
 START_TIMEOUT = 60.0
 RUN_TIMEOUT = 900.0
@@ -121,28 +120,6 @@ class TillLoad:
 
 def device_key(raw: bytes) -> DeviceKey:
     return DeviceKey(Ed25519PrivateKey.from_private_bytes(raw))
-
-
-def sale_body(rng: random.Random, catalogue: dict[str, dict[str, Any]], pieces: list[str],
-              weighed: list[str], shift: str) -> dict[str, Any]:
-    """A valid sale (schemas/entries/sale.json): 1-5 lines, ~25% of them weighed."""
-    lines: list[dict[str, Any]] = []
-    total = Decimal(0)
-    for _ in range(rng.randint(1, 5)):
-        if rng.random() < 0.25:
-            product = rng.choice(weighed)
-            qty: int | str = WEIGHT
-            price = catalogue[product]["price"] + rng.randint(-20, 20)  # market price
-        else:
-            product = rng.choice(pieces)
-            qty = rng.randint(1, 3)
-            price = catalogue[product]["price"]
-        lines.append({"product_id": product, "qty": qty, "unit_price": price})
-        total += (Decimal(qty) * price).quantize(Decimal(1), rounding=ROUND_HALF_UP)
-    amount = int(total)
-    method = "cash" if rng.random() < 0.6 else "card"
-    return {"lines": lines, "payments": [{"method": method, "amount": amount}],
-            "shift_client_id": shift, "client_total": amount}
 
 
 def _stamp(base: datetime, ms: int) -> str:

@@ -36,7 +36,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -45,10 +44,10 @@ import aiosqlite
 
 from peer.storage import TillDB
 from peer.store import DB_FILE, Till
+from tools.workload import sale_body
 
 TARGET_P99_MS = 5.0
 SHIFT = "5a1e5a1e-0000-4000-8000-000000000001"
-WEIGHT = "0.75"  # kg of a weighed line
 PIECE_PRODUCTS = 40
 WEIGHED_PRODUCTS = 10
 PROGRESS_EVERY = 2_000
@@ -218,24 +217,7 @@ def sale_bodies(count: int, seed: int) -> list[dict[str, Any]]:
     weighed = [p for p in catalogue if p.startswith("kg-")]
     bodies: list[dict[str, Any]] = []
     for _ in range(count):
-        lines: list[dict[str, Any]] = []
-        total = Decimal(0)
-        for _ in range(rng.randint(1, 5)):
-            if rng.random() < 0.25:
-                product = rng.choice(weighed)
-                qty: int | str = WEIGHT
-                price = catalogue[product]["price"] + rng.randint(-20, 20)  # market price
-            else:
-                product = rng.choice(pieces)
-                qty = rng.randint(1, 3)
-                price = catalogue[product]["price"]
-            lines.append({"product_id": product, "qty": qty, "unit_price": price})
-            # Each line rounded half up to a minor unit, then summed (peer/totals.py).
-            total += (Decimal(qty) * price).quantize(Decimal(1), rounding=ROUND_HALF_UP)
-        amount = int(total)
-        method = "cash" if rng.random() < 0.6 else "card"
-        bodies.append({"lines": lines, "payments": [{"method": method, "amount": amount}],
-                       "shift_client_id": SHIFT, "client_total": amount})
+        bodies.append(sale_body(rng, catalogue, pieces, weighed, SHIFT))
     return bodies
 
 
