@@ -264,6 +264,24 @@ def prepare(entries: Sequence[Entry]) -> Checked:
     return checked
 
 
+def prepare_elsewhere(entries: Sequence[Entry]
+                      ) -> list[tuple[bytes, dict[str, Any] | None, tuple[str, str] | None]]:
+    """``prepare`` for a worker process: per entry, its hash, body and problem, in order."""
+    return [(entry.hash, body, problem) for entry in entries
+            for body in [_decode_body(entry)] for problem in [_check(entry, body)]]
+
+
+def adopt(entries: Sequence[Entry],
+          prepared: Sequence[tuple[bytes, dict[str, Any] | None, tuple[str, str] | None]]
+          ) -> Checked:
+    """Turn a worker's ``prepare_elsewhere`` answer into ``Checked`` for these entries."""
+    checked: Checked = {}
+    for entry, (digest, body, problem) in zip(entries, prepared, strict=True):
+        entry.__dict__["hash"] = digest  # the cached_property's slot
+        checked[id(entry)] = (body, problem)
+    return checked
+
+
 async def ingest(
     txn: RelayTxn,
     store: str,
