@@ -70,8 +70,14 @@ from peer.store import Till
 from peer.sync.engine import ClientLink, Ingested, LinkFailed, Ready, ReceiptsReceived, RemoteError
 from peer.sync.frames import MAX_BATCH, MAX_FRAME, encode, entry_to_wire
 from relay.server import DB_FILE, Relay
-from tools.bench_store import machine, percentile, products_for_sales
-from tools.workload import sale_body
+from tools.workload import (
+    machine,
+    percentile,
+    positive_int,
+    products_for_sales,
+    progress,
+    sale_body,
+)
 
 TARGET_SALES_PER_SECOND = 30_000
 TARGET_RATIO = 20.0
@@ -82,10 +88,6 @@ RUN_TIMEOUT = 900.0
 RECEIPTS_TIMEOUT = 300.0
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LISTENING = re.compile(rb"listening on (?:ws|http)://([0-9.]+):([0-9]+)")
-
-
-def progress(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 # -- workload ------------------------------------------------------------------------------
@@ -695,15 +697,8 @@ def render(report: dict[str, Any]) -> str:
 # -- main ----------------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
 def _batch(text: str) -> int:
-    value = _positive(text)
+    value = positive_int(text)
     if value > MAX_BATCH:
         raise argparse.ArgumentTypeError(f"at most {MAX_BATCH} entries fit in a frame")
     return value
@@ -716,18 +711,18 @@ def parser() -> argparse.ArgumentParser:
         "at once, with a naive one-request-per-sale REST back end as the baseline.",
         epilog="Progress goes to stderr. A default run takes about 1-3 minutes on 2 cores.",
     )
-    p.add_argument("--tills", type=_positive, default=20, help="simulated tills "
+    p.add_argument("--tills", type=positive_int, default=20, help="simulated tills "
                    "(default: %(default)s)")
-    p.add_argument("--stores", type=_positive, default=2, help="stores the tills are spread "
+    p.add_argument("--stores", type=positive_int, default=2, help="stores the tills are spread "
                    "over (default: %(default)s)")
-    p.add_argument("--sales-per-till", type=_positive, default=5_000, metavar="N",
+    p.add_argument("--sales-per-till", type=positive_int, default=5_000, metavar="N",
                    help="sales each till pushes to the relay (default: %(default)s)")
     p.add_argument("--batch", type=_batch, default=500, metavar="N",
                    help=f"entries per frame, at most {MAX_BATCH} (default: %(default)s)")
-    p.add_argument("--inflight", type=_positive, default=4, metavar="N",
+    p.add_argument("--inflight", type=positive_int, default=4, metavar="N",
                    help="frames a till sends before waiting for an answer (default: "
                    "%(default)s)")
-    p.add_argument("--baseline-sales-per-till", type=_positive, default=500, metavar="N",
+    p.add_argument("--baseline-sales-per-till", type=positive_int, default=500, metavar="N",
                    help="sales each till POSTs to the baseline (default: %(default)s)")
     p.add_argument("--no-receipts", action="store_true",
                    help="stop each till once its batches are ingested, without waiting for "

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import sqlite3
 import statistics
@@ -36,7 +34,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +41,17 @@ import aiosqlite
 
 from peer.storage import TillDB
 from peer.store import DB_FILE, Till
-from tools.workload import sale_body
+from tools.workload import (
+    machine,
+    percentile,
+    positive_int,
+    products_for_sales,
+    progress,
+    sale_body,
+)
 
 TARGET_P99_MS = 5.0
 SHIFT = "5a1e5a1e-0000-4000-8000-000000000001"
-PIECE_PRODUCTS = 40
-WEIGHED_PRODUCTS = 10
 PROGRESS_EVERY = 2_000
 
 
@@ -139,16 +141,6 @@ class Catalogue:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def progress(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def percentile(ordered: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of an already sorted, non-empty sequence."""
-    rank = max(1, -(-len(ordered) * pct // 100))  # ceil(n * pct / 100), at least 1
-    return ordered[min(len(ordered), int(rank)) - 1]
-
-
 def summarise(label: str, samples_ns: Sequence[int], seconds: float) -> Latency:
     ordered = sorted(s / 1e6 for s in samples_ns)
     return Latency(
@@ -163,50 +155,7 @@ def summarise(label: str, samples_ns: Sequence[int], seconds: float) -> Latency:
     )
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        "automerge": version("automerge"),
-        "sqlite": sqlite3.sqlite_version,
-        "aiosqlite": version("aiosqlite"),
-        "jsonschema": version("jsonschema"),
-        "cryptography": version("cryptography"),
-    }
-
-
 # -- workload ------------------------------------------------------------------------------
-
-
-def products_for_sales() -> dict[str, dict[str, Any]]:
-    """A small shop: pieces with stock, and weighed goods sold by the kg."""
-    out: dict[str, dict[str, Any]] = {}
-    for i in range(PIECE_PRODUCTS):
-        out[f"piece-{i:03d}"] = {"name": f"Item {i}", "sku": f"P{i:05d}", "price": 99 + 37 * i,
-                                 "reorder_level": "5", "unit": "each"}
-    for i in range(WEIGHED_PRODUCTS):
-        out[f"kg-{i:03d}"] = {"name": f"Loose goods {i}", "sku": f"W{i:05d}",
-                              "price": 249 + 110 * i, "unit": "kg", "volatile": i % 2 == 0}
-    return out
 
 
 def sale_bodies(count: int, seed: int) -> list[dict[str, Any]]:
@@ -579,13 +528,6 @@ def render(report: dict[str, Any], lat: dict[str, Latency], conc: list[Concurren
 # -- main ----------------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
 def _writer_list(text: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
@@ -606,7 +548,7 @@ def parser() -> argparse.ArgumentParser:
         "latency, group-commit throughput, naive outbox baselines and catalogue load time.",
         epilog="Progress goes to stderr. A default run takes about 1-2 minutes on 2 cores.",
     )
-    p.add_argument("--sales", type=_positive, default=5_000, metavar="N",
+    p.add_argument("--sales", type=positive_int, default=5_000, metavar="N",
                    help="sales timed in the sequential test and in each baseline "
                    "(default: %(default)s)")
     p.add_argument("--warmup", type=int, default=200, metavar="N",
@@ -615,14 +557,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--writers", type=_writer_list, default=[8, 64], metavar="A,B,...",
                    help="numbers of concurrent writer tasks to test group commit with "
                    "(default: 8,64)")
-    p.add_argument("--concurrent-sales", type=_positive, default=3_000, metavar="N",
+    p.add_argument("--concurrent-sales", type=positive_int, default=3_000, metavar="N",
                    help="sales written in total per concurrency level (default: %(default)s)")
-    p.add_argument("--products", type=_positive, default=20_000, metavar="N",
+    p.add_argument("--products", type=positive_int, default=20_000, metavar="N",
                    help="products in the catalogue-load test (default: %(default)s)")
-    p.add_argument("--batch", type=_positive, default=250, metavar="N",
+    p.add_argument("--batch", type=positive_int, default=250, metavar="N",
                    help="Till.put calls gathered at once while building the catalogue; they "
                    "share group commits (default: %(default)s)")
-    p.add_argument("--opens", type=_positive, default=5, metavar="N",
+    p.add_argument("--opens", type=positive_int, default=5, metavar="N",
                    help="times the catalogue store is opened; the median is reported "
                    "(default: %(default)s)")
     p.add_argument("--no-compact", dest="compact", action="store_false",

@@ -1,13 +1,83 @@
-"""Generated sales for the benchmarks: one generator, so both measure the same work."""
+"""What the benchmarks share: the machine line, percentiles, progress, the generated
+catalogue and sales, so every benchmark measures the same work the same way."""
 
 from __future__ import annotations
 
+import argparse
+import os
+import platform
 import random
+import sqlite3
+import sys
+from collections.abc import Sequence
+from importlib import metadata
 from typing import Any
 
 from peer.totals import sale_total
 
 WEIGHT = "0.75"  # kg of a weighed line
+PIECE_PRODUCTS = 40
+WEIGHED_PRODUCTS = 10
+
+
+def progress(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def percentile(ordered: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile of an already sorted, non-empty sequence."""
+    rank = max(1, -(-len(ordered) * pct // 100))  # ceil(n * pct / 100), at least 1
+    return ordered[min(len(ordered), int(rank)) - 1]
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "automerge": version("automerge"),
+        "sqlite": sqlite3.sqlite_version,
+        "aiosqlite": version("aiosqlite"),
+        "jsonschema": version("jsonschema"),
+        "cryptography": version("cryptography"),
+    }
+
+
+def products_for_sales() -> dict[str, dict[str, Any]]:
+    """A small shop: pieces with stock, and weighed goods sold by the kg."""
+    out: dict[str, dict[str, Any]] = {}
+    for i in range(PIECE_PRODUCTS):
+        out[f"piece-{i:03d}"] = {"name": f"Item {i}", "sku": f"P{i:05d}", "price": 99 + 37 * i,
+                                 "reorder_level": "5", "unit": "each"}
+    for i in range(WEIGHED_PRODUCTS):
+        out[f"kg-{i:03d}"] = {"name": f"Loose goods {i}", "sku": f"W{i:05d}",
+                              "price": 249 + 110 * i, "unit": "kg", "volatile": i % 2 == 0}
+    return out
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
 
 
 def sale_body(rng: random.Random, catalogue: dict[str, dict[str, Any]], pieces: list[str],
