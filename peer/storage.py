@@ -233,6 +233,10 @@ class TillDB:
         rows = await self._conn.execute_fetchall(sql + " ORDER BY server_seq", args)
         return [bytes(r[0]) for r in rows]
 
+    async def count_receipts(self, status: str) -> int:
+        row = await self._one("SELECT count(*) FROM receipts WHERE status = ?", (status,))
+        return int(row[0]) if row else 0
+
     async def pending(self, limit: int) -> tuple[int, list[Entry]]:
         """Entries with no receipt yet: how many, and the oldest ``limit`` of them."""
         unacked = "FROM entries e WHERE NOT EXISTS " \

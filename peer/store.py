@@ -666,7 +666,7 @@ class Till:
                           "seq": r.get("seq"), "device_id": r.get("device_id"),
                           **r.get("error", {})}
                          for r in await self.receipts("rejected")],
-            "waiting": len(await self.receipts("waiting")),
+            "waiting": await self._db.count_receipts("waiting"),
             "open_shifts": [s for s in await self.shifts() if s["open"]],
             "held_sales": await self.held_sales(),
             "master": {c: len(self.master.ids(c)) for c in ("products", "customers",
