@@ -22,6 +22,7 @@ import automerge.core as am
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from peer.cert import Certificate, CertificateError
 from peer.errors import InvalidInput, TillsyncError
 from peer.identity import DeviceKey
 from peer.store import Till, utc_timestamp
@@ -94,8 +95,17 @@ async def init_enrolled(path: Path, *, name: str, url: str, code: str,
     Till.check_new(path, name, series)
     key, device_id = DeviceKey.generate(), str(uuid.uuid4())
     enrolled = await enroll(url, code, name, key, device_id)
+    try:
+        cert = Certificate.load(enrolled.cert, enrolled.relay_key, store=enrolled.store)
+    except CertificateError as exc:
+        raise SyncError(f"the relay's certificate for this device is unusable: {exc}",
+                        "bad_certificate") from None
+    if (cert.device, cert.public_key) != (device_id, key.public_bytes):
+        raise SyncError("the relay certified another device or key than this one",
+                        "bad_certificate")
     return await Till.init(path, name=name, series=series, store_id=enrolled.store, key=key,
-                           device_id=device_id, relay_url=url, relay_key=enrolled.relay_key)
+                           device_id=device_id, relay_url=url, relay_key=enrolled.relay_key,
+                           cert=enrolled.cert)
 
 
 async def sync_once(till: Till, url: str | None = None, *, within: float = 30.0,
@@ -181,6 +191,9 @@ async def _round(till: Till, ws: ClientConnection,
         link.receive_data(frame)
         for event in link.events_received():
             if isinstance(event, Ready):
+                if event.cert != till.cert:
+                    for trouble in await till.add_certs([event.cert]):
+                        log.warning("the relay's certificate for this till: %s", trouble)
                 heads = dict(event.heads)
                 relay_head = event.receipts_head
                 await doc_settled()

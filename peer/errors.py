@@ -8,6 +8,7 @@ One root, so an integrator can catch everything tillsync raises on purpose::
     │   ├── StoreExists            `peer init` on a directory that already holds one
     │   ├── StoreLocked            another process is writing the same store
     │   └── StoreCorrupt           the database or a file in it is damaged
+    ├── EntryRefused               a peer forwarded entries that do not verify
     └── InvalidInput               the caller asked for something that cannot be stored
         ├── UnknownReference       a product, customer, shift... that does not exist
         └── DuplicateEntry         a client_id reused for a different entry
@@ -42,6 +43,11 @@ class StoreLocked(StoreError):
 
 class StoreCorrupt(StoreError):
     pass
+
+
+class EntryRefused(TillsyncError):
+    """Entries forwarded by a peer break their device's chain or signature; none of the
+    batch was stored."""
 
 
 class InvalidInput(TillsyncError, ValueError):

@@ -23,14 +23,15 @@ from peer.errors import StoreCorrupt
 from peer.log.entry import Entry
 from peer.views import Effect, from_millionths, to_millionths
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE devices (
     device_id TEXT PRIMARY KEY,
     public_key BLOB NOT NULL,
-    name TEXT NOT NULL
+    name TEXT NOT NULL,
+    cert BLOB  -- the relay's certificate of the device, once known
 );
 CREATE TABLE entries (
     device_id TEXT NOT NULL,
@@ -55,6 +56,10 @@ CREATE TABLE receipts (
     status TEXT NOT NULL,
     body BLOB NOT NULL
 );
+CREATE TABLE receipt_stream (  -- the relay's stream as received, to forward on the LAN
+    server_seq INTEGER PRIMARY KEY,
+    body BLOB NOT NULL
+);
 CREATE TABLE views (
     view TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -64,6 +69,15 @@ CREATE TABLE views (
 CREATE TABLE doc_snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), data BLOB NOT NULL);
 CREATE TABLE doc_changes (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
+
+# Upgrades of an older store, run in one transaction by a writable open.
+_MIGRATIONS = {
+    "1": """
+ALTER TABLE devices ADD COLUMN cert BLOB;
+CREATE TABLE receipt_stream (server_seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
+INSERT INTO receipt_stream (server_seq, body) SELECT server_seq, body FROM receipts;
+""",
+}
 
 _ENTRY_COLUMNS = "client_id, device_id, seq, prev, kind, client_created_at, ticket, body, sig"
 
@@ -96,6 +110,15 @@ class TillDB:
                 await conn.executescript(_SCHEMA)
                 await db.set_meta({"schema_version": str(SCHEMA_VERSION)})
             version = await db.meta("schema_version")
+            if not readonly and version in _MIGRATIONS:
+                try:  # one transaction: all of it or none
+                    await conn.executescript(
+                        f"BEGIN IMMEDIATE; {_MIGRATIONS[version]} UPDATE meta SET value = "
+                        f"'{SCHEMA_VERSION}' WHERE key = 'schema_version'; COMMIT;")
+                except BaseException:
+                    await db.rollback()
+                    raise
+                version = str(SCHEMA_VERSION)
         except sqlite3.DatabaseError as exc:
             await conn.close()
             raise StoreCorrupt(
@@ -104,7 +127,8 @@ class TillDB:
             ) from None
         if version != str(SCHEMA_VERSION):
             await conn.close()
-            raise StoreCorrupt(f"{path}: unsupported store schema version {version!r}")
+            hint = " (open it writable once to upgrade it)" if version in _MIGRATIONS else ""
+            raise StoreCorrupt(f"{path}: unsupported store schema version {version!r}{hint}")
         return db
 
     async def close(self) -> None:
@@ -150,6 +174,32 @@ class TillDB:
         async with self._conn.execute("SELECT device_id, public_key, name FROM devices") as cur:
             return {row[0]: (bytes(row[1]), row[2]) async for row in cur}
 
+    async def certs(self) -> dict[str, bytes]:
+        """device id -> certificate, for the devices whose certificate is known."""
+        async with self._conn.execute(
+            "SELECT device_id, cert FROM devices WHERE cert IS NOT NULL"
+        ) as cur:
+            return {row[0]: bytes(row[1]) async for row in cur}
+
+    async def put_certs(self, certs: Sequence[tuple[str, bytes, str, bytes]]) -> None:
+        """(device id, public key, name, cert): add the device, or attach the certificate
+        to a device already known with that key."""
+        await self._conn.executemany(
+            "INSERT INTO devices (device_id, public_key, name, cert) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (device_id) DO UPDATE SET cert = excluded.cert "
+            "WHERE devices.public_key = excluded.public_key",
+            certs,
+        )
+
+    async def heads(self) -> dict[str, tuple[int, bytes]]:
+        """The last entry (seq, hash) of every device this store holds entries of."""
+        out: dict[str, tuple[int, bytes]] = {}
+        for device_id in await self.devices():
+            head = await self.head(device_id)
+            if head is not None:
+                out[device_id] = head
+        return out
+
     # -- log ---------------------------------------------------------------------------
 
     async def insert_entries(self, entries: Iterable[Entry]) -> None:
@@ -182,6 +232,17 @@ class TillDB:
             f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE client_id = ?", (client_id,)
         )
         return None if row is None else _row_to_entry(row)
+
+    async def holders(self, client_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+        """client_id -> (device, seq) of the entries already stored, among ``client_ids``."""
+        out: dict[str, tuple[str, int]] = {}
+        for start in range(0, len(client_ids), 500):  # SQLite's parameter limit
+            chunk = client_ids[start:start + 500]
+            rows = await self._conn.execute_fetchall(
+                "SELECT client_id, device_id, seq FROM entries WHERE client_id IN "
+                f"({', '.join('?' * len(chunk))})", chunk)
+            out.update({r[0]: (r[1], int(r[2])) for r in rows})
+        return out
 
     async def entries(
         self, device_id: str | None = None, after_seq: int = 0, kind: str | None = None
@@ -216,14 +277,34 @@ class TillDB:
 
     async def store_receipts(self, receipts: Sequence[tuple[str, int, str, bytes]]) -> None:
         """Keep the latest receipt of each entry (a later one supersedes: waiting, then
-        accepted)."""
+        accepted).  An acceptance is final: a rejection after it is about another entry
+        sent under the same client_id (a conflicting copy), not about the accepted one."""
         await self._conn.executemany(
             "INSERT INTO receipts (client_id, server_seq, status, body) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (client_id) DO UPDATE SET server_seq = excluded.server_seq, "
             "status = excluded.status, body = excluded.body "
-            "WHERE excluded.server_seq > receipts.server_seq",
+            "WHERE excluded.server_seq > receipts.server_seq "
+            "AND receipts.status != 'accepted'",
             receipts,
         )
+
+    async def append_stream(self, receipts: Sequence[tuple[int, bytes]]) -> None:
+        """(server_seq, body) of receipts continuing the relay's stream."""
+        await self._conn.executemany(
+            "INSERT OR IGNORE INTO receipt_stream (server_seq, body) VALUES (?, ?)", receipts)
+
+    async def stream_after(self, after_seq: int, limit: int) -> list[bytes]:
+        """Bodies of the receipts after ``after_seq`` in stream order, stopping at a gap
+        (a store upgraded from schema 1 holds only the latest receipt of each entry)."""
+        rows = await self._conn.execute_fetchall(
+            "SELECT server_seq, body FROM receipt_stream WHERE server_seq > ? "
+            "ORDER BY server_seq LIMIT ?", (after_seq, limit))
+        out: list[bytes] = []
+        for expected, (seq, body) in enumerate(rows, after_seq + 1):
+            if seq != expected:
+                break
+            out.append(bytes(body))
+        return out
 
     async def receipts(self, status: str | None = None) -> list[bytes]:
         sql = "SELECT body FROM receipts"
@@ -308,6 +389,13 @@ class TillDB:
         await self._conn.executemany(
             "INSERT INTO doc_changes (data) VALUES (?)", [(c,) for c in chunks]
         )
+
+    async def commit_changes(self, chunks: Sequence[bytes]) -> None:
+        """Append change chunks in a transaction of their own, as ONE statement: SQLite
+        makes a single statement atomic by itself, so this is one trip to the database
+        thread instead of three (begin, insert, commit); a LAN edit waits on it."""
+        await self._conn.execute(
+            "INSERT INTO doc_changes (data) VALUES " + ", ".join(["(?)"] * len(chunks)), chunks)
 
     async def document_sizes(self) -> tuple[int, int, int]:
         """Number of change chunks, bytes of the snapshot, bytes of the chunks."""

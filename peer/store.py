@@ -32,8 +32,10 @@ from typing import IO, Any, TypeVar
 import msgpack
 
 from peer import rules
+from peer.cert import Certificate, CertificateError
 from peer.errors import (
     DuplicateEntry,
+    EntryRefused,
     InvalidInput,
     StoreCorrupt,
     StoreError,
@@ -43,7 +45,7 @@ from peer.errors import (
     TillsyncError,
 )
 from peer.identity import KEY_FILE, DeviceKey
-from peer.log import GENESIS_PREV, ChainBreak, Entry, canonical_body, seal_bytes
+from peer.log import GENESIS_PREV, ChainBreak, Entry, canonical_body, seal_bytes, verify_chain
 from peer.master import MasterData
 from peer.storage import TillDB
 from peer.views import Effect, effects, fold, format_quantity
@@ -75,6 +77,18 @@ def utc_timestamp() -> str:
 def default_series(name: str) -> str:
     """Ticket series from the device name: 'Till 3' -> 'TILL3'."""
     return re.sub(r"[^A-Z0-9]", "", name.upper())[:8] or "T"
+
+
+def is_locked(path: Path) -> bool:
+    """True if a process holds the store's write lock right now (e.g. ``peer run``)."""
+    try:
+        with open(path / LOCK_FILE, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 async def _lock(path: Path, wait: float) -> IO[str]:
@@ -111,6 +125,8 @@ class _Batch:
     chunks: list[bytes] = field(default_factory=list)
     by_client_id: dict[str, Entry] = field(default_factory=dict)
     receipts: list[tuple[str, int, str, bytes]] = field(default_factory=list)
+    stream: list[tuple[int, bytes]] = field(default_factory=list)
+    certs: list[tuple[str, bytes, str, bytes]] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
 
 
@@ -139,6 +155,18 @@ class VerifyReport:
             },
             "problems": self.problems,
         }
+
+
+def _effects_of(entry: Entry) -> list[Effect]:
+    """What an entry does to the views.  An entry another till forwarded may be one the
+    relay will reject (unknown kind, a body that is not a valid map): it is kept as
+    signed, with no effect, here and when the views are rebuilt alike."""
+    try:
+        body = entry.body
+        validate_entry(entry.kind, body)
+        return effects(entry.kind, entry.client_id, body)
+    except Exception:  # SchemaViolation, UnknownKind, a body that is not msgpack
+        return []
 
 
 class Till:
@@ -175,6 +203,12 @@ class Till:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._others: dict[str, tuple[int, bytes]] = {}  # other devices' heads held here
+        self._keys: dict[str, bytes] = {}  # device id -> public key, of devices known here
+        self._certs: dict[str, bytes] = {}  # device id -> certificate, where known
+        self.version = 0  # bumped on every commit; see ``wait_changed``
+        self.data_version = 0  # bumped on commits that add entries or document changes
+        self._changed = asyncio.Event()
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -190,6 +224,7 @@ class Till:
         device_id: str | None = None,
         relay_url: str | None = None,
         relay_key: bytes | None = None,
+        cert: bytes | None = None,
     ) -> dict[str, str]:
         """Create a new store in ``path``: device key, database, empty master document.
 
@@ -221,6 +256,8 @@ class Till:
             await db.begin()
             await db.set_meta(info)
             await db.add_device(device_id, key.public_bytes, name)
+            if cert is not None:
+                await db.put_certs([(device_id, key.public_bytes, name, cert)])
             await db.compact_inside(MasterData.new(uuid.UUID(device_id).bytes).save())
             await db.commit()
             await db.checkpoint()
@@ -282,6 +319,7 @@ class Till:
                     till._head = head
                 last = await db.last_ticket(till.device_id)
                 till._tickets = int(last.rsplit("-", 1)[1]) if last else 0
+                await till._load_devices()
             except BaseException:
                 await db.close()
                 raise
@@ -357,15 +395,17 @@ class Till:
                     outcomes.append((future, await op(batch), None))
                 except (TillsyncError, SchemaViolation) as exc:
                     outcomes.append((future, None, exc))
-            if batch.entries or batch.chunks or batch.receipts or batch.meta:
-                await self._db.begin()
-                await self._db.insert_entries(batch.entries)
-                await self._db.apply_effects(batch.effects)
-                await self._db.append_changes(batch.chunks)
-                await self._db.store_receipts(batch.receipts)
-                await self._db.set_meta(batch.meta)
-                await self._db.commit()
+            if batch.entries or batch.chunks or batch.receipts or batch.meta or batch.certs:
+                if 0 < len(batch.chunks) <= 500 and not (
+                        batch.entries or batch.effects or batch.receipts or batch.meta
+                        or batch.certs):
+                    await self._db.commit_changes(batch.chunks)  # one statement, one trip
+                else:
+                    await self._write(batch)
                 self.meta.update(batch.meta)
+                if batch.entries or batch.chunks:
+                    self.data_version += 1
+                self._notify()
         except Exception as exc:
             # Nothing of this batch is on disk: bring memory back to what is.
             await self._db.rollback()
@@ -386,7 +426,47 @@ class Till:
             self._changes_size += sum(len(c) for c in batch.chunks)
             await self._maybe_compact()
 
+    async def _load_devices(self) -> None:
+        self._keys = {d: key for d, (key, _) in (await self._db.devices()).items()}
+        self._certs = await self._db.certs()
+        self._others = {d: h for d, h in (await self._db.heads()).items() if d != self.device_id}
+
+    def _notify(self) -> None:
+        self.version += 1
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    async def wait_changed(self, seen: int, within: float | None = None) -> int:
+        """Wait until something was committed after version ``seen`` (or ``within``
+        seconds); returns the version now.  Links use it to push what is new."""
+        if self.version == seen:
+            try:
+                await asyncio.wait_for(self._changed.wait(), within)
+            except TimeoutError:
+                pass
+        return self.version
+
+    async def _write(self, batch: _Batch) -> None:
+        """One transaction; each statement is a trip to the database thread, so the
+        empty ones are skipped."""
+        await self._db.begin()
+        if batch.entries:
+            await self._db.insert_entries(batch.entries)
+        if batch.effects:
+            await self._db.apply_effects(batch.effects)
+        if batch.chunks:
+            await self._db.append_changes(batch.chunks)
+        if batch.receipts:
+            await self._db.store_receipts(batch.receipts)
+            await self._db.append_stream(batch.stream)
+        if batch.certs:
+            await self._db.put_certs(batch.certs)
+        if batch.meta:
+            await self._db.set_meta(batch.meta)
+        await self._db.commit()
+
     async def _reload(self) -> None:
+        await self._load_devices()
         data, self._snapshot_size, self._changes_size = await self._db.document()
         self.master = MasterData.load(data, uuid.UUID(self.device_id).bytes)
         self._head = await self._db.head(self.device_id) or (0, GENESIS_PREV)
@@ -555,16 +635,128 @@ class Till:
                                                 limit - len(out))
         return out
 
+    def heads(self) -> dict[str, int]:
+        """device id -> highest seq held here, for every device (this one included)."""
+        heads = {d: seq for d, (seq, _) in self._others.items()}
+        if self._head[0]:
+            heads[self.device_id] = self._head[0]
+        return heads
+
+    @property
+    def cert(self) -> bytes | None:
+        """This device's certificate from the relay, once it has one."""
+        return self._certs.get(self.device_id)
+
+    def certs(self) -> dict[str, bytes]:
+        return dict(self._certs)
+
+    def device_name(self, device_id: str) -> str | None:
+        cert = self._certs.get(device_id)
+        if cert is None or self.relay_key is None:
+            return None
+        return Certificate.load(cert, self.relay_key).name
+
+    async def add_certs(self, raws: list[bytes]) -> list[str]:
+        """Keep certificates the relay issued (checked against its key and this store);
+        returns the problems of those refused.  A certificate never replaces the key of a
+        device already known."""
+        if self.relay_key is None:
+            return ["this store is not enrolled at a relay: it cannot check certificates"]
+        problems: list[str] = []
+        fresh: dict[str, Certificate] = {}
+        for raw in raws:
+            try:
+                cert = Certificate.load(raw, self.relay_key, store=self.store_id)
+            except CertificateError as exc:
+                problems.append(str(exc))
+                continue
+            known = self._keys.get(cert.device)
+            if known is not None and known != cert.public_key:
+                problems.append(f"certificate of {cert.device} names another key than the "
+                                "one this store knows")
+            elif self._certs.get(cert.device) != raw:
+                fresh[cert.device] = cert
+        if fresh:
+            async def op(batch: _Batch) -> None:
+                for c in fresh.values():
+                    batch.certs.append((c.device, c.public_key, c.name, c.raw))
+                    self._keys.setdefault(c.device, c.public_key)
+                    self._certs[c.device] = c.raw
+
+            await self._submit(op)
+        return problems
+
+    async def receive_entries(self, entries: list[Entry]) -> int:
+        """Store other devices' entries forwarded by a peer, after checking them: each
+        device's run must continue the chain held here, and every entry's signature must
+        verify with the device's certified key.  Entries already held are skipped; a run
+        that starts beyond the head held here is left for later.  Returns how many were
+        stored.
+
+        Raises ``EntryRefused`` (nothing stored) if any run is broken or forged, or an
+        entry reuses the client_id of another."""
+        by_device: dict[str, list[Entry]] = {}
+        for entry in entries:
+            by_device.setdefault(entry.device_id, []).append(entry)
+
+        async def op(batch: _Batch) -> int:
+            stored: list[Entry] = []
+            heads: dict[str, tuple[int, bytes]] = {}
+            for device, run in by_device.items():
+                if device == self.device_id:
+                    continue  # this till is the authority on its own log
+                key = self._keys.get(device)
+                if key is None or device not in self._certs:
+                    raise EntryRefused(f"entries of device {device}, whose certificate "
+                                       "this store has not been given")
+                seq, prev = self._others.get(device, (0, GENESIS_PREV))
+                run = sorted((e for e in run if e.seq > seq), key=lambda e: e.seq)
+                if not run or run[0].seq != seq + 1:
+                    continue  # nothing new, or a gap: the peer resends from our head
+                # Every signature, not just the head's: the head vouches for the content
+                # of the run, but not for the signature bytes of the entries before it,
+                # and this till keeps and forwards them as they came.
+                brk = verify_chain(run, key, after_seq=seq, after_hash=prev)
+                if brk is not None:
+                    raise EntryRefused(f"forwarded entries do not verify: {brk}")
+                stored += run
+                heads[device] = (run[-1].seq, run[-1].hash)
+            held = await self._db.holders([e.client_id for e in stored])
+            for entry in stored:
+                taken = batch.by_client_id.get(entry.client_id)
+                holder = (taken.device_id, taken.seq) if taken else held.get(entry.client_id)
+                if holder is not None:
+                    raise EntryRefused(
+                        f"forwarded entry {entry.device_id} seq {entry.seq} reuses client_id "
+                        f"{entry.client_id} of device {holder[0]} seq {holder[1]}")
+                batch.by_client_id[entry.client_id] = entry
+                batch.effects.extend(_effects_of(entry))
+            batch.entries.extend(stored)
+            self._others.update(heads)
+            return len(stored)
+
+        return await self._submit(op)
+
+    async def stream_after(self, after_seq: int, limit: int) -> list[dict[str, Any]]:
+        """The relay's receipts after ``after_seq``, in stream order, as held here."""
+        return [msgpack.unpackb(b, raw=False)
+                for b in await self._db.stream_after(after_seq, limit)]
+
     async def store_receipts(self, receipts: list[dict[str, Any]], seq: int, head: bytes,
                              contact: str) -> None:
         """Keep verified receipts and the new stream position, in one commit."""
 
         async def op(batch: _Batch) -> None:
-            batch.receipts.extend(
-                (r["client_id"], r["server_seq"], r["status"],
-                 msgpack.packb(r, use_bin_type=True)) for r in receipts)
-            batch.meta.update(receipts_seq=str(seq), receipts_hash=head.hex(),
-                              last_contact=contact)
+            for r in receipts:
+                body = msgpack.packb(r, use_bin_type=True)
+                batch.receipts.append((r["client_id"], r["server_seq"], r["status"], body))
+                batch.stream.append((r["server_seq"], body))
+            # Two links (the relay's, a LAN peer's) may bring the same receipts at once;
+            # the stream is one chain, so the further position is the right one.
+            if seq > self.receipts_position()[0]:
+                batch.meta.update(receipts_seq=str(seq), receipts_hash=head.hex())
+            if contact:
+                batch.meta["last_contact"] = contact
 
         await self._submit(op)
 
@@ -657,6 +849,8 @@ class Till:
             "last_seq": self._head[0],
             "last_ticket": f"{self.series}-{self._tickets:06d}" if self._tickets else None,
             "entries": counts,
+            "devices": {d: {"name": self.device_name(d), "last_seq": seq}
+                        for d, seq in sorted(self.heads().items())},
             "pending": pending,
             "relay": self.meta.get("relay_url") or None,
             "last_contact": self.meta.get("last_contact") or None,
@@ -677,7 +871,7 @@ class Till:
         """The views folded afresh from the whole log (for checks and repair)."""
         views: dict[tuple[str, str], Decimal] = {}
         async for entry, _ in self._db.entries():
-            for effect in effects(entry.kind, entry.client_id, entry.body):
+            for effect in _effects_of(entry):
                 fold(views, effect)
         return views
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections import deque
 from collections.abc import Mapping
@@ -10,7 +11,9 @@ from typing import Any
 
 from peer.master import MasterData
 from peer.sync.frames import encode
-from relay.storage import SQLiteStorage
+from relay.storage import RelayStorage
+
+log = logging.getLogger("tillsync.relay")
 
 
 class StoreHub:
@@ -21,9 +24,13 @@ class StoreHub:
 
     RECENT = 64  # receipt frames kept encoded for connections that are up to date
 
-    def __init__(self, store: str, doc: MasterData) -> None:
+    def __init__(self, store: str, doc: MasterData, position: int = 0) -> None:
         self.store = store
         self.doc = doc
+        # The highest stored change id ``doc`` is known to hold, and whether another
+        # process has stored changes past it (shared databases only).
+        self.position = position
+        self.stale = False
         self.changed = asyncio.Event()
         self.lock = asyncio.Lock()  # one document merge at a time
         # (first server_seq, last server_seq, encoded receipts frame): a batch's receipts
@@ -69,29 +76,88 @@ class StoreHub:
 
 
 class Hubs:
-    def __init__(self, storage: SQLiteStorage) -> None:
+    """This process's hubs.  On a shared database (several relay processes) a hub also
+    follows what the others store: their receipts wake its pumps, their document
+    changes are merged in."""
+
+    def __init__(self, storage: RelayStorage) -> None:
         self._storage = storage
         self._hubs: dict[str, StoreHub] = {}
         self._actor = os.urandom(16)  # the relay merges, it never edits: any actor will do
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
+        if storage.shared:
+            storage.subscribe(self._changed_elsewhere)
 
     async def get(self, store: str) -> StoreHub:
         hub = self._hubs.get(store)
         if hub is None:
-            data = await self._storage.document(store)
-            if data:
-                doc = MasterData.load(data, self._actor)
-            else:
-                # The genesis change is stored too: later chunks depend on it.
-                doc = MasterData.new(self._actor)
-                await self._storage.compact_document(store, doc.save())
-            hub = self._hubs.setdefault(store, StoreHub(store, doc))
+            data, position = await self._storage.document_at(store)
+            if not data:
+                # The genesis change is stored too: later chunks depend on it.  (It is the
+                # same for every store and process, so two processes racing here agree.)
+                await self._storage.init_document(store, MasterData.new(self._actor).save())
+                data, position = await self._storage.document_at(store)
+            hub = self._hubs.setdefault(store, StoreHub(store, MasterData.load(data, self._actor),
+                                                        position))
+        elif self._storage.shared:
+            await self.refresh(hub)  # a device connects: it gets the latest document
         return hub
 
     async def persist(self, hub: StoreHub, chunks: list[bytes]) -> None:
-        """Store new change chunks; fold them into a snapshot once they outgrow it."""
+        """Store new change chunks; fold them into a snapshot once they outgrow it.
+        The caller holds ``hub.lock``."""
         if not chunks:
             return
-        await self._storage.append_document(hub.store, chunks)
+        before, after = await self._storage.append_document(hub.store, chunks)
+        if before == hub.position:  # nobody else stored changes in between
+            hub.position = after
+        else:
+            hub.stale = True
+            self._refresh_soon(hub)
         snapshot, changes = await self._storage.document_sizes(hub.store)
         if changes > max(snapshot, 64 * 1024):
-            await self._storage.compact_document(hub.store, hub.doc.save())
+            await self._storage.compact_document(hub.store, hub.doc.save(), hub.position)
+
+    async def refresh(self, hub: StoreHub) -> None:
+        """Merge what other processes stored since ``hub.position`` (shared databases)."""
+        async with hub.lock:
+            position = await self._storage.document_position(hub.store)
+            if position == hub.position and not hub.stale:
+                return
+            hub.stale = False
+            data, position = await self._storage.document_at(hub.store)
+            new = hub.doc.apply(data)
+            hub.position = max(hub.position, position)
+        if new:
+            hub.document_changed()
+
+    def _changed_elsewhere(self, kind: str, store: str) -> None:
+        if kind == "receipts":
+            hub = self._hubs.get(store)
+            if hub is not None:
+                hub.notify()  # its pumps read the new receipts from the database
+        elif kind == "document":
+            hub = self._hubs.get(store)
+            if hub is not None:
+                hub.stale = True
+                self._refresh_soon(hub)
+        elif kind == "resync":
+            for hub in self._hubs.values():
+                hub.stale = True
+                hub.notify()
+                self._refresh_soon(hub)
+
+    def _refresh_soon(self, hub: StoreHub) -> None:
+        if hub.store in self._refreshing:
+            return  # one at a time; it reads everything up to when it runs
+
+        async def run() -> None:
+            try:
+                while hub.stale:
+                    await self.refresh(hub)
+            except Exception:
+                log.exception("could not follow the document of store %s", hub.store)
+            finally:
+                del self._refreshing[hub.store]
+
+        self._refreshing[hub.store] = asyncio.create_task(run(), name=f"doc-{hub.store}")

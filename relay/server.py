@@ -20,6 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import automerge.core as am
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
+from peer.cert import Certificate
 from peer.errors import InvalidInput
 from peer.identity import DeviceKey
 from peer.log import Entry
@@ -44,7 +46,8 @@ from peer.sync.engine import (
 from peer.sync.frames import TRANSPORT_MAX
 from relay.documents import Hubs, StoreHub
 from relay.ingest import Checked, IngestResult, adopt, ingest, prepare, prepare_elsewhere
-from relay.storage import SQLiteStorage
+from relay.storage import RelayStorage, open_storage, with_retries
+from relay.storage.base import DeviceRow
 
 log = logging.getLogger("tillsync.relay")
 
@@ -62,11 +65,21 @@ def relay_key(data: Path) -> DeviceKey:
     """The relay's signing key, made on first use (owner-only file, like a device key)."""
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not (data / "relay.key").exists():
-        DeviceKey.generate().write(data, "relay.key")
+        # Several workers may start at once: each writes a whole key under its own name
+        # and links it into place; the first link wins, the others read the winner's.
+        tmp = f"relay.key.{os.getpid()}.tmp"
+        (data / tmp).unlink(missing_ok=True)
+        DeviceKey.generate().write(data, tmp)
+        try:
+            os.link(data / tmp, data / "relay.key")
+        except FileExistsError:
+            pass
+        finally:
+            (data / tmp).unlink(missing_ok=True)
     return DeviceKey.read(data, "relay.key")
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """In a worker: exit when the relay process is gone, even after a kill -9 (the pool
     cannot tell its workers then, and they would live on as orphans)."""
 
@@ -91,15 +104,18 @@ class _Job:
 
 @dataclass
 class RelayConfig:
-    data: Path
+    data: Path  # the relay's key; and its SQLite database unless ``db`` is given
     host: str = "127.0.0.1"
     port: int = 8765
+    db: str | None = None  # postgresql://... : a database shared with other relay processes
+    reuse_port: bool = False  # SO_REUSEPORT: several processes listen on one port
+    db_wait: float = 60.0  # seconds to keep retrying a database that cannot be reached
 
 
 class Relay:
     """Everything one relay process holds: storage, key, hubs."""
 
-    def __init__(self, storage: SQLiteStorage, key: DeviceKey) -> None:
+    def __init__(self, storage: RelayStorage, key: DeviceKey) -> None:
         self.storage = storage
         self.key = key
         self.hubs = Hubs(storage)
@@ -108,9 +124,12 @@ class Relay:
         self._pool: ProcessPoolExecutor | None = None
 
     @classmethod
-    async def open(cls, data: Path) -> Relay:
+    async def open(cls, data: Path, db: str | None = None, *, db_wait: float = 60.0
+                   ) -> Relay:
+        """The relay on ``data`` (its key, and its SQLite file), or on the PostgreSQL
+        database ``db`` shared with other relay processes (the same key in each)."""
         key = relay_key(data)
-        return cls(await SQLiteStorage.open(data / DB_FILE), key)
+        return cls(await open_storage(db, data / DB_FILE, wait=db_wait), key)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -129,6 +148,12 @@ class Relay:
         expires = (datetime.now(UTC) + ttl).isoformat(timespec="seconds").replace("+00:00", "Z")
         await self.storage.add_code(store, code_hash(code), name, role, expires)
         return code
+
+    def certify(self, device: DeviceRow) -> bytes:
+        """The device's certificate: what tills check each other by on the LAN."""
+        return Certificate.issue(self.key, store=device.store, device=device.device_id,
+                                 name=device.name, role=device.role,
+                                 public_key=device.public_key).raw
 
     # -- one connection ----------------------------------------------------------------
 
@@ -153,6 +178,7 @@ class Relay:
                             log.warning("%s: revoked device %s", peer, event.device)
                             link.fail("revoked", "this device has been revoked")
                         else:
+                            state["device"] = device
                             link.challenge(device.public_key)
                     elif isinstance(event, EnrollRequested):
                         row = await self.storage.enroll(code_hash(event.code), event.device,
@@ -164,14 +190,15 @@ class Relay:
                         else:
                             log.info("enrolled %s (%s) in store %s", row.device_id, row.name,
                                      row.store)
-                            link.enrolled(row.store, row.device_id)
+                            link.enrolled(row.store, row.device_id, self.certify(row))
                     elif isinstance(event, Authenticated):
                         hub = await self.hubs.get(event.store)
                         state["hub"] = hub
                         state["sync"] = am.SyncState()
                         await self.storage.touch(event.store, event.device, utc_timestamp())
                         link.welcome(await self.storage.heads(event.store),
-                                     await self.storage.stream_position(event.store))
+                                     await self.storage.stream_position(event.store),
+                                     self.certify(state["device"]))
                         if event.doc_empty and not hub.doc.is_genesis():
                             link.send_snapshot(hub.doc.save())
                         message = hub.doc.sync_message(state["sync"])
@@ -206,6 +233,8 @@ class Relay:
             await ws.close()
 
     async def _ingest(self, link: RelayLink, hub: StoreHub, event: EntriesReceived) -> None:
+        if hub.stale:  # another process changed the catalogue: decide with the new one
+            await self.hubs.refresh(hub)
         keys = {}
         for device_id in {e.device_id for e in event.entries}:
             device = await self.storage.device(hub.store, device_id)
@@ -228,7 +257,7 @@ class Relay:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_die_with_parent, initargs=(os.getpid(),))
+                initializer=die_with_parent, initargs=(os.getpid(),))
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(self._pool, prepare_elsewhere, entries)
         return adopt(entries, prepared)
@@ -240,14 +269,10 @@ class Relay:
             jobs = [await self._jobs.get()]
             while not self._jobs.empty() and len(jobs) < MAX_JOBS_PER_COMMIT:
                 jobs.append(self._jobs.get_nowait())
+            tries = [0]
             try:
-                results = []
-                async with self.storage.transaction() as txn:
-                    for job in jobs:
-                        results.append(await ingest(
-                            txn, job.hub.store, job.entries, public_keys=job.keys,
-                            catalogue=job.hub.product, key=self.key, now=utc_timestamp(),
-                            checked=job.checked))
+                results = await with_retries(self.storage, f"ingest of {len(jobs)} batches",
+                                             partial(self._commit, jobs, tries))
             except Exception as exc:  # nothing of these batches was stored
                 log.exception("ingest of %d batches failed", len(jobs))
                 for job in jobs:
@@ -257,8 +282,27 @@ class Relay:
             for job, result in zip(jobs, results, strict=True):
                 if result.receipts:  # in commit order, so pumps see the stream in order
                     job.hub.publish(result.receipts, result.position, RECEIPTS_PER_FRAME)
+                elif tries[0] > 1:
+                    # A retry after a commit whose answer was lost finds the batch stored
+                    # already: its receipts are in the database, the pumps read them.
+                    job.hub.notify()
                 if not job.done.done():
                     job.done.set_result(result)
+
+    async def _commit(self, jobs: list[_Job], tries: list[int]) -> list[IngestResult]:
+        """One transaction for the jobs.  Run whole again after a deadlock or a lost
+        connection: the rollback undid everything, and ingest decides afresh from what is
+        stored (a batch whose commit did happen is then found stored: duplicates)."""
+        tries[0] += 1
+        results = []
+        async with self.storage.transaction() as txn:
+            await txn.lock({job.hub.store for job in jobs})
+            for job in jobs:
+                results.append(await ingest(
+                    txn, job.hub.store, job.entries, public_keys=job.keys,
+                    catalogue=job.hub.product, key=self.key, now=utc_timestamp(),
+                    checked=job.checked))
+        return results
 
     async def _doc(self, link: RelayLink, hub: StoreHub, sync: am.SyncState,
                    data: bytes) -> None:
@@ -268,7 +312,8 @@ class Relay:
             except InvalidInput as exc:
                 link.fail("bad_document", str(exc), fatal=False)
                 return
-            await self.hubs.persist(hub, chunks)
+            await with_retries(self.storage, "storing document changes",
+                               lambda: self.hubs.persist(hub, chunks))
         if chunks:
             hub.document_changed()
         reply = hub.doc.sync_message(sync)
@@ -304,10 +349,10 @@ class Relay:
 @asynccontextmanager
 async def running(config: RelayConfig) -> AsyncIterator[tuple[Relay, int]]:
     """Start a relay; yields it and the port it listens on (0 picks a free one)."""
-    relay = await Relay.open(config.data)
+    relay = await Relay.open(config.data, config.db, db_wait=config.db_wait)
     try:
         async with serve(relay.handle, config.host, config.port, max_size=TRANSPORT_MAX,
-                         compression=None) as server:
+                         compression=None, reuse_port=config.reuse_port or None) as server:
             port = next(iter(server.sockets)).getsockname()[1]
             yield relay, port
     finally:

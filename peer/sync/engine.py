@@ -31,6 +31,7 @@ from typing import Any
 
 import msgpack
 
+from peer.cert import Certificate, CertificateError
 from peer.identity import DeviceKey, verify_signature
 from peer.log import Entry
 from peer.sync.frames import (
@@ -77,6 +78,7 @@ class Authenticated(Event):
 class Ready(Event):
     heads: dict[str, int]
     receipts_head: int
+    cert: bytes  # this device's certificate, as the relay issues it now
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class Enrolled(Event):
     store: str
     device: str
     relay_key: bytes
+    cert: bytes
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,20 @@ class _Link:
     def _send(self, t: str, **fields: Any) -> None:
         self._out.append(encode(t, **fields))
 
+    # frames either end may send once ready (which end sends which is in the protocol)
+
+    def send_entries(self, entries: list[Entry]) -> None:
+        self._send("entries", entries=[entry_to_wire(e) for e in entries])
+
+    def send_ingested(self, heads: dict[str, int], count: int, receipts_head: int) -> None:
+        self._send("ingested", heads=heads, count=count, receipts_head=receipts_head)
+
+    def send_receipts(self, receipts: list[dict[str, Any]], head: int) -> None:
+        self._send("receipts", receipts=receipts, head=head)
+
+    def send_doc(self, data: bytes) -> None:
+        self._send("doc", m=data)
+
     def fail(self, code: str, message: str, *, fatal: bool = True) -> None:
         """Tell the other side what is wrong (never internal details); close if fatal."""
         self._send("error", code=code, message=message, fatal=fatal)
@@ -185,6 +202,19 @@ class _Link:
 
     def _handle(self, message: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    @staticmethod
+    def _answer(message: dict[str, Any]) -> Event:
+        """The event of an 'ingested', 'receipts' or 'doc' frame, checked (a device end
+        and a till's LAN end take them alike)."""
+        t = message["t"]
+        if t == "ingested":
+            return Ingested(_heads(message), message["count"], message["receipts_head"])
+        if t == "receipts":
+            if not all(isinstance(r, dict) for r in message["receipts"]):
+                raise ProtocolError("bad_field", "receipts: each receipt is a map")
+            return ReceiptsReceived(message["receipts"], message["head"])
+        return DocMessage(message["m"])
 
     def _unexpected(self, message: dict[str, Any]) -> ProtocolError:
         return ProtocolError("unexpected", f"{message['t']!r} is not expected now "
@@ -220,7 +250,7 @@ class ClientLink(_Link):
         t = message["t"]
         if t == "enrolled" and self.state == "enrolling":
             self._events.append(Enrolled(message["store"], message["device"],
-                                         message["relay_key"]))
+                                         message["relay_key"], message["cert"]))
             self.state = "closed"
         elif t == "challenge" and self.state == "hello_sent":
             relay_key = message["relay_key"]
@@ -238,31 +268,15 @@ class ClientLink(_Link):
             if not all(isinstance(k, str) and isinstance(v, int) for k, v in heads.items()):
                 raise ProtocolError("bad_field", "welcome: heads maps device ids to seqs")
             self.state = "ready"
-            self._events.append(Ready(heads, message["receipts_head"]))
+            self._events.append(Ready(heads, message["receipts_head"], message["cert"]))
         elif self.state != "ready":
             raise self._unexpected(message)
-        elif t == "ingested":
-            if not all(isinstance(k, str) and isinstance(v, int)
-                       for k, v in message["heads"].items()):
-                raise ProtocolError("bad_field", "ingested: heads maps device ids to seqs")
-            self._events.append(Ingested(message["heads"], message["count"],
-                                         message["receipts_head"]))
-        elif t == "receipts":
-            if not all(isinstance(r, dict) for r in message["receipts"]):
-                raise ProtocolError("bad_field", "receipts: each receipt is a map")
-            self._events.append(ReceiptsReceived(message["receipts"], message["head"]))
-        elif t == "doc":
-            self._events.append(DocMessage(message["m"]))
+        elif t in ("ingested", "receipts", "doc"):
+            self._events.append(self._answer(message))
         elif t == "doc_snapshot":
             self._events.append(DocSnapshot(message["data"]))
         else:
             raise self._unexpected(message)
-
-    def send_entries(self, entries: list[Entry]) -> None:
-        self._send("entries", entries=[entry_to_wire(e) for e in entries])
-
-    def send_doc(self, data: bytes) -> None:
-        self._send("doc", m=data)
 
 
 # -- the relay end --------------------------------------------------------------------
@@ -326,23 +340,146 @@ class RelayLink(_Link):
                    sig=self._key.sign(b"relay" + proof))
         self.state = "challenged"
 
-    def welcome(self, heads: dict[str, int], receipts_head: int) -> None:
+    def welcome(self, heads: dict[str, int], receipts_head: int, cert: bytes) -> None:
         assert self.state == "authenticated"
-        self._send("welcome", heads=heads, receipts_head=receipts_head)
+        self._send("welcome", heads=heads, receipts_head=receipts_head, cert=cert)
         self.state = "ready"
 
-    def enrolled(self, store: str, device: str) -> None:
-        self._send("enrolled", store=store, device=device, relay_key=self._key.public_bytes)
+    def enrolled(self, store: str, device: str, cert: bytes) -> None:
+        self._send("enrolled", store=store, device=device, relay_key=self._key.public_bytes,
+                   cert=cert)
         self.state = "closed"
-
-    def send_ingested(self, heads: dict[str, int], count: int, receipts_head: int) -> None:
-        self._send("ingested", heads=heads, count=count, receipts_head=receipts_head)
-
-    def send_receipts(self, receipts: list[dict[str, Any]], head: int) -> None:
-        self._send("receipts", receipts=receipts, head=head)
-
-    def send_doc(self, data: bytes) -> None:
-        self._send("doc", m=data)
 
     def send_snapshot(self, data: bytes) -> None:
         self._send("doc_snapshot", data=data)
+
+
+# -- till to till, on the LAN ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerAuthenticated(Event):
+    """The other till proved the key of its certificate; ``cert`` is that certificate."""
+
+    cert: Certificate
+
+
+@dataclass(frozen=True)
+class HaveReceived(Event):
+    """What the other till holds: per-device heads and its receipt stream position."""
+
+    heads: dict[str, int]
+    receipts_head: int
+
+
+@dataclass(frozen=True)
+class CertsReceived(Event):
+    certs: list[bytes]
+
+
+def peer_transcript(store: str, dialer: str, listener: str, nonce_d: bytes,
+                    nonce_l: bytes) -> bytes:
+    """What two tills sign: the store, both device ids and both nonces."""
+    packed = msgpack.packb([store, dialer, listener, nonce_d, nonce_l], use_bin_type=True)
+    return hashlib.sha256(b"tillsync/peer/v2" + packed).digest()
+
+
+def _heads(message: dict[str, Any]) -> dict[str, int]:
+    heads = message["heads"]
+    if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+               for k, v in heads.items()):
+        raise ProtocolError("bad_field", f"{message['t']}: heads maps device ids to seqs")
+    return dict(heads)
+
+
+class PeerLink(_Link):
+    """One end of a link between two tills of a store, on the LAN.
+
+    The dialer sends ``peer_hello`` with its certificate; the listener checks it and
+    answers ``peer_challenge`` with its own and a signature over the transcript; the
+    dialer checks both and answers ``auth``.  Certificates are checked against the
+    relay's key (``issuer``), which both tills pinned when they enrolled: no internet is
+    needed.  After that the link is symmetric: each end states what it holds (``have``),
+    then pushes what the other lacks (``certs``, ``entries`` answered by ``ingested``,
+    ``receipts``, ``doc``)."""
+
+    def __init__(self, *, store: str, cert: bytes, key: DeviceKey, issuer: bytes,
+                 nonce: bytes, dialer: bool) -> None:
+        super().__init__()
+        self.store, self._cert, self._key = store, cert, key
+        self._issuer, self._nonce, self.dialer = issuer, nonce, dialer
+        self.device = Certificate.load(cert, issuer, store=store).device
+        self.peer: Certificate | None = None
+        self._peer_nonce = b""
+
+    def start(self) -> None:
+        assert self.dialer and self.state == "new"
+        self._send("peer_hello", v=PROTOCOL_VERSION, store=self.store, cert=self._cert,
+                   nonce=self._nonce)
+        self.state = "hello_sent"
+
+    def _check_cert(self, raw: bytes) -> Certificate:
+        try:
+            cert = Certificate.load(raw, self._issuer, store=self.store)
+        except CertificateError as exc:
+            raise ProtocolError("bad_certificate", str(exc)) from None
+        if cert.device == self.device:
+            raise ProtocolError("self", "this is a link to the same till")
+        return cert
+
+    def _transcript(self) -> bytes:
+        assert self.peer is not None
+        if self.dialer:
+            return peer_transcript(self.store, self.device, self.peer.device, self._nonce,
+                                   self._peer_nonce)
+        return peer_transcript(self.store, self.peer.device, self.device, self._peer_nonce,
+                               self._nonce)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        t = message["t"]
+        if t == "peer_hello" and self.state == "new" and not self.dialer:
+            if message["v"] != PROTOCOL_VERSION:
+                raise ProtocolError("version", f"protocol version {message['v']} is not "
+                                               f"supported; this till speaks {PROTOCOL_VERSION}")
+            if message["store"] != self.store:
+                raise ProtocolError("wrong_store", "this till belongs to another store")
+            self.peer = self._check_cert(message["cert"])
+            self._peer_nonce = message["nonce"]
+            self._send("peer_challenge", cert=self._cert, nonce=self._nonce,
+                       sig=self._key.sign(b"listener" + self._transcript()))
+            self.state = "challenged"
+        elif t == "peer_challenge" and self.state == "hello_sent":
+            self.peer = self._check_cert(message["cert"])
+            self._peer_nonce = message["nonce"]
+            if not verify_signature(self.peer.public_key, message["sig"],
+                                    b"listener" + self._transcript()):
+                raise ProtocolError("auth_failed", "the other till's signature does not verify")
+            self._send("auth", sig=self._key.sign(b"dialer" + self._transcript()))
+            self.state = "ready"
+            self._events.append(PeerAuthenticated(self.peer))
+        elif t == "auth" and self.state == "challenged":
+            assert self.peer is not None
+            if not verify_signature(self.peer.public_key, message["sig"],
+                                    b"dialer" + self._transcript()):
+                raise ProtocolError("auth_failed", "the other till's signature does not verify")
+            self.state = "ready"
+            self._events.append(PeerAuthenticated(self.peer))
+        elif self.state != "ready":
+            raise self._unexpected(message)
+        elif t == "have":
+            self._events.append(HaveReceived(_heads(message), message["receipts_head"]))
+        elif t == "certs":
+            self._events.append(CertsReceived(list(message["certs"])))
+        elif t == "entries":
+            self._events.append(EntriesReceived([entry_from_wire(e)
+                                                 for e in message["entries"]]))
+        elif t in ("ingested", "receipts", "doc"):
+            self._events.append(self._answer(message))
+        else:
+            raise self._unexpected(message)
+
+    def send_have(self, heads: dict[str, int], receipts_head: int) -> None:
+        self._send("have", heads=heads, receipts_head=receipts_head)
+
+    def send_certs(self, certs: list[bytes]) -> None:
+        self._send("certs", certs=certs)

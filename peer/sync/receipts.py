@@ -7,7 +7,8 @@ Each receipt is a msgpack map (field names of DESIGN.md: ``client_id``, ``status
 is SHA-256 of its canonical bytes without ``sig``.  Like a device's log, the stream is a
 hash chain, so the relay signs only the last receipt of each batch (its ``sig``): that
 signature vouches for every receipt before it.  A later receipt for the same
-``client_id`` supersedes an earlier one (``waiting`` then ``accepted``).
+``client_id`` supersedes an earlier one (``waiting`` then ``accepted``); an acceptance is
+final (a rejection after it is about a conflicting copy sent under the same client_id).
 """
 
 from __future__ import annotations

@@ -200,3 +200,32 @@ async def test_cashier_pin_check_and_reads_hide_the_hash(tmp_path: Path) -> None
         assert till.check_pin("ann", "1234") and not till.check_pin("ann", "0000")
         assert "pin_hash" not in (till.get("cashiers", "ann") or {})
         assert all("pin_hash" not in r for r in till.all("cashiers").values())
+
+
+async def test_a_rejected_copy_of_an_accepted_entry_does_not_replace_its_acceptance(
+        tmp_path: Path) -> None:
+    """Found by the simulation (tests/sim): an altered copy of an already accepted sale,
+    sent under the same client_id, is rejected by the relay (``conflicting_entry``) with a
+    receipt keyed by that client_id.  That rejection concerns the copy; it must not
+    replace the sale's acceptance (and its invoice number) on the till."""
+    till = await stocked_till(tmp_path / "t")
+    try:
+        entry = await till.record("sale", sale(("bread", 1, 320)))
+        about = {"client_id": entry.client_id, "device_id": till.device_id, "seq": entry.seq,
+                 "kind": "sale", "warnings": []}
+        waiting = {**about, "server_seq": 1, "status": "waiting", "waiting_for": [SHIFT]}
+        accepted = {**about, "server_seq": 2, "status": "accepted", "series": "INV",
+                    "invoice_no": 1, "total": 320}
+        copy = {**about, "server_seq": 3, "status": "rejected",
+                "error": {"code": "conflicting_entry", "message": "seq 2 is already held"}}
+        for n, receipt in enumerate((waiting, accepted, copy), start=1):
+            await till.store_receipts([receipt], n, bytes(32), "2026-05-01T10:00:00.000Z")
+            if receipt is waiting:  # a waiting receipt is still superseded
+                assert [r["status"] for r in await till.receipts()] == ["waiting"]
+
+        assert [(r["status"], r.get("invoice_no")) for r in await till.receipts()] == \
+            [("accepted", 1)]
+        assert await till.receipts("rejected") == []
+        assert till.receipts_position()[0] == 3
+    finally:
+        await till.close()

@@ -24,6 +24,7 @@ from jsonschema import Draft202012Validator, ValidationError, validators
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from peer.cert import Certificate
 from peer.identity import DeviceKey, verify_signature
 from peer.log import GENESIS_PREV, Entry, seal
 from peer.sync.engine import (
@@ -38,6 +39,7 @@ from peer.sync.engine import (
     HelloReceived,
     Ingested,
     LinkFailed,
+    PeerLink,
     Ready,
     ReceiptsReceived,
     RelayLink,
@@ -50,6 +52,10 @@ STORE, DEVICE = "store-1", "3f1c8a52-6d1e-4b7a-9a43-0c2f5e9b7d10"
 NONCE_D, NONCE_R = bytes(range(32)), bytes(range(100, 132))
 # Made once: the properties below build many links and Ed25519 keys are not free.
 DEVICE_KEY, RELAY_KEY, OTHER_KEY = DeviceKey.generate(), DeviceKey.generate(), DeviceKey.generate()
+OTHER_CERT = Certificate.issue(RELAY_KEY, store=STORE, device="d2", name="Till 2", role="till",
+                               public_key=OTHER_KEY.public_bytes).raw
+CERT = Certificate.issue(RELAY_KEY, store=STORE, device=DEVICE, name="Till 1", role="till",
+                         public_key=DEVICE_KEY.public_bytes).raw
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas" / "protocol"
 
 
@@ -105,7 +111,7 @@ def handshake(pair: Pair, *, registered: bytes | None = None,
         pair.relay.challenge(DEVICE_KEY.public_bytes if registered is None else registered)
         pair.pump()
     if any(isinstance(e, Authenticated) for e in pair.relay_events):
-        pair.relay.welcome(heads or {}, receipts_head)
+        pair.relay.welcome(heads or {}, receipts_head, CERT)
         pair.pump()
     return pair
 
@@ -158,7 +164,7 @@ def test_full_handshake_reaches_ready_and_authenticated() -> None:
 
     assert relay_events == [HelloReceived(STORE, DEVICE, 7, True),
                             Authenticated(STORE, DEVICE, 7, True)]
-    assert client_events == [Ready({DEVICE: 3, "other": 9}, 12)]
+    assert client_events == [Ready({DEVICE: 3, "other": 9}, 12, CERT)]
     assert pair.client.state == pair.relay.state == "ready"
     assert [frame_of(f)["t"] for f in pair.sent_by_client] == ["hello", "auth"]
     assert [frame_of(f)["t"] for f in pair.sent_by_relay] == ["challenge", "welcome"]
@@ -263,7 +269,7 @@ def test_a_recorded_challenge_replayed_to_a_new_device_nonce_fails() -> None:
 def _relay_in(state: str) -> RelayLink:
     pair = make_pair()
     if state == "enrolling":
-        pair.relay.receive_data(encode("enroll", v=1, code="ABCDE", device=DEVICE,
+        pair.relay.receive_data(encode("enroll", v=PROTOCOL_VERSION, code="ABCDE", device=DEVICE,
                                        name="Till 1", public_key=DEVICE_KEY.public_bytes))
     elif state != "new":
         pair.client.start()
@@ -273,7 +279,7 @@ def _relay_in(state: str) -> RelayLink:
         if state != "challenged":
             pair.pump()
     if state == "ready":
-        pair.relay.welcome({}, 0)
+        pair.relay.welcome({}, 0, CERT)
         pair.pump()
     pair.relay.data_to_send()
     assert pair.relay.state == state
@@ -299,7 +305,7 @@ def _client_in(state: str) -> ClientLink:
     assert pair.client.state == "authenticating"
     if state == "authenticating":
         return pair.client
-    pair.relay.welcome({}, 0)
+    pair.relay.welcome({}, 0, CERT)
     pair.pump()
     return pair.client
 
@@ -309,7 +315,7 @@ HELLO = encode("hello", v=1, store=STORE, device=DEVICE, nonce=NONCE_D, receipts
 ENTRIES = encode("entries", entries=[])
 DOC = encode("doc", m=b"\x42")
 AUTH = encode("auth", sig=bytes(64))
-WELCOME = encode("welcome", heads={}, receipts_head=0)
+WELCOME = encode("welcome", heads={}, receipts_head=0, cert=CERT)
 RECEIPTS = encode("receipts", receipts=[], head=0)
 CHALLENGE = encode("challenge", nonce=NONCE_R, relay_key=RELAY_KEY.public_bytes, sig=bytes(64))
 INGESTED = encode("ingested", heads={}, count=0, receipts_head=0)
@@ -447,9 +453,11 @@ def test_error_messages_never_echo_a_long_type_or_field_name() -> None:
 
 
 @pytest.mark.parametrize(("t", "frame", "code"), [
-    ("welcome heads not str->int", encode("welcome", heads={DEVICE: "3"}, receipts_head=0),
+    ("welcome heads not str->int",
+     encode("welcome", heads={DEVICE: "3"}, receipts_head=0, cert=CERT),
      "bad_field"),
-    ("welcome heads with bin keys", encode("welcome", heads={b"d": 3}, receipts_head=0),
+    ("welcome heads with bin keys",
+     encode("welcome", heads={b"d": 3}, receipts_head=0, cert=CERT),
      "bad_field"),
 ])
 def test_client_checks_welcome_heads(t: str, frame: bytes, code: str) -> None:
@@ -466,7 +474,7 @@ def test_client_checks_that_each_receipt_is_a_map() -> None:
     assert client.closed
 
 
-@pytest.mark.parametrize("v", [0, 2, 99])
+@pytest.mark.parametrize("v", [0, 1, 3, 99])
 def test_a_hello_of_another_version_is_refused(v: int) -> None:
     relay = RelayLink(relay_key=RELAY_KEY, nonce=NONCE_R)
     relay.receive_data(_packed(_hello(v=v)))
@@ -479,7 +487,7 @@ def test_a_hello_of_another_version_is_refused(v: int) -> None:
 
 def test_an_enroll_of_another_version_is_refused() -> None:
     relay = RelayLink(relay_key=RELAY_KEY, nonce=NONCE_R)
-    relay.receive_data(encode("enroll", v=2, code="C", device=DEVICE, name="Till",
+    relay.receive_data(encode("enroll", v=1, code="C", device=DEVICE, name="Till",
                               public_key=DEVICE_KEY.public_bytes))
     assert [e.code for e in relay.events_received()] == ["version"]  # type: ignore[attr-defined]
     assert relay.closed
@@ -530,10 +538,10 @@ def test_enrollment_round_trip() -> None:
                                             key.public_bytes)]
     assert pair.relay.state == "enrolling"
 
-    pair.relay.enrolled(STORE, DEVICE)
+    pair.relay.enrolled(STORE, DEVICE, CERT)
     pair.pump()
     client_events, _ = pair.take()
-    assert client_events == [Enrolled(STORE, DEVICE, RELAY_KEY.public_bytes)]
+    assert client_events == [Enrolled(STORE, DEVICE, RELAY_KEY.public_bytes, CERT)]
     assert pair.client.closed and pair.relay.closed
     assert frame_of(pair.sent_by_client[0]) == {
         "t": "enroll", "v": PROTOCOL_VERSION, "code": "ABCDE-FGHIJ-KLMNO-PQRST",
@@ -708,10 +716,26 @@ def _session_frames() -> list[bytes]:
                   RelayLink(relay_key=RELAY_KEY, nonce=NONCE_R))
     enroll.client.start_enroll("ABCDE-FGHIJ", "Till 1")
     enroll.pump()
-    enroll.relay.enrolled(STORE, DEVICE)
+    enroll.relay.enrolled(STORE, DEVICE, CERT)
     enroll.pump()
+    dialer = PeerLink(store=STORE, cert=CERT, key=DEVICE_KEY, issuer=RELAY_KEY.public_bytes,
+                      nonce=NONCE_D, dialer=True)
+    listener = PeerLink(store=STORE, cert=OTHER_CERT, key=OTHER_KEY,
+                        issuer=RELAY_KEY.public_bytes, nonce=NONCE_R, dialer=False)
+    dialer.start()
+    lan: list[bytes] = []
+    for _ in range(3):  # peer_hello, peer_challenge, auth
+        for src, dst in ((dialer, listener), (listener, dialer)):
+            for frame in src.data_to_send():
+                lan.append(frame)
+                dst.receive_data(frame)
+    assert dialer.state == listener.state == "ready"
+    dialer.send_have({DEVICE: 3}, 4)
+    dialer.send_certs([CERT])
+    listener.send_have({}, 0)
+    lan += dialer.data_to_send() + listener.data_to_send()
     frames = (pair.sent_by_client + pair.sent_by_relay + enroll.sent_by_client
-              + enroll.sent_by_relay)
+              + enroll.sent_by_relay + lan)
     assert {frame_of(f)["t"] for f in frames} == set(MESSAGES)
     return frames
 
@@ -834,7 +858,7 @@ def test_the_readme_test_vectors_are_reproduced_by_the_code() -> None:
 
     from peer.log import canonical_body
     from peer.master.document import genesis
-    from peer.sync.engine import transcript
+    from peer.sync.engine import peer_transcript, transcript
 
     device = DeviceKey(Ed25519PrivateKey.from_private_bytes(bytes([1]) * 32))
     relay = DeviceKey(Ed25519PrivateKey.from_private_bytes(bytes([2]) * 32))
@@ -852,6 +876,35 @@ def test_the_readme_test_vectors_are_reproduced_by_the_code() -> None:
          "status": "accepted", "warnings": [], "server_id": "shift-1"}]
     head = seal_receipts(relay, receipts, 1, GENESIS)
     doc = genesis()
+    # Certificates and the LAN handshake: the device above dials a listener "d2" (seed
+    # 32 x 0x03); nonce_d and nonce_r serve as the dialer's and the listener's nonces.
+    listener_key = DeviceKey(Ed25519PrivateKey.from_private_bytes(bytes([3]) * 32))
+    cert = Certificate.issue(relay, store=STORE, device=DEVICE, name="Till 1", role="till",
+                             public_key=device.public_bytes).raw
+    listener_cert = Certificate.issue(relay, store=STORE, device="d2", name="Till 2",
+                                      role="till", public_key=listener_key.public_bytes).raw
+    body, cert_sig = msgpack.unpackb(cert)
+    assert body == canonical_body({"v": 1, "store": STORE, "device": DEVICE, "name": "Till 1",
+                                   "role": "till", "public_key": device.public_bytes})
+    assert verify_signature(relay.public_bytes, cert_sig, b"tillsync/cert/v1" + body)
+    peer_packed = msgpack.packb([STORE, DEVICE, "d2", nonce_d, nonce_r], use_bin_type=True)
+    peer_proof = peer_transcript(STORE, DEVICE, "d2", nonce_d, nonce_r)
+    assert peer_proof == hashlib.sha256(b"tillsync/peer/v2" + peer_packed).digest()
+    dialer = PeerLink(store=STORE, cert=cert, key=device, issuer=relay.public_bytes,
+                      nonce=nonce_d, dialer=True)
+    listener = PeerLink(store=STORE, cert=listener_cert, key=listener_key,
+                        issuer=relay.public_bytes, nonce=nonce_r, dialer=False)
+    dialer.start()
+    [peer_hello] = dialer.data_to_send()
+    listener.receive_data(peer_hello)
+    [peer_challenge] = listener.data_to_send()
+    dialer.receive_data(peer_challenge)
+    [peer_auth] = dialer.data_to_send()
+    listener.receive_data(peer_auth)
+    assert dialer.state == listener.state == "ready"
+    listener_sig, dialer_sig = frame_of(peer_challenge)["sig"], frame_of(peer_auth)["sig"]
+    assert listener_sig == listener_key.sign(b"listener" + peer_proof)
+    assert dialer_sig == device.sign(b"dialer" + peer_proof)
     vectors = [
         device.public_bytes, relay.public_bytes, client.data_to_send()[0],
         msgpack.packb([STORE, DEVICE, nonce_d, nonce_r, relay.public_bytes], use_bin_type=True),
@@ -859,6 +912,8 @@ def test_the_readme_test_vectors_are_reproduced_by_the_code() -> None:
         entry.body_bytes, entry.canonical(), entry.hash, entry.sig,
         canonical_body({k: v for k, v in receipts[0].items() if k != "sig"}), head,
         receipts[0]["sig"], doc.get_heads()[0], doc.get_changes([])[0].bytes,
+        body, cert_sig, cert, listener_key.public_bytes, listener_cert, peer_hello,
+        peer_packed, peer_proof, listener_sig, dialer_sig,
     ]
     readme = "".join((SCHEMAS / "README.md").read_text(encoding="utf-8").split())
     missing = [v.hex() for v in vectors if v.hex() not in readme]

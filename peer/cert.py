@@ -1,0 +1,76 @@
+"""Device certificates: the relay's signed statement of who a device is.
+
+A certificate binds a device id to its public key, its store, its name and its role.
+The relay signs it with its key when the device enrolls (and again on every sync, so a
+device enrolled before certificates existed gets one).  Tills keep their own and every
+certificate they have seen; a till checks another till's certificate against the relay's
+key it pinned at enrollment, so two tills can trust each other on the LAN with no
+internet.
+
+On the wire and on disk a certificate is the msgpack array ``[body, sig]`` where
+``body`` is the canonical msgpack map ``{v, store, device, name, role, public_key}`` and
+``sig`` the relay's Ed25519 signature of ``b"tillsync/cert/v1" + body``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+
+from peer.identity import DeviceKey, verify_signature
+from peer.log import canonical_body
+
+_DOMAIN = b"tillsync/cert/v1"
+FORMAT = 1
+
+
+class CertificateError(ValueError):
+    """A certificate that does not parse or whose signature does not verify."""
+
+
+@dataclass(frozen=True)
+class Certificate:
+    store: str
+    device: str
+    name: str
+    role: str
+    public_key: bytes
+    raw: bytes  # the wire form, [body, sig], kept to forward it unchanged
+
+    @classmethod
+    def issue(cls, key: DeviceKey, *, store: str, device: str, name: str, role: str,
+              public_key: bytes) -> Certificate:
+        body = canonical_body({"v": FORMAT, "store": store, "device": device, "name": name,
+                               "role": role, "public_key": public_key})
+        raw: bytes = msgpack.packb([body, key.sign(_DOMAIN + body)], use_bin_type=True)
+        return cls(store, device, name, role, public_key, raw)
+
+    @classmethod
+    def load(cls, raw: bytes, issuer_key: bytes, *, store: str | None = None) -> Certificate:
+        """Parse and check a certificate; raise ``CertificateError`` saying what is wrong.
+
+        ``store``, when given, is the store the certificate must belong to."""
+        try:
+            body, sig = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+            fields = msgpack.unpackb(body, raw=False, strict_map_key=True)
+        except Exception:  # msgpack raises several unrelated types for bad input
+            raise CertificateError("the certificate is not a [body, sig] msgpack array") \
+                from None
+        if not (isinstance(body, bytes) and isinstance(sig, bytes) and isinstance(fields, dict)):
+            raise CertificateError("the certificate is not a [body, sig] msgpack array")
+        if not verify_signature(issuer_key, sig, _DOMAIN + body):
+            raise CertificateError("the certificate is not signed by this store's relay")
+        if type(fields.get("v")) is not int or fields["v"] != FORMAT:
+            raise CertificateError(f"certificate format {fields.get('v')!r} is not supported")
+        try:
+            cert = cls(fields["store"], fields["device"], fields["name"], fields["role"],
+                       fields["public_key"], raw)
+        except KeyError as exc:
+            raise CertificateError(f"the certificate lacks {exc}") from None
+        if not all(isinstance(v, str) for v in (cert.store, cert.device, cert.name, cert.role)) \
+                or not (isinstance(cert.public_key, bytes) and len(cert.public_key) == 32):
+            raise CertificateError("the certificate has a field of the wrong type")
+        if store is not None and cert.store != store:
+            raise CertificateError("the certificate is for another store")
+        return cert
