@@ -1,11 +1,31 @@
 """Where the relay keeps everything: behind ``RelayStorage`` (see ``base``).
 
-SQLite (``sqlite``) is the default; a PostgreSQL backend comes next.  Numbering and
-ordering live in the database (counter rows updated inside the ingest transaction),
-never in process memory, so several relay processes can share one database.
+SQLite (``sqlite``) is the default, for one relay process; PostgreSQL (``postgres``)
+lets several relay processes share one database.  Numbering and ordering live in the
+database (counter rows updated inside the ingest transaction, under the store's lock),
+never in process memory.
 """
 
-from relay.storage.base import DeviceRow, RelayStorage, RelayTxn
+from pathlib import Path
+
+from relay.storage.base import DeviceRow, RelayStorage, RelayTxn, with_retries
 from relay.storage.sqlite import SQLiteStorage
 
-__all__ = ["DeviceRow", "RelayStorage", "RelayTxn", "SQLiteStorage"]
+__all__ = ["DeviceRow", "RelayStorage", "RelayTxn", "SQLiteStorage", "open_storage",
+           "with_retries"]
+
+
+def is_postgres(db: str | None) -> bool:
+    return bool(db) and str(db).startswith(("postgresql://", "postgres://"))
+
+
+async def open_storage(db: str | None, sqlite_path: Path, *, wait: float = 60.0
+                       ) -> RelayStorage:
+    """PostgreSQL at ``db`` (a postgresql:// URL), or without one the SQLite file."""
+    if db is None:
+        return await SQLiteStorage.open(sqlite_path)
+    if not is_postgres(db):
+        raise ValueError(f"--db takes a postgresql://user@host:port/database URL, not {db!r}")
+    from relay.storage.postgres import PostgresStorage  # asyncpg only when used
+
+    return await PostgresStorage.open(db, wait=wait)

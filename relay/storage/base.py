@@ -3,18 +3,24 @@
 Everything that must be decided once (invoice numbers, server ids, receipt positions)
 is read and written through ``RelayTxn`` inside one transaction, so a backend only has
 to make that transaction serializable per store (SQLite: one writer at a time;
-PostgreSQL: row locks on the counter rows).  Reads outside a transaction serve
-receipts, heads and documents to connected devices.
+PostgreSQL: a row lock on the store's stream head, taken before anything is read).
+Reads outside a transaction serve receipts, heads and documents to connected devices.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from peer.log import Entry
+
+log = logging.getLogger("tillsync.relay")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,10 @@ class RelayTxn(Protocol):
     """Reads and writes inside one ingest transaction.  Bulk by design: one call per
     batch, never one per entry."""
 
+    async def lock(self, stores: Iterable[str]) -> None:
+        """Take these stores' ingest locks now, in a fixed order (a group commit spans
+        several stores).  Every other call takes its store's lock too if not held yet."""
+        ...
     async def device(self, store: str, device_id: str) -> DeviceRow | None: ...
     async def heads(self, store: str, devices: Iterable[str]) -> dict[str, tuple[int, bytes]]: ...
     async def known_client_ids(self, store: str, client_ids: Sequence[str]) -> dict[str, bytes]:
@@ -67,8 +77,19 @@ class RelayTxn(Protocol):
 
 
 class RelayStorage(Protocol):
+    # True when other processes write to the same database (the relay must follow it).
+    shared: bool
+
     async def close(self) -> None: ...
     def transaction(self) -> AbstractAsyncContextManager[RelayTxn]: ...
+    def retryable(self, exc: BaseException) -> bool:
+        """Whether a transaction that failed with ``exc`` (rolled back, whole) may
+        succeed if run again: a deadlock, a serialization failure, a lost connection."""
+        ...
+    def subscribe(self, listener: Callable[[str, str], None]) -> None:
+        """``listener(kind, store)`` when another process commits "receipts" or a
+        "document" change of a store, or ("resync", "") when some may have been missed."""
+        ...
 
     # devices and enrollment
     async def device(self, store: str, device_id: str) -> DeviceRow | None: ...
@@ -83,8 +104,40 @@ class RelayStorage(Protocol):
     # what connected devices read
     async def heads(self, store: str) -> dict[str, int]: ...
     async def receipts_after(self, store: str, after: int, limit: int) -> list[dict[str, Any]]: ...
+    async def stream_position(self, store: str) -> int: ...
 
-    # master documents
+    # master documents.  A position is the highest change id a document includes.
     async def document(self, store: str) -> bytes: ...
-    async def append_document(self, store: str, chunks: Sequence[bytes]) -> None: ...
-    async def compact_document(self, store: str, snapshot: bytes) -> None: ...
+    async def document_at(self, store: str) -> tuple[bytes, int]:
+        """The whole document and its position, read consistently."""
+        ...
+    async def document_position(self, store: str) -> int: ...
+    async def document_sizes(self, store: str) -> tuple[int, int]: ...
+    async def init_document(self, store: str, genesis: bytes) -> None:
+        """Store ``genesis`` unless the store has a document already."""
+        ...
+    async def append_document(self, store: str, chunks: Sequence[bytes]) -> tuple[int, int]:
+        """Append changes; returns (position before them, position after them)."""
+        ...
+    async def compact_document(self, store: str, snapshot: bytes, upto: int) -> None:
+        """Fold the changes up to position ``upto``, all in ``snapshot``, into it."""
+        ...
+
+
+async def with_retries(storage: RelayStorage, what: str, attempt: Callable[[], Awaitable[T]],
+                       *, tries: int = 8, first_pause: float = 0.05) -> T:
+    """Run ``attempt`` (a whole transaction) again while it fails in a way the backend
+    calls retryable, with exponential backoff and jitter: about 10 s in all.  The last
+    failure, or any other, is raised."""
+    pause = first_pause
+    for left in range(tries - 1, -1, -1):
+        try:
+            return await attempt()
+        except Exception as exc:
+            if not left or not storage.retryable(exc):
+                raise
+            log.warning("%s failed (%s: %s); retrying in %.2f s", what, type(exc).__name__,
+                        exc, pause)
+        await asyncio.sleep(pause * random.uniform(0.5, 1.0))
+        pause = min(pause * 2, 3.0)
+    raise AssertionError("unreachable")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,9 @@ _DEVICE_COLUMNS = "store, device_id, name, public_key, role, revoked_at"
 class _Txn:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._c = conn
+
+    async def lock(self, stores: Iterable[str]) -> None:
+        """Nothing to do: ``BEGIN IMMEDIATE`` holds the one write lock already."""
 
     async def _rows(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
         return list(await self._c.execute_fetchall(sql, args))
@@ -268,7 +271,10 @@ class _Txn:
 
 
 class SQLiteStorage:
-    """``RelayStorage`` on one SQLite file."""
+    """``RelayStorage`` on one SQLite file, for one relay process (documents are kept
+    in step by that process alone; several processes need the PostgreSQL backend)."""
+
+    shared = False
 
     def __init__(self, conn: aiosqlite.Connection, reader: aiosqlite.Connection,
                  path: Path) -> None:
@@ -306,6 +312,12 @@ class SQLiteStorage:
     async def close(self) -> None:
         await self._reader.close()
         await self._conn.close()
+
+    def retryable(self, exc: BaseException) -> bool:
+        return False  # one writer, no lost connections: a failure is a real one
+
+    def subscribe(self, listener: Callable[[str, str], None]) -> None:
+        """No other process writes this file: nothing to listen for."""
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Txn]:
@@ -395,6 +407,17 @@ class SQLiteStorage:
                                   (store,))
         return (bytes(snap[0][0]) if snap else b"") + b"".join(bytes(c[0]) for c in chunks)
 
+    async def document_at(self, store: str) -> tuple[bytes, int]:
+        return await self.document(store), 0  # one process: never behind, no positions
+
+    async def document_position(self, store: str) -> int:
+        return 0
+
+    async def init_document(self, store: str, genesis: bytes) -> None:
+        async with self.transaction():
+            await self._conn.execute("INSERT OR IGNORE INTO doc_snapshot (store, data) "
+                                     "VALUES (?, ?)", (store, genesis))
+
     async def document_sizes(self, store: str) -> tuple[int, int]:
         rows = await self._rows(
             "SELECT (SELECT coalesce(sum(length(data)), 0) FROM doc_snapshot WHERE store = ?),"
@@ -402,12 +425,14 @@ class SQLiteStorage:
             (store, store))
         return int(rows[0][0]), int(rows[0][1])
 
-    async def append_document(self, store: str, chunks: Sequence[bytes]) -> None:
+    async def append_document(self, store: str, chunks: Sequence[bytes]) -> tuple[int, int]:
         async with self.transaction():
             await self._conn.executemany("INSERT INTO doc_changes (store, data) VALUES (?, ?)",
                                          [(store, c) for c in chunks])
+        return 0, 0
 
-    async def compact_document(self, store: str, snapshot: bytes) -> None:
+    async def compact_document(self, store: str, snapshot: bytes, upto: int = 0) -> None:
+        """The one process's document holds every change: they all go."""
         async with self.transaction():
             await self._conn.execute(
                 "INSERT INTO doc_snapshot (store, data) VALUES (?, ?) "

@@ -48,6 +48,7 @@ from peer.sync.engine import (
 from peer.sync.frames import PROTOCOL_VERSION, TRANSPORT_MAX
 from relay.server import Relay
 from tests.doubles import REPO
+from tests.relay.databases import pg_query
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -61,11 +62,15 @@ _LISTENING = re.compile(r"relay listening on ws://([0-9.]+):([0-9]+)")
 
 
 class RelayProcess:
-    """``python -m tools.cli relay serve`` on ``data``; stdout and stderr go to files."""
+    """``python -m tools.cli relay serve`` on ``data`` (and the PostgreSQL database ``db``
+    if given); stdout and stderr go to files.  ``extra``: more arguments for serve."""
 
-    def __init__(self, data: Path, logs: Path, port: int = 0) -> None:
+    def __init__(self, data: Path, logs: Path, port: int = 0, db: str | None = None,
+                 extra: Sequence[str] = ()) -> None:
         self.data, self.logs = data, logs
         self.port = port
+        self.db = db
+        self.extra = list(extra)
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -89,7 +94,7 @@ class RelayProcess:
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tools.cli", "relay", "serve", "--data", str(self.data),
-                 "--port", str(want)],
+                 "--port", str(want), *(("--db", self.db) if self.db else ()), *self.extra],
                 stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=ENV,
                 start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -129,14 +134,20 @@ class RelayProcess:
 
 
 class Relays:
-    """Starts relay processes; kills all of them on exit."""
+    """Starts relay processes (on the PostgreSQL database ``db`` if given, else each on
+    its own SQLite file); kills all of them on exit."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, db: str | None = None) -> None:
         self.root = root
+        self.db = db
         self.started: list[RelayProcess] = []
 
-    def start(self, name: str = "relay", port: int = 0) -> RelayProcess:
-        relay = RelayProcess(self.root / name / "data", self.root / name / "logs", port)
+    def start(self, name: str = "relay", port: int = 0, *, data: Path | None = None,
+              extra: Sequence[str] = ()) -> RelayProcess:
+        """``data``: another relay's folder, for a second process of the same relay (its
+        key) on the same database."""
+        relay = RelayProcess(data or self.root / name / "data", self.root / name / "logs", port,
+                             self.db, extra)
         self.started.append(relay)
         relay.start()
         return relay
@@ -192,7 +203,7 @@ def quick_code(relay: RelayProcess, store: str, name: str) -> str:
     """An enrollment code made in this process (what `relay enroll` does, minus the
     interpreter start): for tests where the command line adds nothing."""
     async def make() -> str:
-        opened = await Relay.open(relay.data)
+        opened = await Relay.open(relay.data, relay.db)
         try:
             return await opened.new_code(store, name)
         finally:
@@ -202,7 +213,7 @@ def quick_code(relay: RelayProcess, store: str, name: str) -> str:
 
 def enroll_code(relay: RelayProcess, store: str, name: str) -> str:
     code = cli_json("relay", "enroll", "--data", str(relay.data), "--store", store,
-                    "--name", name)["code"]
+                    "--name", name, *(("--db", relay.db) if relay.db else ()))["code"]
     assert isinstance(code, str) and code
     return code
 
@@ -272,7 +283,10 @@ class TillDir:
 
 
 def query(relay: RelayProcess, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-    """Read the relay's database (committed data only; WAL lets us read while it runs)."""
+    """Read the relay's database (committed data only; WAL lets us read while it runs).
+    ``?`` placeholders, on either backend."""
+    if relay.db:
+        return pg_query(relay.db, sql, tuple(args))
     conn = sqlite3.connect(relay.data / "relay.db", timeout=10)
     try:
         return list(conn.execute(sql, args).fetchall())

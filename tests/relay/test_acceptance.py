@@ -59,8 +59,9 @@ CASHIER = {"name": "Ann", "role": "cashier", "pin": "1234"}
 
 
 @pytest.fixture
-def relays(tmp_path: Path) -> Iterator[Relays]:
-    with Relays(tmp_path) as started:
+def relays(tmp_path: Path, relay_db: str | None) -> Iterator[Relays]:
+    """Relay processes on this test's backend (parametrised: SQLite and PostgreSQL)."""
+    with Relays(tmp_path, relay_db) as started:
         yield started
 
 

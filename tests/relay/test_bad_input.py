@@ -39,8 +39,10 @@ PRODUCT_SALE = (("bread", 2, 320),)
 
 
 @pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    with Relays(tmp_path_factory.mktemp("bad-input")) as relays:
+def relay(tmp_path_factory: pytest.TempPathFactory, module_relay_db: str | None
+          ) -> Iterator[RelayProcess]:
+    """One relay process for the module, on each backend in turn."""
+    with Relays(tmp_path_factory.mktemp("bad-input"), module_relay_db) as relays:
         yield relays.start()
 
 
@@ -205,8 +207,9 @@ async def test_enrolling_an_already_enrolled_device_id_is_refused_cleanly(
 
 
 def rejected_rows(relay: RelayProcess, store: str) -> list[tuple[Any, ...]]:
+    order = "id" if relay.db else "rowid"  # in the order they were filed
     return query(relay, "SELECT client_id, device_id, seq, code, message, entry FROM rejected "
-                        "WHERE store = ? ORDER BY rowid", (store,))
+                        f"WHERE store = ? ORDER BY {order}", (store,))
 
 
 def unchanged(before: dict[str, Any], after: dict[str, Any], *, new_entries: int = 0) -> None:

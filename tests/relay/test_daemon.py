@@ -36,9 +36,9 @@ def wait_until(check: object, what: str, timeout: float = 30.0) -> None:
 
 @pytest.mark.slow
 def test_the_daemon_syncs_backs_off_while_the_relay_is_down_and_catches_up(
-    tmp_path: Path,
+    tmp_path: Path, relay_db: str | None
 ) -> None:
-    with Relays(tmp_path) as relays:
+    with Relays(tmp_path, relay_db) as relays:
         relay = relays.start()
         till = TillDir(tmp_path / "till", "Till 1")
         till.init(relay, "shop")
@@ -47,10 +47,14 @@ def test_the_daemon_syncs_backs_off_while_the_relay_is_down_and_catches_up(
         log = open(tmp_path / "run.log", "wb")  # noqa: SIM115 - closed below
         daemon = subprocess.Popen(
             [sys.executable, "-m", "tools.cli", "peer", "run", str(till.path), "--interval",
-             "0.3"], stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+             "0.3", "--lan-port", "0", "--no-mdns"],
+            stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
         try:
-            # Sales recorded through the CLI while the daemon runs (it holds the store's
-            # lock only during a round; the CLI waits for it).
+            # Sales recorded through the CLI while the daemon runs: the daemon holds the
+            # store, so the CLI records through its local API (DIR/api.sock), once the
+            # daemon serves it (between taking the store and serving its API, a CLI
+            # write is refused: a loaded machine widens that window to seconds).
+            wait_until(lambda: (till.path / "api.sock").exists(), "the daemon's local API")
             online = [till.record("sale", sale())["client_id"] for _ in range(3)]
             wait_until(lambda: {r["client_id"] for r in till.receipts(mine=True)
                                 if r["status"] == "accepted"} >= set(online),

@@ -14,7 +14,7 @@ from relay.server import RelayConfig, running
 
 
 async def test_a_fresh_till_gets_the_catalogue_as_one_snapshot(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relay_db: str | None
 ) -> None:
     snapshots: list[int] = []
     original = RelayLink.send_snapshot
@@ -24,7 +24,7 @@ async def test_a_fresh_till_gets_the_catalogue_as_one_snapshot(
         original(self, data)
 
     monkeypatch.setattr(RelayLink, "send_snapshot", spy)
-    async with running(RelayConfig(tmp_path / "relay", port=0)) as (relay, port):
+    async with running(RelayConfig(tmp_path / "relay", port=0, db=relay_db)) as (relay, port):
         url = f"ws://127.0.0.1:{port}"
         office_code = await relay.new_code("shop", "Office", "backoffice")
         till_code = await relay.new_code("shop", "Till 2")

@@ -37,8 +37,9 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_a_big_batch_is_prepared_by_a_worker_that_dies_with_the_relay(tmp_path: Path) -> None:
-    with Relays(tmp_path) as relays:
+def test_a_big_batch_is_prepared_by_a_worker_that_dies_with_the_relay(
+        tmp_path: Path, relay_db: str | None) -> None:
+    with Relays(tmp_path, relay_db) as relays:
         relay = relays.start()
         till = TillDir(tmp_path / "till", "Till 1")
         till.init(relay, "shop")
