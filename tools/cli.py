@@ -10,7 +10,10 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -18,8 +21,14 @@ from typing import Any
 
 from peer import client
 from peer.errors import InvalidInput, StoreCorrupt, StoreError, TillsyncError
-from peer.store import Till
-from relay.server import Relay, RelayConfig, running
+from peer.lan import api as lan_api
+from peer.lan.node import LAN_PORT, Node, NodeConfig, read_status
+from peer.store import Till, is_locked
+from relay.server import DB_FILE, Relay, RelayConfig, die_with_parent, running
+from relay.storage import is_postgres
+from relay.storage.postgres import describe
+from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
+from relay.workers import serve_workers
 from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, UnknownCollection, UnknownKind
 from tools import demo as demo_module
 
@@ -31,6 +40,16 @@ exit status: 0 done, 1 a check failed, 2 bad input (nothing stored), 3 store unu
 4 the relay could not be reached or refused.
 money is integer minor units (1250 = 12.50); quantities are integers or decimal strings
 ("0.75"); --body takes JSON, @FILE to read it from a file, or - for standard input."""
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
+    return port
 
 
 class CliError(Exception):
@@ -86,12 +105,29 @@ async def peer_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _through_daemon(path: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Write through the local API of the ``peer run`` holding the store."""
+    answer = await lan_api.call(Path(path), request)
+    if not answer.get("ok"):
+        kind = answer.get("type", "")
+        code = EXIT_BAD_INPUT if kind in ("InvalidInput", "SchemaViolation", "UnknownKind",
+                                          "UnknownCollection", "UnknownReference",
+                                          "DuplicateEntry") else EXIT_STORE
+        raise CliError(f"{answer.get('error')}" + ("\nnothing was stored."
+                                                   if code == EXIT_BAD_INPUT else ""), code)
+    return answer
+
+
 async def peer_put(args: argparse.Namespace) -> int:
     body = _read_body(args.body)
     if not isinstance(body, dict):
         raise CliError("--body must be a JSON object", EXIT_BAD_INPUT)
-    async with await Till.open(args.dir, wait=LOCK_WAIT) as till:
-        record = await till.put(args.collection, args.id, body)
+    if await _daemon_serves(args.dir):
+        record = (await _through_daemon(args.dir, {"op": "put", "collection": args.collection,
+                                                   "id": args.id, "body": body}))["record"]
+    else:
+        async with await Till.open(args.dir, wait=LOCK_WAIT) as till:
+            record = await till.put(args.collection, args.id, body)
     _emit(args, {"id": args.id, **record}, lambda: json.dumps({"id": args.id, **record},
                                                               sort_keys=True))
     return EXIT_OK
@@ -111,12 +147,16 @@ async def peer_get(args: argparse.Namespace) -> int:
 
 async def peer_record(args: argparse.Namespace) -> int:
     body = _read_body(args.body)
-    async with await Till.open(args.dir, wait=LOCK_WAIT) as till:
-        entry = await till.record(args.kind, body, client_id=args.client_id)
-    data = entry.to_json()
+    if await _daemon_serves(args.dir):
+        data = (await _through_daemon(args.dir, {"op": "record", "kind": args.kind,
+                                                 "body": body,
+                                                 "client_id": args.client_id}))["entry"]
+    else:
+        async with await Till.open(args.dir, wait=LOCK_WAIT) as till:
+            data = (await till.record(args.kind, body, client_id=args.client_id)).to_json()
     _emit(args, data, lambda: (
-        f"recorded {entry.kind} seq {entry.seq} client_id {entry.client_id}"
-        + (f" ticket {entry.ticket}" if entry.ticket else "")
+        f"recorded {data['kind']} seq {data['seq']} client_id {data['client_id']}"
+        + (f" ticket {data['ticket']}" if data.get("ticket") else "")
     ))
     return EXIT_OK
 
@@ -140,9 +180,49 @@ async def peer_stock(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _held(path: str) -> bool:
+    """True if a ``peer run`` daemon holds the store (its lock is taken)."""
+    return is_locked(Path(path))
+
+
+async def _daemon_serves(path: str) -> bool:
+    """True if writes should go through the daemon's local API: it holds the store and
+    serves the socket.  A daemon that has just taken the store opens its socket a moment
+    later: wait for it (or for the lock to go) up to ``LOCK_WAIT`` seconds."""
+    deadline = time.monotonic() + LOCK_WAIT
+    while _held(path):
+        if lan_api.available(Path(path)):
+            return True
+        if time.monotonic() > deadline:
+            return False  # Till.open reports who holds the store
+        await asyncio.sleep(0.05)
+    return False
+
+
+def _lan_lines(lan: dict[str, Any] | None) -> list[str]:
+    if lan is None:
+        return ["lan         no daemon has run here (`tillsync peer run`)"]
+    if lan.get("stale"):
+        return [f"lan         daemon not running (last report {lan['age']:.0f} s ago)"]
+    lines = [f"lan         listening on {lan.get('listening') or 'nothing (LAN off)'}"]
+    for p in lan["peers"]:
+        state = "connected" if p["connected"] else "seen, not connected"
+        lines.append(f"            {p['name']:<14} {p['address']:<24} {state}; behind by "
+                     f"{p['behind_entries']} entries, {p['behind_receipts']} receipts"
+                     + (f"; last error: {p['last_error']}" if p["last_error"] else ""))
+    if not lan["peers"]:
+        lines.append("            no peer seen yet")
+    return lines
+
+
 async def peer_status(args: argparse.Namespace) -> int:
     async with await Till.open(args.dir, readonly=True) as till:
         status = await till.status()
+    lan = read_status(Path(args.dir))
+    if lan is not None:
+        lan["age"] = time.time() - lan.get("updated", 0)
+        lan["stale"] = lan["age"] > 10 or not _held(args.dir)
+    status["lan"] = lan
 
     def human() -> str:
         shifts = ", ".join(f"{s['shift_client_id']} (expected cash {s['expected_cash']})"
@@ -164,6 +244,7 @@ async def peer_status(args: argparse.Namespace) -> int:
             f"open shifts {shifts}",
             f"held sales  {len(status['held_sales'])}",
             "master      " + ", ".join(f"{n} {c}" for c, n in status["master"].items()),
+            *_lan_lines(lan),
         ])
 
     _emit(args, status, human)
@@ -216,7 +297,17 @@ async def peer_sync(args: argparse.Namespace) -> int:
 
 async def peer_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    await client.run(Path(args.dir), url=args.relay, interval=args.interval)
+    if args.no_lan:
+        await client.run(Path(args.dir), url=args.relay, interval=args.interval)
+        return EXIT_OK
+    config = NodeConfig(Path(args.dir), relay=args.relay, lan_host=args.lan_host,
+                        lan_port=args.lan_port, peers=args.peer, mdns=not args.no_mdns,
+                        interval=args.interval, relay_enabled=not args.no_relay)
+    node = Node(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, node.stop)
+    await node.run()
     return EXIT_OK
 
 
@@ -243,21 +334,80 @@ async def peer_receipts(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def relay_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+def _relay_logging(worker: bool) -> None:
+    fmt = "%(asctime)s [%(process)d] %(name)s %(message)s" if worker else \
+        "%(asctime)s %(name)s %(message)s"
+    logging.basicConfig(level=logging.INFO, format=fmt)
     # One line per device session comes from tillsync.relay; the library's own
     # open/close lines would double them.
     logging.getLogger("websockets").setLevel(logging.WARNING)
-    config = RelayConfig(Path(args.data), args.host, args.port)
+
+
+def _check_db(args: argparse.Namespace) -> None:
+    if args.db is not None and not is_postgres(args.db):
+        raise CliError(f"--db takes a postgresql://user@host:port/database URL, not "
+                       f"{args.db!r}", EXIT_BAD_INPUT)
+
+
+def relay_serve_workers(args: argparse.Namespace) -> int:
+    """``relay serve --workers N``: this process supervises N relay processes (run from
+    the main thread, outside any event loop: it handles the signals)."""
+    _check_db(args)
+    if args.db is None:
+        raise CliError("--workers needs --db postgresql://...: relay processes share "
+                       "one PostgreSQL database (SQLite serves one process)", EXIT_BAD_INPUT)
+    _relay_logging(worker=True)
+    asyncio.run(migrate(args.db, args.db_wait))  # once, before the workers start
+    return serve_workers(workers=args.workers, data=Path(args.data), db=args.db,
+                         host=args.host, port=args.port, db_wait=args.db_wait)
+
+
+async def relay_serve(args: argparse.Namespace) -> int:
+    _check_db(args)
+    _relay_logging(worker=args.worker_of is not None)
+    if args.worker_of is not None:
+        die_with_parent(args.worker_of)
+    config = RelayConfig(Path(args.data), args.host, args.port, db=args.db,
+                         reuse_port=args.reuse_port, db_wait=args.db_wait)
     async with running(config) as (_, port):
-        print(f"relay listening on ws://{args.host}:{port} (data in {args.data})",
-              flush=True)
+        where = f"database {describe(args.db)}" if args.db else f"data in {args.data}"
+        print(f"relay listening on ws://{args.host}:{port} ({where})", flush=True)
         await asyncio.Event().wait()
     return EXIT_OK
 
 
+async def migrate(db: str, wait: float) -> int:
+    from relay.storage import postgres
+
+    conn = await postgres.connect_retrying(db, wait)
+    try:
+        return await postgres.migrate_schema(conn)
+    finally:
+        await conn.close()
+
+
+async def relay_migrate(args: argparse.Namespace) -> int:
+    """Create or upgrade the relay's schema in the database (the relay also does it when
+    it starts)."""
+    _check_db(args)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.db is None and args.data is None:
+        raise CliError("relay migrate needs --db URL (PostgreSQL) or --data DIR (SQLite)",
+                       EXIT_BAD_INPUT)
+    if args.db is None:
+        relay = await Relay.open(Path(args.data))  # SQLite: made up to date on opening
+        await relay.close()
+        version, where = SQLITE_SCHEMA_VERSION, str(Path(args.data) / DB_FILE)
+    else:
+        version, where = await migrate(args.db, args.db_wait), describe(args.db)
+    _emit(args, {"schema_version": version, "database": where},
+          lambda: f"relay schema at version {version} in {where}")
+    return EXIT_OK
+
+
 async def relay_enroll(args: argparse.Namespace) -> int:
-    relay = await Relay.open(Path(args.data))
+    _check_db(args)
+    relay = await Relay.open(Path(args.data), args.db)
     try:
         code = await relay.new_code(args.store, args.name, args.role,
                                     timedelta(hours=args.hours))
@@ -309,10 +459,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--data", required=True, metavar="DIR", help="the relay's data folder")
     sub.add_argument("--host", default="127.0.0.1", help="address to listen on")
     sub.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
+    db_help = ("PostgreSQL database shared by relay processes, postgresql://user@host:port/"
+               "db (default: SQLite in DIR)")
+    sub.add_argument("--db", metavar="URL", help=db_help)
+    sub.add_argument("--workers", type=int, default=1, metavar="N",
+                     help="start N relay processes sharing the port (needs --db)")
+    sub.add_argument("--db-wait", type=float, default=60.0, metavar="SECONDS",
+                     help="how long to keep retrying an unreachable database (default 60)")
+    sub.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    sub.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
     sub.set_defaults(func=relay_serve)
+    sub = relay_verbs.add_parser("migrate", help="create or upgrade the relay's schema",
+                                 description="create or upgrade the relay's schema (serve "
+                                 "does it too on start)")
+    sub.add_argument("--data", metavar="DIR", help="the relay's data folder (SQLite)")
+    sub.add_argument("--db", metavar="URL", help=db_help)
+    sub.add_argument("--db-wait", type=float, default=60.0, metavar="SECONDS",
+                     help="how long to keep retrying an unreachable database (default 60)")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.set_defaults(func=relay_migrate)
     sub = relay_verbs.add_parser("enroll", help="make a one-time code to enroll a device",
                                  description="make a one-time code to enroll a device")
     sub.add_argument("--data", required=True, metavar="DIR", help="the relay's data folder")
+    sub.add_argument("--db", metavar="URL", help=db_help)
     sub.add_argument("--store", required=True, help="store id (created on first use)")
     sub.add_argument("--name", required=True, help="the device's name")
     sub.add_argument("--role", default="till", choices=["till", "backoffice", "admin"])
@@ -349,10 +518,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--once", action="store_true", help="run one round and exit")
     sub.add_argument("--relay", metavar="URL", help="relay url (default: the enrolled one)")
 
-    sub = verb("run", peer_run, "daemon: sync every few seconds, back off when the relay "
-               "is unreachable", json_flag=False)
+    sub = verb("run", peer_run, "daemon: sync with the other tills on the LAN and with the "
+               "relay; serve the local API", json_flag=False)
     sub.add_argument("--relay", metavar="URL", help="relay url (default: the enrolled one)")
-    sub.add_argument("--interval", type=float, default=5.0, help="seconds between rounds")
+    sub.add_argument("--interval", type=float, default=5.0,
+                     help="seconds between relay rounds when nothing new is stored (new "
+                          "entries go up at once); failures back off up to 60 s")
+    sub.add_argument("--lan-port", type=_port, default=LAN_PORT, metavar="P",
+                     help=f"port to listen on for the other tills (default {LAN_PORT}; "
+                          "0 picks a free one)")
+    sub.add_argument("--lan-host", default="0.0.0.0", metavar="H",
+                     help="address to listen on (default all)")
+    sub.add_argument("--peer", action="append", default=[], metavar="URL",
+                     help="another till to link with, ws://HOST:PORT/ (repeat; for networks "
+                          "without multicast)")
+    sub.add_argument("--no-mdns", action="store_true",
+                     help="do not announce or look for tills by mDNS")
+    sub.add_argument("--no-lan", action="store_true",
+                     help="relay only: no LAN listener, no local API (the store is opened "
+                          "per round)")
+    sub.add_argument("--no-relay", action="store_true",
+                     help="LAN only: never contact the relay")
 
     sub = verb("receipts", peer_receipts, "the relay's answers: ticket -> invoice number, "
                "waiting and rejected entries")
@@ -385,6 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.func is relay_serve and args.workers > 1:
+            return relay_serve_workers(args)
         code: int = asyncio.run(args.func(args))
         return code
     except CliError as exc:
@@ -404,6 +592,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_STORE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `tillsync ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

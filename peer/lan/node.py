@@ -1,0 +1,293 @@
+"""``peer run``: the till's daemon.  It keeps the store open and, at the same time,
+
+- listens on the LAN for the other tills of the store (websockets) and dials the ones
+  it is told of (``--peer URL``) or finds by mDNS, keeping one ``PeerSession`` per link;
+- syncs with the relay whenever it can (rounds of ``peer.client.sync_once``: at once
+  when something new is stored, else every ``interval`` seconds; exponential backoff
+  with jitter while the relay cannot be reached), carrying every device's entries up
+  and bringing the relay's receipts down for the LAN to spread;
+- serves the local API on ``DIR/api.sock`` so the front end and the CLI can record and
+  edit while the daemon holds the store (see ``peer.lan.api``);
+- writes what it sees of its LAN peers to ``DIR/lan.json`` for ``peer status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+
+from peer import client
+from peer.errors import InvalidInput, StoreError
+from peer.lan import api
+from peer.lan.session import PeerInfo, PeerSession
+from peer.store import Till
+from peer.sync.engine import PeerLink
+from peer.sync.frames import TRANSPORT_MAX
+
+log = logging.getLogger("tillsync.lan")
+STATUS_FILE = "lan.json"
+LAN_PORT = 8766
+LAN_MAX_BACKOFF = 10.0  # seconds between attempts to reach a LAN peer, at most
+
+
+@dataclass
+class NodeConfig:
+    path: Path
+    relay: str | None = None  # default: the relay the till enrolled at
+    lan_host: str = "0.0.0.0"
+    lan_port: int | None = LAN_PORT  # None: no LAN listener
+    peers: list[str] = field(default_factory=list)  # static ws:// URLs of other tills
+    mdns: bool = True
+    interval: float = 5.0
+    max_backoff: float = 60.0
+    relay_enabled: bool = True
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.till: Till | None = None
+        self.peers: dict[str, PeerInfo] = {}
+        self.listening: str | None = None
+        self._dialing: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._status_dirty = asyncio.Event()
+        self._stop = asyncio.Event()
+        self.relay_state: dict[str, Any] = {}
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until ``stop()`` or cancellation; the store is closed on the way out."""
+        config = self.config
+        till = self.till = await Till.open(config.path, wait=10.0)
+        try:
+            if till.relay_key is None:
+                raise StoreError(f"{config.path} is not enrolled at a relay: LAN sync and "
+                                 "relay sync need `peer init --relay URL --code CODE`")
+            async with contextlib.AsyncExitStack() as stack:
+                stack.push_async_callback(self._cancel_tasks)
+                api_server = await api.serve(config.path, till)
+                stack.push_async_callback(_close_server, api_server)
+                if config.lan_port is not None and till.cert is None:
+                    log.warning("no certificate yet: LAN links start after the first sync "
+                                "with the relay")
+                if config.lan_port is not None:
+                    try:
+                        server = await serve(self._accept, config.lan_host, config.lan_port,
+                                             max_size=TRANSPORT_MAX, compression=None)
+                    except OSError as exc:
+                        raise InvalidInput(
+                            f"cannot listen for LAN peers on {config.lan_host}:"
+                            f"{config.lan_port}: {exc.strerror}; pick another --lan-port"
+                        ) from None
+                    stack.push_async_callback(_close_ws_server, server)
+                    port = next(iter(server.sockets)).getsockname()[1]
+                    host = "127.0.0.1" if config.lan_host in ("0.0.0.0", "") \
+                        else config.lan_host
+                    self.listening = f"ws://{host}:{port}/"
+                    log.info("listening for LAN peers on %s", self.listening)
+                    if config.mdns:
+                        await self._start_mdns(stack, port)
+                for url in config.peers:
+                    self.dial(url)
+                if config.relay_enabled:
+                    self._spawn(self._relay_loop(), "relay")
+                self._spawn(self._status_loop(), "status")
+                await self._stop.wait()
+        finally:
+            self.till = None
+            await till.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=f"tillsync {name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _cancel_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def _start_mdns(self, stack: contextlib.AsyncExitStack, port: int) -> None:
+        from peer.lan.discovery import Discovery
+
+        till = self.till
+        assert till is not None
+        host = self.config.lan_host
+        addresses = [host] if host not in ("0.0.0.0", "") else _lan_addresses()
+        found = Discovery(store=till.store_id, device=till.device_id, port=port,
+                          addresses=addresses, found=self._found)
+        try:
+            await found.start()
+        except Exception as exc:  # no multicast here: the static list remains
+            log.warning("mDNS discovery is off: %s", exc)
+            await found.close()
+            return
+        stack.push_async_callback(found.close)
+
+    def _found(self, url: str, device_id: str) -> None:
+        till = self.till
+        # Both tills find each other: only the one with the smaller id dials.
+        if till is not None and till.device_id < device_id:
+            self.dial(url)
+
+    # -- links -------------------------------------------------------------------------
+
+    def dial(self, url: str) -> None:
+        """Keep a link to the till at ``url`` open, reconnecting with backoff."""
+        if url in self._dialing:
+            return
+        self._dialing.add(url)
+        self._spawn(self._dial_loop(url), f"dial {url}")
+
+    async def _dial_loop(self, url: str) -> None:
+        failures = 0
+        while True:
+            till = self.till
+            assert till is not None
+            started = time.monotonic()
+            if till.cert is not None:
+                try:
+                    async with connect(url, max_size=TRANSPORT_MAX, compression=None,
+                                       open_timeout=5) as ws:
+                        link = self._link(dialer=True)
+                        link.start()
+                        session = PeerSession(till, link, ws, url, self.peers)
+                        self._status_dirty.set()
+                        await session.flush()
+                        await session.run()
+                except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+                    log.debug("LAN peer %s: %s", url, exc)
+                finally:
+                    self._status_dirty.set()
+            failures = 0 if time.monotonic() - started > LAN_MAX_BACKOFF else failures + 1
+            await asyncio.sleep(random.uniform(0.5, min(LAN_MAX_BACKOFF, 0.25 * 2 ** failures)))
+
+    def _link(self, *, dialer: bool) -> PeerLink:
+        till = self.till
+        assert till is not None and till.cert is not None and till.relay_key is not None
+        return PeerLink(store=till.store_id, cert=till.cert, key=till.key,
+                        issuer=till.relay_key, nonce=os.urandom(32), dialer=dialer)
+
+    async def _accept(self, ws: ServerConnection) -> None:
+        till = self.till
+        address = f"{ws.remote_address[0]}:{ws.remote_address[1]}"
+        if till is None or till.cert is None:
+            return  # no certificate yet: cannot prove who we are
+        session = PeerSession(till, self._link(dialer=False), ws, address, self.peers)
+        self._status_dirty.set()
+        try:
+            await session.run()
+        finally:
+            self._status_dirty.set()
+
+    # -- the relay ---------------------------------------------------------------------
+
+    async def _relay_loop(self) -> None:
+        """Sync with the relay when there is something new, or every ``interval``."""
+        till = self.till
+        assert till is not None
+        config = self.config
+        failures = 0
+        while True:
+            synced_at = till.data_version
+            try:
+                report = await client.sync_once(till, config.relay)
+                failures = 0
+                self.relay_state = {"ok": True, "at": time.time(), "pushed": report.pushed,
+                                    "receipts": report.receipts, "pending": report.pending}
+                if report.pushed or report.receipts:
+                    log.info("relay: pushed %d, %d receipts, %d pending", report.pushed,
+                             report.receipts, report.pending)
+            except client.SyncError as exc:
+                failures += 1
+                delay = random.uniform(0, min(config.max_backoff,
+                                              config.interval * 2 ** failures))
+                self.relay_state = {"ok": False, "at": time.time(), "error": str(exc)}
+                log.warning("relay sync failed (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            # Wait for new entries or document changes (from the counter or the LAN),
+            # or for the interval to pass.
+            deadline = time.monotonic() + config.interval
+            seen = till.version
+            while till.data_version == synced_at and time.monotonic() < deadline:
+                seen = await till.wait_changed(seen, deadline - time.monotonic())
+            await asyncio.sleep(0.05)  # gather a burst into one round
+
+    # -- status ------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        till = self.till
+        mine = till.heads() if till is not None else {}
+        position = till.receipts_position()[0] if till is not None else 0
+        peers = []
+        for info in sorted(self.peers.values(), key=lambda p: p.name):
+            row = asdict(info)
+            row["behind_entries"] = sum(max(0, seq - info.heads.get(device, 0))
+                                        for device, seq in mine.items())
+            row["behind_receipts"] = max(0, position - info.receipts_head)
+            peers.append(row)
+        return {"pid": os.getpid(), "updated": time.time(), "listening": self.listening,
+                "peers": peers, "relay": self.relay_state}
+
+    async def _status_loop(self) -> None:
+        path = self.config.path / STATUS_FILE
+        while True:
+            _write_json(path, self.status())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._status_dirty.wait(), 2.0)
+            self._status_dirty.clear()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    """What a running daemon last wrote of its LAN peers, or None."""
+    try:
+        data: dict[str, Any] = json.loads((path / STATUS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+def _lan_addresses() -> list[str]:
+    """This machine's IPv4 addresses other than loopback, for the mDNS announcement."""
+    import ifaddr
+
+    out = [ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips
+           if isinstance(ip.ip, str) and not ip.ip.startswith("127.")]
+    return out or ["127.0.0.1"]
+
+
+async def _close_server(server: asyncio.Server) -> None:
+    server.close()
+    await server.wait_closed()
+
+
+async def _close_ws_server(server: Any) -> None:
+    server.close()
+    await server.wait_closed()

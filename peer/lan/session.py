@@ -1,0 +1,265 @@
+"""One authenticated link between two tills, as an asyncio task around ``PeerLink``.
+
+Both ends run the same session once the handshake is done: state what this till holds
+(``have``), then keep pushing what the other lacks whenever the store changes: the
+master document (Automerge sync), certificates, every device's log entries (one batch
+in flight, acknowledged by ``ingested``) and the relay's receipts (by stream position).
+What comes in is checked before it is stored: entries by chain and signature
+(``Till.receive_entries``), receipts by the relay's chain and signature, certificates
+by the relay's key.  A peer that forwards a forged entry is cut off; nothing of its
+batch is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import automerge.core as am
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
+
+from peer.errors import EntryRefused
+from peer.store import Till
+from peer.sync.engine import (
+    CertsReceived,
+    DocMessage,
+    EntriesReceived,
+    HaveReceived,
+    Ingested,
+    LinkFailed,
+    PeerAuthenticated,
+    PeerLink,
+    ReceiptsReceived,
+    RemoteError,
+)
+from peer.sync.receipts import verify_receipts
+
+log = logging.getLogger("tillsync.lan")
+BATCH = 500
+
+
+class Socket(Protocol):
+    async def send(self, message: bytes) -> None: ...
+    async def recv(self) -> bytes | str: ...
+
+
+@dataclass
+class PeerInfo:
+    """What this till knows of one LAN peer, for ``peer status``."""
+
+    device_id: str
+    name: str
+    address: str
+    connected: bool = False
+    since: float = 0.0
+    last_frame: float = 0.0
+    heads: dict[str, int] = field(default_factory=dict)
+    receipts_head: int = 0
+    entries_in: int = 0
+    entries_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    last_error: str = ""
+
+
+class PeerSession:
+    """Drives one ``PeerLink`` over one socket until either end closes it."""
+
+    def __init__(self, till: Till, link: PeerLink, ws: Socket, address: str,
+                 peers: dict[str, PeerInfo]) -> None:
+        self.till, self.link, self.ws, self.address = till, link, ws, address
+        self._peers = peers
+        self.info: PeerInfo | None = None
+        self._sync = am.SyncState()
+        self._send_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._peer_heads: dict[str, int] | None = None
+        self._peer_receipts = 0
+        self._in_flight = False
+        self._certs_sent: set[str] = set()
+        self._unvouched: list[dict[str, Any]] = []
+
+    async def run(self) -> None:
+        """Handshake and sync until the link closes; raises nothing but CancelledError."""
+        tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._push()),
+                 asyncio.create_task(self._watch())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = task.exception()
+                if exc is None or isinstance(exc, ConnectionClosedOK):
+                    continue
+                if isinstance(exc, ConnectionError | ConnectionClosed):
+                    self._note_error(f"connection lost: {exc}")
+                    log.info("LAN link %s lost: %s", self.address, exc)
+                else:
+                    self._note_error(f"{type(exc).__name__}: {exc}")
+                    log.warning("LAN link %s: %s", self.address, exc)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+            if self.info is not None:
+                self.info.connected = False
+
+    def _note_error(self, message: str) -> None:
+        if self.info is not None:
+            self.info.last_error = message
+
+    async def flush(self) -> None:
+        async with self._send_lock:
+            for frame in self.link.data_to_send():
+                await self.ws.send(frame)
+                if self.info is not None:
+                    self.info.bytes_out += len(frame)
+
+    async def _read(self) -> None:
+        while not self.link.closed:
+            frame = await self.ws.recv()
+            self.link.receive_data(frame)
+            if self.info is not None:
+                self.info.last_frame = time.time()
+                self.info.bytes_in += len(frame)
+            for event in self.link.events_received():
+                await self._on(event)
+            await self.flush()
+
+    async def _on(self, event: object) -> None:
+        till, link = self.till, self.link
+        if isinstance(event, PeerAuthenticated):
+            cert = event.cert
+            for problem in await till.add_certs([cert.raw]):
+                log.warning("LAN peer %s: %s", self.address, problem)
+            previous = self._peers.get(cert.device)
+            self.info = PeerInfo(cert.device, cert.name, self.address, connected=True,
+                                 since=time.time(), last_frame=time.time())
+            if previous is not None and previous.connected:
+                # A second link to the same till (both dialled at once): keep both
+                # counted under the newest; either alone carries everything.
+                self.info.entries_in, self.info.entries_out = \
+                    previous.entries_in, previous.entries_out
+            self._peers[cert.device] = self.info
+            log.info("LAN link with %s (%s) at %s", cert.name, cert.device, self.address)
+            link.send_have(till.heads(), till.receipts_position()[0])
+            self._wake.set()
+        elif isinstance(event, HaveReceived):
+            self._peer_heads = dict(event.heads)
+            self._peer_receipts = event.receipts_head
+            self._note_have(event.heads, event.receipts_head)
+            self._wake.set()
+        elif isinstance(event, CertsReceived):
+            for problem in await till.add_certs(event.certs):
+                log.warning("LAN peer %s sent a certificate that is refused: %s",
+                            self.address, problem)
+        elif isinstance(event, EntriesReceived):
+            try:
+                stored = await till.receive_entries(event.entries)
+            except EntryRefused as exc:
+                log.warning("LAN peer %s: %s; link closed, nothing stored", self.address, exc)
+                self._note_error(str(exc))
+                link.fail("bad_entry", str(exc))
+                return
+            if self.info is not None:
+                self.info.entries_in += stored
+            link.send_ingested(till.heads(), stored, till.receipts_position()[0])
+        elif isinstance(event, Ingested):
+            self._peer_heads = dict(event.heads)
+            self._note_have(event.heads, event.receipts_head)
+            self._in_flight = False
+            self._wake.set()
+        elif isinstance(event, ReceiptsReceived):
+            await self._receipts(event.receipts)
+        elif isinstance(event, DocMessage):
+            try:
+                await till.receive_document(self._sync, message=event.data)
+            except Exception as exc:  # the Automerge binding raises plain Exception
+                log.warning("LAN peer %s: bad document message: %s", self.address, exc)
+                link.fail("bad_document", "the document sync message does not apply",
+                          fatal=False)
+                return
+            self._wake.set()
+        elif isinstance(event, RemoteError | LinkFailed):
+            log.warning("LAN link %s: %s (%s)", self.address, event.message, event.code)
+            self._note_error(f"{event.code}: {event.message}")
+            if isinstance(event, RemoteError) and not event.fatal:
+                # A refused frame (e.g. too_large) is not answered by 'ingested': do not
+                # wait for it; what the peer lacks is sent again from its heads.
+                self._in_flight = False
+                self._wake.set()
+
+    def _note_have(self, heads: dict[str, int], receipts_head: int) -> None:
+        if self.info is not None:
+            self.info.heads = dict(heads)
+            self.info.receipts_head = max(self.info.receipts_head, receipts_head)
+
+    async def _receipts(self, receipts: list[dict[str, Any]]) -> None:
+        """Receipts forwarded by the peer: those beyond this till's position must continue
+        the relay's chain, vouched for by the relay's signature."""
+        seq, head = self.till.receipts_position()
+        run = [r for r in self._unvouched + receipts
+               if isinstance(r.get("server_seq"), int) and r["server_seq"] > seq]
+        if run and run[0]["server_seq"] != seq + 1:
+            # The peer thinks we hold more than we do: say where we stand, it resends.
+            self._unvouched = []
+            self.link.send_have(self.till.heads(), seq)
+            return
+        good_seq, good_head, problem = verify_receipts(self.till.relay_key or b"", run, seq,
+                                                       head)
+        if problem is not None:
+            log.warning("LAN peer %s: receipts do not verify: %s", self.address, problem)
+            self._note_error(f"receipts refused: {problem}")
+            self.link.fail("bad_receipts", f"receipts do not verify: {problem}")
+            return
+        vouched = [r for r in run if r["server_seq"] <= good_seq]
+        self._unvouched = [r for r in run if r["server_seq"] > good_seq]
+        if vouched:
+            await self.till.store_receipts(vouched, good_seq, good_head, "")
+
+    @staticmethod
+    def _behind(mine: dict[str, int], theirs: dict[str, int]) -> bool:
+        return any(seq > theirs.get(device, 0) for device, seq in mine.items())
+
+    async def _watch(self) -> None:
+        seen = self.till.version
+        while True:
+            seen = await self.till.wait_changed(seen)
+            self._wake.set()
+
+    async def _push(self) -> None:
+        till, link = self.till, self.link
+        while not link.closed:
+            await self._wake.wait()
+            self._wake.clear()
+            if link.state != "ready" or self._peer_heads is None:
+                continue
+            message = till.master.sync_message(self._sync)
+            if message is not None:
+                link.send_doc(message)
+                await self.flush()  # a price change goes out before any database work
+            if not self._in_flight and self._behind(till.heads(), self._peer_heads):
+                batch = await till.entries_after(self._peer_heads, BATCH)
+                if batch:
+                    certs = till.certs()
+                    new = sorted({e.device_id for e in batch} - self._certs_sent)
+                    if new:
+                        link.send_certs([certs[d] for d in new if d in certs])
+                        self._certs_sent.update(new)
+                    link.send_entries(batch)
+                    self._in_flight = True
+                    if self.info is not None:
+                        self.info.entries_out += len(batch)
+            position = till.receipts_position()[0]
+            if self._peer_receipts < position:
+                receipts = await till.stream_after(self._peer_receipts, BATCH)
+                if receipts:
+                    link.send_receipts(receipts, position)
+                    self._peer_receipts = receipts[-1]["server_seq"]
+                    if self._peer_receipts < position:
+                        self._wake.set()
+            await self.flush()

@@ -1,0 +1,143 @@
+"""Tills sync with each other on the LAN while the relay is down (real processes).
+
+Three tills of one store, each with its ``peer run`` daemon listening on its own
+loopback port and linked to the others by the static list; the relay is killed before
+the daemons start, so everything they learn from each other crosses the LAN links.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.peer.lan_processes import LanTill, wait_until
+from tests.relay.processes import Relays, invoices
+
+STORE = "shop-lan"
+BREAD = ("products", "bread", {"name": "Bread", "sku": "B1", "price": 320,
+                               "reorder_level": 5})
+CASHIER = ("cashiers", "ann", {"name": "Ann", "role": "cashier", "pin": "1234"})
+
+
+def sale(shift: str, price: int = 320) -> dict[str, object]:
+    return {"lines": [{"product_id": "bread", "qty": 1, "unit_price": price}],
+            "payments": [{"method": "cash", "amount": price}], "shift_client_id": shift}
+
+
+def stock_of(till: LanTill) -> str:
+    from tests.relay.processes import cli_json
+
+    rows = cli_json("peer", "stock", str(till.path))
+    return str(next(r["qty"] for r in rows if r["product_id"] == "bread"))
+
+
+@pytest.mark.slow
+def test_three_tills_keep_in_step_on_the_lan_and_one_carries_everything_to_the_relay(
+    tmp_path: Path,
+) -> None:
+    with Relays(tmp_path) as relays:
+        relay = relays.start()
+        tills = [LanTill(tmp_path / f"till{i}", f"Till {i}") for i in (1, 2, 3)]
+        for till in tills:
+            till.init(relay, STORE)
+        tills[0].put_many([BREAD, CASHIER])
+        for till in tills:  # master data out, certificates in
+            till.sync()
+        relay.kill()  # the shop's internet is down from here on
+
+        one, two, three = tills
+        try:
+            one.start([], relay=True)
+            two.start([one], relay=False)
+            three.start([one, two], relay=False)
+            wait_until(lambda: all(sum(p["connected"] for p in t.lan()["peers"]) == 2
+                                   for t in tills), "every till to link with the other two")
+
+            # A price edit on one till reaches the others, relay down.
+            two.put("products", "bread", {"price": 350})
+            for till in (one, three):
+                wait_until(lambda t=till: (t.get("products", "bread") or {}).get("price") == 350,
+                           f"the new price on {till.name}")
+
+            # Sales on every till reach every till: entries and derived stock.
+            shifts = {t.name: str(uuid.uuid4()) for t in tills}
+            sold: dict[str, list[str]] = {}
+            for till in tills:
+                till.record("shift_open", {"cashier_id": "ann", "opening_cash": 0},
+                            shifts[till.name])
+                sold[till.name] = [till.record("sale", sale(shifts[till.name], 350))
+                                   ["client_id"] for _ in range(3)]
+            for till in tills:
+                wait_until(lambda t=till: sorted(d["last_seq"] for d in
+                                                 t.status()["devices"].values()) == [4, 4, 4],
+                           f"{till.name} to hold the 12 entries of all three tills")
+                assert stock_of(till) == "-9"
+                assert till.status()["pending"] == 12
+
+            # The till that can reach the relay carries everyone's entries up; the receipts
+            # come back down over the LAN to the tills that cannot.
+            relay.start()
+            for till in tills:
+                wait_until(lambda t=till: t.status()["pending"] == 0,
+                           f"every entry acknowledged on {till.name}", timeout=60)
+            all_sales = [c for cs in sold.values() for c in cs]
+            numbered = invoices(relay, STORE)
+            assert sorted(n for _, n, *_ in numbered) == list(range(1, 10))
+            assert sorted(row[2] for row in numbered) == sorted(all_sales)
+            for till in tills:
+                mine = {r["client_id"]: r for r in till.receipts(mine=True)}
+                assert {c: mine[c]["status"] for c in sold[till.name]} == \
+                    dict.fromkeys(sold[till.name], "accepted")
+                assert all(mine[c]["invoice_no"] >= 1 for c in sold[till.name])
+
+            # A till killed mid-stream catches up when it comes back.
+            three.kill()
+            more = [one.record("sale", sale(shifts[one.name], 350))["client_id"],
+                    two.record("sale", sale(shifts[two.name], 350))["client_id"]]
+            three.start([one, two], relay=False)
+            wait_until(lambda: {r["client_id"] for r in three.receipts()
+                                if r["status"] == "accepted"} >= set(more),
+                       "the restarted till to learn the new sales' invoice numbers")
+            assert stock_of(three) == "-11"
+        finally:
+            for till in tills:
+                till.stop()
+        for till in tills:
+            log = till.log()
+            assert "Traceback" not in log.split("KeyboardInterrupt")[0], log[-3000:]
+
+
+@pytest.mark.slow
+def test_tills_find_each_other_by_mdns_and_ignore_another_store(tmp_path: Path) -> None:
+    """No static list: the two tills of one store find each other by mDNS (announced
+    on loopback), link, and sync; a till of another store on the same network is
+    announced too, but never linked."""
+    with Relays(tmp_path) as relays:
+        relay = relays.start()
+        one, two = LanTill(tmp_path / "one", "Till 1"), LanTill(tmp_path / "two", "Till 2")
+        stranger = LanTill(tmp_path / "stranger", "Other shop")
+        for till in (one, two):
+            till.init(relay, STORE)
+        stranger.init(relay, "another-shop")
+        one.put_many([BREAD, CASHIER])
+        for till in (one, two, stranger):
+            till.sync()
+        relay.kill()
+        tills = (one, two, stranger)
+        try:
+            for till in tills:
+                till.start([], relay=False, mdns=True)
+            wait_until(lambda: [p["name"] for p in one.lan()["peers"] if p["connected"]]
+                       == ["Till 2"], "till 1 and till 2 to find each other by mDNS")
+            two.put("products", "bread", {"price": 333})
+            wait_until(lambda: (one.get("products", "bread") or {}).get("price") == 333,
+                       "the edit over the mDNS-found link")
+            assert stranger.lan()["peers"] == []
+            assert [p["name"] for p in two.lan()["peers"]] == ["Till 1"]
+        finally:
+            for till in tills:
+                till.stop()
+        for till in tills:
+            assert "mDNS discovery is off" not in till.log()
