@@ -1,0 +1,673 @@
+"""Tills and a relay as simulation nodes: the real engines and stores, no sockets, no clock.
+
+``TillNode`` runs the real ``Till`` (its SQLite file, its writer) and drives the real
+``ClientLink``; ``ClientSession`` is one sync round, a faithful event-driven copy of
+``peer.client._round`` (same pushing, document settling, receipt verification and
+timeouts, but timeouts on the simulated clock).  ``RelayNode`` runs the real
+``SQLiteStorage``, ``Hubs`` and ``relay.ingest.ingest`` and drives the real
+``RelayLink``; its handlers copy what ``relay.server.Relay`` does between link events and
+storage (``handle``, ``_ingest``, ``_write_loop`` with group commit, ``_doc``, ``_pump``).
+
+A crash copies the node's files as they are on disk at that instant (database, WAL,
+shared-memory index, key), which is what a ``kill -9`` leaves behind, drops everything
+the node held in memory, and a restart opens the copy.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import automerge.core as am
+
+from peer.cert import Certificate
+from peer.client import BATCH, DOC_WAIT, SyncError
+from peer.errors import InvalidInput
+from peer.identity import DeviceKey
+from peer.log import Entry
+from peer.store import Till
+from peer.sync.engine import (
+    Authenticated,
+    ClientLink,
+    DocMessage,
+    DocSnapshot,
+    EnrollRequested,
+    EntriesReceived,
+    Event,
+    HelloReceived,
+    Ingested,
+    LinkFailed,
+    Ready,
+    ReceiptsReceived,
+    RelayLink,
+    RemoteError,
+)
+from peer.sync.receipts import verify_receipts
+from relay.documents import Hubs, StoreHub
+from relay.ingest import Checked, IngestResult, ingest, prepare
+from relay.server import MAX_JOBS_PER_COMMIT, RECEIPTS_PER_FRAME
+from relay.storage import SQLiteStorage
+from tests.sim.network import Conn, Scheduler, Timer
+
+if TYPE_CHECKING:
+    from tests.sim.world import World
+
+
+class InjectedFault(Exception):
+    """A fault the simulation caused on purpose (a failed commit): expected, not a bug."""
+
+
+class Violation(AssertionError):
+    """An invariant of the system does not hold."""
+
+
+def copy_disk(src: Path, dst: Path, names: tuple[str, ...]) -> None:
+    """What a kill -9 leaves: the files as they are now, byte for byte."""
+    dst.mkdir(mode=0o700, parents=True)
+    for name in names:
+        for suffix in ("", "-wal", "-shm"):
+            path = src / (name + suffix)
+            if path.exists():
+                shutil.copy2(path, dst / path.name)
+
+
+# -- a till ---------------------------------------------------------------------------
+
+
+class TillNode:
+    INTERVAL = 5.0  # peer.client.run's default
+    MAX_BACKOFF = 60.0
+    WITHIN = 30.0  # sync_once's time limit for a round
+    SETTLE = 0.2
+
+    def __init__(self, world: World, name: str, root: Path, relay: str) -> None:
+        self.world = world
+        self.name = name
+        self.root = root
+        self.relay = relay
+        self.gen = 0
+        self.till: Till | None = None
+        self.session: ClientSession | None = None
+        self.failures = 0
+        self._next: Timer | None = None
+
+    @property
+    def dir(self) -> Path:
+        return self.root / f"gen{self.gen}"
+
+    @property
+    def up(self) -> bool:
+        return self.till is not None
+
+    def connections(self) -> list[Conn]:
+        if self.session is not None and self.session.conn is not None:
+            return [self.session.conn]
+        return []
+
+    async def start(self) -> None:
+        self.till = await Till.open(self.dir, clock=self.world.sched.datetime)
+        self.failures = 0
+        self._schedule(self.world.rng.uniform(0, 1.0))
+
+    async def crash(self) -> None:
+        """kill -9: the files stay as they are; memory, timers and sockets are gone."""
+        assert self.till is not None
+        copy_disk(self.dir, self.root / f"gen{self.gen + 1}", ("till.db", "device.key"))
+        self.world.net.drop_node(self.name)
+        till, self.till = self.till, None
+        self.session = None
+        if self._next is not None:
+            self._next.cancel()
+        await till.close()  # the copy is what restarts; this only frees the old handles
+        shutil.rmtree(self.dir)
+        self.gen += 1
+
+    def _schedule(self, delay: float) -> None:
+        if self._next is not None:
+            self._next.cancel()
+        self._next = self.world.sched.after(delay, self._start_round)
+
+    async def _start_round(self) -> None:
+        if self.till is None or self.session is not None:
+            return
+        self.session = ClientSession(self, self.till)
+        await self.session.begin()
+
+    async def round_over(self, session: ClientSession, error: str | None) -> None:
+        """What ``sync_once`` and ``run`` do after a round."""
+        if self.session is not session or self.till is None:
+            return
+        self.session = None
+        if session.conn is not None:
+            self.world.net.close(session.conn, self.name)
+        session.stop_timers()
+        self.world.stats["rounds_ok" if error is None else "rounds_failed"] += 1
+        if error is None:
+            await self.till.note_contact(self.world.sched.timestamp())
+            self.failures = 0
+            self._schedule(self.INTERVAL)
+        else:
+            await self.till.note_contact("", error)
+            self.failures += 1
+            self._schedule(self.world.rng.uniform(
+                0, min(self.MAX_BACKOFF, self.INTERVAL * 2 ** self.failures)))
+
+    # network callbacks
+
+    async def on_accept(self, conn: Conn) -> bool:
+        return False  # tills do not listen yet; the LAN server will accept here
+
+    async def on_frame(self, conn: Conn, data: bytes) -> None:
+        if self.session is not None and self.session.conn is conn:
+            await self.session.on_frame(data)
+
+    async def on_close(self, conn: Conn) -> None:
+        if self.session is not None and self.session.conn is conn:
+            await self.round_over(self.session, "the relay closed the connection")
+
+
+class ClientSession:
+    """One sync round, as ``peer.client._round`` runs it, driven by network events."""
+
+    DOC_MESSAGES_MAX = 200
+
+    def __init__(self, node: TillNode, till: Till) -> None:
+        self.node, self.till = node, till
+        self.doc_messages = 0
+        self.sched: Scheduler = node.world.sched
+        self.conn: Conn | None = None
+        self.link: ClientLink | None = None
+        self.sync = am.SyncState()
+        self.heads: dict[str, int] = {}
+        self.unvouched: list[dict[str, Any]] = []
+        self.in_flight = 0
+        self.pushed_all = False
+        self.pushing = False
+        self.relay_head = -1
+        self.seq, self.head = till.receipts_position()
+        # peer.client pushes BATCH entries a frame; smaller batches now and then, so that
+        # several are in flight and answered one by one
+        self.batch = node.world.rng.choice((1, 3, BATCH))
+        self._wait: Timer | None = None
+        self._deadline: Timer | None = None
+
+    async def begin(self) -> None:
+        self._deadline = self.sched.after(self.node.WITHIN, self._timed_out)
+        await self.node.world.net.connect(self.node.name, self.node.relay, self._connected)
+
+    async def _timed_out(self) -> None:
+        await self.node.round_over(self, "timed out")
+
+    def stop_timers(self) -> None:
+        for timer in (self._wait, self._deadline):
+            if timer is not None:
+                timer.cancel()
+
+    async def _connected(self, conn: Conn | None) -> None:
+        if self.node.session is not self:
+            if conn is not None:
+                self.node.world.net.close(conn, self.node.name)
+            return
+        if conn is None:
+            await self.node.round_over(self, "cannot reach the relay")
+            return
+        self.conn = conn
+        till = self.till
+        self.link = ClientLink(store=till.store_id, device=till.device_id, key=till.key,
+                               nonce=self.node.world.rng.randbytes(32),
+                               relay_key=till.relay_key, receipts_after=self.seq,
+                               doc_empty=till.master.is_genesis())
+        self.link.start()
+        self._flush()
+
+    def _flush(self) -> None:
+        assert self.link is not None and self.conn is not None
+        for frame in self.link.data_to_send():
+            self.node.world.net.send(self.conn, self.node.name, frame)
+
+    @property
+    def done(self) -> bool:
+        return self.pushed_all and self.in_flight == 0 and self.seq >= self.relay_head
+
+    def _arm(self) -> None:
+        if self._wait is not None:
+            self._wait.cancel()
+            self._wait = None
+        if self.done:
+            self._wait = self.sched.after(self.node.SETTLE, self._quiet)
+        elif not self.pushing and self.relay_head >= 0:
+            self._wait = self.sched.after(DOC_WAIT, self._quiet)
+
+    async def _quiet(self) -> None:
+        if self.node.session is not self:
+            return
+        if self.done:
+            await self.node.round_over(self, None)  # pushed, answered, relay quiet
+            return
+        await self._push_next()  # the document exchange stalled: push all the same
+        self._flush()
+        self._arm()
+
+    async def _push_next(self) -> None:
+        assert self.link is not None
+        self.pushing = True
+        batch = await self.till.entries_after(self.heads, self.batch)
+        if not batch:
+            self.pushed_all = True
+            return
+        for entry in batch:
+            self.heads[entry.device_id] = max(self.heads.get(entry.device_id, 0), entry.seq)
+        self.link.send_entries(batch)
+        self.in_flight += 1
+
+    async def _doc_settled(self) -> None:
+        assert self.link is not None
+        message = self.till.master.sync_message(self.sync)
+        if message is not None:
+            self.link.send_doc(message)
+        elif not self.pushing:
+            await self._push_next()
+
+    async def on_frame(self, data: bytes) -> None:
+        assert self.link is not None
+        if self._wait is not None:
+            self._wait.cancel()
+        try:
+            self.link.receive_data(data)
+            for event in self.link.events_received():
+                await self._event(event)
+            self._flush()
+            if self.link.closed:
+                raise SyncError("the relay closed the link")
+        except SyncError as exc:
+            self.node.world.note_round_error(self.node.name, exc)
+            await self.node.round_over(self, str(exc))
+            return
+        self._arm()
+
+    async def _event(self, event: Event) -> None:
+        till = self.till
+        if isinstance(event, Ready):
+            self.heads = dict(event.heads)
+            self.relay_head = event.receipts_head
+            await self._doc_settled()
+        elif isinstance(event, Ingested):
+            self.in_flight -= 1
+            self.relay_head = max(self.relay_head, event.receipts_head)
+            if not self.pushed_all:
+                await self._push_next()
+        elif isinstance(event, ReceiptsReceived):
+            run = self.unvouched + event.receipts
+            good_seq, good_head, problem = verify_receipts(
+                till.relay_key or b"", run, self.seq, self.head)
+            if problem is not None:
+                raise SyncError(f"receipts from the relay do not verify: {problem}",
+                                "bad_receipts")
+            vouched = [r for r in run if r["server_seq"] <= good_seq]
+            self.unvouched = [r for r in run if r["server_seq"] > good_seq]
+            if vouched:
+                await till.store_receipts(vouched, good_seq, good_head,
+                                          self.sched.timestamp())
+                self.seq, self.head = good_seq, good_head
+            self.relay_head = max(self.relay_head, event.head)
+        elif isinstance(event, DocSnapshot):
+            self.node.world.stats["snapshots_received"] += 1
+            await till.receive_document(self.sync, snapshot=event.data)
+        elif isinstance(event, DocMessage):
+            self.doc_messages += 1
+            if self.doc_messages == self.DOC_MESSAGES_MAX:
+                # Known: the relay answers from two places (its pump and its handler) with
+                # one sync state; the exchange can then run on until the round's time limit
+                # (see README, "What it found").  Counted; a violation when ``strict_doc``.
+                self.node.world.stats["doc_exchange_runaway"] += 1
+                if self.node.world.strict_doc:
+                    self.node.world.violation(
+                        f"{self.node.name}: the document exchange of one round did not "
+                        f"settle in {self.DOC_MESSAGES_MAX} messages")
+            await till.receive_document(self.sync, message=event.data)
+            await self._doc_settled()
+        elif isinstance(event, RemoteError | LinkFailed):
+            raise SyncError(f"the relay refused: {event.message}", event.code)
+
+
+# -- the relay ------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Job:
+    rc: RelayConn
+    hub: StoreHub
+    entries: list[Entry]
+    keys: dict[str, bytes]
+    checked: Checked
+
+
+@dataclass(eq=False)
+class RelayConn:
+    """What ``Relay.handle`` keeps for one connection."""
+
+    conn: Conn
+    link: RelayLink
+    hub: StoreHub | None = None
+    sync: am.SyncState | None = None
+    after: int = 0  # the pump's position in the receipt stream
+    busy: bool = False  # waiting for its batch to be committed (handle awaits job.done)
+    inbox: deque[bytes] = field(default_factory=deque)
+    events: deque[Event] = field(default_factory=deque)
+    seen: Any = None  # the hub's ``changed`` event the pump last ran for
+    pump_due: bool = False
+    cert: bytes = b""  # the device's certificate, sent in welcome
+
+
+class RelayNode:
+    KEEPALIVE = 20.0  # websockets' ping interval and timeout
+
+    def __init__(self, world: World, name: str, root: Path, key: DeviceKey) -> None:
+        self.world = world
+        self.name = name
+        self.root = root
+        self.key = key
+        self.gen = 0
+        self.storage: SQLiteStorage | None = None
+        self.hubs: Hubs | None = None
+        self.conns: dict[int, RelayConn] = {}
+        self.jobs: list[_Job] = []
+        self._writer: Timer | None = None
+        self.per_frame = RECEIPTS_PER_FRAME
+        self.fail_next_commit = False
+        self.stall = 0.0  # seconds the next commit waits for the disk
+        self.commits = 0
+        self.batches = 0
+        self.errors: Counter[str] = Counter()
+        # what the relay has acknowledged: committed entries, and its stream head
+        self.acked: dict[str, bytes] = {}
+        self.acked_head: tuple[int, bytes] = (0, bytes(32))
+
+    @property
+    def dir(self) -> Path:
+        return self.root / f"gen{self.gen}"
+
+    @property
+    def up(self) -> bool:
+        return self.storage is not None
+
+    def connections(self) -> list[Conn]:
+        return [rc.conn for rc in self.conns.values()]
+
+    async def start(self) -> None:
+        # relay.server sends up to RECEIPTS_PER_FRAME receipts a frame; fewer now and then,
+        # so that frames end inside a signed batch and the till must wait for the rest
+        self.per_frame = self.world.rng.choice((2, 5, RECEIPTS_PER_FRAME))
+        self.storage = await SQLiteStorage.open(self.dir / "relay.db")
+        self.hubs = Hubs(self.storage)
+
+    async def crash(self) -> None:
+        assert self.storage is not None
+        copy_disk(self.dir, self.root / f"gen{self.gen + 1}", ("relay.db", "relay.key"))
+        self.world.net.drop_node(self.name)
+        storage, self.storage, self.hubs = self.storage, None, None
+        self.conns.clear()
+        self.jobs.clear()
+        if self._writer is not None:
+            self._writer.cancel()
+            self._writer = None
+        await storage.close()
+        shutil.rmtree(self.dir)
+        self.gen += 1
+
+    # -- network callbacks --------------------------------------------------------------
+
+    async def on_accept(self, conn: Conn) -> bool:
+        link = RelayLink(relay_key=self.key, nonce=self.world.rng.randbytes(32))
+        self.conns[conn.id] = RelayConn(conn, link)
+        self._keepalive(conn)
+        return True
+
+    def _keepalive(self, conn: Conn) -> None:
+        async def ping() -> None:
+            if conn.id not in self.conns:
+                return
+            net = self.world.net
+            client = net.nodes.get(conn.client)
+            if (conn.open.get(conn.client) and client is not None and client.up
+                    and net.reachable(conn.client, self.name)):
+                self._keepalive(conn)
+            else:  # no pong: websockets closes the connection
+                self._close(self.conns[conn.id])
+
+        self.world.sched.after(2 * self.KEEPALIVE, ping)
+
+    async def on_frame(self, conn: Conn, data: bytes) -> None:
+        rc = self.conns.get(conn.id)
+        if rc is None:
+            return
+        if rc.busy:
+            rc.inbox.append(data)  # handle() reads the next frame once its batch is in
+            return
+        await self._frame(rc, data)
+
+    async def on_close(self, conn: Conn) -> None:
+        self.conns.pop(conn.id, None)  # handle() ends; its pump is cancelled
+
+    def _close(self, rc: RelayConn) -> None:
+        self.conns.pop(rc.conn.id, None)
+        self.world.net.close(rc.conn, self.name)
+
+    def _flush(self, rc: RelayConn) -> None:
+        for out in rc.link.data_to_send():
+            self.world.net.send(rc.conn, self.name, out)
+
+    def _internal(self, rc: RelayConn, exc: BaseException) -> None:
+        """``handle``'s last resort: tell the device only that much, close."""
+        if not isinstance(exc, InjectedFault):
+            self.world.violation(f"relay internal error: {type(exc).__name__}: {exc}")
+        rc.link.fail("internal", "the relay hit an internal error; try again later")
+        self._flush(rc)
+        self._close(rc)
+
+    async def _frame(self, rc: RelayConn, data: bytes) -> None:
+        rc.inbox.append(data)
+        await self._drain(rc)
+
+    async def _drain(self, rc: RelayConn) -> None:
+        """Handle queued events, then queued frames, until a batch must wait for commit;
+        frames go out once a frame's events are handled, as in ``handle``."""
+        try:
+            while rc.conn.id in self.conns and not rc.busy:
+                if rc.events:
+                    await self._event(rc, rc.events.popleft())
+                    continue
+                self._flush(rc)
+                if rc.link.closed:
+                    self._close(rc)
+                    break
+                if not rc.inbox:
+                    break
+                rc.link.receive_data(rc.inbox.popleft())
+                rc.events.extend(rc.link.events_received())
+        except Exception as exc:
+            self._internal(rc, exc)
+        self._wake_pumps()
+
+    async def _event(self, rc: RelayConn, event: Event) -> None:
+        storage, hubs, link = self.storage, self.hubs, rc.link
+        assert storage is not None and hubs is not None
+        if isinstance(event, HelloReceived):
+            device = await storage.device(event.store, event.device)
+            if device is None:
+                link.fail("unknown_device", "this device is not enrolled in this store")
+            elif device.revoked:
+                link.fail("revoked", "this device has been revoked")
+            else:
+                rc.cert = Certificate.issue(self.key, store=device.store,
+                                            device=device.device_id, name=device.name,
+                                            role=device.role,
+                                            public_key=device.public_key).raw
+                link.challenge(device.public_key)
+        elif isinstance(event, EnrollRequested):
+            link.fail("bad_code", "the simulation enrolls devices beforehand")
+        elif isinstance(event, Authenticated):
+            hub = await hubs.get(event.store)
+            rc.hub, rc.sync = hub, am.SyncState()
+            await storage.touch(event.store, event.device, self.world.sched.timestamp())
+            link.welcome(await storage.heads(event.store),
+                         await storage.stream_position(event.store), rc.cert)
+            if event.doc_empty and not hub.doc.is_genesis():
+                link.send_snapshot(hub.doc.save())
+            message = hub.doc.sync_message(rc.sync)
+            if message is not None:
+                link.send_doc(message)
+            rc.after = event.receipts_after
+            self._flush(rc)
+            self._schedule_pump(rc)
+        elif isinstance(event, EntriesReceived):
+            assert rc.hub is not None
+            keys = {}
+            for device_id in {e.device_id for e in event.entries}:
+                device = await storage.device(rc.hub.store, device_id)
+                if device is not None and not device.revoked:
+                    keys[device_id] = device.public_key
+            self.jobs.append(_Job(rc, rc.hub, event.entries, keys, prepare(event.entries)))
+            rc.busy = True
+            if self._writer is None:
+                # the writer picks the job up at once, or after others joined it, or
+                # after a disk stall long enough for the till to give up and send again
+                delay = self.stall or self.world.rng.choice((0.0, 0.002, 0.05))
+                self.stall = 0.0
+                self._writer = self.world.sched.after(delay, self._write)
+        elif isinstance(event, DocMessage):
+            assert rc.hub is not None and rc.sync is not None
+            hub = rc.hub
+            try:
+                chunks = hub.doc.receive_sync(rc.sync, event.data)
+            except InvalidInput as exc:
+                link.fail("bad_document", str(exc), fatal=False)
+                return
+            await hubs.persist(hub, chunks)
+            if chunks:
+                hub.document_changed()
+            reply = hub.doc.sync_message(rc.sync)
+            if reply is not None:
+                link.send_doc(reply)
+        elif isinstance(event, LinkFailed | RemoteError):
+            self.errors[event.code] += 1
+
+    # -- the writer: group commit ---------------------------------------------------------
+
+    async def _write(self) -> None:
+        self._writer = None
+        storage = self.storage
+        if storage is None or not self.jobs:
+            return
+        jobs, self.jobs = self.jobs[:MAX_JOBS_PER_COMMIT], self.jobs[MAX_JOBS_PER_COMMIT:]
+        results: list[IngestResult] = []
+        now = self.world.sched.timestamp()
+        failure: BaseException | None = None
+        try:
+            async with storage.transaction() as txn:
+                await txn.lock({job.hub.store for job in jobs})
+                for job in jobs:
+                    results.append(await ingest(
+                        txn, job.hub.store, job.entries, public_keys=job.keys,
+                        catalogue=job.hub.product, key=self.key, now=now,
+                        checked=job.checked))
+                if self.fail_next_commit:
+                    self.fail_next_commit = False
+                    self.world.stats["commit_faults"] += 1
+                    raise InjectedFault("the disk refused the commit")
+        except Exception as exc:  # nothing of these batches was stored
+            failure = exc
+        if failure is None:
+            self.commits += 1
+            self.batches += len(jobs)
+            stats = self.world.stats
+            stats["group_commits"] += len(jobs) > 1
+            for job, result in zip(jobs, results, strict=True):
+                stats["relay_duplicates_skipped"] += result.duplicates
+                stats["relay_gaps_seen"] += len(result.gaps)
+                stats["receipts_waiting"] += sum(r["status"] == "waiting"
+                                                 for r in result.receipts)
+                if result.receipts:
+                    job.hub.publish(result.receipts, result.position, self.per_frame)
+                    self.acked_head = (result.position, result.receipts[-1]["prev"])
+                    self.world.note_receipts(result.receipts)
+                for entry in job.entries:
+                    if result.heads.get(entry.device_id, 0) >= entry.seq:
+                        self.acked.setdefault(entry.client_id, entry.hash)
+        conts: list[Callable[[], Awaitable[None]]] = []
+        for i, job in enumerate(jobs):
+            rc = job.rc
+            if failure is not None:
+                conts.append(partial(self._failed_job, rc, failure))
+            else:
+                conts.append(partial(self._job_done, rc, job, results[i]))
+        self._wake_pumps(conts)
+        if self.jobs and self._writer is None:
+            self._writer = self.world.sched.after(0, self._write)
+
+    async def _failed_job(self, rc: RelayConn, failure: BaseException) -> None:
+        if rc.conn.id in self.conns:
+            rc.busy = False
+            self._internal(rc, failure)
+
+    async def _job_done(self, rc: RelayConn, job: _Job, result: IngestResult) -> None:
+        if rc.conn.id not in self.conns or self.storage is None:
+            return
+        rc.link.send_ingested(result.heads, len(job.entries), result.position)
+        rc.busy = False
+        self._flush(rc)
+        await self._drain(rc)
+
+    # -- pumps --------------------------------------------------------------------------
+
+    def _schedule_pump(self, rc: RelayConn) -> None:
+        if not rc.pump_due:
+            rc.pump_due = True
+            self.world.sched.after(0, partial(self._pump, rc))
+
+    def _wake_pumps(self, more: list[Callable[[], Awaitable[None]]] | None = None) -> None:
+        """Pumps whose hub signalled a change run next, in an order the seed picks,
+        mixed with ``more`` (the writer's waiting connections): asyncio may run either
+        first."""
+        todo = list(more or [])
+        for rc in self.conns.values():
+            if rc.hub is not None and rc.seen is not rc.hub.changed and not rc.pump_due:
+                rc.pump_due = True
+                todo.append(partial(self._pump, rc))
+        self.world.rng.shuffle(todo)
+        for fn in todo:
+            self.world.sched.after(0, fn)
+
+    async def _pump(self, rc: RelayConn) -> None:
+        """``Relay._pump``, one pass: receipts after ``rc.after``, then a doc message."""
+        rc.pump_due = False
+        storage = self.storage
+        if rc.conn.id not in self.conns or rc.hub is None or storage is None:
+            return
+        hub = rc.hub
+        rc.seen = hub.changed
+        try:
+            while True:
+                ready = hub.frame_after(rc.after)
+                if ready is not None:
+                    rc.after, frame = ready
+                    self.world.net.send(rc.conn, self.name, frame)
+                    continue
+                receipts = await storage.receipts_after(hub.store, rc.after, self.per_frame)
+                if not receipts:
+                    break
+                rc.after = receipts[-1]["server_seq"]
+                rc.link.send_receipts(receipts, await storage.stream_position(hub.store))
+                self._flush(rc)
+            assert rc.sync is not None
+            message = hub.doc.sync_message(rc.sync)
+            if message is not None:
+                rc.link.send_doc(message)
+                self._flush(rc)
+        except Exception as exc:
+            self._internal(rc, exc)
