@@ -79,6 +79,8 @@ from tools.workload import (
     sale_body,
 )
 
+RELAY_RUNS = ("relay", "relay_pg", "relay_pg_workers")  # SQLite; PostgreSQL 1 and N processes
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 TARGET_SALES_PER_SECOND = 30_000
 TARGET_RATIO = 20.0
 SERIES = "INV"
@@ -254,7 +256,13 @@ class Server:
             pass
 
     def cpu(self) -> dict[str, float]:
-        return process_cpu(self.proc.pid)
+        """CPU of the relay: its process, or with ``--workers`` every worker process
+        (each one's event loop counted as "main")."""
+        total = process_cpu(self.proc.pid)
+        for child in children(self.proc.pid):
+            for key, value in process_cpu(child).items():
+                total[key] += value
+        return total
 
     async def stop(self) -> int:
         if self.proc.returncode is None:
@@ -291,6 +299,45 @@ def process_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+def children(pid: int) -> list[int]:
+    """The direct children of a process (the relay's workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                    fields = handle.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and "tools.cli" in _cmdline(int(entry)):
+                found.append(int(entry))
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def postgres_cpu() -> float:
+    """CPU seconds of every PostgreSQL server process on this machine so far."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                    head, _, rest = handle.read().rpartition(")")
+            except OSError:
+                continue
+            if head.endswith("(postgres"):
+                fields = rest.split()
+                total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
+
+
 def cpu_delta(after: dict[str, float], before: dict[str, float], wall: float
               ) -> dict[str, float]:
     main = after["main"] - before["main"]
@@ -303,9 +350,9 @@ def cpu_delta(after: dict[str, float], before: dict[str, float], wall: float
 # -- setup: enrollment and master data -----------------------------------------------------
 
 
-async def make_codes(data: Path, specs: Sequence[TillSpec], stores: Sequence[str]
-                     ) -> tuple[dict[int, str], dict[str, str], bytes]:
-    relay = await Relay.open(data)
+async def make_codes(data: Path, specs: Sequence[TillSpec], stores: Sequence[str],
+                     db: str | None = None) -> tuple[dict[int, str], dict[str, str], bytes]:
+    relay = await Relay.open(data, db)
     try:
         codes = {s.index: await relay.new_code(s.store, s.name) for s in specs}
         office = {store: await relay.new_code(store, f"Back office {store}", "backoffice")
@@ -317,7 +364,7 @@ async def make_codes(data: Path, specs: Sequence[TillSpec], stores: Sequence[str
 
 async def setup_store(root: Path, url: str, store: str, code: str) -> None:
     """A back-office device enrolls, puts the catalogue and a cashier, and syncs them."""
-    path = root / f"office-{store}"
+    path = root / f"office-{store}"  # root: this run's own folder
     await init_enrolled(path, name=f"Office {store}", url=url, code=code, series="OFFICE")
     async with await Till.open(path) as till:
         await asyncio.gather(*(till.put("products", pid, body)
@@ -406,22 +453,54 @@ def summarise_ms(samples: Sequence[float]) -> dict[str, float]:
             "max": round(ordered[-1], 2), "mean": round(statistics.fmean(ordered), 2)}
 
 
-def check_relay_db(path: Path, loads: Sequence[TillLoad]) -> dict[str, Any]:
-    """Invoice numbering and receipts, read from the stopped relay's database."""
+class _Rows:
+    """Reads of the relay's database, SQLite file or PostgreSQL, with ``?`` marks."""
+
+    def __init__(self, path: Path, db: str | None) -> None:
+        self.path, self.db = path, db
+        self._sqlite: sqlite3.Connection | None = None
+        self._pg: Any = None
+
+    async def __aenter__(self) -> _Rows:
+        if self.db:
+            import asyncpg
+
+            self._pg = await asyncpg.connect(self.db)
+        else:
+            self._sqlite = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._pg is not None:
+            await self._pg.close()
+        if self._sqlite is not None:
+            self._sqlite.close()
+
+    async def __call__(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if self._sqlite is not None:
+            return [tuple(r) for r in self._sqlite.execute(sql, args).fetchall()]
+        parts = sql.split("?")
+        numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+        return [tuple(r) for r in await self._pg.fetch(numbered, *args)]
+
+
+async def check_relay_db(path: Path, loads: Sequence[TillLoad], db: str | None = None
+                         ) -> dict[str, Any]:
+    """Invoice numbering and receipts, read from the stopped relay's database (the
+    SQLite file at ``path``, or the PostgreSQL database ``db``)."""
     expected: Counter[str] = Counter()
     entries: Counter[str] = Counter()
     for load in loads:
         expected[load.spec.store] += load.sales
         entries[load.spec.store] += load.entries
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     problems: list[str] = []
     series: list[dict[str, Any]] = []
-    try:
+    async with _Rows(path, db) as query:
         for store, want in sorted(expected.items()):
-            rows = conn.execute(
+            rows = await query(
                 "SELECT series, count(*), count(DISTINCT invoice_no), min(invoice_no), "
                 "max(invoice_no), count(DISTINCT client_id) FROM invoices WHERE store = ? "
-                "GROUP BY series", (store,)).fetchall()
+                "GROUP BY series", (store,))
             got = sum(r[1] for r in rows)
             if got != want:
                 problems.append(f"{store}: {got} invoices for {want} sales")
@@ -432,20 +511,18 @@ def check_relay_db(path: Path, loads: Sequence[TillLoad]) -> dict[str, Any]:
                                     f"{distinct} distinct, {clients} distinct sales")
                 series.append({"store": store, "series": name, "invoices": n,
                                "first": low, "last": high, "gapless": gapless})
-            stored = conn.execute("SELECT count(*) FROM entries WHERE store = ?",
-                                  (store,)).fetchone()[0]
+            stored = (await query("SELECT count(*) FROM entries WHERE store = ?",
+                                  (store,)))[0][0]
             if stored != entries[store]:
                 problems.append(f"{store}: {stored} entries stored, {entries[store]} sent")
         statuses: Counter[str] = Counter()
         warnings: Counter[str] = Counter()
-        for (data,) in conn.execute("SELECT data FROM receipts"):
+        for (data,) in await query("SELECT data FROM receipts"):
             receipt = msgpack.unpackb(data, raw=False)
             statuses[receipt["status"]] += 1
             for warning in receipt.get("warnings", []):
                 warnings[warning["code"]] += 1
-        rejected = conn.execute("SELECT count(*) FROM rejected").fetchone()[0]
-    finally:
-        conn.close()
+        rejected = (await query("SELECT count(*) FROM rejected"))[0][0]
     total_entries = sum(entries.values())
     if statuses.get("accepted", 0) != total_entries:
         problems.append(f"receipts: {dict(statuses)} for {total_entries} entries")
@@ -457,20 +534,24 @@ def check_relay_db(path: Path, loads: Sequence[TillLoad]) -> dict[str, Any]:
             "warnings": dict(warnings), "rejected": rejected, "problems": problems}
 
 
-async def bench_relay(root: Path, loads: Sequence[TillLoad], args: argparse.Namespace
+async def bench_relay(root: Path, loads: Sequence[TillLoad], args: argparse.Namespace,
+                      db: str | None = None, workers: int = 1, name: str = "relay"
                       ) -> dict[str, Any]:
-    data = root / "relay"
+    """One relay run: SQLite in the relay's folder, or the PostgreSQL database ``db``
+    with ``workers`` relay processes sharing the port."""
+    data = root / name
     stores = sorted({load.spec.store for load in loads})
     specs = [load.spec for load in loads]
-    progress(f"relay: one-time codes for {len(specs)} tills and {len(stores)} back offices")
-    codes, office_codes, relay_key = await make_codes(data, specs, stores)
+    progress(f"{name}: one-time codes for {len(specs)} tills and {len(stores)} back offices")
+    codes, office_codes, relay_key = await make_codes(data, specs, stores, db)
     argv = [sys.executable, "-m", "tools.cli", "relay", "serve", "--data", str(data),
-            "--port", "0"]
-    server = await Server.start(argv, root / "relay.log")
+            "--port", "0", *(("--db", db) if db else ()),
+            *(("--workers", str(workers)) if workers > 1 else ())]
+    server = await Server.start(argv, root / f"{name}.log")
     url = f"ws://127.0.0.1:{server.port}"
-    progress(f"relay: process {server.proc.pid} listening on {url}")
+    progress(f"{name}: process {server.proc.pid} listening on {url}")
     try:
-        progress("relay: enrolling devices over the wire; back offices push the catalogue")
+        progress(f"{name}: enrolling devices over the wire; back offices push the catalogue")
         enrolled = await asyncio.gather(*(
             enroll(url, codes[s.index], s.name, device_key(s.private_key), s.device_id)
             for s in specs))
@@ -478,15 +559,15 @@ async def bench_relay(root: Path, loads: Sequence[TillLoad], args: argparse.Name
             if e.store != s.store or e.relay_key != relay_key:
                 raise RuntimeError(f"{s.name} enrolled in {e.store}, expected {s.store}")
         for store in stores:
-            await setup_store(root, url, store, office_codes[store])
+            await setup_store(data, url, store, office_codes[store])
         store_entries: Counter[str] = Counter()
         for load in loads:
             store_entries[load.spec.store] += load.entries
         sales = sum(load.sales for load in loads)
-        progress(f"relay: timing {len(loads)} tills pushing {sales:,} sales "
+        progress(f"{name}: timing {len(loads)} tills pushing {sales:,} sales "
                  f"({sum(len(x.frames) for x in loads)} frames of up to {args.batch}, "
                  f"{args.inflight} in flight per till)")
-        cpu0, self0 = server.cpu(), time.process_time()
+        cpu0, self0, pg0 = server.cpu(), time.process_time(), postgres_cpu()
         t0 = time.perf_counter()
         live = [TillRun() for _ in loads]
         tasks = [asyncio.create_task(drive_till(
@@ -499,19 +580,21 @@ async def bench_relay(root: Path, loads: Sequence[TillLoad], args: argparse.Name
         finally:
             watcher.cancel()
         t_end = time.perf_counter() - t0
-        cpu1, self1 = server.cpu(), time.process_time()
+        cpu1, self1, pg1 = server.cpu(), time.process_time(), postgres_cpu()
     finally:
-        progress("relay: stopping it")
+        progress(f"{name}: stopping it")
         code = await server.stop()
     ingest_wall = max(r.ingested_at for r in runs)
     receipts_wall = max(r.receipts_at for r in runs) if not args.no_receipts else None
     # CPU over the whole timed window (ingest, plus the receipt fan-out tail if waited for).
     relay_cpu = cpu_delta(cpu1, cpu0, t_end)
-    progress(f"relay: exited with {code}; checking its database")
-    check = check_relay_db(data / DB_FILE, loads)
+    progress(f"{name}: exited with {code}; checking its database")
+    check = await check_relay_db(data / DB_FILE, loads, db)
     latencies = [x for r in runs for x in r.latencies_ms]
     entries = sum(load.entries for load in loads)
     return {
+        "backend": "postgresql" if db else "sqlite", "processes": workers,
+        "postgres_cpu_pct": round(100 * (pg1 - pg0) / t_end, 1) if db else None,
         "tills": len(loads), "stores": len(stores), "sales": sales, "entries": entries,
         "batches": len(latencies), "batch": args.batch, "inflight": args.inflight,
         "frame_bytes": sum(load.size for load in loads),
@@ -623,7 +706,8 @@ def render(report: dict[str, Any]) -> str:
         "tillsync relay benchmark",
         f"machine   {m['cpu']}, {m['cores']} cores, {m['platform']}",
         f"software  Python {m['python']}, SQLite {m['sqlite']}, aiosqlite {m['aiosqlite']}, "
-        f"websockets {report['websockets']}, msgpack {report['msgpack']}",
+        f"websockets {report['websockets']}, msgpack {report['msgpack']}, asyncpg "
+        f"{report['asyncpg']}, PostgreSQL {report['postgresql'] or '(not run)'}",
         f"workload  {w['tills']} tills in {w['stores']} stores, {w['sales_per_till']:,} sales "
         f"each ({w['sales']:,} sales + {w['tills']} shift_open); 1-5 lines per sale, ~25% "
         "weighed 0.75 kg lines",
@@ -631,12 +715,19 @@ def render(report: dict[str, Any]) -> str:
         f"({w['frame_bytes'] / 1e6:.1f} MB of entries frames)",
         "",
     ]
-    r = report.get("relay")
-    if r is not None:
+    for key in RELAY_RUNS:
+        r = report.get(key)
+        if r is None:
+            continue
         lat, cpu = r["batch_latency_ms"], r["relay_cpu"]
+        if r.get("backend") == "postgresql":
+            where = (f"PostgreSQL {report.get('postgresql', '')}, {r['processes']} relay "
+                     f"process{'es on one port' if r['processes'] > 1 else ''}")
+        else:
+            where = "SQLite WAL synchronous=FULL, 1 relay process"
         out += [
-            f"relay (separate process; websockets; SQLite WAL synchronous=FULL; {r['tills']} "
-            f"concurrent connections, batches of {r['batch']}, {r['inflight']} in flight each)",
+            f"relay on {where} (websockets; {r['tills']} concurrent connections, batches of "
+            f"{r['batch']}, {r['inflight']} in flight each)",
             f"  sales ingested      {r['sales']:>10,} in {r['ingest_seconds']:.2f} s   "
             f"{r['sales_per_second']:>10,.0f} sales/s",
             f"  batches             {r['batches']:>10,}   latency ms: p50 {lat['p50']:.1f}  "
@@ -646,9 +737,11 @@ def render(report: dict[str, Any]) -> str:
             out.append(f"  receipts fan-out    every till had every receipt of its store after "
                        f"{r['receipts_seconds']:.2f} s ({r['receipts_delivered']:,} receipts "
                        f"in {r['receipt_frames']:,} frames)")
+        pg = (f"; PostgreSQL server {r['postgres_cpu_pct']:.0f}%"
+              if r.get("postgres_cpu_pct") is not None else "")
         out += [
-            f"  CPU over {r['timed_window_s']:.1f} s   relay event loop {cpu['main_pct']:.0f}% "
-            f"+ relay SQLite/other threads {cpu['threads_pct']:.0f}% of a core; "
+            f"  CPU over {r['timed_window_s']:.1f} s   relay event loop(s) {cpu['main_pct']:.0f}% "
+            f"+ relay threads {cpu['threads_pct']:.0f}% of a core{pg}; "
             f"load generator {r['loadgen_cpu_pct']:.0f}%",
         ]
         check = r["check"]
@@ -727,8 +820,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-receipts", action="store_true",
                    help="stop each till once its batches are ingested, without waiting for "
                    "every receipt of its store")
-    p.add_argument("--skip", action="append", choices=("relay", "baseline"), default=[],
-                   help="leave out a step (repeatable)")
+    p.add_argument("--skip", action="append", choices=("relay", "postgres", "baseline"),
+                   default=[], help="leave out a step (repeatable): relay (on SQLite), "
+                   "postgres (both PostgreSQL runs), baseline")
+    p.add_argument("--pg", metavar="URL", default=DEFAULT_PG,
+                   help="PostgreSQL server for the PostgreSQL runs; a fresh database is made "
+                   "there and dropped after each (default: %(default)s)")
+    p.add_argument("--pg-workers", type=positive_int, default=2, metavar="N",
+                   help="relay processes of the second PostgreSQL run (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1, help="seed of the generated workload")
     p.add_argument("--keep", metavar="DIR", type=Path,
                    help="write everything to DIR (new or empty) and keep it, instead of a "
@@ -736,6 +835,37 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print one machine-readable JSON document instead of the table")
     return p
+
+
+async def create_database(admin: str, name: str) -> str:
+    """A fresh database on the server of ``admin``; returns its URL."""
+    import asyncpg
+
+    from relay.storage.postgres import with_database
+
+    database = f"tillsync_bench_{name}_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'CREATE DATABASE "{database}"')
+        version = await conn.fetchval("SHOW server_version")
+    finally:
+        await conn.close()
+    _PG_VERSION[0] = str(version).split()[0]
+    return with_database(admin, database)
+
+
+_PG_VERSION = [""]
+
+
+async def drop_database(admin: str, url: str) -> None:
+    import asyncpg
+
+    database = url.rsplit("/", 1)[1].split("?")[0]
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 def _version(dist: str) -> str:
@@ -763,6 +893,14 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if "relay" not in skip:
             out["relay"] = await bench_relay(root, loads, args)
+        if "postgres" not in skip:
+            for key, workers in (("relay_pg", 1), ("relay_pg_workers", args.pg_workers)):
+                db = await create_database(args.pg, key)
+                try:
+                    out[key] = await bench_relay(root, loads, args, db, workers,
+                                                 key.replace("_", "-"))
+                finally:
+                    await drop_database(args.pg, db)
         if "baseline" not in skip:
             out["baseline"] = await bench_baseline(root, loads)
         return out
@@ -775,6 +913,8 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "machine": machine(),
         "websockets": _version("websockets"),
         "msgpack": _version("msgpack"),
+        "asyncpg": _version("asyncpg"),
+        "postgresql": _PG_VERSION[0] or None,
         "directory": str(root),
         "kept": args.keep is not None,
         "workload": {"tills": args.tills, "stores": args.stores,

@@ -96,7 +96,12 @@ def test_demo_numbers_every_sale_after_the_outage(tmp_path: Path) -> None:
     result = cli("demo", "--dir", str(tmp_path / "demo"))
     assert "9 sales, invoice numbers 1..9: gapless, none twice" in result.stdout
     assert "offline sales numbered: yes; pending entries per till: [0, 0, 0]" in result.stdout
-    receipts = json.loads(cli("peer", "receipts", str(tmp_path / "demo" / "till2"),
+    assert "raises milk to 1.29: on tills 2 and 3, stored" in result.stdout
+    # Till 3 never reached the relay: its receipts and the new price came over the LAN.
+    receipts = json.loads(cli("peer", "receipts", str(tmp_path / "demo" / "till3"),
                               "--json").stdout)
     assert sorted(r["invoice_no"] for r in receipts if r["kind"] == "sale") == list(
         range(1, 10))
+    milk = json.loads(cli("peer", "get", str(tmp_path / "demo" / "till3"), "products",
+                          "milk").stdout)
+    assert milk["price"] == 129
