@@ -32,6 +32,7 @@ class StoreHub:
         self.position = position
         self.stale = False
         self.changed = asyncio.Event()
+        self._watchers: set[asyncio.Event] = set()  # each connection's pump waker
         self.lock = asyncio.Lock()  # one document merge at a time
         # (first server_seq, last server_seq, encoded receipts frame): a batch's receipts
         # go to every connected till of the store, so they are encoded once, not per till.
@@ -41,6 +42,15 @@ class StoreHub:
     def notify(self) -> None:
         self.changed.set()
         self.changed = asyncio.Event()
+        for wake in self._watchers:
+            wake.set()
+
+    def watch(self, wake: asyncio.Event) -> None:
+        """Set ``wake`` on every change, until ``unwatch``."""
+        self._watchers.add(wake)
+
+    def unwatch(self, wake: asyncio.Event) -> None:
+        self._watchers.discard(wake)
 
     def publish(self, receipts: list[dict[str, Any]], position: int, per_frame: int) -> None:
         """Keep a committed batch's receipts as ready-to-send frames, then wake the pumps."""

@@ -162,6 +162,12 @@ class Relay:
         peer = f"{ws.remote_address}"
         pump: asyncio.Task[None] | None = None
         state: dict[str, Any] = {}
+        # Frames leave in the order the link queued them: whoever sends (this handler or
+        # the pump) takes the link's queue and sends it whole under this lock.
+        sending = asyncio.Lock()
+        # The pump is the only place that generates this connection's document sync
+        # messages (one SyncState, one generator): the handler wakes it instead.
+        wake = asyncio.Event()
         try:
             async for frame in ws:
                 link.receive_data(frame)
@@ -201,21 +207,20 @@ class Relay:
                                      self.certify(state["device"]))
                         if event.doc_empty and not hub.doc.is_genesis():
                             link.send_snapshot(hub.doc.save())
-                        message = hub.doc.sync_message(state["sync"])
-                        if message is not None:
-                            link.send_doc(message)
-                        pump = asyncio.create_task(self._pump(ws, link, hub, state,
-                                                              event.receipts_after))
+                        hub.watch(wake)
+                        wake.set()  # its first pass sends the first document message
+                        pump = asyncio.create_task(self._pump(ws, link, hub, state, sending,
+                                                              wake, event.receipts_after))
                         log.info("%s: device %s of store %s connected", peer, event.device,
                                  event.store)
                     elif isinstance(event, EntriesReceived):
                         await self._ingest(link, state["hub"], event)
                     elif isinstance(event, DocMessage):
                         await self._doc(link, state["hub"], state["sync"], event.data)
+                        wake.set()  # the pump answers
                     elif isinstance(event, LinkFailed | RemoteError):
                         log.warning("%s: %s: %s", peer, event.code, event.message)
-                for out in link.data_to_send():
-                    await ws.send(out)
+                await self._flush(ws, link, sending)
                 if link.closed:
                     break
         except websockets.ConnectionClosed:
@@ -230,7 +235,20 @@ class Relay:
         finally:
             if pump is not None:
                 pump.cancel()
+            if "hub" in state:
+                state["hub"].unwatch(wake)
             await ws.close()
+
+    @staticmethod
+    async def _flush(ws: ServerConnection, link: RelayLink, sending: asyncio.Lock,
+                     shared: bytes | None = None) -> None:
+        """Send what the link has queued, then ``shared`` (an already encoded frame), in
+        order even when the handler and the pump both send."""
+        async with sending:
+            for out in link.data_to_send():
+                await ws.send(out)
+            if shared is not None:
+                await ws.send(shared)
 
     async def _ingest(self, link: RelayLink, hub: StoreHub, event: EntriesReceived) -> None:
         if hub.stale:  # another process changed the catalogue: decide with the new one
@@ -306,6 +324,8 @@ class Relay:
 
     async def _doc(self, link: RelayLink, hub: StoreHub, sync: am.SyncState,
                    data: bytes) -> None:
+        """Merge a device's document sync message and store what it brought; the reply
+        is the pump's to generate."""
         async with hub.lock:
             try:
                 chunks = hub.doc.receive_sync(sync, data)
@@ -316,34 +336,33 @@ class Relay:
                                lambda: self.hubs.persist(hub, chunks))
         if chunks:
             hub.document_changed()
-        reply = hub.doc.sync_message(sync)
-        if reply is not None:
-            link.send_doc(reply)
 
     async def _pump(self, ws: ServerConnection, link: RelayLink, hub: StoreHub,
-                    state: dict[str, Any], after: int) -> None:
-        """Push receipts after ``after`` and document changes, as they come."""
+                    state: dict[str, Any], sending: asyncio.Lock, wake: asyncio.Event,
+                    after: int) -> None:
+        """Push receipts after ``after`` and the document sync messages, each time the
+        hub or the handler wakes it.  The only generator of this connection's document
+        messages: two generators sharing one SyncState could leave the exchange running
+        on without converging (tests/sim/README.md, "What it found")."""
         while True:
-            changed = hub.changed
+            await wake.wait()
+            wake.clear()
             while True:
                 ready = hub.frame_after(after)
                 if ready is not None:  # up to date: the shared, already encoded frame
                     after, frame = ready
-                    await ws.send(frame)
+                    await self._flush(ws, link, sending, frame)
                     continue
                 receipts = await self.storage.receipts_after(hub.store, after, RECEIPTS_PER_FRAME)
                 if not receipts:
                     break
                 after = receipts[-1]["server_seq"]
                 link.send_receipts(receipts, await self.storage.stream_position(hub.store))
-                for out in link.data_to_send():
-                    await ws.send(out)
+                await self._flush(ws, link, sending)
             message = hub.doc.sync_message(state["sync"])
             if message is not None:
                 link.send_doc(message)
-                for out in link.data_to_send():
-                    await ws.send(out)
-            await changed.wait()
+                await self._flush(ws, link, sending)
 
 
 @asynccontextmanager

@@ -52,7 +52,7 @@ rates = st.sampled_from((0.0, 0.0, 0.02, 0.1, 0.3))
 
 class ShopMachine(RuleBasedStateMachine):
     runs = 0
-    strict_doc = False
+    strict_doc = True
 
     def __init__(self) -> None:
         super().__init__()

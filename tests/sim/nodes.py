@@ -321,9 +321,10 @@ class ClientSession:
         elif isinstance(event, DocMessage):
             self.doc_messages += 1
             if self.doc_messages == self.DOC_MESSAGES_MAX:
-                # Known: the relay answers from two places (its pump and its handler) with
-                # one sync state; the exchange can then run on until the round's time limit
-                # (see README, "What it found").  Counted; a violation when ``strict_doc``.
+                # The relay once answered from two places (its pump and its handler) with
+                # one sync state, and the exchange could run on until the round's time
+                # limit (see README, "What it found").  Counted; a violation when
+                # ``strict_doc`` (the default since the relay has one generator).
                 self.node.world.stats["doc_exchange_runaway"] += 1
                 if self.node.world.strict_doc:
                     self.node.world.violation(
@@ -519,10 +520,7 @@ class RelayNode:
                          await storage.stream_position(event.store), rc.cert)
             if event.doc_empty and not hub.doc.is_genesis():
                 link.send_snapshot(hub.doc.save())
-            message = hub.doc.sync_message(rc.sync)
-            if message is not None:
-                link.send_doc(message)
-            rc.after = event.receipts_after
+            rc.after = event.receipts_after  # the pump's first pass sends the first doc message
             self._flush(rc)
             self._schedule_pump(rc)
         elif isinstance(event, EntriesReceived):
@@ -551,9 +549,7 @@ class RelayNode:
             await hubs.persist(hub, chunks)
             if chunks:
                 hub.document_changed()
-            reply = hub.doc.sync_message(rc.sync)
-            if reply is not None:
-                link.send_doc(reply)
+            self._schedule_pump(rc)  # the pump answers: the one generator of doc messages
         elif isinstance(event, LinkFailed | RemoteError):
             self.errors[event.code] += 1
 

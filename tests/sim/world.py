@@ -308,7 +308,7 @@ class World:
         self.model = Model()
         self.violations: list[str] = []
         self.round_errors: Counter[str] = Counter()
-        self.strict_doc = False  # a document exchange that runs away is a violation
+        self.strict_doc = True  # a document exchange that runs away is a violation
 
     # -- life cycle ---------------------------------------------------------------------
 
