@@ -191,6 +191,9 @@ async def _round(till: Till, ws: ClientConnection,
         link.receive_data(frame)
         for event in link.events_received():
             if isinstance(event, Ready):
+                # Revocations first: a revoked device's later entries must not go up.
+                for trouble in await till.add_revocations(event.revoked):
+                    log.warning("a revocation from the relay: %s", trouble)
                 if event.cert != till.cert:
                     for trouble in await till.add_certs([event.cert]):
                         log.warning("the relay's certificate for this till: %s", trouble)

@@ -28,7 +28,7 @@ import automerge.core as am
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
-from peer.cert import Certificate
+from peer.cert import Certificate, Revocation
 from peer.errors import InvalidInput
 from peer.identity import DeviceKey
 from peer.log import Entry
@@ -155,6 +155,31 @@ class Relay:
                                  name=device.name, role=device.role,
                                  public_key=device.public_key).raw
 
+    async def revoke(self, store: str, device: str) -> DeviceRow:
+        """Revoke a device of ``store``, named by its id or its name (which must then be
+        unique in the store).  Raises ``InvalidInput`` if there is no such device."""
+        row = await self.storage.device(store, device)
+        if row is None:
+            named = [d for d in await self.storage.devices(store) if d.name == device]
+            if len(named) > 1:
+                raise InvalidInput(f"{len(named)} devices of store {store} are named "
+                                   f"{device!r}: revoke one by its id")
+            if not named:
+                raise InvalidInput(f"store {store} has no device with the id or name "
+                                   f"{device!r}")
+            row = named[0]
+        revoked = await self.storage.revoke(store, row.device_id, utc_timestamp())
+        assert revoked is not None and revoked.revoked_upto is not None
+        log.warning("revoked device %s (%s) of store %s: its entries after seq %d are "
+                    "refused", revoked.device_id, revoked.name, store, revoked.revoked_upto)
+        return revoked
+
+    async def revocations(self, store: str) -> list[bytes]:
+        """The store's revocations, signed: every device learns them in ``welcome``."""
+        return [Revocation.issue(self.key, store=store, device=d.device_id,
+                                 upto=d.revoked_upto or 0, at=d.revoked_at or "").raw
+                for d in await self.storage.revocations(store)]
+
     # -- one connection ----------------------------------------------------------------
 
     async def handle(self, ws: ServerConnection) -> None:
@@ -175,8 +200,10 @@ class Relay:
                                       "store; enroll it with a code from `tillsync relay "
                                       "enroll`")
                         elif device.revoked:
-                            log.warning("%s: revoked device %s", peer, event.device)
-                            link.fail("revoked", "this device has been revoked")
+                            log.warning("%s: revoked device %s (%s) of store %s refused",
+                                        peer, event.device, device.name, event.store)
+                            link.fail("revoked", "this device has been revoked; enroll it "
+                                      "again with a new code if it is back in safe hands")
                         else:
                             state["device"] = device
                             link.challenge(device.public_key)
@@ -198,7 +225,8 @@ class Relay:
                         await self.storage.touch(event.store, event.device, utc_timestamp())
                         link.welcome(await self.storage.heads(event.store),
                                      await self.storage.stream_position(event.store),
-                                     self.certify(state["device"]))
+                                     self.certify(state["device"]),
+                                     await self.revocations(event.store))
                         if event.doc_empty and not hub.doc.is_genesis():
                             link.send_snapshot(hub.doc.save())
                         message = hub.doc.sync_message(state["sync"])
@@ -235,10 +263,10 @@ class Relay:
     async def _ingest(self, link: RelayLink, hub: StoreHub, event: EntriesReceived) -> None:
         if hub.stale:  # another process changed the catalogue: decide with the new one
             await self.hubs.refresh(hub)
-        keys = {}
+        keys = {}  # revoked devices too: ingest refuses only their later entries
         for device_id in {e.device_id for e in event.entries}:
             device = await self.storage.device(hub.store, device_id)
-            if device is not None and not device.revoked:
+            if device is not None:
                 keys[device_id] = device.public_key
         job = _Job(hub, event.entries, keys, await self._prepare(event.entries),
                    asyncio.get_running_loop().create_future())

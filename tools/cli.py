@@ -241,6 +241,8 @@ async def peer_status(args: argparse.Namespace) -> int:
             f"receipts    {status['waiting']} waiting, {len(status['rejected'])} rejected"
             + "".join(f"\n            rejected {r['kind']} seq {r['seq']}: {r.get('code')}: "
                       f"{r.get('message')}" for r in status["rejected"]),
+            *(f"revoked     {status['devices'].get(d, {}).get('name') or d}: entries after "
+              f"seq {upto} refused" for d, upto in status["revoked"].items()),
             f"open shifts {shifts}",
             f"held sales  {len(status['held_sales'])}",
             "master      " + ", ".join(f"{n} {c}" for c, n in status["master"].items()),
@@ -421,6 +423,21 @@ async def relay_enroll(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def relay_revoke(args: argparse.Namespace) -> int:
+    _check_db(args)
+    relay = await Relay.open(Path(args.data), args.db)
+    try:
+        row = await relay.revoke(args.store, args.device)
+    finally:
+        await relay.close()
+    _emit(args, {"store": row.store, "device": row.device_id, "name": row.name,
+                 "revoked_at": row.revoked_at, "upto": row.revoked_upto}, lambda: (
+        f"revoked {row.name} ({row.device_id}) of store {row.store} at {row.revoked_at}: "
+        f"its entries up to seq {row.revoked_upto} stay valid, later ones are refused; "
+        "every till learns it on its next contact with the relay or a till that has"))
+    return EXIT_OK
+
+
 async def peer_log(args: argparse.Namespace) -> int:
     async with await Till.open(args.dir, readonly=True) as till:
         entries = await till.entries(kind=args.kind)
@@ -488,6 +505,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--hours", type=float, default=24.0, help="validity (default 24)")
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(func=relay_enroll)
+    sub = relay_verbs.add_parser("revoke", help="cut a device off (a stolen till)",
+                                 description="revoke a device: it can no longer connect, and "
+                                 "its entries after the last one the relay holds are refused "
+                                 "by the relay and, once they learn it, by every till")
+    sub.add_argument("--data", required=True, metavar="DIR", help="the relay's data folder")
+    sub.add_argument("--db", metavar="URL", help=db_help)
+    sub.add_argument("--store", required=True, help="store id")
+    sub.add_argument("--device", required=True, metavar="ID_OR_NAME",
+                     help="the device's id, or its name if unique in the store")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.set_defaults(func=relay_revoke)
     demo_parser = areas.add_parser("demo", help="one till selling offline, end to end",
                                    description=demo_module.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
