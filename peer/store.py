@@ -55,7 +55,8 @@ log = logging.getLogger(__name__)
 
 DB_FILE = "till.db"
 META_KEYS = ("device_id", "name", "series", "store_id", "public_key", "relay_url", "relay_key",
-             "receipts_seq", "receipts_hash", "last_contact", "last_error")
+             "receipts_seq", "receipts_hash", "last_contact", "last_error", "relay_tls_pin",
+             "relay_tls_ca")
 LOCK_FILE = "lock"
 T = TypeVar("T")
 Clock = Callable[[], datetime]
@@ -227,6 +228,8 @@ class Till:
         relay_url: str | None = None,
         relay_key: bytes | None = None,
         cert: bytes | None = None,
+        tls_pin: str | None = None,
+        tls_ca: str | None = None,
     ) -> dict[str, str]:
         """Create a new store in ``path``: device key, database, empty master document.
 
@@ -248,6 +251,9 @@ class Till:
         }
         if relay_url and relay_key:
             info.update(relay_url=relay_url, relay_key=relay_key.hex())
+            # How the relay's TLS certificate is checked (wss:// only; see peer.tls).
+            info.update({k: v for k, v in (("relay_tls_pin", tls_pin),
+                                           ("relay_tls_ca", tls_ca)) if v})
         key.write(root)
         # Built under a temporary name and renamed: a crash leaves no half-made store.
         tmp = root / (DB_FILE + ".init")

@@ -32,6 +32,7 @@ from peer.cert import Certificate, Revocation
 from peer.errors import InvalidInput
 from peer.identity import DeviceKey
 from peer.log import Entry
+from peer.master.roles import forbidden_changes
 from peer.store import utc_timestamp
 from peer.sync.engine import (
     Authenticated,
@@ -44,6 +45,7 @@ from peer.sync.engine import (
     RemoteError,
 )
 from peer.sync.frames import TRANSPORT_MAX
+from peer.tls import server_context
 from relay.documents import Hubs, StoreHub
 from relay.ingest import Checked, IngestResult, adopt, ingest, prepare, prepare_elsewhere
 from relay.storage import RelayStorage, open_storage, with_retries
@@ -110,6 +112,8 @@ class RelayConfig:
     db: str | None = None  # postgresql://... : a database shared with other relay processes
     reuse_port: bool = False  # SO_REUSEPORT: several processes listen on one port
     db_wait: float = 60.0  # seconds to keep retrying a database that cannot be reached
+    tls_cert: str | None = None  # PEM files: serve wss:// instead of ws://
+    tls_key: str | None = None
 
 
 class Relay:
@@ -334,8 +338,19 @@ class Relay:
 
     async def _doc(self, link: RelayLink, hub: StoreHub, sync: am.SyncState,
                    data: bytes) -> None:
+        roles = {d.device_id: d.role for d in await self.storage.devices(hub.store)}
         async with hub.lock:
             try:
+                # Checked on a copy first: a refused message changes nothing here and so
+                # reaches no other device.
+                problems = forbidden_changes(hub.doc, data, roles.get)
+                if problems:
+                    log.warning("device %s of store %s: document changes refused: %s",
+                                link.device, hub.store, "; ".join(problems))
+                    link.fail("forbidden", f"document changes refused: {problems[0]}"
+                              + (f" (and {len(problems) - 1} more)" if len(problems) > 1
+                                 else ""), fatal=False)
+                    return
                 chunks = hub.doc.receive_sync(sync, data)
             except InvalidInput as exc:
                 link.fail("bad_document", str(exc), fatal=False)
@@ -377,10 +392,13 @@ class Relay:
 @asynccontextmanager
 async def running(config: RelayConfig) -> AsyncIterator[tuple[Relay, int]]:
     """Start a relay; yields it and the port it listens on (0 picks a free one)."""
+    tls = server_context(config.tls_cert, config.tls_key) \
+        if config.tls_cert and config.tls_key else None
     relay = await Relay.open(config.data, config.db, db_wait=config.db_wait)
     try:
         async with serve(relay.handle, config.host, config.port, max_size=TRANSPORT_MAX,
-                         compression=None, reuse_port=config.reuse_port or None) as server:
+                         compression=None, reuse_port=config.reuse_port or None,
+                         ssl=tls) as server:
             port = next(iter(server.sockets)).getsockname()[1]
             yield relay, port
     finally:

@@ -261,6 +261,21 @@ class MasterData:
             self._cache.clear()
         return chunks
 
+    def preview_sync(self, data: bytes) -> list[tuple[bytes, list[Any]]]:
+        """What a peer's sync message would change, without changing anything: for each
+        change it brings, its actor and Automerge's patches of that change alone
+        (applied to a fork, with a throwaway sync state).
+
+        Raises ``InvalidInput`` if the message cannot be decoded."""
+        fork = self._doc.fork()
+        before = fork.get_heads()
+        try:
+            fork.receive_sync_message(am.SyncState(), am.Message.decode(data))
+        except Exception as exc:  # the binding raises plain Exception for bad input
+            raise InvalidInput(f"bad document sync message: {exc}") from None
+        return [(bytes(change.actor_id), list(fork.diff(list(change.deps), [change.hash])))
+                for change in fork.get_changes(before)]
+
     def is_genesis(self) -> bool:
         """True while the document holds nothing but the shared genesis change."""
         return self._doc.get_heads() == genesis().get_heads()
