@@ -9,9 +9,11 @@ till end to end (relay and LAN) is in ``tests/peer/test_revocation.py``.
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
@@ -170,3 +172,21 @@ async def test_a_revoked_device_cannot_connect_and_its_later_entries_are_refused
     after = snapshot(relay, store)
     unchanged(before, after)
     assert len(after["receipts"]) == len(before["receipts"]) + 1
+
+
+async def test_a_schema_1_sqlite_relay_database_is_migrated_on_open(tmp_path: Path) -> None:
+    relay = await Relay.open(tmp_path)
+    await relay.close()
+    conn = sqlite3.connect(tmp_path / "relay.db")
+    conn.executescript("ALTER TABLE devices DROP COLUMN revoked_upto; "
+                       "UPDATE meta SET value = '1' WHERE key = 'schema_version';")
+    conn.close()
+    relay = await Relay.open(tmp_path)
+    try:
+        assert await relay.storage.revocations("any") == []
+    finally:
+        await relay.close()
+    conn = sqlite3.connect(tmp_path / "relay.db")
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() \
+        == [("2",)]
+    conn.close()
