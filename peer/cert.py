@@ -1,4 +1,4 @@
-"""Device certificates: the relay's signed statement of who a device is.
+"""Device certificates and revocations: the relay's signed statements about devices.
 
 A certificate binds a device id to its public key, its store, its name and its role.
 The relay signs it with its key when the device enrolls (and again on every sync, so a
@@ -10,11 +10,16 @@ internet.
 On the wire and on disk a certificate is the msgpack array ``[body, sig]`` where
 ``body`` is the canonical msgpack map ``{v, store, device, name, role, public_key}`` and
 ``sig`` the relay's Ed25519 signature of ``b"tillsync/cert/v1" + body``.
+
+A revocation has the same shape under its own domain, ``b"tillsync/revoke/v1"``: its
+body ``{v, store, device, upto, at}`` says that the device's entries after ``upto``
+(the highest seq the relay had ingested of it when it was revoked) are refused.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
@@ -22,6 +27,7 @@ from peer.identity import DeviceKey, verify_signature
 from peer.log import canonical_body
 
 _DOMAIN = b"tillsync/cert/v1"
+_REVOKE_DOMAIN = b"tillsync/revoke/v1"
 FORMAT = 1
 
 
@@ -51,18 +57,7 @@ class Certificate:
         """Parse and check a certificate; raise ``CertificateError`` saying what is wrong.
 
         ``store``, when given, is the store the certificate must belong to."""
-        try:
-            body, sig = msgpack.unpackb(raw, raw=False, strict_map_key=True)
-            fields = msgpack.unpackb(body, raw=False, strict_map_key=True)
-        except Exception:  # msgpack raises several unrelated types for bad input
-            raise CertificateError("the certificate is not a [body, sig] msgpack array") \
-                from None
-        if not (isinstance(body, bytes) and isinstance(sig, bytes) and isinstance(fields, dict)):
-            raise CertificateError("the certificate is not a [body, sig] msgpack array")
-        if not verify_signature(issuer_key, sig, _DOMAIN + body):
-            raise CertificateError("the certificate is not signed by this store's relay")
-        if type(fields.get("v")) is not int or fields["v"] != FORMAT:
-            raise CertificateError(f"certificate format {fields.get('v')!r} is not supported")
+        fields = _open(raw, issuer_key, _DOMAIN, "certificate")
         try:
             cert = cls(fields["store"], fields["device"], fields["name"], fields["role"],
                        fields["public_key"], raw)
@@ -74,3 +69,53 @@ class Certificate:
         if store is not None and cert.store != store:
             raise CertificateError("the certificate is for another store")
         return cert
+
+
+def _open(raw: bytes, issuer_key: bytes, domain: bytes, what: str) -> dict[str, Any]:
+    """The fields of a signed ``[body, sig]`` record, once its signature verifies."""
+    try:
+        body, sig = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        fields = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception:  # msgpack raises several unrelated types for bad input
+        raise CertificateError(f"the {what} is not a [body, sig] msgpack array") from None
+    if not (isinstance(body, bytes) and isinstance(sig, bytes) and isinstance(fields, dict)):
+        raise CertificateError(f"the {what} is not a [body, sig] msgpack array")
+    if not verify_signature(issuer_key, sig, domain + body):
+        raise CertificateError(f"the {what} is not signed by this store's relay")
+    if type(fields.get("v")) is not int or fields["v"] != FORMAT:
+        raise CertificateError(f"{what} format {fields.get('v')!r} is not supported")
+    return fields
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """The relay's signed word that ``device`` is revoked: its entries with a seq above
+    ``upto`` are refused by the relay and by every till; those up to it stay valid."""
+
+    store: str
+    device: str
+    upto: int
+    at: str  # when the relay revoked it, RFC 3339 UTC
+    raw: bytes
+
+    @classmethod
+    def issue(cls, key: DeviceKey, *, store: str, device: str, upto: int, at: str
+              ) -> Revocation:
+        body = canonical_body({"v": FORMAT, "store": store, "device": device, "upto": upto,
+                               "at": at})
+        raw: bytes = msgpack.packb([body, key.sign(_REVOKE_DOMAIN + body)], use_bin_type=True)
+        return cls(store, device, upto, at, raw)
+
+    @classmethod
+    def load(cls, raw: bytes, issuer_key: bytes, *, store: str) -> Revocation:
+        """Parse and check a revocation of a device of ``store``; raise
+        ``CertificateError`` saying what is wrong."""
+        fields = _open(raw, issuer_key, _REVOKE_DOMAIN, "revocation")
+        store_, device, upto, at = (fields.get(k) for k in ("store", "device", "upto", "at"))
+        if not (isinstance(store_, str) and isinstance(device, str) and isinstance(at, str)
+                and type(upto) is int and upto >= 0):
+            raise CertificateError("the revocation has a missing field or one of the wrong "
+                                   "type")
+        if store_ != store:
+            raise CertificateError("the revocation is for another store")
+        return cls(store_, device, upto, at, raw)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import automerge.core as am
 import websockets
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 
 from peer.cert import Certificate, CertificateError
 from peer.errors import InvalidInput, TillsyncError
@@ -39,6 +39,7 @@ from peer.sync.engine import (
 )
 from peer.sync.frames import TRANSPORT_MAX
 from peer.sync.receipts import verify_receipts
+from peer.tls import normalise_pin, relay_connection
 
 log = logging.getLogger("tillsync.peer")
 BATCH = 500
@@ -66,13 +67,16 @@ class SyncReport:
 
 
 async def enroll(url: str, code: str, name: str, key: DeviceKey, device_id: str,
-                 within: float = 10.0) -> Enrolled:
-    """Register a new device at the relay with a one-time code."""
+                 within: float = 10.0, *, tls_pin: str | None = None,
+                 tls_ca: str | None = None) -> Enrolled:
+    """Register a new device at the relay with a one-time code (over ``wss://``, the
+    relay's TLS certificate checked as ``peer.tls`` says)."""
     link = ClientLink(store="", device=device_id, key=key, nonce=os.urandom(32))
     link.start_enroll(code, name)
     try:
         async with asyncio.timeout(within):
-            async with connect(url, max_size=TRANSPORT_MAX, compression=None) as ws:
+            async with relay_connection(url, pin=tls_pin, ca=tls_ca, max_size=TRANSPORT_MAX,
+                                        compression=None) as ws:
                 for out in link.data_to_send():
                     await ws.send(out)
                 async for frame in ws:
@@ -89,12 +93,15 @@ async def enroll(url: str, code: str, name: str, key: DeviceKey, device_id: str,
 
 
 async def init_enrolled(path: Path, *, name: str, url: str, code: str,
-                        series: str | None = None) -> dict[str, str]:
+                        series: str | None = None, tls_pin: str | None = None,
+                        tls_ca: str | None = None) -> dict[str, str]:
     """``peer init --relay URL --code CODE``: enroll first, then create the store, so a
     refused code leaves nothing behind."""
     Till.check_new(path, name, series)
+    if tls_pin:
+        tls_pin = normalise_pin(tls_pin)
     key, device_id = DeviceKey.generate(), str(uuid.uuid4())
-    enrolled = await enroll(url, code, name, key, device_id)
+    enrolled = await enroll(url, code, name, key, device_id, tls_pin=tls_pin, tls_ca=tls_ca)
     try:
         cert = Certificate.load(enrolled.cert, enrolled.relay_key, store=enrolled.store)
     except CertificateError as exc:
@@ -105,7 +112,7 @@ async def init_enrolled(path: Path, *, name: str, url: str, code: str,
                         "bad_certificate")
     return await Till.init(path, name=name, series=series, store_id=enrolled.store, key=key,
                            device_id=device_id, relay_url=url, relay_key=enrolled.relay_key,
-                           cert=enrolled.cert)
+                           cert=enrolled.cert, tls_pin=tls_pin, tls_ca=tls_ca)
 
 
 async def sync_once(till: Till, url: str | None = None, *, within: float = 30.0,
@@ -118,8 +125,10 @@ async def sync_once(till: Till, url: str | None = None, *, within: float = 30.0,
     report = SyncReport()
     try:
         async with asyncio.timeout(within):
-            async with connect(url, max_size=TRANSPORT_MAX, compression=None,
-                               open_timeout=min(within, 10)) as ws:
+            async with relay_connection(url, pin=till.meta.get("relay_tls_pin") or None,
+                                        ca=till.meta.get("relay_tls_ca") or None,
+                                        max_size=TRANSPORT_MAX, compression=None,
+                                        open_timeout=min(within, 10)) as ws:
                 await _round(till, ws, report, settle)
     except (OSError, TimeoutError, websockets.WebSocketException) as exc:
         error = f"cannot sync with the relay at {url}: {exc or type(exc).__name__}"
@@ -128,7 +137,8 @@ async def sync_once(till: Till, url: str | None = None, *, within: float = 30.0,
     except SyncError as exc:
         await till.note_contact("", str(exc))
         raise
-    await till.note_contact(utc_timestamp())  # a completed round; clears the last error
+    # A completed round; clears the last error, or notes what the relay refused in it.
+    await till.note_contact(utc_timestamp(), "; ".join(report.errors))
     report.pending = (await till.pending(limit=0))[0]
     return report
 
@@ -146,6 +156,7 @@ async def _round(till: Till, ws: ClientConnection,
     in_flight = 0
     pushed_all = False
     pushing = False
+    doc_refused = False  # the relay refused this till's document changes this round
     relay_head = -1
 
     async def flush() -> None:
@@ -170,7 +181,7 @@ async def _round(till: Till, ws: ClientConnection,
         product made offline must not reach the relay before the product does.  Our
         side has nothing to send exactly when the relay's last sync message showed it
         has all our changes."""
-        message = till.master.sync_message(sync)
+        message = None if doc_refused else till.master.sync_message(sync)
         if message is not None:
             link.send_doc(message)
         elif not pushing:
@@ -191,6 +202,9 @@ async def _round(till: Till, ws: ClientConnection,
         link.receive_data(frame)
         for event in link.events_received():
             if isinstance(event, Ready):
+                # Revocations first: a revoked device's later entries must not go up.
+                for trouble in await till.add_revocations(event.revoked):
+                    log.warning("a revocation from the relay: %s", trouble)
                 if event.cert != till.cert:
                     for trouble in await till.add_certs([event.cert]):
                         log.warning("the relay's certificate for this till: %s", trouble)
@@ -227,6 +241,14 @@ async def _round(till: Till, ws: ClientConnection,
             elif isinstance(event, DocMessage):
                 await till.receive_document(sync, message=event.data)
                 report.doc_changes += 1
+                await doc_settled()
+            elif isinstance(event, RemoteError) and event.code == "forbidden" \
+                    and not event.fatal:
+                # Master-data changes this device may not make (its role): they stay
+                # here, unsynced; the round goes on, so sales still go up.
+                log.warning("the relay refused document changes: %s", event.message)
+                report.errors.append(f"{event.code}: {event.message}")
+                doc_refused = True  # offering them again this round would loop
                 await doc_settled()
             elif isinstance(event, RemoteError | LinkFailed):
                 raise SyncError(f"the relay refused: {event.message}", event.code)

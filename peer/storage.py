@@ -23,7 +23,7 @@ from peer.errors import StoreCorrupt
 from peer.log.entry import Entry
 from peer.views import Effect, from_millionths, to_millionths
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,6 +68,15 @@ CREATE TABLE views (
 ) WITHOUT ROWID;
 CREATE TABLE doc_snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), data BLOB NOT NULL);
 CREATE TABLE doc_changes (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE revocations (  -- the relay's signed revocations, to check and forward
+    device_id TEXT PRIMARY KEY,
+    upto INTEGER NOT NULL,  -- the device's entries after this seq are refused
+    record BLOB NOT NULL
+);
+"""
+_REVOCATIONS = """
+CREATE TABLE revocations (device_id TEXT PRIMARY KEY, upto INTEGER NOT NULL,
+                          record BLOB NOT NULL);
 """
 
 # Upgrades of an older store, run in one transaction by a writable open.
@@ -76,7 +85,8 @@ _MIGRATIONS = {
 ALTER TABLE devices ADD COLUMN cert BLOB;
 CREATE TABLE receipt_stream (server_seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
 INSERT INTO receipt_stream (server_seq, body) SELECT server_seq, body FROM receipts;
-""",
+""" + _REVOCATIONS,
+    "2": _REVOCATIONS,
 }
 
 _ENTRY_COLUMNS = "client_id, device_id, seq, prev, kind, client_created_at, ticket, body, sig"
@@ -190,6 +200,16 @@ class TillDB:
             "WHERE devices.public_key = excluded.public_key",
             certs,
         )
+
+    async def revocations(self) -> dict[str, tuple[int, bytes]]:
+        """device id -> (upto, signed record), for the devices known to be revoked."""
+        async with self._conn.execute("SELECT device_id, upto, record FROM revocations") as cur:
+            return {row[0]: (int(row[1]), bytes(row[2])) async for row in cur}
+
+    async def put_revocations(self, rows: Sequence[tuple[str, int, bytes]]) -> None:
+        """(device id, upto, record); a revocation is final, the first one kept stays."""
+        await self._conn.executemany(
+            "INSERT OR IGNORE INTO revocations (device_id, upto, record) VALUES (?, ?, ?)", rows)
 
     async def heads(self) -> dict[str, tuple[int, bytes]]:
         """The last entry (seq, hash) of every device this store holds entries of."""

@@ -32,7 +32,7 @@ from typing import IO, Any, TypeVar
 import msgpack
 
 from peer import rules
-from peer.cert import Certificate, CertificateError
+from peer.cert import Certificate, CertificateError, Revocation
 from peer.errors import (
     DuplicateEntry,
     EntryRefused,
@@ -55,7 +55,8 @@ log = logging.getLogger(__name__)
 
 DB_FILE = "till.db"
 META_KEYS = ("device_id", "name", "series", "store_id", "public_key", "relay_url", "relay_key",
-             "receipts_seq", "receipts_hash", "last_contact", "last_error")
+             "receipts_seq", "receipts_hash", "last_contact", "last_error", "relay_tls_pin",
+             "relay_tls_ca")
 LOCK_FILE = "lock"
 T = TypeVar("T")
 Clock = Callable[[], datetime]
@@ -127,6 +128,7 @@ class _Batch:
     receipts: list[tuple[str, int, str, bytes]] = field(default_factory=list)
     stream: list[tuple[int, bytes]] = field(default_factory=list)
     certs: list[tuple[str, bytes, str, bytes]] = field(default_factory=list)
+    revocations: list[tuple[str, int, bytes]] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
 
 
@@ -206,6 +208,7 @@ class Till:
         self._others: dict[str, tuple[int, bytes]] = {}  # other devices' heads held here
         self._keys: dict[str, bytes] = {}  # device id -> public key, of devices known here
         self._certs: dict[str, bytes] = {}  # device id -> certificate, where known
+        self._revoked: dict[str, tuple[int, bytes]] = {}  # device id -> (upto, record)
         self.version = 0  # bumped on every commit; see ``wait_changed``
         self.data_version = 0  # bumped on commits that add entries or document changes
         self._changed = asyncio.Event()
@@ -225,6 +228,8 @@ class Till:
         relay_url: str | None = None,
         relay_key: bytes | None = None,
         cert: bytes | None = None,
+        tls_pin: str | None = None,
+        tls_ca: str | None = None,
     ) -> dict[str, str]:
         """Create a new store in ``path``: device key, database, empty master document.
 
@@ -246,6 +251,9 @@ class Till:
         }
         if relay_url and relay_key:
             info.update(relay_url=relay_url, relay_key=relay_key.hex())
+            # How the relay's TLS certificate is checked (wss:// only; see peer.tls).
+            info.update({k: v for k, v in (("relay_tls_pin", tls_pin),
+                                           ("relay_tls_ca", tls_ca)) if v})
         key.write(root)
         # Built under a temporary name and renamed: a crash leaves no half-made store.
         tmp = root / (DB_FILE + ".init")
@@ -395,10 +403,11 @@ class Till:
                     outcomes.append((future, await op(batch), None))
                 except (TillsyncError, SchemaViolation) as exc:
                     outcomes.append((future, None, exc))
-            if batch.entries or batch.chunks or batch.receipts or batch.meta or batch.certs:
+            if batch.entries or batch.chunks or batch.receipts or batch.meta or batch.certs \
+                    or batch.revocations:
                 if 0 < len(batch.chunks) <= 500 and not (
                         batch.entries or batch.effects or batch.receipts or batch.meta
-                        or batch.certs):
+                        or batch.certs or batch.revocations):
                     await self._db.commit_changes(batch.chunks)  # one statement, one trip
                 else:
                     await self._write(batch)
@@ -429,6 +438,7 @@ class Till:
     async def _load_devices(self) -> None:
         self._keys = {d: key for d, (key, _) in (await self._db.devices()).items()}
         self._certs = await self._db.certs()
+        self._revoked = await self._db.revocations()
         self._others = {d: h for d, h in (await self._db.heads()).items() if d != self.device_id}
 
     def _notify(self) -> None:
@@ -461,6 +471,8 @@ class Till:
             await self._db.append_stream(batch.stream)
         if batch.certs:
             await self._db.put_certs(batch.certs)
+        if batch.revocations:
+            await self._db.put_revocations(batch.revocations)
         if batch.meta:
             await self._db.set_meta(batch.meta)
         await self._db.commit()
@@ -631,8 +643,12 @@ class Till:
         for device_id in await self._db.devices():
             if len(out) >= limit:
                 break
-            out += await self._db.entries_after(device_id, heads.get(device_id, 0),
-                                                limit - len(out))
+            upto = self.revoked_upto(device_id)
+            after = heads.get(device_id, 0)
+            if upto is not None and after >= upto:
+                continue  # a revoked device's later entries are not passed on
+            found = await self._db.entries_after(device_id, after, limit - len(out))
+            out += found if upto is None else [e for e in found if e.seq <= upto]
         return out
 
     def heads(self) -> dict[str, int]:
@@ -686,6 +702,42 @@ class Till:
             await self._submit(op)
         return problems
 
+    def revoked_upto(self, device_id: str) -> int | None:
+        """The seq after which ``device_id``'s entries are refused, if it is revoked."""
+        known = self._revoked.get(device_id)
+        return None if known is None else known[0]
+
+    def revocations(self) -> list[bytes]:
+        """The relay's signed revocations this till holds, to forward on the LAN."""
+        return [record for _, record in sorted(self._revoked.values())]
+
+    async def add_revocations(self, raws: list[bytes]) -> list[str]:
+        """Keep revocations the relay signed for this store; returns the problems of
+        those refused.  From now on the revoked devices cannot link with this till and
+        their entries after ``upto`` are neither taken nor passed on."""
+        if self.relay_key is None:
+            return ["this store is not enrolled at a relay: it cannot check revocations"]
+        problems: list[str] = []
+        fresh: dict[str, Revocation] = {}
+        for raw in raws:
+            try:
+                revocation = Revocation.load(raw, self.relay_key, store=self.store_id)
+            except CertificateError as exc:
+                problems.append(str(exc))
+                continue
+            if revocation.device not in self._revoked:
+                fresh[revocation.device] = revocation
+        if fresh:
+            async def op(batch: _Batch) -> None:
+                for r in fresh.values():
+                    batch.revocations.append((r.device, r.upto, r.raw))
+                    self._revoked.setdefault(r.device, (r.upto, r.raw))
+                    log.warning("device %s is revoked: its entries after seq %d are refused",
+                                r.device, r.upto)
+
+            await self._submit(op)
+        return problems
+
     async def receive_entries(self, entries: list[Entry]) -> int:
         """Store other devices' entries forwarded by a peer, after checking them: each
         device's run must continue the chain held here, and every entry's signature must
@@ -710,7 +762,12 @@ class Till:
                     raise EntryRefused(f"entries of device {device}, whose certificate "
                                        "this store has not been given")
                 seq, prev = self._others.get(device, (0, GENESIS_PREV))
+                upto = self.revoked_upto(device)
                 run = sorted((e for e in run if e.seq > seq), key=lambda e: e.seq)
+                if upto is not None and run and run[-1].seq > upto:
+                    log.warning("entries of revoked device %s after seq %d refused", device,
+                                upto)
+                    run = [e for e in run if e.seq <= upto]
                 if not run or run[0].seq != seq + 1:
                     continue  # nothing new, or a gap: the peer resends from our head
                 # Every signature, not just the head's: the head vouches for the content
@@ -856,6 +913,7 @@ class Till:
             "last_contact": self.meta.get("last_contact") or None,
             "last_error": self.meta.get("last_error") or None,
             "receipts_position": self.receipts_position()[0],
+            "revoked": {d: upto for d, (upto, _) in sorted(self._revoked.items())},
             "rejected": [{"client_id": r["client_id"], "kind": r.get("kind"),
                           "seq": r.get("seq"), "device_id": r.get("device_id"),
                           **r.get("error", {})}

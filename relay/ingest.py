@@ -293,8 +293,10 @@ async def ingest(
     now: str,
     checked: Checked | None = None,
 ) -> IngestResult:
-    """Decide a batch inside ``txn``.  ``public_keys`` holds the registered, unrevoked
-    keys of the store's devices; entries of other devices are rejected and kept.
+    """Decide a batch inside ``txn``.  ``public_keys`` holds the registered keys of the
+    store's devices (revoked ones too); entries of other devices are rejected and kept.
+    A revoked device's entries beyond the seq it was revoked at are rejected (read inside
+    the transaction, so a revocation and a batch of the device cannot interleave).
     ``checked`` is ``prepare(entries)`` if the caller ran it already."""
     checked = prepare(entries) if checked is None else checked
     result = IngestResult()
@@ -306,6 +308,11 @@ async def ingest(
     known = await txn.known_client_ids(store, [e.client_id for e in entries])
     batch.refused_before = await txn.rejected(store, [e.client_id for e in entries])
     seen: set[str] = set()
+    revoked_upto: dict[str, int] = {}
+    for device in by_device:
+        row = await txn.device(store, device) if device in public_keys else None
+        if row is not None and row.revoked_upto is not None:
+            revoked_upto[device] = row.revoked_upto
 
     chained: list[Entry] = []
     for device, group in by_device.items():
@@ -314,8 +321,8 @@ async def ingest(
         run: list[Entry] = []
         for entry in sorted(group, key=lambda e: e.seq):
             if public_key is None:
-                batch.reject(entry, "unknown_device", "no enrolled, unrevoked device of this "
-                                                      "store has this id")
+                batch.reject(entry, "unknown_device", "no enrolled device of this store has "
+                                                      "this id")
                 continue
             if entry.seq <= seq:
                 if known.get(entry.client_id) == entry.hash:
@@ -323,6 +330,10 @@ async def ingest(
                 else:
                     batch.reject(entry, "conflicting_entry", f"seq {entry.seq} is already "
                                  "held with other content (a forked or replayed chain)")
+                continue
+            if entry.seq > revoked_upto.get(device, entry.seq):
+                batch.reject(entry, "revoked", f"device {device} was revoked after its entry "
+                             f"{revoked_upto[device]}: later entries are refused")
                 continue
             if entry.seq != seq + len(run) + 1:
                 result.gaps[device] = seq + len(run) + 1  # the device should resend from here

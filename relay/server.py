@@ -28,10 +28,11 @@ import automerge.core as am
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
-from peer.cert import Certificate
+from peer.cert import Certificate, Revocation
 from peer.errors import InvalidInput
 from peer.identity import DeviceKey
 from peer.log import Entry
+from peer.master.roles import forbidden_changes
 from peer.store import utc_timestamp
 from peer.sync.engine import (
     Authenticated,
@@ -44,6 +45,7 @@ from peer.sync.engine import (
     RemoteError,
 )
 from peer.sync.frames import TRANSPORT_MAX
+from peer.tls import server_context
 from relay.documents import Hubs, StoreHub
 from relay.ingest import Checked, IngestResult, adopt, ingest, prepare, prepare_elsewhere
 from relay.storage import RelayStorage, open_storage, with_retries
@@ -110,6 +112,8 @@ class RelayConfig:
     db: str | None = None  # postgresql://... : a database shared with other relay processes
     reuse_port: bool = False  # SO_REUSEPORT: several processes listen on one port
     db_wait: float = 60.0  # seconds to keep retrying a database that cannot be reached
+    tls_cert: str | None = None  # PEM files: serve wss:// instead of ws://
+    tls_key: str | None = None
 
 
 class Relay:
@@ -155,6 +159,31 @@ class Relay:
                                  name=device.name, role=device.role,
                                  public_key=device.public_key).raw
 
+    async def revoke(self, store: str, device: str) -> DeviceRow:
+        """Revoke a device of ``store``, named by its id or its name (which must then be
+        unique in the store).  Raises ``InvalidInput`` if there is no such device."""
+        row = await self.storage.device(store, device)
+        if row is None:
+            named = [d for d in await self.storage.devices(store) if d.name == device]
+            if len(named) > 1:
+                raise InvalidInput(f"{len(named)} devices of store {store} are named "
+                                   f"{device!r}: revoke one by its id")
+            if not named:
+                raise InvalidInput(f"store {store} has no device with the id or name "
+                                   f"{device!r}")
+            row = named[0]
+        revoked = await self.storage.revoke(store, row.device_id, utc_timestamp())
+        assert revoked is not None and revoked.revoked_upto is not None
+        log.warning("revoked device %s (%s) of store %s: its entries after seq %d are "
+                    "refused", revoked.device_id, revoked.name, store, revoked.revoked_upto)
+        return revoked
+
+    async def revocations(self, store: str) -> list[bytes]:
+        """The store's revocations, signed: every device learns them in ``welcome``."""
+        return [Revocation.issue(self.key, store=store, device=d.device_id,
+                                 upto=d.revoked_upto or 0, at=d.revoked_at or "").raw
+                for d in await self.storage.revocations(store)]
+
     # -- one connection ----------------------------------------------------------------
 
     async def handle(self, ws: ServerConnection) -> None:
@@ -181,8 +210,10 @@ class Relay:
                                       "store; enroll it with a code from `tillsync relay "
                                       "enroll`")
                         elif device.revoked:
-                            log.warning("%s: revoked device %s", peer, event.device)
-                            link.fail("revoked", "this device has been revoked")
+                            log.warning("%s: revoked device %s (%s) of store %s refused",
+                                        peer, event.device, device.name, event.store)
+                            link.fail("revoked", "this device has been revoked; enroll it "
+                                      "again with a new code if it is back in safe hands")
                         else:
                             state["device"] = device
                             link.challenge(device.public_key)
@@ -204,7 +235,8 @@ class Relay:
                         await self.storage.touch(event.store, event.device, utc_timestamp())
                         link.welcome(await self.storage.heads(event.store),
                                      await self.storage.stream_position(event.store),
-                                     self.certify(state["device"]))
+                                     self.certify(state["device"]),
+                                     await self.revocations(event.store))
                         if event.doc_empty and not hub.doc.is_genesis():
                             link.send_snapshot(hub.doc.save())
                         hub.watch(wake)
@@ -253,10 +285,10 @@ class Relay:
     async def _ingest(self, link: RelayLink, hub: StoreHub, event: EntriesReceived) -> None:
         if hub.stale:  # another process changed the catalogue: decide with the new one
             await self.hubs.refresh(hub)
-        keys = {}
+        keys = {}  # revoked devices too: ingest refuses only their later entries
         for device_id in {e.device_id for e in event.entries}:
             device = await self.storage.device(hub.store, device_id)
-            if device is not None and not device.revoked:
+            if device is not None:
                 keys[device_id] = device.public_key
         job = _Job(hub, event.entries, keys, await self._prepare(event.entries),
                    asyncio.get_running_loop().create_future())
@@ -326,8 +358,19 @@ class Relay:
                    data: bytes) -> None:
         """Merge a device's document sync message and store what it brought; the reply
         is the pump's to generate."""
+        roles = {d.device_id: d.role for d in await self.storage.devices(hub.store)}
         async with hub.lock:
             try:
+                # Checked on a copy first: a refused message changes nothing here and so
+                # reaches no other device.
+                problems = forbidden_changes(hub.doc, data, roles.get)
+                if problems:
+                    log.warning("device %s of store %s: document changes refused: %s",
+                                link.device, hub.store, "; ".join(problems))
+                    link.fail("forbidden", f"document changes refused: {problems[0]}"
+                              + (f" (and {len(problems) - 1} more)" if len(problems) > 1
+                                 else ""), fatal=False)
+                    return
                 chunks = hub.doc.receive_sync(sync, data)
             except InvalidInput as exc:
                 link.fail("bad_document", str(exc), fatal=False)
@@ -368,10 +411,13 @@ class Relay:
 @asynccontextmanager
 async def running(config: RelayConfig) -> AsyncIterator[tuple[Relay, int]]:
     """Start a relay; yields it and the port it listens on (0 picks a free one)."""
+    tls = server_context(config.tls_cert, config.tls_key) \
+        if config.tls_cert and config.tls_key else None
     relay = await Relay.open(config.data, config.db, db_wait=config.db_wait)
     try:
         async with serve(relay.handle, config.host, config.port, max_size=TRANSPORT_MAX,
-                         compression=None, reuse_port=config.reuse_port or None) as server:
+                         compression=None, reuse_port=config.reuse_port or None,
+                         ssl=tls) as server:
             port = next(iter(server.sockets)).getsockname()[1]
             yield relay, port
     finally:

@@ -168,7 +168,10 @@ async def setup(root: Path, tills: int) -> tuple[Path, int, list[TillProc]]:
     data = root / "relay"
     relay = await Relay.open(data)
     try:
-        codes = [await relay.new_code("bench-shop", f"Till {i + 1}") for i in range(tills)]
+        # Till 1 sets up the catalogue: it needs the back-office role for prices.
+        codes = [await relay.new_code("bench-shop", f"Till {i + 1}",
+                                      "backoffice" if i == 0 else "till")
+                 for i in range(tills)]
     finally:
         await relay.close()
     port = free_port()

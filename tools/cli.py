@@ -89,6 +89,7 @@ async def peer_init(args: argparse.Namespace) -> int:
                        "enroll`)", EXIT_BAD_INPUT)
     if args.relay:
         info = await client.init_enrolled(Path(args.dir), name=args.name, url=args.relay,
+                                          tls_pin=args.tls_pin, tls_ca=args.tls_ca,
                                           code=args.code, series=args.series)
     else:
         info = await Till.init(args.dir, name=args.name, series=args.series,
@@ -241,6 +242,8 @@ async def peer_status(args: argparse.Namespace) -> int:
             f"receipts    {status['waiting']} waiting, {len(status['rejected'])} rejected"
             + "".join(f"\n            rejected {r['kind']} seq {r['seq']}: {r.get('code')}: "
                       f"{r.get('message')}" for r in status["rejected"]),
+            *(f"revoked     {status['devices'].get(d, {}).get('name') or d}: entries after "
+              f"seq {upto} refused" for d, upto in status["revoked"].items()),
             f"open shifts {shifts}",
             f"held sales  {len(status['held_sales'])}",
             "master      " + ", ".join(f"{n} {c}" for c, n in status["master"].items()),
@@ -356,6 +359,9 @@ def relay_serve_workers(args: argparse.Namespace) -> int:
     if args.db is None:
         raise CliError("--workers needs --db postgresql://...: relay processes share "
                        "one PostgreSQL database (SQLite serves one process)", EXIT_BAD_INPUT)
+    if args.tls_cert:
+        raise CliError("--workers does not take --tls-cert yet: put a TLS terminator in "
+                       "front of the workers, or serve TLS from one process", EXIT_BAD_INPUT)
     _relay_logging(worker=True)
     asyncio.run(migrate(args.db, args.db_wait))  # once, before the workers start
     return serve_workers(workers=args.workers, data=Path(args.data), db=args.db,
@@ -367,11 +373,15 @@ async def relay_serve(args: argparse.Namespace) -> int:
     _relay_logging(worker=args.worker_of is not None)
     if args.worker_of is not None:
         die_with_parent(args.worker_of)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CliError("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
     config = RelayConfig(Path(args.data), args.host, args.port, db=args.db,
-                         reuse_port=args.reuse_port, db_wait=args.db_wait)
+                         reuse_port=args.reuse_port, db_wait=args.db_wait,
+                         tls_cert=args.tls_cert, tls_key=args.tls_key)
     async with running(config) as (_, port):
         where = f"database {describe(args.db)}" if args.db else f"data in {args.data}"
-        print(f"relay listening on ws://{args.host}:{port} ({where})", flush=True)
+        scheme = "wss" if args.tls_cert else "ws"
+        print(f"relay listening on {scheme}://{args.host}:{port} ({where})", flush=True)
         await asyncio.Event().wait()
     return EXIT_OK
 
@@ -421,6 +431,21 @@ async def relay_enroll(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def relay_revoke(args: argparse.Namespace) -> int:
+    _check_db(args)
+    relay = await Relay.open(Path(args.data), args.db)
+    try:
+        row = await relay.revoke(args.store, args.device)
+    finally:
+        await relay.close()
+    _emit(args, {"store": row.store, "device": row.device_id, "name": row.name,
+                 "revoked_at": row.revoked_at, "upto": row.revoked_upto}, lambda: (
+        f"revoked {row.name} ({row.device_id}) of store {row.store} at {row.revoked_at}: "
+        f"its entries up to seq {row.revoked_upto} stay valid, later ones are refused; "
+        "every till learns it on its next contact with the relay or a till that has"))
+    return EXIT_OK
+
+
 async def peer_log(args: argparse.Namespace) -> int:
     async with await Till.open(args.dir, readonly=True) as till:
         entries = await till.entries(kind=args.kind)
@@ -466,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start N relay processes sharing the port (needs --db)")
     sub.add_argument("--db-wait", type=float, default=60.0, metavar="SECONDS",
                      help="how long to keep retrying an unreachable database (default 60)")
+    sub.add_argument("--tls-cert", metavar="FILE",
+                     help="serve wss://: the relay's certificate (chain), PEM")
+    sub.add_argument("--tls-key", metavar="FILE", help="its private key, PEM")
     sub.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     sub.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
     sub.set_defaults(func=relay_serve)
@@ -488,6 +516,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--hours", type=float, default=24.0, help="validity (default 24)")
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(func=relay_enroll)
+    sub = relay_verbs.add_parser("revoke", help="cut a device off (a stolen till)",
+                                 description="revoke a device: it can no longer connect, and "
+                                 "its entries after the last one the relay holds are refused "
+                                 "by the relay and, once they learn it, by every till")
+    sub.add_argument("--data", required=True, metavar="DIR", help="the relay's data folder")
+    sub.add_argument("--db", metavar="URL", help=db_help)
+    sub.add_argument("--store", required=True, help="store id")
+    sub.add_argument("--device", required=True, metavar="ID_OR_NAME",
+                     help="the device's id, or its name if unique in the store")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.set_defaults(func=relay_revoke)
     demo_parser = areas.add_parser("demo", help="one till selling offline, end to end",
                                    description=demo_module.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -513,6 +552,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--store", help="store id when not enrolling (default: a new UUID)")
     sub.add_argument("--relay", metavar="URL", help="relay to enroll with, ws://host:port")
     sub.add_argument("--code", help="one-time code from `tillsync relay enroll`")
+    sub.add_argument("--tls-pin", metavar="SHA256",
+                     help="wss:// relay: accept exactly the TLS certificate with this SHA-256 "
+                     "fingerprint (a self-signed relay); default: the system's trust store")
+    sub.add_argument("--tls-ca", metavar="FILE", type=os.path.abspath,  # for the daemon
+                     help="wss:// relay: trust the CA certificates in this PEM file")
 
     sub = verb("sync", peer_sync, "one sync round with the relay: push, receipts, document")
     sub.add_argument("--once", action="store_true", help="run one round and exit")

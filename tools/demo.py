@@ -92,7 +92,9 @@ async def _sell(till: Till, shift: str, basket: list[tuple[str, int | str, int]]
 async def run(root: Path) -> int:
     relay = RelayProcess(root / "relay")
     relay_obj = await Relay.open(relay.data)  # codes are made on the relay's own data
-    codes = [await relay_obj.new_code(STORE, f"Till {n}") for n in (1, 2, 3)]
+    # Till 1 is also the back office: only it may change prices and settings.
+    codes = [await relay_obj.new_code(STORE, f"Till {n}", "backoffice" if n == 1 else "till")
+             for n in (1, 2, 3)]
     await relay_obj.close()
     await relay.start()
     try:

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from peer.sync.frames import PROTOCOL_VERSION
+
 log = logging.getLogger("tillsync.lan")
 SERVICE = "_tillsync._tcp.local."
 
@@ -46,7 +48,7 @@ class Discovery:
         self._info = AsyncServiceInfo(
             SERVICE, f"{self.device}.{SERVICE}", port=self.port,
             addresses=[socket.inet_aton(a) for a in self._addresses],
-            properties={"store": self.store, "device": self.device, "v": "2"},
+            properties={"store": self.store, "device": self.device, "v": str(PROTOCOL_VERSION)},
             server=f"tillsync-{self.device[:8]}.local.",
         )
         await self._zc.async_register_service(self._info, allow_name_change=True)

@@ -35,6 +35,7 @@ from peer.sync.engine import (
     PeerLink,
     ReceiptsReceived,
     RemoteError,
+    RevokedReceived,
 )
 from peer.sync.receipts import verify_receipts
 
@@ -81,6 +82,7 @@ class PeerSession:
         self._peer_receipts = 0
         self._in_flight = False
         self._certs_sent: set[str] = set()
+        self._revoked_sent: set[bytes] = set()
         self._unvouched: list[dict[str, Any]] = []
 
     async def run(self) -> None:
@@ -153,6 +155,12 @@ class PeerSession:
             self._peer_receipts = event.receipts_head
             self._note_have(event.heads, event.receipts_head)
             self._wake.set()
+        elif isinstance(event, RevokedReceived):
+            for problem in await till.add_revocations(event.revoked):
+                log.warning("LAN peer %s sent a revocation that is refused: %s",
+                            self.address, problem)
+            self._revoked_sent.update(event.revoked)  # it has these already
+            self._wake.set()  # a link with a device revoked just now is closed by _push
         elif isinstance(event, CertsReceived):
             for problem in await till.add_certs(event.certs):
                 log.warning("LAN peer %s sent a certificate that is refused: %s",
@@ -238,6 +246,17 @@ class PeerSession:
             self._wake.clear()
             if link.state != "ready" or self._peer_heads is None:
                 continue
+            if self.info is not None and till.revoked_upto(self.info.device_id) is not None:
+                log.warning("LAN peer %s (%s) has been revoked: link closed", self.address,
+                            self.info.device_id)
+                self._note_error("revoked")
+                link.fail("revoked", "this device has been revoked by the relay")
+                await self.flush()
+                return
+            revocations = [r for r in till.revocations() if r not in self._revoked_sent]
+            if revocations:  # before any entries, so the peer filters them already
+                link.send_revoked(revocations)
+                self._revoked_sent.update(revocations)
             message = till.master.sync_message(self._sync)
             if message is not None:
                 link.send_doc(message)

@@ -261,6 +261,27 @@ class MasterData:
             self._cache.clear()
         return chunks
 
+    def preview_sync(self, data: bytes) -> list[tuple[bytes, list[Any]]]:
+        """What a peer's sync message would change, without changing anything: for each
+        change it brings, its actor and Automerge's patches of that change alone
+        (applied to a fork, with a throwaway sync state).
+
+        Raises ``InvalidInput`` if the message cannot be decoded."""
+        heads = _message_heads(data)
+        if heads is not None and heads <= set(self._doc.get_heads()):
+            # The sender holds nothing this document lacks, so the message can bring no
+            # new change: the usual case, answered without forking the whole document.
+            # (A message that is bad further on is refused when it is received.)
+            return []
+        fork = self._doc.fork()
+        before = fork.get_heads()
+        try:
+            fork.receive_sync_message(am.SyncState(), am.Message.decode(data))
+        except Exception as exc:  # the binding raises plain Exception for bad input
+            raise InvalidInput(f"bad document sync message: {exc}") from None
+        return [(bytes(change.actor_id), list(fork.diff(list(change.deps), [change.hash])))
+                for change in fork.get_changes(before)]
+
     def is_genesis(self) -> bool:
         """True while the document holds nothing but the shared genesis change."""
         return self._doc.get_heads() == genesis().get_heads()
@@ -271,3 +292,25 @@ class MasterData:
         self._doc.merge(am.Document.load(chunks))
         self._cache.clear()
         return self.changes_since(before)
+
+
+def _message_heads(data: bytes) -> set[bytes] | None:
+    """The sender's heads, read from the start of an Automerge sync message (type byte
+    0x42 or 0x43, then a LEB128 count of 32-byte hashes); None if it does not parse."""
+    if len(data) < 2 or data[0] not in (0x42, 0x43):
+        return None
+    count = shift = 0
+    pos = 1
+    while pos < len(data):
+        byte = data[pos]
+        pos += 1
+        count |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    else:
+        return None
+    end = pos + 32 * count
+    if count > 10_000 or end > len(data):
+        return None
+    return {data[i:i + 32] for i in range(pos, end, 32)}

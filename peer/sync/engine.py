@@ -16,7 +16,7 @@ Handshake (both sides prove their keys over the same transcript)::
       hello {v, store, device, nonce_d, receipts_after, doc_empty}  ->
                       <-  challenge {nonce_r, relay_key, sig_r(transcript)}
       auth {sig_d(transcript)}                ->
-                      <-  welcome {heads, receipts_head}
+                      <-  welcome {heads, receipts_head, cert, revoked}
 
 then, in any order: ``entries`` -> / <- ``ingested``, <- ``receipts``, ``doc`` <->,
 <- ``doc_snapshot``, ``error`` <->.  Enrollment is its own short link:
@@ -26,6 +26,7 @@ then, in any order: ``entries`` -> / <- ``ingested``, <- ``receipts``, ``doc`` <
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,7 @@ class Ready(Event):
     heads: dict[str, int]
     receipts_head: int
     cert: bytes  # this device's certificate, as the relay issues it now
+    revoked: list[bytes]  # the store's revocations, signed by the relay
 
 
 @dataclass(frozen=True)
@@ -268,7 +270,8 @@ class ClientLink(_Link):
             if not all(isinstance(k, str) and isinstance(v, int) for k, v in heads.items()):
                 raise ProtocolError("bad_field", "welcome: heads maps device ids to seqs")
             self.state = "ready"
-            self._events.append(Ready(heads, message["receipts_head"], message["cert"]))
+            self._events.append(Ready(heads, message["receipts_head"], message["cert"],
+                                      list(message["revoked"])))
         elif self.state != "ready":
             raise self._unexpected(message)
         elif t in ("ingested", "receipts", "doc"):
@@ -340,9 +343,11 @@ class RelayLink(_Link):
                    sig=self._key.sign(b"relay" + proof))
         self.state = "challenged"
 
-    def welcome(self, heads: dict[str, int], receipts_head: int, cert: bytes) -> None:
+    def welcome(self, heads: dict[str, int], receipts_head: int, cert: bytes,
+                revoked: list[bytes]) -> None:
         assert self.state == "authenticated"
-        self._send("welcome", heads=heads, receipts_head=receipts_head, cert=cert)
+        self._send("welcome", heads=heads, receipts_head=receipts_head, cert=cert,
+                   revoked=revoked)
         self.state = "ready"
 
     def enrolled(self, store: str, device: str, cert: bytes) -> None:
@@ -377,6 +382,13 @@ class CertsReceived(Event):
     certs: list[bytes]
 
 
+@dataclass(frozen=True)
+class RevokedReceived(Event):
+    """Revocations the other till holds (signed by the relay; not checked yet)."""
+
+    revoked: list[bytes]
+
+
 def peer_transcript(store: str, dialer: str, listener: str, nonce_d: bytes,
                     nonce_l: bytes) -> bytes:
     """What two tills sign: the store, both device ids and both nonces."""
@@ -404,10 +416,12 @@ class PeerLink(_Link):
     ``receipts``, ``doc``)."""
 
     def __init__(self, *, store: str, cert: bytes, key: DeviceKey, issuer: bytes,
-                 nonce: bytes, dialer: bool) -> None:
+                 nonce: bytes, dialer: bool,
+                 revoked: Callable[[str], bool] = lambda device: False) -> None:
         super().__init__()
         self.store, self._cert, self._key = store, cert, key
         self._issuer, self._nonce, self.dialer = issuer, nonce, dialer
+        self._revoked = revoked  # whether this till knows the device id to be revoked
         self.device = Certificate.load(cert, issuer, store=store).device
         self.peer: Certificate | None = None
         self._peer_nonce = b""
@@ -425,6 +439,9 @@ class PeerLink(_Link):
             raise ProtocolError("bad_certificate", str(exc)) from None
         if cert.device == self.device:
             raise ProtocolError("self", "this is a link to the same till")
+        if self._revoked(cert.device):
+            raise ProtocolError("revoked", f"device {cert.device} ({cert.name}) has been "
+                                "revoked by the relay")
         return cert
 
     def _transcript(self) -> bytes:
@@ -470,6 +487,8 @@ class PeerLink(_Link):
             self._events.append(HaveReceived(_heads(message), message["receipts_head"]))
         elif t == "certs":
             self._events.append(CertsReceived(list(message["certs"])))
+        elif t == "revoked":
+            self._events.append(RevokedReceived(list(message["revoked"])))
         elif t == "entries":
             self._events.append(EntriesReceived([entry_from_wire(e)
                                                  for e in message["entries"]]))
@@ -483,3 +502,6 @@ class PeerLink(_Link):
 
     def send_certs(self, certs: list[bytes]) -> None:
         self._send("certs", certs=certs)
+
+    def send_revoked(self, revoked: list[bytes]) -> None:
+        self._send("revoked", revoked=revoked)

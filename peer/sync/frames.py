@@ -13,7 +13,7 @@ from typing import Any
 
 import msgpack
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAX_FRAME = 4 * 1024 * 1024  # bytes; a batch of 500 sales is ~250 KB
 # The websocket layer accepts up to twice that, so a frame a little too big gets a
 # 'too_large' error frame and the link goes on; a far bigger one is cut off (close 1009).
@@ -26,9 +26,9 @@ class ProtocolError(Exception):
 
     ``code`` is stable and machine-readable (``malformed``, ``unknown_type``,
     ``too_large``, ``bad_field``, ``unexpected``, ``version``, ``auth_failed``,
-    ``unknown_device``, ``revoked``, ``bad_code``, ``bad_document``, ``internal``; on LAN
-    links also ``bad_certificate``, ``wrong_store``, ``self``, ``bad_entry``,
-    ``bad_receipts``);
+    ``unknown_device``, ``revoked``, ``bad_code``, ``bad_document``, ``forbidden``,
+    ``internal``; on LAN links also ``bad_certificate``, ``wrong_store``, ``self``,
+    ``bad_entry``, ``bad_receipts``, ``revoked``);
     ``fatal`` says whether the link must close (see ``schemas/protocol/README.md``)."""
 
     def __init__(self, code: str, message: str, *, fatal: bool = True) -> None:
@@ -62,6 +62,11 @@ def _is_cert(v: object) -> bool:
     return isinstance(v, bytes) and 0 < len(v) <= 2048
 
 
+def _is_certs(v: object) -> bool:
+    """An array of certificates or revocations (the same signed [body, sig] shape)."""
+    return isinstance(v, list) and len(v) <= MAX_BATCH and all(_is_cert(c) for c in v)
+
+
 # type -> {field: check}; fields not listed are refused.
 MESSAGES: dict[str, dict[str, Callable[[object], bool]]] = {
     "hello": {"v": _is_int, "store": _is_str, "device": _is_str, "nonce": _is_bytes(32),
@@ -72,13 +77,14 @@ MESSAGES: dict[str, dict[str, Callable[[object], bool]]] = {
                  "cert": _is_cert},
     "challenge": {"nonce": _is_bytes(32), "relay_key": _is_bytes(32), "sig": _is_bytes(64)},
     "auth": {"sig": _is_bytes(64)},
-    "welcome": {"heads": _is_map, "receipts_head": _is_int, "cert": _is_cert},
+    "welcome": {"heads": _is_map, "receipts_head": _is_int, "cert": _is_cert,
+                "revoked": _is_certs},
     # till to till, on the shop LAN (see schemas/protocol/README.md, "LAN links")
     "peer_hello": {"v": _is_int, "store": _is_str, "cert": _is_cert, "nonce": _is_bytes(32)},
     "peer_challenge": {"cert": _is_cert, "nonce": _is_bytes(32), "sig": _is_bytes(64)},
     "have": {"heads": _is_map, "receipts_head": _is_int},
-    "certs": {"certs": lambda v: isinstance(v, list) and _is_list(v)
-              and all(_is_cert(c) for c in v)},
+    "certs": {"certs": _is_certs},
+    "revoked": {"revoked": _is_certs},
     "entries": {"entries": _is_list},
     "ingested": {"heads": _is_map, "count": _is_int, "receipts_head": _is_int},
     "receipts": {"receipts": _is_list, "head": _is_int},

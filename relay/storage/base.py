@@ -30,7 +30,14 @@ class DeviceRow:
     name: str
     public_key: bytes
     role: str
-    revoked: bool
+    revoked_at: str | None = None
+    # The highest seq of the device the relay held when it was revoked: its entries up
+    # to it stay valid, those after it are refused.
+    revoked_upto: int | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
 
 
 class RelayTxn(Protocol):
@@ -97,9 +104,18 @@ class RelayStorage(Protocol):
                        expires_at: str) -> None: ...
     async def enroll(self, code_hash: bytes, device_id: str, name: str, public_key: bytes,
                      now: str) -> DeviceRow | str:
-        """The new device, or why it was refused."""
+        """The new device, or why it was refused (``code_refusal``)."""
         ...
     async def touch(self, store: str, device_id: str, now: str) -> None: ...
+    async def devices(self, store: str) -> list[DeviceRow]: ...
+    async def revoke(self, store: str, device_id: str, now: str) -> DeviceRow | None:
+        """Revoke a device, under the store's ingest lock so that ``revoked_upto`` (its
+        highest stored seq) is exact; a device revoked already is returned unchanged.
+        None if the store has no such device."""
+        ...
+    async def revocations(self, store: str) -> list[DeviceRow]:
+        """The store's revoked devices."""
+        ...
 
     # what connected devices read
     async def heads(self, store: str) -> dict[str, int]: ...
@@ -122,6 +138,20 @@ class RelayStorage(Protocol):
     async def compact_document(self, store: str, snapshot: bytes, upto: int) -> None:
         """Fold the changes up to position ``upto``, all in ``snapshot``, into it."""
         ...
+
+
+def code_refusal(found: bool, used_at: str | None, expires_at: str, now: str) -> str | None:
+    """Why an enrollment code cannot be used now, or None if it can."""
+    if not found:
+        return "the enrollment code is unknown (check it, or make a new one with `tillsync " \
+               "relay enroll`)"
+    if used_at is not None:
+        return f"the enrollment code was used already, at {used_at}: a code enrolls one " \
+               "device; make a new one with `tillsync relay enroll`"
+    if expires_at <= now:
+        return f"the enrollment code expired at {expires_at}; make a new one with " \
+               "`tillsync relay enroll`"
+    return None
 
 
 async def with_retries(storage: RelayStorage, what: str, attempt: Callable[[], Awaitable[T]],

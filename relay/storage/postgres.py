@@ -47,7 +47,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from peer.errors import StoreError
 from peer.log import Entry
-from relay.storage.base import DeviceRow
+from relay.storage.base import DeviceRow, code_refusal
 
 log = logging.getLogger("tillsync.relay.postgres")
 
@@ -132,6 +132,9 @@ CREATE TABLE doc_snapshot (store text PRIMARY KEY, data bytea NOT NULL,
 CREATE TABLE doc_changes (id bigserial PRIMARY KEY, store text NOT NULL, data bytea NOT NULL);
 CREATE INDEX doc_changes_by_store ON doc_changes (store, id);
 """),
+    (2, "revocations: the seq up to which a revoked device's entries stay valid", """
+ALTER TABLE devices ADD COLUMN revoked_upto bigint;
+"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _MIGRATION_LOCK = 0x7469_6C6C  # pg_advisory_xact_lock key: one migrator at a time
@@ -169,10 +172,11 @@ def describe(url: str) -> str:
 def _device(row: Any) -> DeviceRow | None:
     if row is None:
         return None
-    return DeviceRow(row[0], row[1], row[2], bytes(row[3]), row[4], row[5] is not None)
+    return DeviceRow(row[0], row[1], row[2], bytes(row[3]), row[4], row[5],
+                     None if row[6] is None else int(row[6]))
 
 
-_DEVICE_COLUMNS = "store, device_id, name, public_key, role, revoked_at"
+_DEVICE_COLUMNS = "store, device_id, name, public_key, role, revoked_at, revoked_upto"
 
 
 class _Txn:
@@ -502,11 +506,13 @@ class PostgresStorage:
         """Use a one-time code (locked, so two processes cannot both use it)."""
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                "SELECT store, name, role FROM enroll_codes WHERE code_hash = $1 "
-                "AND used_at IS NULL AND expires_at > $2 FOR UPDATE", code_hash, now)
-            if row is None:
-                return "the enrollment code is unknown, used or expired"
-            store, code_name, role = row
+                "SELECT store, name, role, used_at, expires_at FROM enroll_codes "
+                "WHERE code_hash = $1 FOR UPDATE", code_hash)
+            refusal = code_refusal(row is not None, row["used_at"] if row else None,
+                                   row["expires_at"] if row else "", now)
+            if refusal is not None or row is None:
+                return refusal or ""
+            store, code_name, role = row["store"], row["name"], row["role"]
             inserted = await conn.fetchval(
                 "INSERT INTO devices (store, device_id, name, public_key, role, enrolled_at) "
                 "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING 1",
@@ -518,6 +524,22 @@ class PostgresStorage:
         found = await self.device(store, device_id)
         assert found is not None
         return found
+
+    async def revoke(self, store: str, device_id: str, now: str) -> DeviceRow | None:
+        async with self.transaction() as txn:
+            # The store's ingest lock: no batch of the device commits meanwhile, so its
+            # head read now is exactly what was ingested before the revocation.
+            await txn.lock([store])
+            await txn._c.execute(
+                "UPDATE devices SET revoked_at = $3, revoked_upto = (SELECT coalesce(max(seq), "
+                "0) FROM entries WHERE store = $1 AND device_id = $2) WHERE store = $1 AND "
+                "device_id = $2 AND revoked_at IS NULL", store, device_id, now)
+            return await txn.device(store, device_id)
+
+    async def revocations(self, store: str) -> list[DeviceRow]:
+        rows = await self._pool.fetch(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE store = $1 "
+                                      "AND revoked_at IS NOT NULL ORDER BY device_id", store)
+        return [d for d in (_device(r) for r in rows) if d is not None]
 
     async def touch(self, store: str, device_id: str, now: str) -> None:
         await self._pool.execute("UPDATE devices SET last_seen = $3 WHERE store = $1 AND "

@@ -19,15 +19,15 @@ import aiosqlite
 import msgpack
 
 from peer.log import Entry
-from relay.storage.base import DeviceRow
+from relay.storage.base import DeviceRow, code_refusal
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE devices (
     store TEXT NOT NULL, device_id TEXT NOT NULL, name TEXT NOT NULL,
     public_key BLOB NOT NULL, role TEXT NOT NULL, enrolled_at TEXT NOT NULL,
-    revoked_at TEXT, last_seen TEXT,
+    revoked_at TEXT, last_seen TEXT, revoked_upto INTEGER,
     PRIMARY KEY (store, device_id)
 ) WITHOUT ROWID;
 CREATE TABLE enroll_codes (
@@ -99,6 +99,12 @@ CREATE INDEX doc_changes_by_store ON doc_changes (store, id);
 """
 
 
+# Upgrades of an older relay database, each to the next version, in one transaction.
+_MIGRATIONS = {
+    "1": "ALTER TABLE devices ADD COLUMN revoked_upto INTEGER;",
+}
+
+
 def _marks(values: Sequence[object]) -> str:
     return ", ".join("?" * len(values))
 
@@ -106,10 +112,10 @@ def _marks(values: Sequence[object]) -> str:
 def _device(row: Sequence[Any] | None) -> DeviceRow | None:
     if row is None:
         return None
-    return DeviceRow(row[0], row[1], row[2], bytes(row[3]), row[4], row[5] is not None)
+    return DeviceRow(row[0], row[1], row[2], bytes(row[3]), row[4], row[5], row[6])
 
 
-_DEVICE_COLUMNS = "store, device_id, name, public_key, role, revoked_at"
+_DEVICE_COLUMNS = "store, device_id, name, public_key, role, revoked_at, revoked_upto"
 
 
 class _Txn:
@@ -299,11 +305,17 @@ class SQLiteStorage:
                                    (str(SCHEMA_VERSION),))
             rows = list(await conn.execute_fetchall(
                 "SELECT value FROM meta WHERE key = 'schema_version'"))
+            version = str(rows[0][0]) if rows else ""
+            while version in _MIGRATIONS:
+                await conn.executescript(
+                    f"BEGIN IMMEDIATE; {_MIGRATIONS[version]} UPDATE meta SET value = "
+                    f"'{int(version) + 1}' WHERE key = 'schema_version'; COMMIT;")
+                version = str(int(version) + 1)
         except sqlite3.DatabaseError as exc:
             await conn.close()
             raise RuntimeError(f"{path} is damaged or not a tillsync relay database: {exc}") \
                 from None
-        if not rows or rows[0][0] != str(SCHEMA_VERSION):
+        if version != str(SCHEMA_VERSION):
             await conn.close()
             raise RuntimeError(f"{path}: unsupported relay schema version")
         reader = await aiosqlite.connect(path, isolation_level=None)
@@ -358,11 +370,13 @@ class SQLiteStorage:
         unused when the device is refused)."""
         async with self.transaction():
             rows = list(await self._conn.execute_fetchall(
-                "SELECT store, name, role FROM enroll_codes WHERE code_hash = ? "
-                "AND used_at IS NULL AND expires_at > ?", (code_hash, now)))
-            if not rows:
-                return "the enrollment code is unknown, used or expired"
-            store, code_name, role = rows[0]
+                "SELECT store, name, role, used_at, expires_at FROM enroll_codes "
+                "WHERE code_hash = ?", (code_hash,)))
+            refusal = code_refusal(bool(rows), rows[0][3] if rows else None,
+                                   rows[0][4] if rows else "", now)
+            if refusal is not None:
+                return refusal
+            store, code_name, role = rows[0][:3]
             taken = list(await self._conn.execute_fetchall(
                 "SELECT 1 FROM devices WHERE store = ? AND device_id = ?", (store, device_id)))
             if taken:
@@ -377,6 +391,24 @@ class SQLiteStorage:
         row = await self.device(store, device_id)
         assert row is not None
         return row
+
+    async def revoke(self, store: str, device_id: str, now: str) -> DeviceRow | None:
+        # BEGIN IMMEDIATE holds the one write lock: no batch of the device is being
+        # ingested meanwhile, so its head now is exactly what was ingested before.
+        async with self.transaction():
+            await self._conn.execute(
+                "UPDATE devices SET revoked_at = ?, revoked_upto = (SELECT coalesce(max(seq), 0) "
+                "FROM entries WHERE store = ? AND device_id = ?) WHERE store = ? AND "
+                "device_id = ? AND revoked_at IS NULL", (now, store, device_id, store, device_id))
+            rows = list(await self._conn.execute_fetchall(
+                f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE store = ? AND device_id = ?",
+                (store, device_id)))
+        return _device(rows[0] if rows else None)
+
+    async def revocations(self, store: str) -> list[DeviceRow]:
+        rows = await self._rows(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE store = ? AND "
+                                "revoked_at IS NOT NULL ORDER BY device_id", (store,))
+        return [d for d in (_device(r) for r in rows) if d is not None]
 
     async def touch(self, store: str, device_id: str, now: str) -> None:
         async with self.transaction():

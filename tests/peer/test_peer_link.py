@@ -440,7 +440,7 @@ DOC = encode("doc", m=b"\x42")
 HELLO = encode("hello", v=PROTOCOL_VERSION, store=STORE, device=DIALER, nonce=NONCE_D,
                receipts_after=0, doc_empty=False)
 CHALLENGE = encode("challenge", nonce=NONCE_L, relay_key=ISSUER, sig=bytes(64))
-WELCOME = encode("welcome", heads={}, receipts_head=0, cert=CERT_B)
+WELCOME = encode("welcome", heads={}, receipts_head=0, cert=CERT_B, revoked=[])
 SNAPSHOT = encode("doc_snapshot", data=b"\x00")
 ENROLL = encode("enroll", v=PROTOCOL_VERSION, code="ABCDE", device=DIALER, name="x",
                 public_key=KEY_A.public_bytes)
@@ -646,14 +646,14 @@ _values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3)
                        | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
 _CERTS = [CERT_A, CERT_B, CERT_A_OTHER_STORE, CERT_B_OTHER_STORE, CERT_A_ROGUE, CERT_B_ROGUE]
 _PEER_TYPES = ["peer_hello", "peer_challenge", "auth", "have", "certs", "entries", "ingested",
-               "receipts", "doc", "error", "hello", "welcome"]
+               "receipts", "doc", "error", "hello", "welcome", "revoked"]
 
 
 def _plausible(name: str) -> st.SearchStrategy[Any]:
     """Values that pass (or nearly pass) the check of field ``name``."""
     if name == "cert":
         return st.sampled_from(_CERTS) | st.binary(min_size=0, max_size=60)
-    if name == "certs":
+    if name in ("certs", "revoked"):
         return st.lists(st.sampled_from(_CERTS) | st.binary(max_size=8) | _scalars, max_size=3)
     if name == "nonce":
         return st.sampled_from([NONCE_D, NONCE_L]) | st.binary(min_size=31, max_size=33)
@@ -688,7 +688,8 @@ _FIELDS = {"peer_hello": ["v", "store", "cert", "nonce"],
            "entries": ["entries"], "ingested": ["heads", "count", "receipts_head"],
            "receipts": ["receipts", "head"], "doc": ["m"], "error": ["code", "message", "fatal"],
            "hello": ["v", "store", "device", "nonce", "receipts_after", "doc_empty"],
-           "welcome": ["heads", "receipts_head", "cert"]}
+           "welcome": ["heads", "receipts_head", "cert", "revoked"],
+           "revoked": ["revoked"]}
 
 
 @st.composite

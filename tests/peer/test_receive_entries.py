@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from peer.cert import Certificate
+from peer.cert import Certificate, Revocation
 from peer.errors import EntryRefused, StoreCorrupt
 from peer.identity import DeviceKey
 from peer.log import Entry
@@ -467,11 +467,12 @@ _V1_DEVICES = ["device_id", "public_key", "name"]
 
 
 def _downgrade_to_schema_1(db: Path) -> None:
-    """Turn a schema-2 store into what schema 1 looked like (see git history of
-    peer/storage.py): no devices.cert, no receipt_stream, schema_version 1."""
+    """Turn a store into what schema 1 looked like (see git history of peer/storage.py):
+    no devices.cert, no receipt_stream, no revocations, schema_version 1."""
     conn = sqlite3.connect(db)
     try:
         conn.executescript("ALTER TABLE devices DROP COLUMN cert; DROP TABLE receipt_stream; "
+                           "DROP TABLE revocations; "
                            "UPDATE meta SET value = '1' WHERE key = 'schema_version';")
         assert [r[1] for r in conn.execute("PRAGMA table_info(devices)")] == _V1_DEVICES
     finally:
@@ -532,7 +533,7 @@ async def test_a_schema_1_store_is_migrated_on_open_and_keeps_everything(
     assert _schema(path / "till.db") == ("1", _V1_DEVICES, False)
 
     async with await Till.open(path) as till:
-        assert _schema(path / "till.db") == ("2", [*_V1_DEVICES, "cert"], True)
+        assert _schema(path / "till.db") == ("3", [*_V1_DEVICES, "cert"], True)
         state = await state_of(till)
         assert {k: v for k, v in state.items() if k != "certs"} == \
             {k: v for k, v in held["state"].items() if k != "certs"}
@@ -570,3 +571,36 @@ async def test_a_migration_that_fails_changes_nothing(tmp_path: Path) -> None:
         await Till.open(path)
     version, columns, _ = _schema(path / "till.db")
     assert (version, columns) == ("1", _V1_DEVICES)  # the ALTER before it was undone
+
+
+# -- revocations ------------------------------------------------------------------------
+
+
+async def test_a_revoked_devices_later_entries_are_neither_taken_nor_passed_on(
+    tmp_path: Path,
+) -> None:
+    till = await enrolled_till(tmp_path / "t")
+    try:
+        other = make_device()
+        await till.add_certs([other.cert])
+        assert await till.receive_entries(other.moves(1, 2)) == 2
+        revocation = Revocation.issue(RELAY_KEY, store=STORE, device=other.id, upto=3,
+                                      at="2024-05-01T09:00:00Z").raw
+        forged = Revocation.issue(ROGUE_KEY, store=STORE, device=till.device_id, upto=0,
+                                  at="2024-05-01T09:00:00Z").raw
+        elsewhere = Revocation.issue(RELAY_KEY, store="shop-2", device=till.device_id, upto=0,
+                                     at="2024-05-01T09:00:00Z").raw
+        problems = await till.add_revocations([revocation, forged, elsewhere])
+        assert problems == ["the revocation is not signed by this store's relay",
+                            "the revocation is for another store"]
+        assert till.revoked_upto(other.id) == 3 and till.revoked_upto(till.device_id) is None
+        # Seq 3 was made before the revocation, 4 and 5 after: only 3 is taken.
+        assert await till.receive_entries(other.moves(3, 4, 5)) == 1
+        assert till.heads()[other.id] == 3
+        assert [e.seq for e in await till.entries_after({}, 100)
+                if e.device_id == other.id] == [1, 2, 3]
+        assert await till.entries_after({other.id: 3, till.device_id: 0}, 100) == []
+    finally:
+        await till.close()
+    async with await Till.open(tmp_path / "t", readonly=True) as reader:
+        assert reader.revoked_upto(other.id) == 3 and reader.revocations() == [revocation]

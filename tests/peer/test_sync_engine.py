@@ -24,7 +24,7 @@ from jsonschema import Draft202012Validator, ValidationError, validators
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from peer.cert import Certificate
+from peer.cert import Certificate, Revocation
 from peer.identity import DeviceKey, verify_signature
 from peer.log import GENESIS_PREV, Entry, seal
 from peer.sync.engine import (
@@ -111,7 +111,7 @@ def handshake(pair: Pair, *, registered: bytes | None = None,
         pair.relay.challenge(DEVICE_KEY.public_bytes if registered is None else registered)
         pair.pump()
     if any(isinstance(e, Authenticated) for e in pair.relay_events):
-        pair.relay.welcome(heads or {}, receipts_head, CERT)
+        pair.relay.welcome(heads or {}, receipts_head, CERT, [])
         pair.pump()
     return pair
 
@@ -164,7 +164,7 @@ def test_full_handshake_reaches_ready_and_authenticated() -> None:
 
     assert relay_events == [HelloReceived(STORE, DEVICE, 7, True),
                             Authenticated(STORE, DEVICE, 7, True)]
-    assert client_events == [Ready({DEVICE: 3, "other": 9}, 12, CERT)]
+    assert client_events == [Ready({DEVICE: 3, "other": 9}, 12, CERT, [])]
     assert pair.client.state == pair.relay.state == "ready"
     assert [frame_of(f)["t"] for f in pair.sent_by_client] == ["hello", "auth"]
     assert [frame_of(f)["t"] for f in pair.sent_by_relay] == ["challenge", "welcome"]
@@ -279,7 +279,7 @@ def _relay_in(state: str) -> RelayLink:
         if state != "challenged":
             pair.pump()
     if state == "ready":
-        pair.relay.welcome({}, 0, CERT)
+        pair.relay.welcome({}, 0, CERT, [])
         pair.pump()
     pair.relay.data_to_send()
     assert pair.relay.state == state
@@ -305,7 +305,7 @@ def _client_in(state: str) -> ClientLink:
     assert pair.client.state == "authenticating"
     if state == "authenticating":
         return pair.client
-    pair.relay.welcome({}, 0, CERT)
+    pair.relay.welcome({}, 0, CERT, [])
     pair.pump()
     return pair.client
 
@@ -315,7 +315,7 @@ HELLO = encode("hello", v=1, store=STORE, device=DEVICE, nonce=NONCE_D, receipts
 ENTRIES = encode("entries", entries=[])
 DOC = encode("doc", m=b"\x42")
 AUTH = encode("auth", sig=bytes(64))
-WELCOME = encode("welcome", heads={}, receipts_head=0, cert=CERT)
+WELCOME = encode("welcome", heads={}, receipts_head=0, cert=CERT, revoked=[])
 RECEIPTS = encode("receipts", receipts=[], head=0)
 CHALLENGE = encode("challenge", nonce=NONCE_R, relay_key=RELAY_KEY.public_bytes, sig=bytes(64))
 INGESTED = encode("ingested", heads={}, count=0, receipts_head=0)
@@ -454,10 +454,10 @@ def test_error_messages_never_echo_a_long_type_or_field_name() -> None:
 
 @pytest.mark.parametrize(("t", "frame", "code"), [
     ("welcome heads not str->int",
-     encode("welcome", heads={DEVICE: "3"}, receipts_head=0, cert=CERT),
+     encode("welcome", heads={DEVICE: "3"}, receipts_head=0, cert=CERT, revoked=[]),
      "bad_field"),
     ("welcome heads with bin keys",
-     encode("welcome", heads={b"d": 3}, receipts_head=0, cert=CERT),
+     encode("welcome", heads={b"d": 3}, receipts_head=0, cert=CERT, revoked=[]),
      "bad_field"),
 ])
 def test_client_checks_welcome_heads(t: str, frame: bytes, code: str) -> None:
@@ -474,7 +474,7 @@ def test_client_checks_that_each_receipt_is_a_map() -> None:
     assert client.closed
 
 
-@pytest.mark.parametrize("v", [0, 1, 3, 99])
+@pytest.mark.parametrize("v", [0, 1, 2, 4, 99])
 def test_a_hello_of_another_version_is_refused(v: int) -> None:
     relay = RelayLink(relay_key=RELAY_KEY, nonce=NONCE_R)
     relay.receive_data(_packed(_hello(v=v)))
@@ -732,6 +732,8 @@ def _session_frames() -> list[bytes]:
     assert dialer.state == listener.state == "ready"
     dialer.send_have({DEVICE: 3}, 4)
     dialer.send_certs([CERT])
+    dialer.send_revoked([Revocation.issue(RELAY_KEY, store=STORE, device="d9", upto=3,
+                                          at="2024-05-01T09:00:00Z").raw])
     listener.send_have({}, 0)
     lan += dialer.data_to_send() + listener.data_to_send()
     frames = (pair.sent_by_client + pair.sent_by_relay + enroll.sent_by_client

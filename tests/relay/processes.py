@@ -55,7 +55,7 @@ STOP_TIMEOUT = 10.0
 CLI_TIMEOUT = 60.0
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 T = TypeVar("T")
-_LISTENING = re.compile(r"relay listening on ws://([0-9.]+):([0-9]+)")
+_LISTENING = re.compile(r"relay listening on wss?://([0-9.]+):([0-9]+)")
 
 
 # -- the relay process ---------------------------------------------------------------
@@ -211,9 +211,12 @@ def quick_code(relay: RelayProcess, store: str, name: str) -> str:
     return in_thread(make)
 
 
-def enroll_code(relay: RelayProcess, store: str, name: str) -> str:
+def enroll_code(relay: RelayProcess, store: str, name: str, role: str = "admin") -> str:
+    """A code from `relay enroll`.  Role admin by default: the tests' tills also set up
+    the catalogue (tests/relay/test_roles.py is about the 'till' role)."""
     code = cli_json("relay", "enroll", "--data", str(relay.data), "--store", store,
-                    "--name", name, *(("--db", relay.db) if relay.db else ()))["code"]
+                    "--name", name, "--role", role,
+                    *(("--db", relay.db) if relay.db else ()))["code"]
     assert isinstance(code, str) and code
     return code
 
@@ -225,10 +228,10 @@ class TillDir:
     path: Path
     name: str
 
-    def init(self, relay: RelayProcess, store: str) -> dict[str, Any]:
+    def init(self, relay: RelayProcess, store: str, role: str = "admin") -> dict[str, Any]:
         info: dict[str, Any] = cli_json("peer", "init", str(self.path), "--name", self.name,
                                         "--relay", relay.url,
-                                        "--code", enroll_code(relay, store, self.name))
+                                        "--code", enroll_code(relay, store, self.name, role))
         assert info["store_id"] == store
         return info
 

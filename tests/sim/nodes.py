@@ -517,7 +517,7 @@ class RelayNode:
             rc.hub, rc.sync = hub, am.SyncState()
             await storage.touch(event.store, event.device, self.world.sched.timestamp())
             link.welcome(await storage.heads(event.store),
-                         await storage.stream_position(event.store), rc.cert)
+                         await storage.stream_position(event.store), rc.cert, [])
             if event.doc_empty and not hub.doc.is_genesis():
                 link.send_snapshot(hub.doc.save())
             rc.after = event.receipts_after  # the pump's first pass sends the first doc message

@@ -1,0 +1,83 @@
+"""Who may change what in the master document.
+
+A device's role is in its certificate (from its enrollment code).  A ``till`` records
+what happens at the counter and may edit customers, suppliers and cashiers; only a
+``backoffice`` or ``admin`` device may change prices (``products.<id>.price``, or remove
+a product) and settings (anything under ``settings``).
+
+An Automerge change is attributed to its actor: every device edits with its device id
+(a UUID) as actor id.  Changes are not signed, so an enrolled device could author a
+change under another device's actor id: the rule keeps honest tills and mistakes out,
+not a rogue enrolled device (see schemas/protocol/README.md, "Roles").
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+
+from peer.master.document import MasterData
+
+MANAGING_ROLES = frozenset({"backoffice", "admin"})
+
+# Automerge's patches are opaque to Python; their repr (Rust's Debug format) names the
+# path to the changed object and the action.  A string literal is read whole, so text
+# inside a record id cannot pass for structure.
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|action: (\w+)')
+
+
+def _read_patch(patch: object) -> tuple[list[str], str, str]:
+    """(path of map keys from the root, action, key) of one patch."""
+    text = repr(patch)
+    path: list[str] = []
+    action = key = ""
+    for found in _TOKEN.finditer(text):
+        if found.group(1) is not None:
+            action = found.group(1)
+            continue
+        literal = found.group(0)[1:-1]
+        before = text[max(0, found.start() - 8):found.start()]
+        if not action and before.endswith("Map("):
+            path.append(literal)
+        elif action and before.endswith("key: ") and not key:
+            key = literal
+    return path, action, key
+
+
+def guarded(patch: object) -> str | None:
+    """What a patch changes that only a managing role may change, or None."""
+    path, action, key = _read_patch(patch)
+    if path[:1] == ["settings"] or (not path and key == "settings"):
+        return "the store settings"
+    if path[:1] == ["products"]:
+        if len(path) == 1 and action == "DeleteMap":
+            return f"product {key!r} (removed)"
+        if len(path) >= 2 and key == "price":
+            return f"the price of product {path[1]!r}"
+    return None
+
+
+def device_of_actor(actor: bytes) -> str | None:
+    """The device id behind an actor id (devices edit with their UUID's 16 bytes)."""
+    return str(uuid.UUID(bytes=actor)) if len(actor) == 16 else None
+
+
+def forbidden_changes(master: MasterData, message: bytes,
+                      role_of: Callable[[str], str | None]) -> list[str]:
+    """Why a peer's sync message must be refused (empty: it may be applied).  A change
+    touching prices or settings must come from a device whose role (``role_of(device
+    id)``, None if unknown) allows it.  Raises ``InvalidInput`` for a message that does
+    not decode."""
+    problems: list[str] = []
+    for actor, patches in master.preview_sync(message):
+        device = device_of_actor(actor)
+        role = role_of(device) if device is not None else None
+        if role in MANAGING_ROLES:
+            continue
+        for what in dict.fromkeys(g for g in map(guarded, patches) if g is not None):
+            problems.append(f"{what} changed by device {device or actor.hex()} "
+                            f"(role {role or 'unknown'}): only a back-office or admin device "
+                            "may change prices and settings")
+    return problems
+
