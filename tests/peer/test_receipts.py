@@ -301,8 +301,11 @@ async def test_every_receipt_the_relay_pushes_can_be_verified_in_turn(tmp_path: 
         hub = await relay.hubs.get(STORE)
         socket = _Socket()
         link = RelayLink(relay_key=RELAY_KEY, nonce=bytes(32))
+        wake = asyncio.Event()
+        wake.set()  # as the handler does once the device is authenticated
         pump = asyncio.create_task(relay._pump(socket, link, hub,  # type: ignore[arg-type]
-                                               {"sync": am.SyncState()}, 0))
+                                               {"sync": am.SyncState()}, asyncio.Lock(),
+                                               wake, 0))
         for _ in range(100):  # until the pump waits for news
             await asyncio.sleep(0.01)
             if any(decode(f)["t"] == "doc" for f in socket.sent):
