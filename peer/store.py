@@ -675,7 +675,8 @@ class Till:
     async def add_certs(self, raws: list[bytes]) -> list[str]:
         """Keep certificates the relay issued (checked against its key and this store);
         returns the problems of those refused.  A certificate never replaces the key of a
-        device already known."""
+        device already known, nor a certificate that runs out later (a peer may forward
+        an older one; the relay issues a fresh one on every sync)."""
         if self.relay_key is None:
             return ["this store is not enrolled at a relay: it cannot check certificates"]
         problems: list[str] = []
@@ -690,7 +691,8 @@ class Till:
             if known is not None and known != cert.public_key:
                 problems.append(f"certificate of {cert.device} names another key than the "
                                 "one this store knows")
-            elif self._certs.get(cert.device) != raw:
+            elif self._certs.get(cert.device) != raw and _later(cert, self._certs.get(
+                    cert.device), self.relay_key):
                 fresh[cert.device] = cert
         if fresh:
             async def op(batch: _Batch) -> None:
@@ -972,3 +974,16 @@ class Till:
             report.problems.append("derived views differ from the log (run a rebuild)")
         return report
 
+
+def _later(cert: Certificate, known: bytes | None, relay_key: bytes) -> bool:
+    """Whether ``cert`` should replace the certificate ``known`` of the same device: it
+    runs out later (one without limits, from before certificates had them, counts as
+    the oldest)."""
+    if known is None:
+        return True
+    try:
+        old = Certificate.load(known, relay_key)
+    except CertificateError:
+        return True
+    rank = -1 if cert.not_after is None else cert.not_after
+    return rank > (-1 if old.not_after is None else old.not_after)

@@ -157,7 +157,7 @@ class Relay:
         """The device's certificate: what tills check each other by on the LAN."""
         return Certificate.issue(self.key, store=device.store, device=device.device_id,
                                  name=device.name, role=device.role,
-                                 public_key=device.public_key).raw
+                                 public_key=device.public_key, now=time.time()).raw
 
     async def revoke(self, store: str, device: str) -> DeviceRow:
         """Revoke a device of ``store``, named by its id or its name (which must then be

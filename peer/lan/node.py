@@ -187,7 +187,8 @@ class Node:
         assert till is not None and till.cert is not None and till.relay_key is not None
         return PeerLink(store=till.store_id, cert=till.cert, key=till.key,
                         issuer=till.relay_key, nonce=os.urandom(32), dialer=dialer,
-                        revoked=lambda device: till.revoked_upto(device) is not None)
+                        revoked=lambda device: till.revoked_upto(device) is not None,
+                        now=time.time())
 
     async def _accept(self, ws: ServerConnection) -> None:
         till = self.till

@@ -417,8 +417,11 @@ class PeerLink(_Link):
 
     def __init__(self, *, store: str, cert: bytes, key: DeviceKey, issuer: bytes,
                  nonce: bytes, dialer: bool,
-                 revoked: Callable[[str], bool] = lambda device: False) -> None:
+                 revoked: Callable[[str], bool] = lambda device: False,
+                 now: float | None = None) -> None:
         super().__init__()
+        self._now = now  # when the link opened (Unix seconds): the peer's certificate
+        # must be valid then; None skips the check (no clock inside the sans-I/O core)
         self.store, self._cert, self._key = store, cert, key
         self._issuer, self._nonce, self.dialer = issuer, nonce, dialer
         self._revoked = revoked  # whether this till knows the device id to be revoked
@@ -434,7 +437,7 @@ class PeerLink(_Link):
 
     def _check_cert(self, raw: bytes) -> Certificate:
         try:
-            cert = Certificate.load(raw, self._issuer, store=self.store)
+            cert = Certificate.load(raw, self._issuer, store=self.store, now=self._now)
         except CertificateError as exc:
             raise ProtocolError("bad_certificate", str(exc)) from None
         if cert.device == self.device:

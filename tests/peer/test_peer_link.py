@@ -287,6 +287,51 @@ def test_a_listener_certificate_signed_by_another_key_is_refused() -> None:
     assert d.closed and d.peer is None
 
 
+ISSUED = 1_800_000_000  # a fixed "now" for certificates with a validity
+
+
+def valid_cert(device: str, key: DeviceKey, name: str) -> bytes:
+    return Certificate.issue(RELAY_KEY, store=STORE, device=device, name=name, role="till",
+                             public_key=key.public_bytes, now=ISSUED).raw
+
+
+def test_a_certificate_is_valid_from_an_hour_before_its_issue_for_ninety_days() -> None:
+    c = Certificate.load(valid_cert(DIALER, KEY_A, "Till A"), ISSUER, now=ISSUED)
+    assert (c.not_before, c.not_after) == (ISSUED - 3600, ISSUED + 90 * 86400)
+    Certificate.load(c.raw, ISSUER, now=ISSUED - 3600)
+    Certificate.load(c.raw, ISSUER, now=ISSUED + 90 * 86400)
+
+
+@pytest.mark.parametrize("at", [ISSUED + 90 * 86400 + 1, ISSUED - 3601],
+                         ids=["expired", "not yet valid"])
+def test_a_dialer_whose_certificate_is_out_of_its_validity_is_refused(at: int) -> None:
+    lis = PeerLink(store=STORE, cert=CERT_B, key=KEY_B, issuer=ISSUER, nonce=NONCE_L,
+                   dialer=False, now=at)
+    error = refused(lis, encode("peer_hello", v=PROTOCOL_VERSION, store=STORE,
+                                cert=valid_cert(DIALER, KEY_A, "Till A"), nonce=NONCE_D),
+                    "bad_certificate")
+    assert "Till A" in error["message"]
+    assert ("expired on" if at > ISSUED else "not valid before") in error["message"]
+
+
+def test_a_listener_whose_certificate_has_expired_is_refused_by_the_dialer() -> None:
+    d = PeerLink(store=STORE, cert=CERT_A, key=KEY_A, issuer=ISSUER, nonce=NONCE_D,
+                 dialer=True, now=ISSUED + 91 * 86400)
+    lis = listener(cert=valid_cert(LISTENER, KEY_B, "Till B"))
+    pair = connect(d, lis)
+    assert d.closed and d.peer is None and lis.state != "ready"
+    assert any(frame_of(f).get("code") == "bad_certificate" for f in pair.sent_by_dialer)
+
+
+def test_within_its_validity_a_certificate_links_and_one_without_limits_always_does() -> None:
+    d = PeerLink(store=STORE, cert=valid_cert(DIALER, KEY_A, "Till A"), key=KEY_A,
+                 issuer=ISSUER, nonce=NONCE_D, dialer=True, now=ISSUED + 86400)
+    lis = PeerLink(store=STORE, cert=CERT_B, key=KEY_B, issuer=ISSUER, nonce=NONCE_L,
+                   dialer=False, now=ISSUED + 86400)
+    pair = connect(d, lis)
+    assert pair.dialer.state == pair.listener.state == "ready"
+
+
 @pytest.mark.parametrize("raw", [b"\x92\xc4\x01x", b"\xc1", msgpack.packb([b"", b""]),
                                  msgpack.packb({"a": 1, "b": 2}), msgpack.packb(["ab", 2])],
                          ids=["short array", "reserved byte", "empty parts", "a map",

@@ -604,3 +604,25 @@ async def test_a_revoked_devices_later_entries_are_neither_taken_nor_passed_on(
         await till.close()
     async with await Till.open(tmp_path / "t", readonly=True) as reader:
         assert reader.revoked_upto(other.id) == 3 and reader.revocations() == [revocation]
+
+
+async def test_of_two_certificates_of_a_device_the_till_keeps_the_one_running_out_later(
+    tmp_path: Path,
+) -> None:
+    """The relay issues a fresh certificate on every sync; a LAN peer may forward an
+    older one afterwards.  The older never replaces the newer (no flip-flop), and a
+    limited one replaces one from before certificates had limits."""
+    x = make_device("Till 2")
+
+    def issued(at: int) -> bytes:
+        return Certificate.issue(RELAY_KEY, store=STORE, device=x.id, name="Till 2",
+                                 role="till", public_key=x.key.public_bytes, now=at).raw
+
+    older, newer = issued(1_800_000_000), issued(1_800_086_400)
+    async with await enrolled_till(tmp_path / "t") as till:
+        assert await till.add_certs([x.cert]) == []  # no limits
+        assert await till.add_certs([older]) == [] and till.certs()[x.id] == older
+        assert await till.add_certs([newer]) == [] and till.certs()[x.id] == newer
+        assert await till.add_certs([older, x.cert]) == [] and till.certs()[x.id] == newer
+    async with await Till.open(tmp_path / "t", readonly=True) as again:
+        assert again.certs()[x.id] == newer
