@@ -446,6 +446,107 @@ async def relay_revoke(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- reports ---------------------------------------------------------------------------
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as aligned text columns (numbers right-aligned)."""
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(r.get(c), int | float) or r.get(c) is None for r in rows)
+               for c in columns]
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if n else v.ljust(w)
+                         for v, w, n in zip(values, widths, numeric, strict=True)).rstrip()
+    return "\n".join([line(columns), *(line(row) for row in cells)])
+
+
+def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    import csv
+    import io
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue().rstrip("\n")
+
+
+async def _report_storage(args: argparse.Namespace) -> Any:
+    from relay.storage import open_storage
+    if args.db is None:
+        if args.data is None:
+            raise CliError("report needs --data DIR (SQLite) or --db URL (PostgreSQL)",
+                           EXIT_BAD_INPUT)
+        if not (Path(args.data) / DB_FILE).exists():
+            raise CliError(f"no relay database in {args.data} ({DB_FILE} is missing)",
+                           EXIT_BAD_INPUT)
+    return await open_storage(args.db, Path(args.data or ".") / DB_FILE, wait=args.db_wait)
+
+
+async def report_sales(args: argparse.Namespace) -> int:
+    from relay import reports
+    within = reports.Range.parse(args.start, args.end)
+    storage = await _report_storage(args)
+    try:
+        if args.by == "product":
+            rows = await reports.sales_by_product(storage, args.store, within)
+            columns: Sequence[str] = ("product_id", "qty", "revenue", "sales",
+                                      "avg_unit_price")
+        elif args.by == "till":
+            rows = await reports.sales_by_till(storage, args.store, within)
+            columns = ("device_id", "name", "sales", "revenue")
+        else:
+            rows = await reports.sales_by_period(storage, args.store, args.period, within)
+            columns = ("period", "sales", "revenue")
+    finally:
+        await storage.close()
+    _report_out(args, rows, columns, "no numbered sales in this range")
+    return EXIT_OK
+
+
+async def report_invoices(args: argparse.Namespace) -> int:
+    from relay import reports
+    within = reports.Range.parse(args.start, args.end)
+    storage = await _report_storage(args)
+    try:
+        if args.ticket is not None:
+            found = await reports.invoice_of_ticket(storage, args.store, args.ticket)
+            if found is None:
+                raise CliError(f"ticket {args.ticket} has no invoice number at the relay "
+                               "(not synced yet, rejected, or no such ticket)", EXIT_BAD_INPUT)
+            rows = [found]
+            register = None
+        else:
+            register = await reports.invoice_register(storage, args.store, within)
+            rows = register["invoices"]
+    finally:
+        await storage.close()
+    columns = ("series", "invoice_no", "ticket", "device_id", "total", "client_created_at",
+               "issued_at")
+    if register is None or args.csv:
+        _report_out(args, rows, columns, "")
+    elif args.json:
+        print(json.dumps(register, indent=2, sort_keys=True))
+    else:
+        print(_table(rows, columns) if rows else "no invoices in this range")
+        for series in register["series"]:
+            missing = series["missing"]
+            print(f"series {series['series']}: {series['issued']} issued, 1..{series['highest']}"
+                  + (f", MISSING {missing}" if missing else ", no gap"))
+    return EXIT_OK
+
+
+def _report_out(args: argparse.Namespace, rows: list[dict[str, Any]], columns: Sequence[str],
+                empty: str) -> None:
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+    elif args.csv:
+        print(_csv(rows, columns))
+    else:
+        print(_table(rows, columns) if rows else empty)
+
+
 async def peer_log(args: argparse.Namespace) -> int:
     async with await Till.open(args.dir, readonly=True) as till:
         entries = await till.entries(kind=args.kind)
@@ -475,7 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    areas = parser.add_subparsers(dest="area", required=True, metavar="{peer,relay,demo}")
+    areas = parser.add_subparsers(dest="area", required=True,
+                                  metavar="{peer,relay,report,demo}")
     relay = areas.add_parser("relay", help="the relay server", epilog=EPILOG,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     relay_verbs = relay.add_subparsers(dest="verb", required=True)
@@ -527,6 +629,35 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the device's id, or its name if unique in the store")
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(func=relay_revoke)
+    report = areas.add_parser("report", help="central reports from the relay's data",
+                              description="reports computed from what the relay has "
+                              "ingested, one store at a time (numbered sales only)",
+                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    report_verbs = report.add_subparsers(dest="verb", required=True)
+    for name, help_text, func in (
+            ("sales", "sales by day/week/month, by product or by till", report_sales),
+            ("invoices", "the invoice register with its gap check, or one ticket's invoice",
+             report_invoices)):
+        sub = report_verbs.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--data", metavar="DIR", help="the relay's data folder (SQLite)")
+        sub.add_argument("--db", metavar="URL", help=db_help)
+        sub.add_argument("--db-wait", type=float, default=5.0, metavar="SECONDS",
+                         help="how long to keep retrying an unreachable database (default 5)")
+        sub.add_argument("--store", required=True, help="store id")
+        sub.add_argument("--from", dest="start", metavar="YYYY-MM-DD",
+                         help="first day (client time, UTC)")
+        sub.add_argument("--to", dest="end", metavar="YYYY-MM-DD", help="last day, included")
+        out = sub.add_mutually_exclusive_group()
+        out.add_argument("--json", action="store_true", help="print JSON")
+        out.add_argument("--csv", action="store_true", help="print CSV")
+        sub.set_defaults(func=func)
+        if name == "sales":
+            sub.add_argument("--by", choices=("period", "product", "till"), default="period",
+                             help="group by period (default), product or till")
+            sub.add_argument("--period", choices=("day", "week", "month"), default="day",
+                             help="with --by period: day (default), week or month")
+        else:
+            sub.add_argument("--ticket", help="only the invoice this provisional ticket became")
     demo_parser = areas.add_parser("demo", help="one till selling offline, end to end",
                                    description=demo_module.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)

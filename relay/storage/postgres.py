@@ -36,6 +36,7 @@ import asyncio
 import logging
 import os
 import random
+import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -489,6 +490,11 @@ class PostgresStorage:
         row = await self._pool.fetchrow(f"SELECT {_DEVICE_COLUMNS} FROM devices "
                                         "WHERE store = $1 AND device_id = $2", store, device_id)
         return _device(row)
+
+    async def read(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        numbered = iter(range(1, len(args) + 1))
+        query = re.sub(r"\?", lambda _: f"${next(numbered)}", sql)
+        return [tuple(r) for r in await self._pool.fetch(query, *args)]
 
     async def devices(self, store: str) -> list[DeviceRow]:
         rows = await self._pool.fetch(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE store = $1 "

@@ -352,6 +352,9 @@ class SQLiteStorage:
                                 "WHERE store = ? AND device_id = ?", (store, device_id))
         return _device(rows[0] if rows else None)
 
+    async def read(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self._rows(sql, args)]
+
     async def devices(self, store: str) -> list[DeviceRow]:
         rows = await self._rows(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE store = ? "
                                 "ORDER BY name", (store,))

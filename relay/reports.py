@@ -1,0 +1,185 @@
+"""Central reporting: what the relay has ingested, one store at a time.
+
+Every report reads the relay's own tables through ``RelayStorage.read`` (SQL both
+backends speak), so it is the same on SQLite and PostgreSQL, and every query is scoped
+by store.  A sale counts once the relay has numbered it: the invoice register is the
+source of truth for sales; a sale's lines come from its ingested entry.
+
+This first version aggregates sales in Python from the numbered sales of the range it
+is asked for (O(sales in the range)); aggregates maintained in the ingest transaction
+are the next step for a year of a busy shop (issue 6's 200 ms target is not measured).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+import msgpack
+
+from peer.errors import InvalidInput
+from peer.totals import line_amount
+from relay.storage import RelayStorage
+
+PERIODS = ("day", "week", "month")
+
+
+@dataclass(frozen=True)
+class Range:
+    """Sales whose client time falls on ``start`` .. ``end`` (dates, both included)."""
+
+    start: date | None = None
+    end: date | None = None
+
+    @classmethod
+    def parse(cls, start: str | None, end: str | None) -> Range:
+        """From ``YYYY-MM-DD`` strings; raises ``InvalidInput`` saying what is wrong."""
+        parsed: list[date | None] = []
+        for name, text in (("--from", start), ("--to", end)):
+            if text is None:
+                parsed.append(None)
+                continue
+            try:
+                parsed.append(date.fromisoformat(text))
+            except ValueError:
+                raise InvalidInput(f"{name} {text!r} is not a date (YYYY-MM-DD)") from None
+        if parsed[0] and parsed[1] and parsed[0] > parsed[1]:
+            raise InvalidInput(f"--from {start} is after --to {end}")
+        return cls(parsed[0], parsed[1])
+
+    def where(self, column: str) -> tuple[str, list[object]]:
+        """SQL condition and arguments for an RFC 3339 UTC timestamp column (text order
+        is time order)."""
+        sql, args = "", list[object]()
+        if self.start is not None:
+            sql += f" AND {column} >= ?"
+            args.append(self.start.isoformat())
+        if self.end is not None:
+            sql += f" AND {column} < ?"
+            args.append((self.end + timedelta(days=1)).isoformat())
+        return sql, args
+
+
+def period_of(timestamp: str, period: str) -> str:
+    """The day (2026-11-23), ISO week (2026-W48) or month (2026-11) of a timestamp."""
+    if period == "day":
+        return timestamp[:10]
+    if period == "month":
+        return timestamp[:7]
+    if period == "week":
+        year, week, _ = date.fromisoformat(timestamp[:10]).isocalendar()
+        return f"{year}-W{week:02d}"
+    raise InvalidInput(f"unknown period {period!r}: one of {', '.join(PERIODS)}")
+
+
+async def check_store(storage: RelayStorage, store: str) -> None:
+    """Raise ``InvalidInput`` if the relay has never heard of ``store``."""
+    if not await storage.read("SELECT 1 FROM devices WHERE store = ? LIMIT 1", (store,)):
+        raise InvalidInput(f"the relay has no store {store!r} (no device enrolled in it)")
+
+
+async def _numbered_sales(storage: RelayStorage, store: str, within: Range
+                          ) -> list[tuple[Any, ...]]:
+    """(client time, device, total, body) of every numbered sale in the range."""
+    cond, args = within.where("i.client_created_at")
+    return await storage.read(
+        "SELECT i.client_created_at, i.device_id, i.total, e.body FROM invoices i "
+        "JOIN entries e ON e.store = i.store AND e.client_id = i.client_id "
+        f"WHERE i.store = ?{cond} ORDER BY i.series, i.invoice_no", (store, *args))
+
+
+async def sales_by_period(storage: RelayStorage, store: str, period: str = "day",
+                          within: Range = Range()) -> list[dict[str, Any]]:
+    """Per day, week or month: number of sales and revenue (minor units)."""
+    await check_store(storage, store)
+    if period not in PERIODS:
+        raise InvalidInput(f"unknown period {period!r}: one of {', '.join(PERIODS)}")
+    cond, args = within.where("client_created_at")
+    rows = await storage.read(f"SELECT client_created_at, total FROM invoices "
+                              f"WHERE store = ?{cond}", (store, *args))
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for at, total in rows:
+        bucket = out[period_of(at, period)]
+        bucket[0] += 1
+        bucket[1] += int(total)
+    return [{"period": key, "sales": n, "revenue": revenue}
+            for key, (n, revenue) in sorted(out.items())]
+
+
+async def sales_by_product(storage: RelayStorage, store: str,
+                           within: Range = Range()) -> list[dict[str, Any]]:
+    """Per product: quantity sold (decimal for weighed products), revenue, number of
+    sales it was in, and average unit price (revenue / quantity, rounded)."""
+    await check_store(storage, store)
+    qty: dict[str, Decimal] = defaultdict(Decimal)
+    revenue: dict[str, int] = defaultdict(int)
+    sales: dict[str, int] = defaultdict(int)
+    for _, _, _, body in await _numbered_sales(storage, store, within):
+        seen = set()
+        for line in msgpack.unpackb(bytes(body), raw=False)["lines"]:
+            pid = line["product_id"]
+            qty[pid] += Decimal(str(line["qty"]))
+            revenue[pid] += line_amount(line)
+            seen.add(pid)
+        for pid in seen:
+            sales[pid] += 1
+    return [{"product_id": pid, "qty": format(qty[pid].normalize(), "f"),
+             "revenue": revenue[pid], "sales": sales[pid],
+             "avg_unit_price": round(revenue[pid] / qty[pid]) if qty[pid] else None}
+            for pid in sorted(qty, key=lambda p: (-revenue[p], p))]
+
+
+async def sales_by_till(storage: RelayStorage, store: str,
+                        within: Range = Range()) -> list[dict[str, Any]]:
+    """Per device: its name, number of sales and revenue."""
+    await check_store(storage, store)
+    cond, args = within.where("i.client_created_at")
+    rows = await storage.read(
+        "SELECT i.device_id, d.name, count(*), sum(i.total) FROM invoices i "
+        "LEFT JOIN devices d ON d.store = i.store AND d.device_id = i.device_id "
+        f"WHERE i.store = ?{cond} GROUP BY i.device_id, d.name ORDER BY i.device_id",
+        (store, *args))
+    return [{"device_id": r[0], "name": r[1], "sales": int(r[2]), "revenue": int(r[3])}
+            for r in rows]
+
+
+async def invoice_register(storage: RelayStorage, store: str, within: Range = Range()
+                           ) -> dict[str, Any]:
+    """Every invoice (series, number, ticket, device, total, client time, issue time)
+    and, per series, the numbers missing between 1 and the highest issued (there must
+    be none: the relay numbers gaplessly)."""
+    await check_store(storage, store)
+    cond, args = within.where("client_created_at")
+    rows = await storage.read(
+        "SELECT series, invoice_no, ticket, device_id, total, client_created_at, issued_at "
+        f"FROM invoices WHERE store = ?{cond} ORDER BY series, invoice_no", (store, *args))
+    # The gap check covers the whole series, whatever the range asked for.
+    numbers = await storage.read("SELECT series, invoice_no FROM invoices WHERE store = ?",
+                                 (store,))
+    issued: dict[str, set[int]] = defaultdict(set)
+    for series, number in numbers:
+        issued[series].add(int(number))
+    series_report = [{"series": s, "issued": len(ns), "highest": max(ns),
+                      "missing": sorted(set(range(1, max(ns) + 1)) - ns)}
+                     for s, ns in sorted(issued.items())]
+    invoices = [{"series": r[0], "invoice_no": int(r[1]), "ticket": r[2], "device_id": r[3],
+                 "total": int(r[4]), "client_created_at": r[5], "issued_at": r[6]}
+                for r in rows]
+    return {"invoices": invoices, "series": series_report}
+
+
+async def invoice_of_ticket(storage: RelayStorage, store: str, ticket: str
+                            ) -> dict[str, Any] | None:
+    """The invoice a provisional ticket (``TILL1-000042``) became, if numbered yet."""
+    await check_store(storage, store)
+    rows = await storage.read(
+        "SELECT series, invoice_no, device_id, total, client_created_at, issued_at "
+        "FROM invoices WHERE store = ? AND ticket = ?", (store, ticket))
+    if not rows:
+        return None
+    r = rows[0]
+    return {"ticket": ticket, "series": r[0], "invoice_no": int(r[1]), "device_id": r[2],
+            "total": int(r[3]), "client_created_at": r[4], "issued_at": r[5]}
