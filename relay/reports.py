@@ -21,7 +21,9 @@ from typing import Any
 import msgpack
 
 from peer.errors import InvalidInput
+from peer.master import MasterData
 from peer.totals import line_amount
+from peer.views import format_quantity, from_millionths, quantity
 from relay.storage import RelayStorage
 
 PERIODS = ("day", "week", "month")
@@ -183,3 +185,78 @@ async def invoice_of_ticket(storage: RelayStorage, store: str, ticket: str
     r = rows[0]
     return {"ticket": ticket, "series": r[0], "invoice_no": int(r[1]), "device_id": r[2],
             "total": int(r[3]), "client_created_at": r[4], "issued_at": r[5]}
+
+
+async def _catalogue(storage: RelayStorage, store: str) -> dict[str, dict[str, Any]]:
+    """The store's products, from the master document the relay holds."""
+    data, _ = await storage.document_at(store)
+    if not data:
+        return {}
+    return MasterData.load(data, bytes(16)).all("products")
+
+
+async def stock(storage: RelayStorage, store: str) -> list[dict[str, Any]]:
+    """Current stock of every product the relay tracks (volatile ones are not tracked:
+    their suggested price instead), with its reorder level and whether it is low."""
+    await check_store(storage, store)
+    products = await _catalogue(storage, store)
+    levels = dict(await storage.read("SELECT product_id, qty FROM stock WHERE store = ?",
+                                     (store,)))
+    prices = dict(await storage.read("SELECT product_id, price FROM prices WHERE store = ?",
+                                     (store,)))
+    out = []
+    for pid in sorted(set(products) | set(levels)):
+        product = products.get(pid, {})
+        row: dict[str, Any] = {"product_id": pid, "name": product.get("name"),
+                               "volatile": bool(product.get("volatile"))}
+        if row["volatile"]:
+            row["suggested_price"] = int(prices.get(pid, product.get("price", 0)))
+        else:
+            qty = from_millionths(int(levels.get(pid, 0)))
+            row["qty"] = format_quantity(qty)
+            if "reorder_level" in product:
+                row["reorder_level"] = str(product["reorder_level"])
+                row["low"] = qty < quantity(product["reorder_level"])
+        out.append(row)
+    return out
+
+
+async def alerts(storage: RelayStorage, store: str, within: Range = Range()
+                 ) -> list[dict[str, Any]]:
+    """Low-stock alerts: the entry that took a product below its reorder level, when."""
+    await check_store(storage, store)
+    cond, args = within.where("at")
+    rows = await storage.read(
+        "SELECT at, product_id, qty, reorder_level, client_id FROM alerts "
+        f"WHERE store = ?{cond} ORDER BY at, product_id", (store, *args))
+    return [{"at": r[0], "product_id": r[1],
+             "qty": format_quantity(from_millionths(int(r[2]))),
+             "reorder_level": format_quantity(from_millionths(int(r[3]))), "client_id": r[4]}
+            for r in rows]
+
+
+async def devices(storage: RelayStorage, store: str) -> list[dict[str, Any]]:
+    """Every device of the store: role, last contact, entries the relay holds (highest
+    seq, last received), rejected entries with the latest reason, revocation."""
+    await check_store(storage, store)
+    held = {r[0]: r[1:] for r in await storage.read(
+        "SELECT device_id, count(*), max(seq), max(received_at) FROM entries "
+        "WHERE store = ? GROUP BY device_id", (store,))}
+    rejected: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    for r in await storage.read("SELECT device_id, code, message, at FROM rejected "
+                                "WHERE store = ? ORDER BY at", (store,)):
+        rejected[r[0]].append(r[1:])
+    rows = await storage.read(
+        "SELECT device_id, name, role, enrolled_at, last_seen, revoked_at FROM devices "
+        "WHERE store = ? ORDER BY name, device_id", (store,))
+    out = []
+    for device_id, name, role, enrolled, seen, revoked in rows:
+        count, top, received = held.get(device_id, (0, 0, None))
+        refusals = rejected.get(device_id, [])
+        out.append({"device_id": device_id, "name": name, "role": role,
+                    "enrolled_at": enrolled, "last_seen": seen, "revoked_at": revoked,
+                    "entries": int(count), "highest_seq": int(top or 0),
+                    "last_received_at": received, "rejected": len(refusals),
+                    "last_rejection": (f"{refusals[-1][0]}: {refusals[-1][1]}"
+                                       if refusals else None)})
+    return out

@@ -537,6 +537,29 @@ async def report_invoices(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def report_state(args: argparse.Namespace) -> int:
+    """stock, alerts, devices: one list each."""
+    from relay import reports
+    within = reports.Range.parse(getattr(args, "start", None), getattr(args, "end", None))
+    storage = await _report_storage(args)
+    try:
+        if args.verb == "stock":
+            rows = await reports.stock(storage, args.store)
+            columns: Sequence[str] = ("product_id", "name", "qty", "reorder_level", "low",
+                                      "suggested_price")
+        elif args.verb == "alerts":
+            rows = await reports.alerts(storage, args.store, within)
+            columns = ("at", "product_id", "qty", "reorder_level", "client_id")
+        else:
+            rows = await reports.devices(storage, args.store)
+            columns = ("name", "device_id", "role", "last_seen", "entries", "highest_seq",
+                       "rejected", "last_rejection", "revoked_at")
+    finally:
+        await storage.close()
+    _report_out(args, rows, columns, f"no {args.verb} for store {args.store}")
+    return EXIT_OK
+
+
 def _report_out(args: argparse.Namespace, rows: list[dict[str, Any]], columns: Sequence[str],
                 empty: str) -> None:
     if args.json:
@@ -637,16 +660,23 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text, func in (
             ("sales", "sales by day/week/month, by product or by till", report_sales),
             ("invoices", "the invoice register with its gap check, or one ticket's invoice",
-             report_invoices)):
+             report_invoices),
+            ("stock", "current stock per product, reorder levels, low ones", report_state),
+            ("alerts", "low-stock alerts: which entry took a product below its level",
+             report_state),
+            ("devices", "every device: last contact, entries held, rejections, revocation",
+             report_state)):
         sub = report_verbs.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--data", metavar="DIR", help="the relay's data folder (SQLite)")
         sub.add_argument("--db", metavar="URL", help=db_help)
         sub.add_argument("--db-wait", type=float, default=5.0, metavar="SECONDS",
                          help="how long to keep retrying an unreachable database (default 5)")
         sub.add_argument("--store", required=True, help="store id")
-        sub.add_argument("--from", dest="start", metavar="YYYY-MM-DD",
-                         help="first day (client time, UTC)")
-        sub.add_argument("--to", dest="end", metavar="YYYY-MM-DD", help="last day, included")
+        if name not in ("stock", "devices"):
+            sub.add_argument("--from", dest="start", metavar="YYYY-MM-DD",
+                             help="first day (UTC; client time for sales)")
+            sub.add_argument("--to", dest="end", metavar="YYYY-MM-DD",
+                             help="last day, included")
         out = sub.add_mutually_exclusive_group()
         out.add_argument("--json", action="store_true", help="print JSON")
         out.add_argument("--csv", action="store_true", help="print CSV")
@@ -656,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="group by period (default), product or till")
             sub.add_argument("--period", choices=("day", "week", "month"), default="day",
                              help="with --by period: day (default), week or month")
-        else:
+        elif name == "invoices":
             sub.add_argument("--ticket", help="only the invoice this provisional ticket became")
     demo_parser = areas.add_parser("demo", help="one till selling offline, end to end",
                                    description=demo_module.__doc__,

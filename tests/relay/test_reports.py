@@ -54,6 +54,8 @@ def test_sales_and_invoice_reports_match_the_sales_recorded(tmp_path: Path,
                + [("cashiers", "ann", {"name": "Ann", "role": "cashier", "pin": "1234"})])
     a.sync()
     b.sync()
+    a.record("stock_move", {"product_id": "bread", "direction": "in", "qty": 8,
+                            "reason": "delivery"})
     tickets = []
     for till, sales in ((a, SALES_A), (b, SALES_B)):
         shift = till.record("shift_open", {"cashier_id": "ann", "opening_cash": 0})["client_id"]
@@ -106,6 +108,26 @@ def test_sales_and_invoice_reports_match_the_sales_recorded(tmp_path: Path,
     rows = list(csv.DictReader(io.StringIO(run_cli(
         "report", "sales", *where(relay), "--store", STORE, "--by", "till", "--csv").stdout)))
     assert {r["name"]: int(r["revenue"]) for r in rows} == totals
+
+    # Stock: 8 loaves in, 6 sold; cheese only sold (negative is allowed); tomatoes are
+    # volatile (not tracked). Bread fell below its level 5 once (5 -> 2): one alert.
+    sold = {p: sum(Decimal(str(q)) for lines in SALES_A + SALES_B for pp, q, _ in lines
+                   if pp == p) for p in PRODUCTS}
+    stock = {r["product_id"]: r for r in cli_json("report", "stock", *where(relay),
+                                                  "--store", STORE)}
+    assert Decimal(stock["bread"]["qty"]) == 8 - sold["bread"] == 2
+    assert stock["bread"]["low"] is True and stock["bread"]["reorder_level"] == "5"
+    assert Decimal(stock["cheese"]["qty"]) == -sold["cheese"]
+    assert stock["tomato"]["volatile"] is True and "qty" not in stock["tomato"]
+    alerts = cli_json("report", "alerts", *where(relay), "--store", STORE)
+    assert [(x["product_id"], x["qty"], x["reorder_level"]) for x in alerts] == \
+        [("bread", "2", "5")]
+
+    devices = {d["name"]: d for d in cli_json("report", "devices", *where(relay),
+                                              "--store", STORE)}
+    assert {n: (d["entries"], d["highest_seq"], d["rejected"]) for n, d in devices.items()} \
+        == {"Till A": (6, 6, 0), "Till B": (3, 3, 0)}  # stock move, shift, sales
+    assert all(d["last_seen"] and not d["revoked_at"] for d in devices.values())
 
 
 @pytest.mark.slow
