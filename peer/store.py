@@ -48,7 +48,7 @@ from peer.identity import KEY_FILE, DeviceKey
 from peer.log import GENESIS_PREV, ChainBreak, Entry, canonical_body, seal_bytes, verify_chain
 from peer.master import MasterData
 from peer.storage import TillDB
-from peer.views import Effect, effects, fold, format_quantity
+from peer.views import Effect, effects, fold, stock_row
 from schemas import SchemaViolation, validate_entry
 
 log = logging.getLogger(__name__)
@@ -849,20 +849,9 @@ class Till:
         """Stock of every tracked product; suggested price of every volatile one."""
         levels = await self._db.view("stock")
         last_price = await self._db.view("last_price")
-        out: list[dict[str, Any]] = []
-        for product_id, product in sorted(self.master.all("products").items()):
-            row: dict[str, Any] = {"product_id": product_id, "name": product.get("name"),
-                                   "sku": product.get("sku"), "volatile": product["volatile"]}
-            if product["volatile"]:
-                row["suggested_price"] = int(last_price.get(product_id, product["price"]))
-            else:
-                qty = levels.get(product_id, Decimal(0))
-                row["qty"] = format_quantity(qty)
-                if "reorder_level" in product:
-                    row["reorder_level"] = str(product["reorder_level"])
-                    row["low"] = qty < Decimal(product["reorder_level"])
-            out.append(row)
-        return out
+        return [stock_row(product_id, product, levels.get(product_id, Decimal(0)),
+                          last_price.get(product_id))
+                for product_id, product in sorted(self.master.all("products").items())]
 
     async def expected_cash(self, shift_client_id: str) -> int:
         """Cash that should be in the drawer of a shift, in minor units."""

@@ -118,3 +118,21 @@ def fold(views: dict[tuple[str, str], Decimal], effect: Effect) -> Decimal:
     value = effect.value if effect.op == "set" else views.get(key, Decimal(0)) + effect.value
     views[key] = value
     return value
+
+
+def stock_row(product_id: str, product: Mapping[str, Any], qty: Decimal,
+              last_price: Decimal | int | None) -> dict[str, Any]:
+    """One product's line of a stock report, as till and relay both show it: the level
+    and whether it is below its reorder level, or for a volatile product its suggested
+    price (the last one sold at, else the list price)."""
+    row: dict[str, Any] = {"product_id": product_id, "name": product.get("name"),
+                           "sku": product.get("sku"), "volatile": bool(product.get("volatile"))}
+    if row["volatile"]:
+        row["suggested_price"] = int(last_price if last_price is not None
+                                     else product.get("price", 0))
+    else:
+        row["qty"] = format_quantity(qty)
+        if "reorder_level" in product:
+            row["reorder_level"] = str(product["reorder_level"])
+            row["low"] = qty < quantity(product["reorder_level"])
+    return row

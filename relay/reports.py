@@ -23,7 +23,7 @@ import msgpack
 from peer.errors import InvalidInput
 from peer.master import MasterData
 from peer.totals import line_amount
-from peer.views import format_quantity, from_millionths, quantity
+from peer.views import format_quantity, from_millionths, stock_row
 from relay.storage import RelayStorage
 
 PERIODS = ("day", "week", "month")
@@ -204,21 +204,9 @@ async def stock(storage: RelayStorage, store: str) -> list[dict[str, Any]]:
                                      (store,)))
     prices = dict(await storage.read("SELECT product_id, price FROM prices WHERE store = ?",
                                      (store,)))
-    out = []
-    for pid in sorted(set(products) | set(levels)):
-        product = products.get(pid, {})
-        row: dict[str, Any] = {"product_id": pid, "name": product.get("name"),
-                               "volatile": bool(product.get("volatile"))}
-        if row["volatile"]:
-            row["suggested_price"] = int(prices.get(pid, product.get("price", 0)))
-        else:
-            qty = from_millionths(int(levels.get(pid, 0)))
-            row["qty"] = format_quantity(qty)
-            if "reorder_level" in product:
-                row["reorder_level"] = str(product["reorder_level"])
-                row["low"] = qty < quantity(product["reorder_level"])
-        out.append(row)
-    return out
+    return [stock_row(pid, products.get(pid, {}),
+                      from_millionths(int(levels.get(pid, 0))), prices.get(pid))
+            for pid in sorted(set(products) | set(levels))]
 
 
 async def alerts(storage: RelayStorage, store: str, within: Range = Range()
