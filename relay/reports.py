@@ -23,7 +23,7 @@ import msgpack
 from peer.errors import InvalidInput
 from peer.master import MasterData
 from peer.totals import line_amount
-from peer.views import format_quantity, from_millionths, stock_row
+from peer.views import effects, format_quantity, from_millionths, stock_row
 from relay.storage import RelayStorage
 
 PERIODS = ("day", "week", "month")
@@ -247,4 +247,72 @@ async def devices(storage: RelayStorage, store: str) -> list[dict[str, Any]]:
                     "last_received_at": received, "rejected": len(refusals),
                     "last_rejection": (f"{refusals[-1][0]}: {refusals[-1][1]}"
                                        if refusals else None)})
+    return out
+
+
+_CASH_COLUMN = {"shift_open": "opening_cash", "sale": "cash_sales", "refund": "cash_refunds"}
+
+
+async def shifts(storage: RelayStorage, store: str, within: Range = Range()
+                 ) -> list[dict[str, Any]]:
+    """Shift (Z) reports: per shift opened in the range, its till, cashier and server
+    id; opening cash, cash sales, cash refunds, cash in and out, other cash (customer
+    payments, expenses); expected cash (by the same rule as the till's view,
+    ``peer.views.effects``), counted cash, variance and its reason once closed.  Entries
+    the relay rejected count for nothing."""
+    await check_store(storage, store)
+    cond, args = within.where("client_created_at")
+    opened = await storage.read(
+        "SELECT client_id, device_id, client_created_at, body FROM entries "
+        f"WHERE store = ? AND kind = 'shift_open'{cond} ORDER BY client_created_at",
+        (store, *args))
+    if not opened:
+        return []
+    ids = {r[0] for r in opened}
+    server_ids = dict(await storage.read(
+        "SELECT client_id, server_id FROM mappings WHERE store = ? AND kind = 'shift'",
+        (store,)))
+    rejected = {r[0] for r in await storage.read(
+        "SELECT client_id FROM rejected WHERE store = ?", (store,))}
+    names = {d.device_id: d.name for d in await storage.devices(store)}
+    cash: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    closes: dict[str, tuple[str, dict[str, Any]]] = {}
+    for client_id, kind, at, body in await storage.read(
+            "SELECT client_id, kind, client_created_at, body FROM entries WHERE store = ? "
+            "AND kind IN ('shift_open', 'shift_close', 'sale', 'refund', 'cash_movement', "
+            "'customer_payment', 'expense')", (store,)):
+        if client_id in rejected:
+            continue
+        fields = msgpack.unpackb(bytes(body), raw=False)
+        if kind == "shift_close":
+            if fields["open_shift_client_id"] in ids:
+                closes[fields["open_shift_client_id"]] = (at, fields)
+            continue
+        for effect in effects(kind, client_id, fields):
+            if effect.view != "cash" or effect.key not in ids:
+                continue
+            amount = int(effect.value)
+            column = _CASH_COLUMN.get(kind) or (
+                ("cash_in" if amount > 0 else "cash_out") if kind == "cash_movement"
+                else "other_cash")
+            cash[effect.key][column] += amount
+    out = []
+    for client_id, device_id, at, body in opened:
+        fields = msgpack.unpackb(bytes(body), raw=False)
+        moves = cash[client_id]
+        expected = sum(moves.values())
+        row: dict[str, Any] = {
+            "shift": client_id, "server_id": server_ids.get(client_id),
+            "device_id": device_id, "till": names.get(device_id),
+            "cashier_id": fields.get("cashier_id"), "opened_at": at,
+            **{c: moves.get(c, 0) for c in ("opening_cash", "cash_sales", "cash_refunds",
+                                            "cash_in", "cash_out", "other_cash")},
+            "expected_cash": expected, "closed_at": None, "counted_cash": None,
+            "variance": None, "variance_reason": None}
+        if client_id in closes:
+            closed_at, close = closes[client_id]
+            row.update(closed_at=closed_at, counted_cash=close["closing_cash"],
+                       variance=close["closing_cash"] - expected,
+                       variance_reason=close.get("variance_reason"))
+        out.append(row)
     return out

@@ -538,7 +538,7 @@ async def report_invoices(args: argparse.Namespace) -> int:
 
 
 async def report_state(args: argparse.Namespace) -> int:
-    """stock, alerts, devices: one list each."""
+    """shifts, stock, alerts, devices: one list each."""
     from relay import reports
     within = reports.Range.parse(getattr(args, "start", None), getattr(args, "end", None))
     storage = await _report_storage(args)
@@ -547,6 +547,11 @@ async def report_state(args: argparse.Namespace) -> int:
             rows = await reports.stock(storage, args.store)
             columns: Sequence[str] = ("product_id", "name", "qty", "reorder_level", "low",
                                       "suggested_price")
+        elif args.verb == "shifts":
+            rows = await reports.shifts(storage, args.store, within)
+            columns = ("opened_at", "till", "cashier_id", "server_id", "opening_cash",
+                       "cash_sales", "cash_refunds", "cash_in", "cash_out", "other_cash",
+                       "expected_cash", "counted_cash", "variance", "variance_reason")
         elif args.verb == "alerts":
             rows = await reports.alerts(storage, args.store, within)
             columns = ("at", "product_id", "qty", "reorder_level", "client_id")
@@ -661,6 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("sales", "sales by day/week/month, by product or by till", report_sales),
             ("invoices", "the invoice register with its gap check, or one ticket's invoice",
              report_invoices),
+            ("shifts", "shift (Z) reports: opening, cash sales, in/out, expected vs counted",
+             report_state),
             ("stock", "current stock per product, reorder levels, low ones", report_state),
             ("alerts", "low-stock alerts: which entry took a product below its level",
              report_state),

@@ -25,6 +25,7 @@ PRODUCTS = {
 }
 SALES_A = [(("bread", 2, 320),), (("tomato", "0.333", 479), ("bread", 1, 320)),
            (("cheese", "0.5", 1890),), (("tomato", "1.25", 450),)]
+OPENING = {"Till A": 5000, "Till B": 2000}
 SALES_B = [(("bread", 3, 300),), (("cheese", "0.275", 1890), ("tomato", "0.5", 479))]
 
 
@@ -56,11 +57,18 @@ def test_sales_and_invoice_reports_match_the_sales_recorded(tmp_path: Path,
     b.sync()
     a.record("stock_move", {"product_id": "bread", "direction": "in", "qty": 8,
                             "reason": "delivery"})
-    tickets = []
+    tickets, shifts = [], {}
     for till, sales in ((a, SALES_A), (b, SALES_B)):
-        shift = till.record("shift_open", {"cashier_id": "ann", "opening_cash": 0})["client_id"]
+        shift = till.record("shift_open", {"cashier_id": "ann",
+                                           "opening_cash": OPENING[till.name]})["client_id"]
+        shifts[till.name] = shift
         for lines in sales:
             tickets.append(till.record("sale", sale(*lines, shift_client_id=shift))["ticket"])
+        if till is a:
+            a.record("cash_movement", {"direction": "out", "amount": 1000, "reason": "bank",
+                                       "shift_client_id": shift})
+            a.record("shift_close", {"open_shift_client_id": shift, "closing_cash": 4000,
+                                     "variance_reason": "short"})
         assert till.sync_json()["pending"] == 0
     today = datetime.now(UTC).date().isoformat()
 
@@ -126,7 +134,23 @@ def test_sales_and_invoice_reports_match_the_sales_recorded(tmp_path: Path,
     devices = {d["name"]: d for d in cli_json("report", "devices", *where(relay),
                                               "--store", STORE)}
     assert {n: (d["entries"], d["highest_seq"], d["rejected"]) for n, d in devices.items()} \
-        == {"Till A": (6, 6, 0), "Till B": (3, 3, 0)}  # stock move, shift, sales
+        == {"Till A": (8, 8, 0), "Till B": (3, 3, 0)}  # stock move, shift, sales, cash
+
+    # Z reports: the cash each sale paid (doubles.sale pays the sum of qty x price,
+    # truncated), opening cash, cash out; Till A's shift closed 4000 counted.
+    paid = {name: sum(int(sum(Decimal(str(q)) * p for _, q, p in lines)) for lines in sales)
+            for name, sales in (("Till A", SALES_A), ("Till B", SALES_B))}
+    z = {r["till"]: r for r in cli_json("report", "shifts", *where(relay), "--store", STORE)}
+    expected_a = OPENING["Till A"] + paid["Till A"] - 1000
+    assert {k: z["Till A"][k] for k in ("shift", "opening_cash", "cash_sales", "cash_out",
+                                         "expected_cash", "counted_cash", "variance",
+                                         "variance_reason")} == {
+        "shift": shifts["Till A"], "opening_cash": 5000, "cash_sales": paid["Till A"],
+        "cash_out": -1000, "expected_cash": expected_a, "counted_cash": 4000,
+        "variance": 4000 - expected_a, "variance_reason": "short"}
+    assert z["Till A"]["server_id"] and z["Till A"]["closed_at"]
+    assert z["Till B"]["expected_cash"] == OPENING["Till B"] + paid["Till B"]
+    assert z["Till B"]["closed_at"] is None and z["Till B"]["variance"] is None
     assert all(d["last_seen"] and not d["revoked_at"] for d in devices.values())
 
 
