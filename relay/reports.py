@@ -148,6 +148,25 @@ async def sales_by_till(storage: RelayStorage, store: str,
             for r in rows]
 
 
+async def sales_by_cashier(storage: RelayStorage, store: str,
+                           within: Range = Range()) -> list[dict[str, Any]]:
+    """Per cashier (the one who opened the sale's shift): number of sales and revenue.
+    A sale whose shift the relay has not seen opened counts under cashier None."""
+    await check_store(storage, store)
+    cashier_of = {client_id: msgpack.unpackb(bytes(body), raw=False).get("cashier_id")
+                  for client_id, body in await storage.read(
+                      "SELECT client_id, body FROM entries WHERE store = ? "
+                      "AND kind = 'shift_open'", (store,))}
+    out: dict[str | None, list[int]] = defaultdict(lambda: [0, 0])
+    for _, _, total, body in await _numbered_sales(storage, store, within):
+        shift = msgpack.unpackb(bytes(body), raw=False).get("shift_client_id")
+        bucket = out[cashier_of.get(shift)]
+        bucket[0] += 1
+        bucket[1] += int(total)
+    return [{"cashier_id": c, "sales": n, "revenue": r}
+            for c, (n, r) in sorted(out.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))]
+
+
 async def invoice_register(storage: RelayStorage, store: str, within: Range = Range()
                            ) -> dict[str, Any]:
     """Every invoice (series, number, ticket, device, total, client time, issue time)

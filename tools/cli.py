@@ -493,6 +493,9 @@ async def report_sales(args: argparse.Namespace) -> int:
             rows = await reports.sales_by_product(storage, args.store, within)
             columns: Sequence[str] = ("product_id", "qty", "revenue", "sales",
                                       "avg_unit_price")
+        elif args.by == "cashier":
+            rows = await reports.sales_by_cashier(storage, args.store, within)
+            columns = ("cashier_id", "sales", "revenue")
         elif args.by == "till":
             rows = await reports.sales_by_till(storage, args.store, within)
             columns = ("device_id", "name", "sales", "revenue")
@@ -663,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     report_verbs = report.add_subparsers(dest="verb", required=True)
     for name, help_text, func in (
-            ("sales", "sales by day/week/month, by product or by till", report_sales),
+            ("sales", "sales by day/week/month, by product, till or cashier", report_sales),
             ("invoices", "the invoice register with its gap check, or one ticket's invoice",
              report_invoices),
             ("shifts", "shift (Z) reports: opening, cash sales, in/out, expected vs counted",
@@ -689,8 +692,9 @@ def build_parser() -> argparse.ArgumentParser:
         out.add_argument("--csv", action="store_true", help="print CSV")
         sub.set_defaults(func=func)
         if name == "sales":
-            sub.add_argument("--by", choices=("period", "product", "till"), default="period",
-                             help="group by period (default), product or till")
+            sub.add_argument("--by", choices=("period", "product", "till", "cashier"),
+                             default="period",
+                             help="group by period (default), product, till or cashier")
             sub.add_argument("--period", choices=("day", "week", "month"), default="day",
                              help="with --by period: day (default), week or month")
         elif name == "invoices":

@@ -26,6 +26,7 @@ PRODUCTS = {
 SALES_A = [(("bread", 2, 320),), (("tomato", "0.333", 479), ("bread", 1, 320)),
            (("cheese", "0.5", 1890),), (("tomato", "1.25", 450),)]
 OPENING = {"Till A": 5000, "Till B": 2000}
+CASHIER = {"Till A": "ann", "Till B": "bob"}
 SALES_B = [(("bread", 3, 300),), (("cheese", "0.275", 1890), ("tomato", "0.5", 479))]
 
 
@@ -52,14 +53,15 @@ def test_sales_and_invoice_reports_match_the_sales_recorded(tmp_path: Path,
     a.init(relay, STORE)
     b.init(relay, STORE)
     a.put_many([("products", p, body) for p, body in PRODUCTS.items()]
-               + [("cashiers", "ann", {"name": "Ann", "role": "cashier", "pin": "1234"})])
+               + [("cashiers", c, {"name": c.title(), "role": "cashier", "pin": "1234"})
+                  for c in ("ann", "bob")])
     a.sync()
     b.sync()
     a.record("stock_move", {"product_id": "bread", "direction": "in", "qty": 8,
                             "reason": "delivery"})
     tickets, shifts = [], {}
     for till, sales in ((a, SALES_A), (b, SALES_B)):
-        shift = till.record("shift_open", {"cashier_id": "ann",
+        shift = till.record("shift_open", {"cashier_id": CASHIER[till.name],
                                            "opening_cash": OPENING[till.name]})["client_id"]
         shifts[till.name] = shift
         for lines in sales:
@@ -98,6 +100,10 @@ def test_sales_and_invoice_reports_match_the_sales_recorded(tmp_path: Path,
     assert cli_json("report", "sales", *where(relay), "--store", STORE, "--to",
                     "2001-01-01") == []
 
+    by_cashier = cli_json("report", "sales", *where(relay), "--store", STORE, "--by",
+                          "cashier")
+    assert by_cashier == [{"cashier_id": "ann", "sales": 4, "revenue": totals["Till A"]},
+                          {"cashier_id": "bob", "sales": 2, "revenue": totals["Till B"]}]
     by_till = cli_json("report", "sales", *where(relay), "--store", STORE, "--by", "till")
     assert {r["name"]: (r["sales"], r["revenue"]) for r in by_till} == {
         "Till A": (4, totals["Till A"]), "Till B": (2, totals["Till B"])}
