@@ -47,6 +47,8 @@ from peer.sync.engine import (
 from peer.sync.frames import TRANSPORT_MAX
 from peer.tls import server_context
 from relay.documents import Hubs, StoreHub
+from relay.http import handler as api_handler
+from relay.http import new_token
 from relay.ingest import Checked, IngestResult, adopt, ingest, prepare, prepare_elsewhere
 from relay.storage import RelayStorage, open_storage, with_retries
 from relay.storage.base import DeviceRow
@@ -158,6 +160,14 @@ class Relay:
         return Certificate.issue(self.key, store=device.store, device=device.device_id,
                                  name=device.name, role=device.role,
                                  public_key=device.public_key, now=time.time()).raw
+
+    async def new_token(self, store: str) -> str:
+        """A new token of the reporting API for ``store`` (the relay keeps its hash)."""
+        if not await self.storage.devices(store):
+            raise InvalidInput(f"the relay has no store {store!r} (no device enrolled in it)")
+        token, digest = new_token()
+        await self.storage.add_admin_token(store, digest, utc_timestamp())
+        return token
 
     async def revoke(self, store: str, device: str) -> DeviceRow:
         """Revoke a device of ``store``, named by its id or its name (which must then be
@@ -417,7 +427,7 @@ async def running(config: RelayConfig) -> AsyncIterator[tuple[Relay, int]]:
     try:
         async with serve(relay.handle, config.host, config.port, max_size=TRANSPORT_MAX,
                          compression=None, reuse_port=config.reuse_port or None,
-                         ssl=tls) as server:
+                         ssl=tls, process_request=api_handler(relay.storage)) as server:
             port = next(iter(server.sockets)).getsockname()[1]
             yield relay, port
     finally:

@@ -431,6 +431,20 @@ async def relay_enroll(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def relay_token(args: argparse.Namespace) -> int:
+    _check_db(args)
+    relay = await Relay.open(Path(args.data), args.db)
+    try:
+        token = await relay.new_token(args.store)
+    finally:
+        await relay.close()
+    _emit(args, {"store": args.store, "token": token}, lambda: (
+        f"{token}\n(reporting API token for store {args.store}; shown once, the relay keeps "
+        f"only its hash: curl -H 'Authorization: Bearer {token}' "
+        f"http://RELAY/api/v1/stores/{args.store}/reports/sales)"))
+    return EXIT_OK
+
+
 async def relay_revoke(args: argparse.Namespace) -> int:
     _check_db(args)
     relay = await Relay.open(Path(args.data), args.db)
@@ -649,6 +663,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--hours", type=float, default=24.0, help="validity (default 24)")
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(func=relay_enroll)
+    sub = relay_verbs.add_parser("token", help="make a token of the reporting API",
+                                 description="make a token of the relay's reporting API "
+                                 "for one store (GET /api/v1/stores/STORE/reports/NAME)")
+    sub.add_argument("--data", required=True, metavar="DIR", help="the relay's data folder")
+    sub.add_argument("--db", metavar="URL", help=db_help)
+    sub.add_argument("--store", required=True, help="store id")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.set_defaults(func=relay_token)
     sub = relay_verbs.add_parser("revoke", help="cut a device off (a stolen till)",
                                  description="revoke a device: it can no longer connect, and "
                                  "its entries after the last one the relay holds are refused "

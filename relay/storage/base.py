@@ -112,6 +112,9 @@ class RelayStorage(Protocol):
         """Rows of a read-only query written in the SQL both backends speak, with ``?``
         placeholders (reporting: ``relay/reports.py``)."""
         ...
+    async def add_admin_token(self, store: str, token_hash: bytes, now: str) -> None:
+        """Keep the SHA-256 of a reporting API token of ``store`` (never the token)."""
+        ...
     async def revoke(self, store: str, device_id: str, now: str) -> DeviceRow | None:
         """Revoke a device, under the store's ingest lock so that ``revoked_upto`` (its
         highest stored seq) is exact; a device revoked already is returned unchanged.

@@ -136,6 +136,10 @@ CREATE INDEX doc_changes_by_store ON doc_changes (store, id);
     (2, "revocations: the seq up to which a revoked device's entries stay valid", """
 ALTER TABLE devices ADD COLUMN revoked_upto bigint;
 """),
+    (3, "admin tokens of the reporting API (their SHA-256 only)", """
+CREATE TABLE admin_tokens (token_hash bytea PRIMARY KEY, store text NOT NULL,
+                           created_at text NOT NULL);
+"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _MIGRATION_LOCK = 0x7469_6C6C  # pg_advisory_xact_lock key: one migrator at a time
@@ -490,6 +494,10 @@ class PostgresStorage:
         row = await self._pool.fetchrow(f"SELECT {_DEVICE_COLUMNS} FROM devices "
                                         "WHERE store = $1 AND device_id = $2", store, device_id)
         return _device(row)
+
+    async def add_admin_token(self, store: str, token_hash: bytes, now: str) -> None:
+        await self._pool.execute("INSERT INTO admin_tokens VALUES ($1, $2, $3)",
+                                 token_hash, store, now)
 
     async def read(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         numbered = iter(range(1, len(args) + 1))

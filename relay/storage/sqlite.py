@@ -21,7 +21,7 @@ import msgpack
 from peer.log import Entry
 from relay.storage.base import DeviceRow, code_refusal
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE devices (
@@ -96,12 +96,16 @@ CREATE INDEX rejected_by_client ON rejected (store, client_id);
 CREATE TABLE doc_snapshot (store TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE doc_changes (id INTEGER PRIMARY KEY, store TEXT NOT NULL, data BLOB NOT NULL);
 CREATE INDEX doc_changes_by_store ON doc_changes (store, id);
+CREATE TABLE admin_tokens (token_hash BLOB PRIMARY KEY, store TEXT NOT NULL,
+                           created_at TEXT NOT NULL);
 """
 
 
 # Upgrades of an older relay database, each to the next version, in one transaction.
 _MIGRATIONS = {
     "1": "ALTER TABLE devices ADD COLUMN revoked_upto INTEGER;",
+    "2": "CREATE TABLE IF NOT EXISTS admin_tokens (token_hash BLOB PRIMARY KEY, "
+         "store TEXT NOT NULL, created_at TEXT NOT NULL);",
 }
 
 
@@ -354,6 +358,11 @@ class SQLiteStorage:
 
     async def read(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in await self._rows(sql, args)]
+
+    async def add_admin_token(self, store: str, token_hash: bytes, now: str) -> None:
+        async with self.transaction():
+            await self._conn.execute("INSERT INTO admin_tokens VALUES (?, ?, ?)",
+                                     (token_hash, store, now))
 
     async def devices(self, store: str) -> list[DeviceRow]:
         rows = await self._rows(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE store = ? "

@@ -23,6 +23,7 @@ from peer.identity import DeviceKey
 from peer.sync.engine import ClientLink
 from peer.sync.frames import PROTOCOL_VERSION, TRANSPORT_MAX
 from relay.server import Relay
+from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from tests.doubles import sale
 from tests.relay.processes import (
     Chain,
@@ -188,5 +189,5 @@ async def test_a_schema_1_sqlite_relay_database_is_migrated_on_open(tmp_path: Pa
         await relay.close()
     conn = sqlite3.connect(tmp_path / "relay.db")
     assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() \
-        == [("2",)]
+        == [(str(SQLITE_SCHEMA_VERSION),)]
     conn.close()

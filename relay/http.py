@@ -1,0 +1,118 @@
+"""The relay's HTTP side: the reporting API, on the same port as the websockets.
+
+    GET /api/v1/stores/STORE/reports/NAME?from=YYYY-MM-DD&to=...&period=...&by=...
+    Authorization: Bearer TOKEN            (a token from `tillsync relay token`)
+
+NAME is one of sales, invoices, shifts, stock, alerts, devices (the same reports as
+`tillsync report`, as JSON).  A token belongs to one store: it reads that store and
+no other.  Errors are JSON ``{"error": message}`` with 400 (bad parameter), 401
+(missing or wrong token, or a token of another store) or 404 (unknown path or report).
+Any other path is left to the websocket handshake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
+
+from peer.errors import InvalidInput
+from relay import reports
+from relay.storage import RelayStorage
+
+PREFIX = "/api/v1/stores/"
+
+
+def new_token() -> tuple[str, bytes]:
+    """A fresh API token and the hash the relay keeps of it."""
+    token = "tsk_" + secrets.token_urlsafe(32)
+    return token, token_hash(token)
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+async def _report(storage: RelayStorage, store: str, name: str,
+                  query: dict[str, str]) -> Any:
+    within = reports.Range.parse(query.get("from"), query.get("to"))
+    if name == "sales":
+        by = query.get("by", "period")
+        if by == "product":
+            return await reports.sales_by_product(storage, store, within)
+        if by == "till":
+            return await reports.sales_by_till(storage, store, within)
+        if by == "cashier":
+            return await reports.sales_by_cashier(storage, store, within)
+        if by != "period":
+            raise InvalidInput(f"by={by!r}: one of period, product, till, cashier")
+        return await reports.sales_by_period(storage, store, query.get("period", "day"),
+                                             within)
+    if name == "invoices":
+        if "ticket" in query:
+            return await reports.invoice_of_ticket(storage, store, query["ticket"])
+        return await reports.invoice_register(storage, store, within)
+    simple: dict[str, Callable[[], Awaitable[Any]]] = {
+        "shifts": lambda: reports.shifts(storage, store, within),
+        "stock": lambda: reports.stock(storage, store),
+        "alerts": lambda: reports.alerts(storage, store, within),
+        "devices": lambda: reports.devices(storage, store),
+    }
+    return await simple[name]()
+
+
+REPORTS = ("sales", "invoices", "shifts", "stock", "alerts", "devices")
+
+
+def _json(connection: ServerConnection, status: http.HTTPStatus, data: Any) -> Response:
+    response = connection.respond(status, json.dumps(data, sort_keys=True) + "\n")
+    del response.headers["Content-Type"]  # Headers is a multidict: replace, not add
+    response.headers["Content-Type"] = "application/json; charset=utf-8"
+    return response
+
+
+def handler(storage: RelayStorage
+            ) -> Callable[[ServerConnection, Request], Awaitable[Response | None]]:
+    """websockets' ``process_request`` hook: answers the API's paths, lets every other
+    request go on to the websocket handshake."""
+
+    async def process_request(connection: ServerConnection, request: Request
+                              ) -> Response | None:
+        url = urlsplit(request.path)
+        if not url.path.startswith(PREFIX):
+            return None
+        parts = [unquote(p) for p in url.path[len(PREFIX):].split("/")]
+        if len(parts) != 3 or parts[1] != "reports" or parts[2] not in REPORTS:
+            return _json(connection, http.HTTPStatus.NOT_FOUND,
+                         {"error": f"no such report: {url.path}; reports are "
+                                   f"{PREFIX}STORE/reports/({'|'.join(REPORTS)})"})
+        store, name = parts[0], parts[2]
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer "):
+            return _json(connection, http.HTTPStatus.UNAUTHORIZED,
+                         {"error": "missing token: send Authorization: Bearer TOKEN (from "
+                                   "`tillsync relay token`)"})
+        rows = await storage.read("SELECT store FROM admin_tokens WHERE token_hash = ?",
+                                  (token_hash(auth[len("Bearer "):].strip()),))
+        if not rows or not hmac.compare_digest(str(rows[0][0]), store):
+            return _json(connection, http.HTTPStatus.UNAUTHORIZED,
+                         {"error": f"this token does not open store {store!r}"})
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        try:
+            data = await _report(storage, store, name, query)
+        except InvalidInput as exc:
+            return _json(connection, http.HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+        if data is None:  # a ticket with no invoice
+            return _json(connection, http.HTTPStatus.NOT_FOUND,
+                         {"error": f"ticket {query.get('ticket')} has no invoice number"})
+        return _json(connection, http.HTTPStatus.OK, data)
+
+    return process_request
