@@ -9,7 +9,8 @@ no other.  Errors are JSON ``{"error": message}`` with 400 (bad parameter), 401
 (missing or wrong token, or a token of another store) or 404 (unknown path or report).
 ``GET /dashboard`` serves the dashboard, one self-contained page (no CDN) that reads
 the store and token from its URL fragment (``/dashboard#store=S&token=T``: a fragment
-never reaches the server or its logs) and draws these reports.
+never reaches the server or its logs) or typed in, and draws these reports
+(``relay.dashboard``).
 
 Any other path is left to the websocket handshake.
 """
@@ -22,7 +23,6 @@ import http
 import json
 import secrets
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -30,11 +30,10 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from peer.errors import InvalidInput
-from relay import reports
+from relay import dashboard, reports
 from relay.storage import RelayStorage
 
 PREFIX = "/api/v1/stores/"
-DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text(encoding="utf-8")
 
 
 def new_token() -> tuple[str, bytes]:
@@ -93,14 +92,8 @@ def handler(storage: RelayStorage
     async def process_request(connection: ServerConnection, request: Request
                               ) -> Response | None:
         url = urlsplit(request.path)
-        if url.path in ("/dashboard", "/dashboard/"):
-            page = connection.respond(http.HTTPStatus.OK, DASHBOARD)
-            del page.headers["Content-Type"]
-            page.headers["Content-Type"] = "text/html; charset=utf-8"
-            page.headers["Content-Security-Policy"] = (
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                "connect-src 'self'; img-src 'self' data:")
-            return page
+        if url.path in (dashboard.PATH, dashboard.PATH + "/"):
+            return dashboard.response(connection)
         if not url.path.startswith(PREFIX):
             return None
         parts = [unquote(p) for p in url.path[len(PREFIX):].split("/")]
