@@ -57,3 +57,22 @@ def sale(*lines: tuple[str, int | str, int], cash: int | None = None,
                             "shift_client_id": SHIFT}
     body.update(extra)
     return body
+
+
+def deliver(a: Any, b: Any, events_a: list[Any], events_b: list[Any], sent_by_a: list[bytes],
+            sent_by_b: list[bytes]) -> None:
+    """Wire two sans-I/O links (``data_to_send``/``receive_data``/``events_received``)
+    back to back: deliver frames both ways until neither has anything left to send,
+    collecting each side's events and the frames each sent."""
+    while True:
+        to_b, to_a = a.data_to_send(), b.data_to_send()
+        if not to_b and not to_a:
+            return
+        sent_by_a += to_b
+        sent_by_b += to_a
+        for frame in to_b:
+            b.receive_data(frame)
+            events_b += b.events_received()
+        for frame in to_a:
+            a.receive_data(frame)
+            events_a += a.events_received()

@@ -37,6 +37,7 @@ from peer.sync.engine import (
     peer_transcript,
 )
 from peer.sync.frames import MAX_BATCH, PROTOCOL_VERSION, decode, encode
+from tests.doubles import deliver
 
 STORE = "shop-1"
 DIALER, LISTENER = "till-a-3f1c8a52", "till-b-9a430c2f"
@@ -81,18 +82,8 @@ class LanPair:
 
     def pump(self) -> None:
         """Deliver frames both ways until neither end has anything left to send."""
-        while True:
-            to_listener, to_dialer = self.dialer.data_to_send(), self.listener.data_to_send()
-            if not to_listener and not to_dialer:
-                return
-            self.sent_by_dialer += to_listener
-            self.sent_by_listener += to_dialer
-            for frame in to_listener:
-                self.listener.receive_data(frame)
-                self.listener_events += self.listener.events_received()
-            for frame in to_dialer:
-                self.dialer.receive_data(frame)
-                self.dialer_events += self.dialer.events_received()
+        deliver(self.dialer, self.listener, self.dialer_events, self.listener_events,
+                self.sent_by_dialer, self.sent_by_listener)
 
     def take(self) -> tuple[list[Event], list[Event]]:
         """The events of (dialer, listener) since the last call."""

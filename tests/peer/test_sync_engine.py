@@ -47,6 +47,7 @@ from peer.sync.engine import (
 )
 from peer.sync.frames import MAX_BATCH, MAX_FRAME, MESSAGES, PROTOCOL_VERSION, decode, encode
 from peer.sync.receipts import GENESIS, seal_receipts
+from tests.doubles import deliver
 
 STORE, DEVICE = "store-1", "3f1c8a52-6d1e-4b7a-9a43-0c2f5e9b7d10"
 NONCE_D, NONCE_R = bytes(range(32)), bytes(range(100, 132))
@@ -73,18 +74,8 @@ class Pair:
 
     def pump(self) -> None:
         """Deliver frames both ways until neither side has anything left to send."""
-        while True:
-            to_relay, to_client = self.client.data_to_send(), self.relay.data_to_send()
-            if not to_relay and not to_client:
-                return
-            self.sent_by_client += to_relay
-            self.sent_by_relay += to_client
-            for frame in to_relay:
-                self.relay.receive_data(frame)
-                self.relay_events += self.relay.events_received()
-            for frame in to_client:
-                self.client.receive_data(frame)
-                self.client_events += self.client.events_received()
+        deliver(self.client, self.relay, self.client_events, self.relay_events,
+                self.sent_by_client, self.sent_by_relay)
 
     def take(self) -> tuple[list[Event], list[Event]]:
         """The events of (client, relay) since the last call."""
