@@ -4,8 +4,9 @@
     Authorization: Bearer TOKEN            (a token from `tillsync relay token`)
 
 NAME is one of sales, invoices, shifts, stock, alerts, devices (the same reports as
-`tillsync report`, as JSON).  A token belongs to one store: it reads that store and
-no other.  Errors are JSON ``{"error": message}`` with 400 (bad parameter), 401
+`tillsync report`, as JSON); ``invoices`` also takes ``ticket=`` (one ticket's invoice)
+or ``limit=N`` (the latest N invoices of the range).  A token belongs to one store: it
+reads that store and no other.  Errors are JSON ``{"error": message}`` with 400 (bad parameter), 401
 (missing or wrong token, or a token of another store) or 404 (unknown path or report).
 ``GET /dashboard`` serves the dashboard, one self-contained page (no CDN) that reads
 the store and token from its URL fragment (``/dashboard#store=S&token=T``: a fragment
@@ -64,7 +65,11 @@ async def _report(storage: RelayStorage, store: str, name: str,
     if name == "invoices":
         if "ticket" in query:
             return await reports.invoice_of_ticket(storage, store, query["ticket"])
-        return await reports.invoice_register(storage, store, within)
+        limit = query.get("limit")
+        if limit is not None and not (limit.isascii() and limit.isdigit()):
+            raise InvalidInput(f"limit={limit!r}: a number of invoices (the latest)")
+        return await reports.invoice_register(storage, store, within,
+                                              None if limit is None else int(limit))
     simple: dict[str, Callable[[], Awaitable[Any]]] = {
         "shifts": lambda: reports.shifts(storage, store, within),
         "stock": lambda: reports.stock(storage, store),

@@ -42,6 +42,7 @@ from peer.sync.receipts import seal_receipts
 from peer.totals import sale_total
 from peer.views import format_quantity, from_millionths, quantity, to_millionths
 from relay.storage.base import RelayTxn
+from relay.tallies import Tallies
 from schemas import ENTRY_KINDS, SchemaViolation, validate_entry
 
 SERIES = "INV"
@@ -85,6 +86,7 @@ class _Batch:
         self.invoices: list[tuple[Any, ...]] = []
         self.alerts: list[tuple[Any, ...]] = []
         self.rejected: list[tuple[Any, ...]] = []
+        self.tallies = Tallies()
         self.refused_before: set[tuple[str, str]] = set()
         self.position = 0
 
@@ -170,6 +172,8 @@ class _Batch:
             await txn.add_alerts(store, self.alerts)
         if self.rejected:
             await txn.add_rejected(store, self.rejected)
+        if self.tallies:
+            await txn.add_tallies(store, self.tallies.writes(store))
         await txn.set_counters(store, self.counters)
         seq, prev = await txn.stream_head(store)
         if self.receipts:
@@ -222,6 +226,8 @@ def _decide(batch: _Batch, entry: Entry, body: dict[str, Any]) -> None:
                              "total": total})
         batch.invoices.append((SERIES, number, entry.client_id, entry.device_id, entry.ticket,
                                total, entry.client_created_at, batch.now))
+        batch.tallies.add(kind, entry.client_id, entry.device_id, entry.client_created_at,
+                          body, total, SERIES)
         for line in body["lines"]:
             product = batch.catalogue(line["product_id"])
             if product is not None and product.get("volatile"):
@@ -236,6 +242,8 @@ def _decide(batch: _Batch, entry: Entry, body: dict[str, Any]) -> None:
         qty = quantity(body["qty"])
         batch.move_stock(entry, body["product_id"],
                          -qty if body["direction"] == "out" else qty, warnings)
+    if kind != "sale":
+        batch.tallies.add(kind, entry.client_id, entry.device_id, entry.client_created_at, body)
     if kind in _SERVER_ID_KINDS:
         prefix = _SERVER_ID_KINDS[kind]
         receipt["server_id"] = f"{prefix}-{batch.next(prefix)}"

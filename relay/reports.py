@@ -2,12 +2,13 @@
 
 Every report reads the relay's own tables through ``RelayStorage.read`` (SQL both
 backends speak), so it is the same on SQLite and PostgreSQL, and every query is scoped
-by store.  A sale counts once the relay has numbered it: the invoice register is the
-source of truth for sales; a sale's lines come from its ingested entry.
+by store.  A sale counts once the relay has numbered it.
 
-This first version aggregates sales in Python from the numbered sales of the range it
-is asked for (O(sales in the range)); aggregates maintained in the ingest transaction
-are the next step for a year of a busy shop (issue 6's 200 ms target is not measured).
+Sales and shift reports read the running totals that ingest keeps per day, product
+and shift (``relay.tallies``), so their cost grows with the days and products of the
+range, not with its sales; the invoice register reads the invoices themselves (ask for
+the latest ``limit`` of a long range).  ``tools.bench_reports`` times them all on a
+year of a busy shop.
 """
 
 from __future__ import annotations
@@ -15,16 +16,13 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, timedelta
-from decimal import Decimal
 from typing import Any
-
-import msgpack
 
 from peer.errors import InvalidInput
 from peer.master import MasterData
-from peer.totals import line_amount
-from peer.views import effects, format_quantity, from_millionths, stock_row
+from peer.views import format_quantity, from_millionths, stock_row
 from relay.storage import RelayStorage
+from relay.tallies import CASH_COLUMNS
 
 PERIODS = ("day", "week", "month")
 
@@ -83,14 +81,16 @@ async def check_store(storage: RelayStorage, store: str) -> None:
         raise InvalidInput(f"the relay has no store {store!r} (no device enrolled in it)")
 
 
-async def _numbered_sales(storage: RelayStorage, store: str, within: Range
-                          ) -> list[tuple[Any, ...]]:
-    """(client time, device, total, body) of every numbered sale in the range."""
-    cond, args = within.where("i.client_created_at")
-    return await storage.read(
-        "SELECT i.client_created_at, i.device_id, i.total, e.body FROM invoices i "
-        "JOIN entries e ON e.store = i.store AND e.client_id = i.client_id "
-        f"WHERE i.store = ?{cond} ORDER BY i.series, i.invoice_no", (store, *args))
+def _days(within: Range) -> tuple[str, list[object]]:
+    """SQL condition and arguments on a tally's ``day`` column (``YYYY-MM-DD``)."""
+    sql, args = "", list[object]()
+    if within.start is not None:
+        sql += " AND day >= ?"
+        args.append(within.start.isoformat())
+    if within.end is not None:
+        sql += " AND day <= ?"
+        args.append(within.end.isoformat())
+    return sql, args
 
 
 async def sales_by_period(storage: RelayStorage, store: str, period: str = "day",
@@ -99,14 +99,14 @@ async def sales_by_period(storage: RelayStorage, store: str, period: str = "day"
     await check_store(storage, store)
     if period not in PERIODS:
         raise InvalidInput(f"unknown period {period!r}: one of {', '.join(PERIODS)}")
-    cond, args = within.where("client_created_at")
-    rows = await storage.read(f"SELECT client_created_at, total FROM invoices "
-                              f"WHERE store = ?{cond}", (store, *args))
+    cond, args = _days(within)
+    rows = await storage.read("SELECT day, sum(sales), sum(revenue) FROM tally_sales "
+                              f"WHERE store = ?{cond} GROUP BY day", (store, *args))
     out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for at, total in rows:
-        bucket = out[period_of(at, period)]
-        bucket[0] += 1
-        bucket[1] += int(total)
+    for day, n, revenue in rows:
+        bucket = out[period_of(day, period)]
+        bucket[0] += int(n)
+        bucket[1] += int(revenue)
     return [{"period": key, "sales": n, "revenue": revenue}
             for key, (n, revenue) in sorted(out.items())]
 
@@ -116,36 +116,31 @@ async def sales_by_product(storage: RelayStorage, store: str,
     """Per product: quantity sold (decimal for weighed products), revenue, number of
     sales it was in, and average unit price (revenue / quantity, rounded)."""
     await check_store(storage, store)
-    qty: dict[str, Decimal] = defaultdict(Decimal)
-    revenue: dict[str, int] = defaultdict(int)
-    sales: dict[str, int] = defaultdict(int)
-    for _, _, _, body in await _numbered_sales(storage, store, within):
-        seen = set()
-        for line in msgpack.unpackb(bytes(body), raw=False)["lines"]:
-            pid = line["product_id"]
-            qty[pid] += Decimal(str(line["qty"]))
-            revenue[pid] += line_amount(line)
-            seen.add(pid)
-        for pid in seen:
-            sales[pid] += 1
-    return [{"product_id": pid, "qty": format(qty[pid].normalize(), "f"),
-             "revenue": revenue[pid], "sales": sales[pid],
-             "avg_unit_price": round(revenue[pid] / qty[pid]) if qty[pid] else None}
-            for pid in sorted(qty, key=lambda p: (-revenue[p], p))]
+    cond, args = _days(within)
+    rows = await storage.read(
+        "SELECT product_id, sum(qty), sum(revenue), sum(sales) FROM tally_products "
+        f"WHERE store = ?{cond} GROUP BY product_id", (store, *args))
+    out = []
+    for pid, qty_millionths, revenue, sales in rows:
+        qty = from_millionths(int(qty_millionths))
+        out.append({"product_id": pid, "qty": format(qty.normalize(), "f"),
+                    "revenue": int(revenue), "sales": int(sales),
+                    "avg_unit_price": round(int(revenue) / qty) if qty else None})
+    out.sort(key=lambda r: (-r["revenue"], r["product_id"]))
+    return out
 
 
 async def sales_by_till(storage: RelayStorage, store: str,
                         within: Range = Range()) -> list[dict[str, Any]]:
     """Per device: its name, number of sales and revenue."""
     await check_store(storage, store)
-    cond, args = within.where("i.client_created_at")
+    cond, args = _days(within)
     rows = await storage.read(
-        "SELECT i.device_id, d.name, count(*), sum(i.total) FROM invoices i "
-        "LEFT JOIN devices d ON d.store = i.store AND d.device_id = i.device_id "
-        f"WHERE i.store = ?{cond} GROUP BY i.device_id, d.name ORDER BY i.device_id",
-        (store, *args))
-    return [{"device_id": r[0], "name": r[1], "sales": int(r[2]), "revenue": int(r[3])}
-            for r in rows]
+        "SELECT device_id, sum(sales), sum(revenue) FROM tally_sales "
+        f"WHERE store = ?{cond} GROUP BY device_id ORDER BY device_id", (store, *args))
+    names = {d.device_id: d.name for d in await storage.devices(store)}
+    return [{"device_id": r[0], "name": names.get(r[0]), "sales": int(r[1]),
+             "revenue": int(r[2])} for r in rows]
 
 
 async def sales_by_cashier(storage: RelayStorage, store: str,
@@ -153,43 +148,65 @@ async def sales_by_cashier(storage: RelayStorage, store: str,
     """Per cashier (the one who opened the sale's shift): number of sales and revenue.
     A sale whose shift the relay has not seen opened counts under cashier None."""
     await check_store(storage, store)
-    cashier_of = {client_id: msgpack.unpackb(bytes(body), raw=False).get("cashier_id")
-                  for client_id, body in await storage.read(
-                      "SELECT client_id, body FROM entries WHERE store = ? "
-                      "AND kind = 'shift_open'", (store,))}
-    out: dict[str | None, list[int]] = defaultdict(lambda: [0, 0])
-    for _, _, total, body in await _numbered_sales(storage, store, within):
-        shift = msgpack.unpackb(bytes(body), raw=False).get("shift_client_id")
-        bucket = out[cashier_of.get(shift)]
-        bucket[0] += 1
-        bucket[1] += int(total)
-    return [{"cashier_id": c, "sales": n, "revenue": r}
-            for c, (n, r) in sorted(out.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))]
-
-
-async def invoice_register(storage: RelayStorage, store: str, within: Range = Range()
-                           ) -> dict[str, Any]:
-    """Every invoice (series, number, ticket, device, total, client time, issue time)
-    and, per series, the numbers missing between 1 and the highest issued (there must
-    be none: the relay numbers gaplessly)."""
-    await check_store(storage, store)
-    cond, args = within.where("client_created_at")
+    cond, args = _days(within)
     rows = await storage.read(
-        "SELECT series, invoice_no, ticket, device_id, total, client_created_at, issued_at "
-        f"FROM invoices WHERE store = ?{cond} ORDER BY series, invoice_no", (store, *args))
-    # The gap check covers the whole series, whatever the range asked for.
-    numbers = await storage.read("SELECT series, invoice_no FROM invoices WHERE store = ?",
-                                 (store,))
-    issued: dict[str, set[int]] = defaultdict(set)
-    for series, number in numbers:
-        issued[series].add(int(number))
-    series_report = [{"series": s, "issued": len(ns), "highest": max(ns),
-                      "missing": sorted(set(range(1, max(ns) + 1)) - ns)}
-                     for s, ns in sorted(issued.items())]
+        "SELECT s.cashier_id, sum(t.sales), sum(t.revenue) FROM tally_sales t "
+        "LEFT JOIN tally_shifts s ON s.store = t.store "
+        "AND s.shift_client_id = t.shift_client_id "
+        f"WHERE t.store = ?{cond.replace('day', 't.day')} GROUP BY s.cashier_id",
+        (store, *args))
+    return [{"cashier_id": c, "sales": int(n), "revenue": int(r)}
+            for c, n, r in sorted(rows, key=lambda row: (row[0] is None, row[0] or ""))]
+
+
+async def invoice_register(storage: RelayStorage, store: str, within: Range = Range(),
+                           limit: int | None = None) -> dict[str, Any]:
+    """The invoices of the range (series, number, ticket, device, total, client time,
+    issue time), all of them or the latest ``limit``; the range's count and total; and,
+    per series, the numbers missing between 1 and the highest issued (there must be
+    none: the relay numbers gaplessly).  The gap check covers the whole series."""
+    await check_store(storage, store)
+    if limit is not None and limit < 0:
+        raise InvalidInput(f"limit {limit} is negative")
+    cond, args = within.where("client_created_at")
+    columns = "series, invoice_no, ticket, device_id, total, client_created_at, issued_at"
+    if limit is None:
+        rows = await storage.read(f"SELECT {columns} FROM invoices WHERE store = ?{cond} "
+                                  "ORDER BY series, invoice_no", (store, *args))
+    else:  # the latest sold (an index by sale time), shown in number order
+        rows = sorted(await storage.read(
+            f"SELECT {columns} FROM invoices WHERE store = ?{cond} "
+            "ORDER BY client_created_at DESC, invoice_no DESC LIMIT ?", (store, *args, limit)),
+            key=lambda r: (r[0], r[1]))
+    # The gap check: numbers are unique per series (the table's key) and start at 1, so
+    # as many issued as the highest number means none is missing.  Issued is counted in
+    # the transaction that adds the rows (``tally_series``; the register is append-only,
+    # so rows and count stay equal), the highest read from the register itself; only when
+    # they differ are the numbers read to name the missing ones.
+    series_report = []
+    for series, issued in await storage.read(
+            "SELECT series, issued FROM tally_series WHERE store = ? ORDER BY series",
+            (store,)):
+        highest = int((await storage.read(
+            "SELECT max(invoice_no) FROM invoices WHERE store = ? AND series = ?",
+            (store, series)))[0][0] or 0)
+        missing: list[int] = []
+        if int(issued) != highest:
+            have = {int(r[0]) for r in await storage.read(
+                "SELECT invoice_no FROM invoices WHERE store = ? AND series = ?",
+                (store, series))}
+            missing = sorted(set(range(1, highest + 1)) - have)
+        series_report.append({"series": series, "issued": int(issued), "highest": highest,
+                              "missing": missing})
+    days, day_args = _days(within)
+    count, total = (await storage.read(
+        "SELECT coalesce(sum(sales), 0), coalesce(sum(revenue), 0) FROM tally_sales "
+        f"WHERE store = ?{days}", (store, *day_args)))[0]
     invoices = [{"series": r[0], "invoice_no": int(r[1]), "ticket": r[2], "device_id": r[3],
                  "total": int(r[4]), "client_created_at": r[5], "issued_at": r[6]}
                 for r in rows]
-    return {"invoices": invoices, "series": series_report}
+    return {"invoices": invoices, "series": series_report, "count": int(count),
+            "total": int(total)}
 
 
 async def invoice_of_ticket(storage: RelayStorage, store: str, ticket: str
@@ -246,9 +263,15 @@ async def devices(storage: RelayStorage, store: str) -> list[dict[str, Any]]:
     """Every device of the store: role, last contact, entries the relay holds (highest
     seq, last received), rejected entries with the latest reason, revocation."""
     await check_store(storage, store)
-    held = {r[0]: r[1:] for r in await storage.read(
-        "SELECT device_id, count(*), max(seq), max(received_at) FROM entries "
-        "WHERE store = ? GROUP BY device_id", (store,))}
+    # A device's entries at the relay are its chain 1..head: the head row says it all
+    # (one primary-key probe per device, not a scan of the store's entries).
+    held: dict[str, tuple[int, int, str | None]] = {}
+    for device in await storage.devices(store):
+        head = await storage.read(
+            "SELECT seq, received_at FROM entries WHERE store = ? AND device_id = ? "
+            "ORDER BY seq DESC LIMIT 1", (store, device.device_id))
+        if head:
+            held[device.device_id] = (int(head[0][0]), int(head[0][0]), head[0][1])
     rejected: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     for r in await storage.read("SELECT device_id, code, message, at FROM rejected "
                                 "WHERE store = ? ORDER BY at", (store,)):
@@ -269,69 +292,47 @@ async def devices(storage: RelayStorage, store: str) -> list[dict[str, Any]]:
     return out
 
 
-_CASH_COLUMN = {"shift_open": "opening_cash", "sale": "cash_sales", "refund": "cash_refunds"}
-
-
 async def shifts(storage: RelayStorage, store: str, within: Range = Range()
                  ) -> list[dict[str, Any]]:
     """Shift (Z) reports: per shift opened in the range, its till, cashier and server
     id; opening cash, cash sales, cash refunds, cash in and out, other cash (customer
     payments, expenses); expected cash (by the same rule as the till's view,
     ``peer.views.effects``), counted cash, variance and its reason once closed.  Entries
-    the relay rejected count for nothing."""
+    the relay rejected count for nothing; a sale counts once numbered."""
     await check_store(storage, store)
-    cond, args = within.where("client_created_at")
+    cond, args = within.where("opened_at")
     opened = await storage.read(
-        "SELECT client_id, device_id, client_created_at, body FROM entries "
-        f"WHERE store = ? AND kind = 'shift_open'{cond} ORDER BY client_created_at",
-        (store, *args))
+        "SELECT shift_client_id, device_id, cashier_id, opened_at, closed_at, counted_cash, "
+        f"variance_reason FROM tally_shifts WHERE store = ? AND opened_at IS NOT NULL{cond} "
+        "ORDER BY opened_at, shift_client_id", (store, *args))
     if not opened:
         return []
-    ids = {r[0] for r in opened}
-    server_ids = dict(await storage.read(
-        "SELECT client_id, server_id FROM mappings WHERE store = ? AND kind = 'shift'",
-        (store,)))
-    rejected = {r[0] for r in await storage.read(
-        "SELECT client_id FROM rejected WHERE store = ?", (store,))}
+    cash: dict[str, dict[str, int]] = defaultdict(dict)
+    server_ids: dict[str, str] = {}
+    ids = [r[0] for r in opened]
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        marks = ", ".join("?" * len(chunk))
+        for shift, column, amount in await storage.read(
+                "SELECT shift_client_id, cash_column, amount FROM tally_cash WHERE store = ? "
+                f"AND shift_client_id IN ({marks})", (store, *chunk)):
+            cash[shift][column] = int(amount)
+        server_ids.update(await storage.read(
+            "SELECT client_id, server_id FROM mappings WHERE store = ? AND kind = 'shift' "
+            f"AND client_id IN ({marks})", (store, *chunk)))
     names = {d.device_id: d.name for d in await storage.devices(store)}
-    cash: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    closes: dict[str, tuple[str, dict[str, Any]]] = {}
-    for client_id, kind, at, body in await storage.read(
-            "SELECT client_id, kind, client_created_at, body FROM entries WHERE store = ? "
-            "AND kind IN ('shift_open', 'shift_close', 'sale', 'refund', 'cash_movement', "
-            "'customer_payment', 'expense')", (store,)):
-        if client_id in rejected:
-            continue
-        fields = msgpack.unpackb(bytes(body), raw=False)
-        if kind == "shift_close":
-            if fields["open_shift_client_id"] in ids:
-                closes[fields["open_shift_client_id"]] = (at, fields)
-            continue
-        for effect in effects(kind, client_id, fields):
-            if effect.view != "cash" or effect.key not in ids:
-                continue
-            amount = int(effect.value)
-            column = _CASH_COLUMN.get(kind) or (
-                ("cash_in" if amount > 0 else "cash_out") if kind == "cash_movement"
-                else "other_cash")
-            cash[effect.key][column] += amount
     out = []
-    for client_id, device_id, at, body in opened:
-        fields = msgpack.unpackb(bytes(body), raw=False)
+    for client_id, device_id, cashier, at, closed_at, counted, reason in opened:
         moves = cash[client_id]
         expected = sum(moves.values())
         row: dict[str, Any] = {
             "shift": client_id, "server_id": server_ids.get(client_id),
-            "device_id": device_id, "till": names.get(device_id),
-            "cashier_id": fields.get("cashier_id"), "opened_at": at,
-            **{c: moves.get(c, 0) for c in ("opening_cash", "cash_sales", "cash_refunds",
-                                            "cash_in", "cash_out", "other_cash")},
+            "device_id": device_id, "till": names.get(device_id), "cashier_id": cashier,
+            "opened_at": at, **{c: moves.get(c, 0) for c in CASH_COLUMNS},
             "expected_cash": expected, "closed_at": None, "counted_cash": None,
             "variance": None, "variance_reason": None}
-        if client_id in closes:
-            closed_at, close = closes[client_id]
-            row.update(closed_at=closed_at, counted_cash=close["closing_cash"],
-                       variance=close["closing_cash"] - expected,
-                       variance_reason=close.get("variance_reason"))
+        if closed_at is not None:
+            row.update(closed_at=closed_at, counted_cash=int(counted),
+                       variance=int(counted) - expected, variance_reason=reason)
         out.append(row)
     return out

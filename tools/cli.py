@@ -535,7 +535,8 @@ async def report_invoices(args: argparse.Namespace) -> int:
             rows = [found]
             register = None
         else:
-            register = await reports.invoice_register(storage, args.store, within)
+            register = await reports.invoice_register(storage, args.store, within,
+                                                      args.limit)
             rows = register["invoices"]
     finally:
         await storage.close()
@@ -547,6 +548,9 @@ async def report_invoices(args: argparse.Namespace) -> int:
         print(json.dumps(register, indent=2, sort_keys=True))
     else:
         print(_table(rows, columns) if rows else "no invoices in this range")
+        if args.limit is not None and len(rows) < register["count"]:
+            print(f"the latest {len(rows)} of {register['count']} invoices in this range")
+        print(f"{register['count']} invoices in this range, total {register['total']}")
         for series in register["series"]:
             missing = series["missing"]
             print(f"series {series['series']}: {series['issued']} issued, 1..{series['highest']}"
@@ -721,6 +725,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="with --by period: day (default), week or month")
         elif name == "invoices":
             sub.add_argument("--ticket", help="only the invoice this provisional ticket became")
+            sub.add_argument("--limit", type=int, metavar="N",
+                             help="only the latest N invoices of the range (the count, total "
+                                  "and gap check still cover all of them)")
     demo_parser = areas.add_parser("demo", help="one till selling offline, end to end",
                                    description=demo_module.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)

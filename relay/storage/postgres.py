@@ -48,6 +48,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from peer.errors import StoreError
 from peer.log import Entry
+from relay import tallies
 from relay.storage.base import DeviceRow, code_refusal
 
 log = logging.getLogger("tillsync.relay.postgres")
@@ -139,6 +140,11 @@ ALTER TABLE devices ADD COLUMN revoked_upto bigint;
     (3, "admin tokens of the reporting API (their SHA-256 only)", """
 CREATE TABLE admin_tokens (token_hash bytea PRIMARY KEY, store text NOT NULL,
                            created_at text NOT NULL);
+"""),
+    (4, "running totals of the reports, filled from the sales already held; the invoice "
+        "register append-only", tallies.SCHEMA + """
+CREATE TRIGGER invoices_append_only BEFORE UPDATE OR DELETE ON invoices
+    FOR EACH ROW EXECUTE FUNCTION tillsync_append_only();
 """),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -370,6 +376,13 @@ class _Txn:
             "INSERT INTO rejected (store, client_id, device_id, seq, code, message, entry, at) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", [(store, *r) for r in rows])
 
+    async def add_tallies(self, store: str,
+                          writes: Sequence[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        await self._own(store)
+        for sql, rows in writes:
+            assert all(r[0] == store for r in rows)
+            await self._c.executemany(_dollars(sql), rows)
+
     async def rejected(self, store: str, client_ids: Sequence[str]) -> set[tuple[str, str]]:
         await self._own(store)
         rows = await self._c.fetch("SELECT client_id, code FROM rejected WHERE store = $1 AND "
@@ -500,9 +513,7 @@ class PostgresStorage:
                                  token_hash, store, now)
 
     async def read(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        numbered = iter(range(1, len(args) + 1))
-        query = re.sub(r"\?", lambda _: f"${next(numbered)}", sql)
-        return [tuple(r) for r in await self._pool.fetch(query, *args)]
+        return [tuple(r) for r in await self._pool.fetch(_dollars(sql), *args)]
 
     async def devices(self, store: str) -> list[DeviceRow]:
         rows = await self._pool.fetch(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE store = $1 "
@@ -677,6 +688,23 @@ async def connect_retrying(url: str, wait: float) -> asyncpg.Connection:
             delay = min(delay * 2, 5.0)
 
 
+def _dollars(sql: str) -> str:
+    """``?`` placeholders (the SQL both backends share) as PostgreSQL's ``$1, $2, ...``."""
+    numbered = iter(range(1, sql.count("?") + 1))
+    return re.sub(r"\?", lambda _: f"${next(numbered)}", sql)
+
+
+async def _fill_tallies(conn: asyncpg.Connection) -> None:
+    """Migration 4's running totals for a database that already holds sales."""
+    async def read(sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await conn.fetch(_dollars(sql), *args)]
+
+    async def write(sql: str, rows: list[tuple[Any, ...]]) -> None:
+        await conn.executemany(_dollars(sql), rows)
+
+    await tallies.rebuild(read, write)
+
+
 async def schema_version(conn: asyncpg.Connection) -> int:
     exists = await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL")
     if not exists:
@@ -697,6 +725,8 @@ async def migrate_schema(conn: asyncpg.Connection) -> int:
             if await schema_version(conn) >= version:
                 continue
             await conn.execute(sql)
+            if version == 4:
+                await _fill_tallies(conn)
             await conn.execute("INSERT INTO schema_version (version, description) "
                                "VALUES ($1, $2)", version, what)
             log.info("relay schema migrated to version %d (%s)", version, what)

@@ -19,9 +19,17 @@ import aiosqlite
 import msgpack
 
 from peer.log import Entry
+from relay import tallies
 from relay.storage.base import DeviceRow, code_refusal
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+# The invoice register is the fiscal record: once a number is issued its row stays.
+_INVOICES_APPEND_ONLY = """
+CREATE TRIGGER invoices_append_only_update BEFORE UPDATE ON invoices
+    BEGIN SELECT RAISE(ABORT, 'invoices are append-only'); END;
+CREATE TRIGGER invoices_append_only_delete BEFORE DELETE ON invoices
+    BEGIN SELECT RAISE(ABORT, 'invoices are append-only'); END;
+"""
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE devices (
@@ -98,7 +106,7 @@ CREATE TABLE doc_changes (id INTEGER PRIMARY KEY, store TEXT NOT NULL, data BLOB
 CREATE INDEX doc_changes_by_store ON doc_changes (store, id);
 CREATE TABLE admin_tokens (token_hash BLOB PRIMARY KEY, store TEXT NOT NULL,
                            created_at TEXT NOT NULL);
-"""
+""" + tallies.SCHEMA + _INVOICES_APPEND_ONLY
 
 
 # Upgrades of an older relay database, each to the next version, in one transaction.
@@ -106,7 +114,19 @@ _MIGRATIONS = {
     "1": "ALTER TABLE devices ADD COLUMN revoked_upto INTEGER;",
     "2": "CREATE TABLE IF NOT EXISTS admin_tokens (token_hash BLOB PRIMARY KEY, "
          "store TEXT NOT NULL, created_at TEXT NOT NULL);",
+    "3": tallies.SCHEMA + _INVOICES_APPEND_ONLY,  # totals filled by ``_fill_tallies``
 }
+
+
+async def _fill_tallies(conn: aiosqlite.Connection) -> None:
+    """Schema 4's running totals for a database that already holds sales."""
+    async def read(sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await conn.execute_fetchall(sql, args)]
+
+    async def write(sql: str, rows: list[tuple[Any, ...]]) -> None:
+        await conn.executemany(sql, rows)
+
+    await tallies.rebuild(read, write)
 
 
 def _marks(values: Sequence[object]) -> str:
@@ -269,6 +289,12 @@ class _Txn:
             "INSERT INTO rejected (store, client_id, device_id, seq, code, message, entry, at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(store, *r) for r in rows])
 
+    async def add_tallies(self, store: str,
+                          writes: Sequence[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        for sql, rows in writes:
+            assert all(r[0] == store for r in rows)
+            await self._c.executemany(sql, rows)
+
 
     async def rejected(self, store: str, client_ids: Sequence[str]) -> set[tuple[str, str]]:
         out: set[tuple[str, str]] = set()
@@ -311,9 +337,13 @@ class SQLiteStorage:
                 "SELECT value FROM meta WHERE key = 'schema_version'"))
             version = str(rows[0][0]) if rows else ""
             while version in _MIGRATIONS:
-                await conn.executescript(
-                    f"BEGIN IMMEDIATE; {_MIGRATIONS[version]} UPDATE meta SET value = "
-                    f"'{int(version) + 1}' WHERE key = 'schema_version'; COMMIT;")
+                await conn.executescript(f"BEGIN IMMEDIATE; {_MIGRATIONS[version]}")
+                if version == "3":
+                    await _fill_tallies(conn)
+                # execute, not executescript: that would commit what is pending first
+                await conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                                   (str(int(version) + 1),))
+                await conn.execute("COMMIT")
                 version = str(int(version) + 1)
         except sqlite3.DatabaseError as exc:
             await conn.close()

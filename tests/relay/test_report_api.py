@@ -77,6 +77,14 @@ def test_a_stores_token_reads_its_reports_and_nothing_else(tmp_path: Path,
         assert data == cli_json("report", name, *where(relay), "--store", STORE)
     status, register = get(relay, f"{base}/invoices", token)
     assert [i["total"] for i in register["invoices"]] == [300, 600]
+    assert (register["count"], register["total"]) == (2, 900)
+    status, latest = get(relay, f"{base}/invoices?limit=1", token)
+    assert status == 200 and [i["total"] for i in latest["invoices"]] == [600]
+    assert (latest["count"], latest["series"]) == (2, register["series"])
+    assert latest == cli_json("report", "invoices", *where(relay), "--store", STORE,
+                              "--limit", "1")
+    status, error = get(relay, f"{base}/invoices?limit=-1", token)
+    assert status == 400 and "limit" in error["error"]
 
     # Never another store's data: its token does not open this store, nor this one that.
     assert get(relay, f"{base}/sales", other_token)[0] == 401

@@ -179,8 +179,12 @@ async def test_a_schema_1_sqlite_relay_database_is_migrated_on_open(tmp_path: Pa
     relay = await Relay.open(tmp_path)
     await relay.close()
     conn = sqlite3.connect(tmp_path / "relay.db")
-    conn.executescript("ALTER TABLE devices DROP COLUMN revoked_upto; "
-                       "UPDATE meta SET value = '1' WHERE key = 'schema_version';")
+    conn.executescript(  # what schema 1 lacks: added by versions 2, 3 and 4
+        "ALTER TABLE devices DROP COLUMN revoked_upto; DROP TABLE admin_tokens; "
+        "DROP TABLE tally_sales; DROP TABLE tally_products; DROP TABLE tally_shifts; "
+        "DROP TABLE tally_cash; DROP TABLE tally_series; DROP INDEX invoices_by_time; "
+        "DROP TRIGGER invoices_append_only_update; DROP TRIGGER invoices_append_only_delete; "
+        "UPDATE meta SET value = '1' WHERE key = 'schema_version';")
     conn.close()
     relay = await Relay.open(tmp_path)
     try:
