@@ -10,6 +10,7 @@ import pytest
 
 from relay import reports
 from relay.storage.sqlite import SQLiteStorage
+from tests.relay.databases import ADMIN_URL
 from tools import bench_reports
 
 
@@ -29,6 +30,7 @@ async def test_the_generated_year_is_what_the_reports_read(tmp_path: Path) -> No
     assert register["series"] == [{"series": "INV", "issued": 900, "highest": 900,
                                    "missing": []}]
     assert sum(d["revenue"] for d in days) == sum(i["total"] for i in register["invoices"])
+    assert (register["count"], register["total"]) == (900, sum(d["revenue"] for d in days))
     assert sum(s["cash_sales"] for s in shifts) == sum(d["revenue"] for d in days)
     assert sorted(t["sales"] for t in tills) == [300, 300, 300]
 
@@ -36,5 +38,15 @@ async def test_the_generated_year_is_what_the_reports_read(tmp_path: Path) -> No
 def test_the_benchmark_prints_every_report(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_reports.main(["--sales", "400", "--repeat", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["sales"] == 400 and len(result["reports"]) == 11
+    assert result["sales"] == 400 and len(result["reports"]) == 12
     assert all(r["year_ms"] > 0 for r in result["reports"])
+
+
+@pytest.mark.postgres
+def test_the_benchmark_times_postgresql_on_a_copy_of_the_same_year(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_reports.main(["--sales", "300", "--repeat", "1", "--json",
+                               "--pg", ADMIN_URL]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["report"] for r in result["postgres"]] == [r["report"] for r in result["reports"]]
+    assert all(r["year_ms"] > 0 for r in result["postgres"])
