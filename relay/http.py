@@ -5,7 +5,8 @@
 
 NAME is one of sales, invoices, shifts, stock, alerts, devices (the same reports as
 `tillsync report`, as JSON); ``invoices`` also takes ``ticket=`` (one ticket's invoice)
-or ``limit=N`` (the latest N invoices of the range).  A token belongs to one store: it
+or ``limit=N`` (the latest N invoices of the range); ``sales?by=product`` takes
+``product=ID``.  A token belongs to one store: it
 reads that store and no other.  Errors are JSON ``{"error": message}`` with 400 (bad parameter), 401
 (missing or wrong token, or a token of another store) or 404 (unknown path or report).
 ``GET /dashboard`` serves the dashboard, one self-contained page (no CDN) that reads
@@ -52,8 +53,10 @@ async def _report(storage: RelayStorage, store: str, name: str,
     within = reports.Range.parse(query.get("from"), query.get("to"))
     if name == "sales":
         by = query.get("by", "period")
+        if "product" in query and by != "product":
+            raise InvalidInput("product= goes with by=product")
         if by == "product":
-            return await reports.sales_by_product(storage, store, within)
+            return await reports.sales_by_product(storage, store, within, query.get("product"))
         if by == "till":
             return await reports.sales_by_till(storage, store, within)
         if by == "cashier":

@@ -111,12 +111,16 @@ async def sales_by_period(storage: RelayStorage, store: str, period: str = "day"
             for key, (n, revenue) in sorted(out.items())]
 
 
-async def sales_by_product(storage: RelayStorage, store: str,
-                           within: Range = Range()) -> list[dict[str, Any]]:
-    """Per product: quantity sold (decimal for weighed products), revenue, number of
-    sales it was in, and average unit price (revenue / quantity, rounded)."""
+async def sales_by_product(storage: RelayStorage, store: str, within: Range = Range(),
+                           product: str | None = None) -> list[dict[str, Any]]:
+    """Per product (or only ``product``): quantity sold (decimal for weighed products),
+    revenue, number of sales it was in, and average unit price (revenue / quantity,
+    rounded).  A ``product`` the store never had is refused (``InvalidInput``)."""
     await check_store(storage, store)
     cond, args = _days(within)
+    if product is not None:
+        cond += " AND product_id = ?"
+        args.append(product)
     rows = await storage.read(
         "SELECT product_id, sum(qty), sum(revenue), sum(sales) FROM tally_products "
         f"WHERE store = ?{cond} GROUP BY product_id", (store, *args))
@@ -126,6 +130,11 @@ async def sales_by_product(storage: RelayStorage, store: str,
         out.append({"product_id": pid, "qty": format(qty.normalize(), "f"),
                     "revenue": int(revenue), "sales": int(sales),
                     "avg_unit_price": round(int(revenue) / qty) if qty else None})
+    if product is not None and not out and product not in await _catalogue(storage, store) \
+            and not await storage.read("SELECT 1 FROM tally_products WHERE store = ? AND "
+                                       "product_id = ? LIMIT 1", (store, product)):
+        raise InvalidInput(f"the store has no product {product!r} (not in its catalogue, "
+                           "never sold)")
     out.sort(key=lambda r: (-r["revenue"], r["product_id"]))
     return out
 

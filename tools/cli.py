@@ -501,10 +501,12 @@ async def _report_storage(args: argparse.Namespace) -> Any:
 async def report_sales(args: argparse.Namespace) -> int:
     from relay import reports
     within = reports.Range.parse(args.start, args.end)
+    if args.product is not None and args.by != "product":
+        raise CliError("--product goes with --by product", EXIT_BAD_INPUT)
     storage = await _report_storage(args)
     try:
         if args.by == "product":
-            rows = await reports.sales_by_product(storage, args.store, within)
+            rows = await reports.sales_by_product(storage, args.store, within, args.product)
             columns: Sequence[str] = ("product_id", "qty", "revenue", "sales",
                                       "avg_unit_price")
         elif args.by == "cashier":
@@ -723,6 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="group by period (default), product, till or cashier")
             sub.add_argument("--period", choices=("day", "week", "month"), default="day",
                              help="with --by period: day (default), week or month")
+            sub.add_argument("--product", metavar="ID",
+                             help="with --by product: only this product")
         elif name == "invoices":
             sub.add_argument("--ticket", help="only the invoice this provisional ticket became")
             sub.add_argument("--limit", type=int, metavar="N",

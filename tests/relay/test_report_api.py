@@ -95,6 +95,10 @@ def test_a_stores_token_reads_its_reports_and_nothing_else(tmp_path: Path,
     status, error = get(relay, f"{base}/sales?from=2026-02-30", token)
     assert status == 400 and "is not a date" in error["error"]
     assert get(relay, f"{base}/sales?by=weather", token)[0] == 400
+    status, error = get(relay, f"{base}/sales?by=product&product=caviar", token)
+    assert status == 400 and "no product 'caviar'" in error["error"]
+    status, bread = get(relay, f"{base}/sales?by=product&product=bread", token)
+    assert status == 200 and bread == by_product
     assert get(relay, f"{base}/payroll", token)[0] == 404
     assert get(relay, f"{base}/invoices?ticket=NOPE-1", token)[0] == 404
 

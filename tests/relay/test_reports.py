@@ -88,6 +88,9 @@ def test_sales_and_invoice_reports_match_the_sales_recorded(tmp_path: Path,
                           "--by", "product")
     assert {r["product_id"]: (Decimal(r["qty"]), r["revenue"]) for r in by_product} == \
         {p: (qty[p], revenue[p]) for p in qty}
+    assert cli_json("report", "sales", *where(relay), "--store", STORE, "--by", "product",
+                    "--product", "cheese") == [r for r in by_product
+                                               if r["product_id"] == "cheese"]
     tomato = next(r for r in by_product if r["product_id"] == "tomato")
     assert tomato["avg_unit_price"] == round(revenue["tomato"] / qty["tomato"])
     assert [r["revenue"] for r in by_product] == sorted(revenue.values(), reverse=True)
@@ -208,7 +211,10 @@ def test_reports_refuse_bad_dates_unknown_stores_and_a_missing_database(
             (("sales", "--store", STORE, "--from", "2026-02-02", "--to", "2026-02-01"),
              "is after"),
             (("sales", "--store", "nowhere"), "no store 'nowhere'"),
-            (("invoices", "--store", STORE, "--ticket", "NOPE-1"), "has no invoice number")):
+            (("invoices", "--store", STORE, "--ticket", "NOPE-1"), "has no invoice number"),
+            (("sales", "--store", STORE, "--by", "product", "--product", "caviar"),
+             "no product 'caviar'"),
+            (("sales", "--store", STORE, "--product", "bread"), "goes with --by product")):
         done = run_cli("report", *args[:1], *where(relay), *args[1:], check=False)
         assert done.returncode == 2, done.stderr
         assert message in done.stderr, done.stderr
