@@ -15,8 +15,13 @@ from peer.views import quantity
 
 
 def line_amount(line: Mapping[str, Any]) -> int:
-    gross = (quantity(line["qty"]) * line["unit_price"]).quantize(Decimal(1), ROUND_HALF_UP)
-    return int(gross) - int(line.get("discount", 0))
+    qty = line["qty"]
+    gross: int
+    if type(qty) is int:  # a whole quantity: exact without Decimal (the common case)
+        gross = qty * int(line["unit_price"])
+    else:
+        gross = int((quantity(qty) * line["unit_price"]).quantize(Decimal(1), ROUND_HALF_UP))
+    return gross - int(line.get("discount", 0))
 
 
 def sale_total(lines: Iterable[Mapping[str, Any]]) -> int:

@@ -35,7 +35,7 @@ from typing import Any
 import msgpack
 
 from peer.totals import line_amount
-from peer.views import effects, quantity, to_millionths
+from peer.views import MILLIONTHS, effects, quantity, to_millionths
 
 # The Z report's columns, by the kind of entry that moves the cash.
 _CASH_COLUMN = {"shift_open": "opening_cash", "sale": "cash_sales", "refund": "cash_refunds"}
@@ -71,17 +71,26 @@ class Tallies:
         if kind == "sale":
             assert total is not None and series is not None
             self.issued[series] += 1
-            bucket = self.sales[(at[:10], device_id, body["shift_client_id"])]
+            day = at[:10]
+            bucket = self.sales[(day, device_id, body["shift_client_id"])]
             bucket[0] += 1
             bucket[1] += total
             seen = set()
             for line in body["lines"]:
-                product = self.products[(at[:10], line["product_id"])]
-                product[0] += to_millionths(quantity(line["qty"]))
+                qty = line["qty"]
+                product = self.products[(day, line["product_id"])]
+                product[0] += qty * MILLIONTHS if type(qty) is int else \
+                    to_millionths(quantity(qty))
                 product[1] += line_amount(line)
                 if line["product_id"] not in seen:
                     seen.add(line["product_id"])
                     product[2] += 1
+            # Cash the sale took: its cash payments (the rule of peer.views.effects,
+            # without building every effect of the sale).
+            cash = sum(p["amount"] for p in body["payments"] if p["method"] == "cash")
+            if cash:
+                self.cash[(body["shift_client_id"], "cash_sales")] += cash
+            return
         elif kind == "shift_open":
             self.opened[client_id] = (device_id, body.get("cashier_id"), at)
         elif kind == "shift_close":
