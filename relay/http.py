@@ -5,8 +5,8 @@
 
 NAME is one of sales, invoices, shifts, stock, alerts, devices (the same reports as
 `tillsync report`, as JSON); ``invoices`` also takes ``ticket=`` (one ticket's invoice)
-or ``limit=N`` (the latest N invoices of the range); ``sales?by=product`` takes
-``product=ID``.  A token belongs to one store: it
+or ``limit=N`` (the N invoices of the range sold last, by sale time);
+``sales?by=product`` takes ``product=ID``.  A token belongs to one store: it
 reads that store and no other.  Errors are JSON ``{"error": message}`` with 400 (bad parameter), 401
 (missing or wrong token, or a token of another store) or 404 (unknown path or report).
 ``GET /dashboard`` serves the dashboard, one self-contained page (no CDN) that reads
@@ -70,7 +70,7 @@ async def _report(storage: RelayStorage, store: str, name: str,
             return await reports.invoice_of_ticket(storage, store, query["ticket"])
         limit = query.get("limit")
         if limit is not None and not (limit.isascii() and limit.isdigit()):
-            raise InvalidInput(f"limit={limit!r}: a number of invoices (the latest)")
+            raise InvalidInput(f"limit={limit!r}: a number of invoices (those sold last)")
         return await reports.invoice_register(storage, store, within,
                                               None if limit is None else int(limit))
     simple: dict[str, Callable[[], Awaitable[Any]]] = {

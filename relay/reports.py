@@ -7,7 +7,7 @@ by store.  A sale counts once the relay has numbered it.
 Sales and shift reports read the running totals that ingest keeps per day, product
 and shift (``relay.tallies``), so their cost grows with the days and products of the
 range, not with its sales; the invoice register reads the invoices themselves (ask for
-the latest ``limit`` of a long range).  ``tools.bench_reports`` times them all on a
+the ``limit`` sold last of a long range).  ``tools.bench_reports`` times them all on a
 year of a busy shop.
 """
 
@@ -171,8 +171,9 @@ async def sales_by_cashier(storage: RelayStorage, store: str,
 async def invoice_register(storage: RelayStorage, store: str, within: Range = Range(),
                            limit: int | None = None) -> dict[str, Any]:
     """The invoices of the range (series, number, ticket, device, total, client time,
-    issue time), all of them or the latest ``limit``; the range's count and total; and,
-    per series, the numbers missing between 1 and the highest issued (there must be
+    issue time), all of them or the ``limit`` sold last (by the till's sale time: an
+    offline sale gets a later number than sales made after it); the range's count and
+    total; and, per series, the numbers missing between 1 and the highest issued (there must be
     none: the relay numbers gaplessly).  The gap check covers the whole series."""
     await check_store(storage, store)
     if limit is not None and limit < 0:

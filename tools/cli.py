@@ -551,7 +551,7 @@ async def report_invoices(args: argparse.Namespace) -> int:
     else:
         print(_table(rows, columns) if rows else "no invoices in this range")
         if args.limit is not None and len(rows) < register["count"]:
-            print(f"the latest {len(rows)} of {register['count']} invoices in this range")
+            print(f"the {len(rows)} sold last of {register['count']} invoices in this range")
         print(f"{register['count']} invoices in this range, total {register['total']}")
         for series in register["series"]:
             missing = series["missing"]
@@ -730,8 +730,9 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "invoices":
             sub.add_argument("--ticket", help="only the invoice this provisional ticket became")
             sub.add_argument("--limit", type=int, metavar="N",
-                             help="only the latest N invoices of the range (the count, total "
-                                  "and gap check still cover all of them)")
+                             help="only the N invoices of the range sold last (by the till's "
+                                  "sale time; the count, total and gap check still cover all "
+                                  "of them)")
     demo_parser = areas.add_parser("demo", help="one till selling offline, end to end",
                                    description=demo_module.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
