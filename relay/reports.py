@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from peer.errors import InvalidInput
@@ -271,17 +271,24 @@ async def alerts(storage: RelayStorage, store: str, within: Range = Range()
 
 async def devices(storage: RelayStorage, store: str) -> list[dict[str, Any]]:
     """Every device of the store: role, last contact, entries the relay holds (highest
-    seq, last received), rejected entries with the latest reason, revocation."""
+    seq, last received), how late its latest entry arrived (``lag_s``: received minus
+    made, by the till's clock), entries waiting at the relay for a shift or held sale not
+    arrived yet, rejected entries with the latest reason, revocation.  What a till holds
+    and has not sent is known only to the till (``tillsync peer status``)."""
     await check_store(storage, store)
     # A device's entries at the relay are its chain 1..head: the head row says it all
     # (one primary-key probe per device, not a scan of the store's entries).
-    held: dict[str, tuple[int, int, str | None]] = {}
+    held: dict[str, tuple[int, str, str]] = {}
     for device in await storage.devices(store):
         head = await storage.read(
-            "SELECT seq, received_at FROM entries WHERE store = ? AND device_id = ? "
-            "ORDER BY seq DESC LIMIT 1", (store, device.device_id))
+            "SELECT seq, received_at, client_created_at FROM entries WHERE store = ? "
+            "AND device_id = ? ORDER BY seq DESC LIMIT 1", (store, device.device_id))
         if head:
-            held[device.device_id] = (int(head[0][0]), int(head[0][0]), head[0][1])
+            held[device.device_id] = (int(head[0][0]), head[0][1], head[0][2])
+    waiting = dict(await storage.read(
+        "SELECT e.device_id, count(DISTINCT w.client_id) FROM waiting w JOIN entries e "
+        "ON e.store = w.store AND e.client_id = w.client_id WHERE w.store = ? "
+        "GROUP BY e.device_id", (store,)))
     rejected: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     for r in await storage.read("SELECT device_id, code, message, at FROM rejected "
                                 "WHERE store = ? ORDER BY at", (store,)):
@@ -291,12 +298,15 @@ async def devices(storage: RelayStorage, store: str) -> list[dict[str, Any]]:
         "WHERE store = ? ORDER BY name, device_id", (store,))
     out = []
     for device_id, name, role, enrolled, seen, revoked in rows:
-        count, top, received = held.get(device_id, (0, 0, None))
+        top, received, made = held.get(device_id, (0, None, None))
         refusals = rejected.get(device_id, [])
+        lag = None if received is None or made is None else round(
+            (datetime.fromisoformat(received) - datetime.fromisoformat(made)).total_seconds(), 3)
         out.append({"device_id": device_id, "name": name, "role": role,
                     "enrolled_at": enrolled, "last_seen": seen, "revoked_at": revoked,
-                    "entries": int(count), "highest_seq": int(top or 0),
-                    "last_received_at": received, "rejected": len(refusals),
+                    "entries": top, "highest_seq": top, "last_received_at": received,
+                    "lag_s": lag, "waiting": int(waiting.get(device_id, 0)),
+                    "rejected": len(refusals),
                     "last_rejection": (f"{refusals[-1][0]}: {refusals[-1][1]}"
                                        if refusals else None)})
     return out

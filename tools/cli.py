@@ -580,8 +580,8 @@ async def report_state(args: argparse.Namespace) -> int:
             columns = ("at", "product_id", "qty", "reorder_level", "client_id")
         else:
             rows = await reports.devices(storage, args.store)
-            columns = ("name", "device_id", "role", "last_seen", "entries", "highest_seq",
-                       "rejected", "last_rejection", "revoked_at")
+            columns = ("name", "device_id", "role", "last_seen", "entries", "lag_s",
+                       "waiting", "rejected", "last_rejection", "revoked_at")
     finally:
         await storage.close()
     _report_out(args, rows, columns, f"no {args.verb} for store {args.store}")
@@ -702,7 +702,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("stock", "current stock per product, reorder levels, low ones", report_state),
             ("alerts", "low-stock alerts: which entry took a product below its level",
              report_state),
-            ("devices", "every device: last contact, entries held, rejections, revocation",
+            ("devices", "every device: last contact, entries held, lag of the latest, entries "
+                        "waiting, rejections, revocation",
              report_state)):
         sub = report_verbs.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--data", metavar="DIR", help="the relay's data folder (SQLite)")

@@ -38,6 +38,7 @@ from tests.relay.processes import (
     RelayProcess,
     Relays,
     TillDir,
+    cli_json,
     enroll_code,
     invoices,
     parallel,
@@ -281,6 +282,13 @@ async def test_resending_what_the_relay_holds_changes_nothing(
 # -- 3. waiting ---------------------------------------------------------------------
 
 
+def _waiting_by_name(relay: RelayProcess) -> dict[str, int]:
+    """The devices report's entries waiting at the relay, per device name."""
+    where = ["--db", relay.db] if relay.db else ["--data", str(relay.data)]
+    return {d["name"]: d["waiting"]
+            for d in cli_json("report", "devices", *where, "--store", STORE)}
+
+
 @pytest.mark.slow
 async def test_entries_wait_for_a_shift_that_arrives_later(
         tmp_path: Path, relays: Relays) -> None:
@@ -314,6 +322,7 @@ async def test_entries_wait_for_a_shift_that_arrives_later(
         assert invoices(relay, STORE) == []
         assert sorted(query(relay, "SELECT client_id, waiting_for FROM waiting WHERE store = ?",
                             (STORE,))) == sorted((c, shift) for c in waiting)
+        assert _waiting_by_name(relay) == {"Back office": 3, "Till A": 0}
 
         # Till A syncs: its shift gets a server id and the waiting entries follow.
         report = till.sync_json()
@@ -330,6 +339,7 @@ async def test_entries_wait_for_a_shift_that_arrives_later(
         assert receipt["server_seq"] > decided[shift]["server_seq"]
     assert (decided[sold.client_id]["invoice_no"], decided[sold.client_id]["total"]) == (1, 945)
     assert query(relay, "SELECT count(*) FROM waiting WHERE store = ?", (STORE,)) == [(0,)]
+    assert _waiting_by_name(relay) == {"Back office": 0, "Till A": 0}
     assert_gapless(invoices(relay, STORE), {sold.client_id})
 
     # Till A holds the store's stream too: the accepted receipt superseded the waiting one.
