@@ -201,7 +201,8 @@ async def start_relay(data: Path, port: int, log: Path) -> Server:
                                str(data), "--host", "127.0.0.1", "--port", str(port)], log)
 
 
-async def propagation(procs: list[TillProc], edits: int) -> dict[str, Any]:
+async def propagation(procs: list[TillProc], edits: int, pause: float = 0.0
+                      ) -> dict[str, Any]:
     origin, others = procs[0], procs[1:]
     delays: list[float] = []
     bytes_before = sum(p.last.get("bytes_out", 0) for p in procs)
@@ -215,12 +216,15 @@ async def propagation(procs: list[TillProc], edits: int) -> dict[str, Any]:
             got = await other.wait(lambda line, p=price: line["price"] == p,
                                    f"edit {i} on till {other.index}", within=30)
             delays.append((got["t"] - sent["t"]) * 1000)
+        if pause:  # the mesh's acknowledgements and forwards of this edit die down first
+            await asyncio.sleep(pause)
         if (i + 1) % 50 == 0:
             progress(f"propagation: {i + 1}/{edits} edits")
     await asyncio.sleep(0.5)  # let the last acknowledgements go out before counting bytes
     total_bytes = sum(p.last.get("bytes_out", 0) for p in procs) - bytes_before
     ordered = sorted(delays)
     return {"edits": edits, "receivers": len(others), "samples": len(ordered),
+            "pause_ms": round(pause * 1000),
             "p50_ms": round(percentile(ordered, 50), 2),
             "p95_ms": round(percentile(ordered, 95), 2),
             "p99_ms": round(percentile(ordered, 99), 2),
@@ -285,13 +289,13 @@ async def convergence(root: Path, data: Path, port: int, procs: list[TillProc],
             "each_sale_once": distinct == total == len(numbers)}
 
 
-async def baseline(edits: int, receivers: int) -> dict[str, Any]:
+async def baseline(edits: int, receivers: int, pause: float) -> dict[str, Any]:
     try:
         from tools.lan_baseline import pycrdt_propagation
     except ImportError as exc:
         return {"skipped": str(exc)}
     try:
-        result: dict[str, Any] = await pycrdt_propagation(edits, receivers)
+        result: dict[str, Any] = await pycrdt_propagation(edits, receivers, pause)
     except RuntimeError as exc:  # not installed
         return {"skipped": str(exc)}
     result.pop("latencies_ms", None)
@@ -310,13 +314,13 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             await proc.wait(lambda line: line["peers"] >= len(procs) - 1, "every LAN link",
                             within=60)
         progress(f"all {len(procs)} tills linked; {args.edits} edits")
-        report["propagation"] = await propagation(procs, args.edits)
+        report["propagation"] = await propagation(procs, args.edits, args.pause / 1000)
         report["convergence"] = await convergence(root, data, port, procs, args.sales)
     finally:
         for proc in procs:
             await proc.stop()
     progress("baseline: pycrdt-websocket")
-    report["baseline"] = await baseline(args.edits, args.tills - 1)
+    report["baseline"] = await baseline(args.edits, args.tills - 1, args.pause / 1000)
     return report
 
 
@@ -326,7 +330,9 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"machine: {m.get('cpu')}, {m.get('cores')} cores, Python {m.get('python')}",
         f"LAN propagation of one master-data edit, 1 till -> {p['receivers']} tills, "
-        f"each persisting it ({p['edits']} edits, {p['samples']} deliveries):",
+        f"each persisting it ({p['edits']} edits, {p['samples']} deliveries"
+        + (f", edits {p['pause_ms']} ms apart" if p.get("pause_ms") else ", back to back")
+        + "):",
         f"  tillsync          p50 {p['p50_ms']:.2f} ms  p95 {p['p95_ms']:.2f} ms  "
         f"p99 {p['p99_ms']:.2f} ms  max {p['max_ms']:.2f} ms; "
         f"{p['lan_bytes_per_edit']} bytes on the LAN per edit "
@@ -361,6 +367,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tills", type=positive_int, default=5, help="tills (default 5)")
     ap.add_argument("--edits", type=positive_int, default=200,
                     help="price edits to propagate (default 200)")
+    ap.add_argument("--pause", type=float, default=0.0, metavar="MS",
+                    help="wait this long after an edit reached every till before the next "
+                         "(default 0: back to back, each edit meeting the previous one's "
+                         "acknowledgements and forwards on the mesh); the baseline too")
     ap.add_argument("--sales", type=positive_int, default=1000,
                     help="offline sales per till (default 1000)")
     ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a "

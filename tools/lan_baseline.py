@@ -54,7 +54,8 @@ class _Channel:
         return data
 
 
-async def pycrdt_propagation(edits: int, receivers: int = 4) -> dict[str, object]:
+async def pycrdt_propagation(edits: int, receivers: int = 4, pause: float = 0.0
+                             ) -> dict[str, object]:
     """Delay of one Map edit from an editor to ``receivers`` clients via pycrdt-websocket."""
     try:
         from pycrdt import Doc, Map, MapEvent, Provider
@@ -112,6 +113,8 @@ async def pycrdt_propagation(edits: int, receivers: int = 4) -> dict[str, object
             async with asyncio.timeout(30):
                 await all_arrived.wait()
             delays.extend((t - t0) * 1000 for t in arrived)
+            if pause:
+                await asyncio.sleep(pause)
         await asyncio.sleep(0.2)  # the echoes of the last edit (see below)
         sent = channels[0].bytes_out - sent
         on_links = sum(c.bytes_out + c.bytes_in for c in channels) - on_links
