@@ -147,6 +147,7 @@ class TillNode:
             self.world.net.close(session.conn, self.name)
         session.stop_timers()
         self.world.stats["rounds_ok" if error is None else "rounds_failed"] += 1
+        self.world.note_doc_messages(session.doc_messages)
         if error is None:
             await self.till.note_contact(self.world.sched.timestamp())
             self.failures = 0
@@ -367,6 +368,11 @@ class RelayConn:
 
 class RelayNode:
     KEEPALIVE = 20.0  # websockets' ping interval and timeout
+    # Planted-bug switch (off: what relay/server.py does since 21d06f2).  On, the handler
+    # also answers each document message itself, as the relay did before: two generators
+    # of one connection's sync messages sharing one SyncState (tests/sim/README.md, "What
+    # it found").  Only tests/sim/test_planted_bugs.py and the regression test turn it on.
+    two_doc_generators = False
 
     def __init__(self, world: World, name: str, root: Path, key: DeviceKey) -> None:
         self.world = world
@@ -520,6 +526,8 @@ class RelayNode:
                          await storage.stream_position(event.store), rc.cert, [])
             if event.doc_empty and not hub.doc.is_genesis():
                 link.send_snapshot(hub.doc.save())
+            if self.two_doc_generators:
+                self._answer_doc(rc, hub)
             rc.after = event.receipts_after  # the pump's first pass sends the first doc message
             self._flush(rc)
             self._schedule_pump(rc)
@@ -549,9 +557,19 @@ class RelayNode:
             await hubs.persist(hub, chunks)
             if chunks:
                 hub.document_changed()
+            if self.two_doc_generators:
+                self._answer_doc(rc, hub)
             self._schedule_pump(rc)  # the pump answers: the one generator of doc messages
         elif isinstance(event, LinkFailed | RemoteError):
             self.errors[event.code] += 1
+
+    def _answer_doc(self, rc: RelayConn, hub: StoreHub) -> None:
+        """The handler's own reply (the old second generator): only when planted."""
+        assert rc.sync is not None
+        self.world.stats["doc_messages_from_handler"] += 1
+        reply = hub.doc.sync_message(rc.sync)
+        if reply is not None:
+            rc.link.send_doc(reply)
 
     # -- the writer: group commit ---------------------------------------------------------
 

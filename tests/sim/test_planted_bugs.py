@@ -8,6 +8,7 @@ invariant check raises ``Violation``.  Shrinking is off: finding the bug is the 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -82,3 +83,22 @@ def test_merging_a_stale_price_is_found(monkeypatch: pytest.MonkeyPatch) -> None
     finds("price .* won, but a later edit had replaced it|master document differs|"
           "did not settle")()
 
+
+
+async def test_frames_lost_in_a_partition_make_the_doc_exchange_run_away(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The network's old model: a frame that meets a partition is lost while its
+    connection lives on.  The document exchange of a round then runs away, which
+    ``strict_doc`` reports (the regression test is in ``test_regressions.py``)."""
+    from tests.sim.network import Network
+    from tests.sim.test_regressions import RUNAWAY_SEEDS, partition_blips
+
+    monkeypatch.setattr(Network, "lossy_partitions", True)
+    found = []
+    for seed in (*RUNAWAY_SEEDS, *range(20)):
+        try:
+            await partition_blips(tmp_path, seed)
+        except Violation as exc:
+            found.append(str(exc))
+            break
+    assert found and "did not settle in 200 messages" in found[0], found

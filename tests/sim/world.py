@@ -309,6 +309,7 @@ class World:
         self.violations: list[str] = []
         self.round_errors: Counter[str] = Counter()
         self.strict_doc = True  # a document exchange that runs away is a violation
+        self.doc_messages_max = 0  # the most document messages one round received
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -337,6 +338,11 @@ class World:
 
     def note_round_error(self, till: str, exc: Exception) -> None:
         self.round_errors[getattr(exc, "code", "error")] += 1
+
+    def note_doc_messages(self, n: int) -> None:
+        """Document messages a till received in one round (bounded: see strict_doc)."""
+        self.stats["doc_messages"] += n
+        self.doc_messages_max = max(self.doc_messages_max, n)
 
     def note_receipts(self, receipts: list[dict[str, Any]]) -> None:
         self.stats["receipts"] += len(receipts)
