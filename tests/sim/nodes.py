@@ -471,6 +471,10 @@ class RelayNode:
 
     def _internal(self, rc: RelayConn, exc: BaseException) -> None:
         """``handle``'s last resort: tell the device only that much, close."""
+        # counted by cause: one injected commit fault fails every batch of its group
+        # commit, so it makes one internal error per waiting connection
+        cause = "commit_fault" if isinstance(exc, InjectedFault) else type(exc).__name__
+        self.world.stats[f"relay_internal_errors_{cause}"] += 1
         if not isinstance(exc, InjectedFault):
             self.world.violation(f"relay internal error: {type(exc).__name__}: {exc}")
         rc.link.fail("internal", "the relay hit an internal error; try again later")
@@ -596,6 +600,8 @@ class RelayNode:
                     raise InjectedFault("the disk refused the commit")
         except Exception as exc:  # nothing of these batches was stored
             failure = exc
+        if failure is not None:
+            self.world.stats["commit_failed_batches"] += len(jobs)
         if failure is None:
             self.commits += 1
             self.batches += len(jobs)
