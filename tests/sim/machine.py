@@ -53,6 +53,7 @@ rates = st.sampled_from((0.0, 0.0, 0.02, 0.1, 0.3))
 class ShopMachine(RuleBasedStateMachine):
     runs = 0
     strict_doc = True
+    lan = True  # tills also link to each other on the shop's LAN
 
     def __init__(self) -> None:
         super().__init__()
@@ -83,6 +84,7 @@ class ShopMachine(RuleBasedStateMachine):
         ShopMachine.runs += 1
         self.world = World(scratch() / f"run-{os.getpid()}-{ShopMachine.runs}", tpl, seed)
         self.world.strict_doc = self.strict_doc
+        self.world.lan = self.lan
         self.run(self.w.start())
 
     # -- the counter ------------------------------------------------------------------
@@ -146,6 +148,16 @@ class ShopMachine(RuleBasedStateMachine):
         else:
             net.faults = (Faults(drop, duplicate, reorder, delay, tamper) if op == "frames"
                           else Faults())
+
+    @rule(i=tills, op=st.sampled_from(("partition", "heal")))
+    def lan_link(self, i: int, op: str) -> None:
+        """Cut or heal the LAN between two tills."""
+        self.steps += 1
+        a, b = self.w.tills[i].name, self.w.tills[(i + 1) % N_TILLS].name
+        if op == "partition":
+            self.w.net.partition(a, b)
+        else:
+            self.w.net.heal(a, b)
 
     @rule(i=tills, op=st.sampled_from(("till", "till", "relay", "commit")),
           seconds=st.sampled_from((0.0, 0.5, 3.0, 20.0)))

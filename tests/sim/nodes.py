@@ -27,25 +27,31 @@ import automerge.core as am
 
 from peer.cert import Certificate
 from peer.client import BATCH, DOC_WAIT, SyncError
-from peer.errors import InvalidInput
+from peer.errors import EntryRefused, InvalidInput
 from peer.identity import DeviceKey
+from peer.lan.session import BATCH as LAN_BATCH
 from peer.log import Entry
 from peer.store import Till
 from peer.sync.engine import (
     Authenticated,
+    CertsReceived,
     ClientLink,
     DocMessage,
     DocSnapshot,
     EnrollRequested,
     EntriesReceived,
     Event,
+    HaveReceived,
     HelloReceived,
     Ingested,
     LinkFailed,
+    PeerAuthenticated,
+    PeerLink,
     Ready,
     ReceiptsReceived,
     RelayLink,
     RemoteError,
+    RevokedReceived,
 )
 from peer.sync.receipts import verify_receipts
 from relay.documents import Hubs, StoreHub
@@ -95,6 +101,9 @@ class TillNode:
         self.session: ClientSession | None = None
         self.failures = 0
         self._next: Timer | None = None
+        self.lan: dict[int, LanSession] = {}  # LAN links, by connection id
+        self.dialing: set[str] = set()  # tills this one is dialling on the LAN
+        self._lan_next: Timer | None = None
 
     @property
     def dir(self) -> Path:
@@ -105,14 +114,62 @@ class TillNode:
         return self.till is not None
 
     def connections(self) -> list[Conn]:
+        conns = [lan.conn for lan in self.lan.values()]
         if self.session is not None and self.session.conn is not None:
-            return [self.session.conn]
-        return []
+            return [self.session.conn, *conns]
+        return conns
 
     async def start(self) -> None:
         self.till = await Till.open(self.dir, clock=self.world.sched.datetime)
         self.failures = 0
         self._schedule(self.world.rng.uniform(0, 1.0))
+        if self.world.lan:
+            self._lan_next = self.world.sched.after(self.world.rng.uniform(0, 1.0),
+                                                    self._lan_tick)
+
+    # -- the LAN: peer.lan.node dials the other tills and keeps one link to each ----------
+
+    LAN_TICK = 0.5  # how often a link looks for what its peer lacks (PeerSession wakes on
+    # every change of the store; the simulation looks this often, and after every frame)
+
+    async def _lan_tick(self) -> None:
+        till = self.till
+        if till is None:
+            return
+        self._lan_next = self.world.sched.after(self.LAN_TICK, self._lan_tick)
+        net = self.world.net
+        for lan in list(self.lan.values()):
+            if lan.conn.id not in self.lan:
+                continue
+            if (not net.reachable(self.name, lan.peer)
+                    and self.world.sched.now - lan.last_frame > 2 * RelayNode.KEEPALIVE):
+                self.close_lan(lan)  # no pong: websockets closes the connection
+            else:
+                await lan.push()
+        if till.cert is None or self.dialing:
+            return
+        linked = {lan.peer for lan in self.lan.values()}
+        for other in self.world.tills:
+            # the lower-named till dials, so two tills keep one link between them
+            if other.name > self.name and other.name not in linked:
+                self.dialing.add(other.name)
+                await net.connect(self.name, other.name,
+                                  partial(self._lan_connected, other.name, self.gen))
+
+    async def _lan_connected(self, peer: str, gen: int, conn: Conn | None) -> None:
+        self.dialing.discard(peer)
+        if conn is None:
+            return
+        if self.till is None or gen != self.gen:
+            self.world.net.close(conn, self.name)
+            return
+        lan = LanSession(self, self.till, conn, peer, dialer=True)
+        self.lan[conn.id] = lan
+        lan.start()
+
+    def close_lan(self, lan: LanSession) -> None:
+        self.lan.pop(lan.conn.id, None)
+        self.world.net.close(lan.conn, self.name)
 
     async def crash(self) -> None:
         """kill -9: the files stay as they are; memory, timers and sockets are gone."""
@@ -121,8 +178,11 @@ class TillNode:
         self.world.net.drop_node(self.name)
         till, self.till = self.till, None
         self.session = None
-        if self._next is not None:
-            self._next.cancel()
+        self.lan.clear()
+        self.dialing = set()
+        for timer in (self._next, self._lan_next):
+            if timer is not None:
+                timer.cancel()
         await till.close()  # the copy is what restarts; this only frees the old handles
         shutil.rmtree(self.dir)
         self.gen += 1
@@ -147,6 +207,7 @@ class TillNode:
             self.world.net.close(session.conn, self.name)
         session.stop_timers()
         self.world.stats["rounds_ok" if error is None else "rounds_failed"] += 1
+        self.world.note_doc_messages(session.doc_messages)
         if error is None:
             await self.till.note_contact(self.world.sched.timestamp())
             self.failures = 0
@@ -160,15 +221,24 @@ class TillNode:
     # network callbacks
 
     async def on_accept(self, conn: Conn) -> bool:
-        return False  # tills do not listen yet; the LAN server will accept here
+        """The LAN server: a till with its certificate accepts another till's link."""
+        till = self.till
+        if not self.world.lan or till is None or till.cert is None:
+            return False
+        self.lan[conn.id] = LanSession(self, till, conn, conn.client, dialer=False)
+        return True
 
     async def on_frame(self, conn: Conn, data: bytes) -> None:
         if self.session is not None and self.session.conn is conn:
             await self.session.on_frame(data)
+        elif conn.id in self.lan:
+            await self.lan[conn.id].on_frame(data)
 
     async def on_close(self, conn: Conn) -> None:
         if self.session is not None and self.session.conn is conn:
             await self.round_over(self.session, "the relay closed the connection")
+        elif conn.id in self.lan:
+            self.close_lan(self.lan[conn.id])
 
 
 class ClientSession:
@@ -293,6 +363,10 @@ class ClientSession:
     async def _event(self, event: Event) -> None:
         till = self.till
         if isinstance(event, Ready):
+            # as peer.client._round: revocations first, then this till's certificate
+            await till.add_revocations(event.revoked)
+            if event.cert != till.cert:
+                await till.add_certs([event.cert])
             self.heads = dict(event.heads)
             self.relay_head = event.receipts_head
             await self._doc_settled()
@@ -336,6 +410,142 @@ class ClientSession:
             raise SyncError(f"the relay refused: {event.message}", event.code)
 
 
+class LanSession:
+    """One LAN link between two tills, as ``peer.lan.session.PeerSession`` runs it (same
+    events, same pushing: document, certificates, entries one batch in flight, receipts
+    by stream position), driven by network events and the node's tick."""
+
+    def __init__(self, node: TillNode, till: Till, conn: Conn, peer: str,
+                 dialer: bool) -> None:
+        self.node, self.till, self.conn, self.peer = node, till, conn, peer
+        assert till.cert is not None and till.relay_key is not None
+        self.link = PeerLink(store=till.store_id, cert=till.cert, key=till.key,
+                             issuer=till.relay_key, nonce=node.world.rng.randbytes(32),
+                             dialer=dialer,
+                             revoked=lambda device: till.revoked_upto(device) is not None)
+        self.sync = am.SyncState()
+        self.peer_heads: dict[str, int] | None = None
+        self.peer_receipts = 0
+        self.in_flight = False
+        self.certs_sent: set[str] = set()
+        self.unvouched: list[dict[str, Any]] = []
+        self.last_frame = node.world.sched.now
+
+    @property
+    def live(self) -> bool:
+        return self.node.lan.get(self.conn.id) is self and self.node.till is self.till
+
+    def start(self) -> None:
+        self.link.start()
+        self._flush()
+
+    def _flush(self) -> None:
+        for frame in self.link.data_to_send():
+            self.node.world.net.send(self.conn, self.node.name, frame)
+        if self.link.closed and self.live:
+            self.node.close_lan(self)
+
+    async def on_frame(self, data: bytes) -> None:
+        self.last_frame = self.node.world.sched.now
+        self.node.world.stats["lan_frames"] += 1
+        self.link.receive_data(data)
+        for event in self.link.events_received():
+            if not self.live:
+                return
+            await self._on(event)
+        if self.live:
+            await self.push()
+
+    async def _on(self, event: Event) -> None:
+        till, link, stats = self.till, self.link, self.node.world.stats
+        if isinstance(event, PeerAuthenticated):
+            await till.add_certs([event.cert.raw])
+            link.send_have(till.heads(), till.receipts_position()[0])
+            stats["lan_links"] += 1
+        elif isinstance(event, HaveReceived):
+            self.peer_heads = dict(event.heads)
+            self.peer_receipts = event.receipts_head
+        elif isinstance(event, RevokedReceived):
+            await till.add_revocations(event.revoked)
+        elif isinstance(event, CertsReceived):
+            await till.add_certs(event.certs)
+        elif isinstance(event, EntriesReceived):
+            try:
+                stored = await till.receive_entries(event.entries)
+            except EntryRefused as exc:
+                # refused, nothing stored, link closed (PeerSession); only an altered copy
+                if not {e.client_id for e in event.entries} & self.node.world.net.tampered:
+                    self.node.world.violation(f"{self.node.name}: a LAN peer's honest "
+                                              f"entries were refused: {exc}")
+                stats["lan_altered_batches_refused"] += 1
+                link.fail("bad_entry", str(exc))
+                return
+            stats["lan_entries_forwarded"] += stored
+            link.send_ingested(till.heads(), stored, till.receipts_position()[0])
+        elif isinstance(event, Ingested):
+            self.peer_heads = dict(event.heads)
+            self.in_flight = False
+        elif isinstance(event, ReceiptsReceived):
+            await self._receipts(event.receipts)
+        elif isinstance(event, DocMessage):
+            await till.receive_document(self.sync, message=event.data)
+            stats["lan_doc_messages"] += 1
+        elif isinstance(event, RemoteError | LinkFailed):
+            stats[f"lan_error_{event.code}"] += 1
+            if isinstance(event, RemoteError) and not event.fatal:
+                self.in_flight = False
+
+    async def _receipts(self, receipts: list[dict[str, Any]]) -> None:
+        seq, head = self.till.receipts_position()
+        run = [r for r in self.unvouched + receipts if r["server_seq"] > seq]
+        if run and run[0]["server_seq"] != seq + 1:
+            self.unvouched = []
+            self.link.send_have(self.till.heads(), seq)
+            return
+        good_seq, good_head, problem = verify_receipts(self.till.relay_key or b"", run, seq,
+                                                       head)
+        if problem is not None:
+            self.node.world.violation(f"{self.node.name}: receipts forwarded on the LAN do "
+                                      f"not verify: {problem}")
+            return
+        vouched = [r for r in run if r["server_seq"] <= good_seq]
+        self.unvouched = [r for r in run if r["server_seq"] > good_seq]
+        if vouched:
+            await self.till.store_receipts(vouched, good_seq, good_head,
+                                           self.node.world.sched.timestamp())
+            self.node.world.stats["lan_receipts_forwarded"] += len(vouched)
+
+    async def push(self) -> None:
+        """``PeerSession._push``, one pass."""
+        till, link = self.till, self.link
+        if link.state != "ready" or self.peer_heads is None or link.closed:
+            self._flush()
+            return
+        message = till.master.sync_message(self.sync)
+        if message is not None:
+            link.send_doc(message)
+        mine = till.heads()
+        if not self.in_flight and any(seq > self.peer_heads.get(d, 0)
+                                      for d, seq in mine.items()):
+            batch = await till.entries_after(self.peer_heads, LAN_BATCH)
+            if batch:
+                certs = till.certs()
+                new = sorted({e.device_id for e in batch} - self.certs_sent)
+                if new:
+                    link.send_certs([certs[d] for d in new if d in certs])
+                    self.certs_sent.update(new)
+                link.send_entries(batch)
+                self.in_flight = True
+        position = till.receipts_position()[0]
+        while self.peer_receipts < position:
+            receipts = await till.stream_after(self.peer_receipts, LAN_BATCH)
+            if not receipts:
+                break
+            link.send_receipts(receipts, position)
+            self.peer_receipts = receipts[-1]["server_seq"]
+        self._flush()
+
+
 # -- the relay ------------------------------------------------------------------------
 
 
@@ -367,6 +577,11 @@ class RelayConn:
 
 class RelayNode:
     KEEPALIVE = 20.0  # websockets' ping interval and timeout
+    # Planted-bug switch (off: what relay/server.py does since 21d06f2).  On, the handler
+    # also answers each document message itself, as the relay did before: two generators
+    # of one connection's sync messages sharing one SyncState (tests/sim/README.md, "What
+    # it found").  Only tests/sim/test_planted_bugs.py and the regression test turn it on.
+    two_doc_generators = False
 
     def __init__(self, world: World, name: str, root: Path, key: DeviceKey) -> None:
         self.world = world
@@ -465,6 +680,10 @@ class RelayNode:
 
     def _internal(self, rc: RelayConn, exc: BaseException) -> None:
         """``handle``'s last resort: tell the device only that much, close."""
+        # counted by cause: one injected commit fault fails every batch of its group
+        # commit, so it makes one internal error per waiting connection
+        cause = "commit_fault" if isinstance(exc, InjectedFault) else type(exc).__name__
+        self.world.stats[f"relay_internal_errors_{cause}"] += 1
         if not isinstance(exc, InjectedFault):
             self.world.violation(f"relay internal error: {type(exc).__name__}: {exc}")
         rc.link.fail("internal", "the relay hit an internal error; try again later")
@@ -520,6 +739,8 @@ class RelayNode:
                          await storage.stream_position(event.store), rc.cert, [])
             if event.doc_empty and not hub.doc.is_genesis():
                 link.send_snapshot(hub.doc.save())
+            if self.two_doc_generators:
+                self._answer_doc(rc, hub)
             rc.after = event.receipts_after  # the pump's first pass sends the first doc message
             self._flush(rc)
             self._schedule_pump(rc)
@@ -549,9 +770,19 @@ class RelayNode:
             await hubs.persist(hub, chunks)
             if chunks:
                 hub.document_changed()
+            if self.two_doc_generators:
+                self._answer_doc(rc, hub)
             self._schedule_pump(rc)  # the pump answers: the one generator of doc messages
         elif isinstance(event, LinkFailed | RemoteError):
             self.errors[event.code] += 1
+
+    def _answer_doc(self, rc: RelayConn, hub: StoreHub) -> None:
+        """The handler's own reply (the old second generator): only when planted."""
+        assert rc.sync is not None
+        self.world.stats["doc_messages_from_handler"] += 1
+        reply = hub.doc.sync_message(rc.sync)
+        if reply is not None:
+            rc.link.send_doc(reply)
 
     # -- the writer: group commit ---------------------------------------------------------
 
@@ -578,6 +809,8 @@ class RelayNode:
                     raise InjectedFault("the disk refused the commit")
         except Exception as exc:  # nothing of these batches was stored
             failure = exc
+        if failure is not None:
+            self.world.stats["commit_failed_batches"] += len(jobs)
         if failure is None:
             self.commits += 1
             self.batches += len(jobs)
