@@ -23,7 +23,7 @@ from peer.errors import StoreCorrupt
 from peer.log.entry import Entry
 from peer.views import Effect, from_millionths, to_millionths
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -64,6 +64,7 @@ CREATE TABLE views (
     view TEXT NOT NULL,
     key TEXT NOT NULL,
     value INTEGER NOT NULL,  -- millionths: exact for money and 6-decimal quantities
+    at TEXT NOT NULL DEFAULT '',  -- a "set" value's entry place (peer.views.order_of)
     PRIMARY KEY (view, key)
 ) WITHOUT ROWID;
 CREATE TABLE doc_snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), data BLOB NOT NULL);
@@ -80,13 +81,15 @@ CREATE TABLE revocations (device_id TEXT PRIMARY KEY, upto INTEGER NOT NULL,
 """
 
 # Upgrades of an older store, run in one transaction by a writable open.
+_VIEWS_AT = "ALTER TABLE views ADD COLUMN at TEXT NOT NULL DEFAULT '';"
 _MIGRATIONS = {
     "1": """
 ALTER TABLE devices ADD COLUMN cert BLOB;
 CREATE TABLE receipt_stream (server_seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
 INSERT INTO receipt_stream (server_seq, body) SELECT server_seq, body FROM receipts;
-""" + _REVOCATIONS,
-    "2": _REVOCATIONS,
+""" + _REVOCATIONS + _VIEWS_AT,
+    "2": _REVOCATIONS + _VIEWS_AT,
+    "3": _VIEWS_AT,
 }
 
 _ENTRY_COLUMNS = "client_id, device_id, seq, prev, kind, client_created_at, ticket, body, sig"
@@ -384,13 +387,17 @@ class TillDB:
         return {"shift_closed": "closed", "shift_opened": "open"}.get(state or "")
 
     async def apply_effects(self, effects: Sequence[Effect]) -> None:
-        """Fold effects into the views in one statement: SQLite sums the additions."""
+        """Fold effects into the views in one statement: SQLite sums the additions, and
+        keeps the latest "set" by its entry's place (``Effect.at``), not by arrival."""
         if effects:
             await self._conn.executemany(
-                "INSERT INTO views (view, key, value) VALUES (?1, ?2, ?3) "
-                "ON CONFLICT (view, key) DO UPDATE SET value = "
-                "CASE WHEN ?4 THEN excluded.value ELSE value + excluded.value END",
-                [(e.view, e.key, to_millionths(e.value), e.op == "set") for e in effects],
+                "INSERT INTO views (view, key, value, at) VALUES (?1, ?2, ?3, ?5) "
+                "ON CONFLICT (view, key) DO UPDATE SET "
+                "value = CASE WHEN NOT ?4 THEN value + excluded.value "
+                "WHEN excluded.at >= at THEN excluded.value ELSE value END, "
+                "at = CASE WHEN ?4 AND excluded.at >= at THEN excluded.at ELSE at END",
+                [(e.view, e.key, to_millionths(e.value), e.op == "set", e.at)
+                 for e in effects],
             )
 
     # -- master document ---------------------------------------------------------------

@@ -48,7 +48,7 @@ from peer.identity import KEY_FILE, DeviceKey
 from peer.log import GENESIS_PREV, ChainBreak, Entry, canonical_body, seal_bytes, verify_chain
 from peer.master import MasterData
 from peer.storage import TillDB
-from peer.views import Effect, effects, fold, stock_row
+from peer.views import Effect, effects, fold, order_of, stamped, stock_row
 from schemas import SchemaViolation, validate_entry
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,8 @@ def _effects_of(entry: Entry) -> list[Effect]:
     try:
         body = entry.body
         validate_entry(entry.kind, body)
-        return effects(entry.kind, entry.client_id, body)
+        return stamped(effects(entry.kind, entry.client_id, body),
+                       order_of(entry.client_created_at, entry.device_id, entry.seq))
     except Exception:  # SchemaViolation, UnknownKind, a body that is not msgpack
         return []
 
@@ -585,7 +586,8 @@ class Till:
             ticket=ticket,
             body_bytes=body_bytes,
         )
-        new_effects = effects(kind, entry.client_id, body)
+        new_effects = stamped(effects(kind, entry.client_id, body),
+                              order_of(entry.client_created_at, entry.device_id, seq))
         # Checks passed: from here on only memory changes, undone by _reload on failure.
         batch.entries.append(entry)
         batch.effects.extend(new_effects)
@@ -919,9 +921,10 @@ class Till:
     async def rebuild_views(self) -> dict[tuple[str, str], Decimal]:
         """The views folded afresh from the whole log (for checks and repair)."""
         views: dict[tuple[str, str], Decimal] = {}
+        ats: dict[tuple[str, str], str] = {}
         async for entry, _ in self._db.entries():
             for effect in _effects_of(entry):
-                fold(views, effect)
+                fold(views, effect, ats)
         return views
 
     # -- verification ------------------------------------------------------------------

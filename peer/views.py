@@ -3,8 +3,10 @@
 Derived state is never master data.  Each entry maps to a list of ``Effect`` values; the
 storage layer folds them into its ``views`` table in the same transaction that appends
 the entry, so the views are always exactly the log's sum and can be rebuilt from it
-(``Till.rebuild_views``).  Effects are commutative additions (or last-writer "set" for
-the suggested price), so entries arriving from other tills in any order fold the same.
+(``Till.rebuild_views``).  Effects are commutative additions, or a "set" (the suggested
+price, a held sale's state, a shift's) that keeps the value of the latest entry by its
+place (``order_of``: client time, device, seq), not by arrival, so entries arriving from
+other tills in any order fold the same.
 
 Views:
 
@@ -23,7 +25,7 @@ Views:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -34,6 +36,20 @@ class Effect:
     key: str
     op: Literal["add", "set"]
     value: Decimal
+    # For "set": the entry's place in time (``order_of``); the latest set wins, whatever
+    # order entries arrive in (a till receives other tills' sales late and out of order).
+    at: str = ""
+
+
+def order_of(client_created_at: str, device_id: str, seq: int) -> str:
+    """An entry's place for last-writer-wins views: its time (the till's clock), then
+    device and seq to break ties; compared as text."""
+    return f"{client_created_at}|{device_id}|{seq:012d}"
+
+
+def stamped(found: list[Effect], at: str) -> list[Effect]:
+    """``found`` with the "set" effects carrying ``at``."""
+    return [replace(e, at=at) if e.op == "set" else e for e in found]
 
 
 def quantity(value: object) -> Decimal:
@@ -112,10 +128,16 @@ def effects(kind: str, client_id: str, body: Mapping[str, Any]) -> list[Effect]:
     return out
 
 
-def fold(views: dict[tuple[str, str], Decimal], effect: Effect) -> Decimal:
-    """Apply one effect to an in-memory view table; returns the new value."""
+def fold(views: dict[tuple[str, str], Decimal], effect: Effect,
+         ats: dict[tuple[str, str], str]) -> Decimal:
+    """Apply one effect to an in-memory view table (``ats``: the place of each "set"
+    value, as ``TillDB.apply_effects`` keeps it); returns the new value."""
     key = (effect.view, effect.key)
-    value = effect.value if effect.op == "set" else views.get(key, Decimal(0)) + effect.value
+    if effect.op == "set":
+        if effect.at >= ats.get(key, ""):
+            views[key], ats[key] = effect.value, effect.at
+        return views[key]
+    value = views.get(key, Decimal(0)) + effect.value
     views[key] = value
     return value
 

@@ -40,7 +40,7 @@ from peer.log import Entry, verify_chain
 from peer.sync.frames import entry_to_wire
 from peer.sync.receipts import seal_receipts
 from peer.totals import sale_total
-from peer.views import format_quantity, from_millionths, quantity, to_millionths
+from peer.views import format_quantity, from_millionths, order_of, quantity, to_millionths
 from relay.storage.base import RelayTxn
 from relay.tallies import Tallies
 from schemas import ENTRY_KINDS, SchemaViolation, validate_entry
@@ -82,7 +82,7 @@ class _Batch:
         self.waiting: list[tuple[str, str]] = []
         self.stock: dict[str, int] = {}
         self.stock_changed: set[str] = set()
-        self.prices: dict[str, int] = {}
+        self.prices: dict[str, tuple[int, str]] = {}  # product -> (price, sale's place)
         self.invoices: list[tuple[Any, ...]] = []
         self.alerts: list[tuple[Any, ...]] = []
         self.rejected: list[tuple[Any, ...]] = []
@@ -231,7 +231,10 @@ def _decide(batch: _Batch, entry: Entry, body: dict[str, Any]) -> None:
         for line in body["lines"]:
             product = batch.catalogue(line["product_id"])
             if product is not None and product.get("volatile"):
-                batch.prices[line["product_id"]] = line["unit_price"]
+                # The latest sale by its time sets the price, as on every till.
+                at = order_of(entry.client_created_at, entry.device_id, entry.seq)
+                if at >= batch.prices.get(line["product_id"], (0, ""))[1]:
+                    batch.prices[line["product_id"]] = (line["unit_price"], at)
             else:
                 batch.move_stock(entry, line["product_id"], -quantity(line["qty"]), warnings,
                                  product)

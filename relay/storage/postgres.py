@@ -142,9 +142,11 @@ CREATE TABLE admin_tokens (token_hash bytea PRIMARY KEY, store text NOT NULL,
                            created_at text NOT NULL);
 """),
     (4, "running totals of the reports, filled from the sales already held; the invoice "
-        "register append-only", tallies.SCHEMA + """
+        "register append-only; a suggested price is the latest sale's by its time",
+     tallies.SCHEMA + """
 CREATE TRIGGER invoices_append_only BEFORE UPDATE OR DELETE ON invoices
     FOR EACH ROW EXECUTE FUNCTION tillsync_append_only();
+ALTER TABLE prices ADD COLUMN at text NOT NULL DEFAULT '';
 """),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -347,13 +349,15 @@ class _Txn:
             "ON CONFLICT (store, product_id) DO UPDATE SET qty = excluded.qty",
             store, list(levels), list(levels.values()))
 
-    async def set_prices(self, store: str, prices: dict[str, int]) -> None:
+    async def set_prices(self, store: str, prices: dict[str, tuple[int, str]]) -> None:
         await self._own(store)
         await self._c.execute(
-            "INSERT INTO prices (store, product_id, price) "
-            "SELECT $1, * FROM unnest($2::text[], $3::bigint[]) "
-            "ON CONFLICT (store, product_id) DO UPDATE SET price = excluded.price",
-            store, list(prices), list(prices.values()))
+            "INSERT INTO prices (store, product_id, price, at) "
+            "SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[]) "
+            "ON CONFLICT (store, product_id) DO UPDATE SET price = excluded.price, "
+            "at = excluded.at WHERE excluded.at >= prices.at",
+            store, list(prices), [v for v, _ in prices.values()],
+            [at for _, at in prices.values()])
 
     async def add_invoices(self, store: str, rows: Sequence[tuple[Any, ...]]) -> None:
         await self._own(store)

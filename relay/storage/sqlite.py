@@ -30,6 +30,7 @@ CREATE TRIGGER invoices_append_only_update BEFORE UPDATE ON invoices
 CREATE TRIGGER invoices_append_only_delete BEFORE DELETE ON invoices
     BEGIN SELECT RAISE(ABORT, 'invoices are append-only'); END;
 """
+_PRICES_AT = "ALTER TABLE prices ADD COLUMN at TEXT NOT NULL DEFAULT '';"
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE devices (
@@ -89,6 +90,7 @@ CREATE TABLE stock (
 ) WITHOUT ROWID;
 CREATE TABLE prices (
     store TEXT NOT NULL, product_id TEXT NOT NULL, price INTEGER NOT NULL,
+    at TEXT NOT NULL DEFAULT '',  -- the sale's place (peer.views.order_of): latest wins
     PRIMARY KEY (store, product_id)
 ) WITHOUT ROWID;
 CREATE TABLE alerts (
@@ -114,7 +116,7 @@ _MIGRATIONS = {
     "1": "ALTER TABLE devices ADD COLUMN revoked_upto INTEGER;",
     "2": "CREATE TABLE IF NOT EXISTS admin_tokens (token_hash BLOB PRIMARY KEY, "
          "store TEXT NOT NULL, created_at TEXT NOT NULL);",
-    "3": tallies.SCHEMA + _INVOICES_APPEND_ONLY,  # totals filled by ``_fill_tallies``
+    "3": tallies.SCHEMA + _INVOICES_APPEND_ONLY + _PRICES_AT,  # totals: ``_fill_tallies``
 }
 
 
@@ -267,11 +269,12 @@ class _Txn:
             "ON CONFLICT (store, product_id) DO UPDATE SET qty = excluded.qty",
             [(store, p, q) for p, q in levels.items()])
 
-    async def set_prices(self, store: str, prices: dict[str, int]) -> None:
+    async def set_prices(self, store: str, prices: dict[str, tuple[int, str]]) -> None:
         await self._c.executemany(
-            "INSERT INTO prices (store, product_id, price) VALUES (?, ?, ?) "
-            "ON CONFLICT (store, product_id) DO UPDATE SET price = excluded.price",
-            [(store, p, v) for p, v in prices.items()])
+            "INSERT INTO prices (store, product_id, price, at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (store, product_id) DO UPDATE SET price = excluded.price, "
+            "at = excluded.at WHERE excluded.at >= prices.at",
+            [(store, p, v, at) for p, (v, at) in prices.items()])
 
     async def add_invoices(self, store: str, rows: Sequence[tuple[Any, ...]]) -> None:
         await self._c.executemany(

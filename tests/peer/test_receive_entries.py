@@ -27,6 +27,7 @@ from peer.errors import EntryRefused, StoreCorrupt
 from peer.identity import DeviceKey
 from peer.log import Entry
 from peer.store import Till
+from tests.doubles import sale
 from tests.relay.processes import Chain
 
 STORE = "shop-1"
@@ -468,11 +469,11 @@ _V1_DEVICES = ["device_id", "public_key", "name"]
 
 def _downgrade_to_schema_1(db: Path) -> None:
     """Turn a store into what schema 1 looked like (see git history of peer/storage.py):
-    no devices.cert, no receipt_stream, no revocations, schema_version 1."""
+    no devices.cert, no receipt_stream, no revocations, no views.at, schema_version 1."""
     conn = sqlite3.connect(db)
     try:
         conn.executescript("ALTER TABLE devices DROP COLUMN cert; DROP TABLE receipt_stream; "
-                           "DROP TABLE revocations; "
+                           "DROP TABLE revocations; ALTER TABLE views DROP COLUMN at; "
                            "UPDATE meta SET value = '1' WHERE key = 'schema_version';")
         assert [r[1] for r in conn.execute("PRAGMA table_info(devices)")] == _V1_DEVICES
     finally:
@@ -533,7 +534,7 @@ async def test_a_schema_1_store_is_migrated_on_open_and_keeps_everything(
     assert _schema(path / "till.db") == ("1", _V1_DEVICES, False)
 
     async with await Till.open(path) as till:
-        assert _schema(path / "till.db") == ("3", [*_V1_DEVICES, "cert"], True)
+        assert _schema(path / "till.db") == ("4", [*_V1_DEVICES, "cert"], True)
         state = await state_of(till)
         assert {k: v for k, v in state.items() if k != "certs"} == \
             {k: v for k, v in held["state"].items() if k != "certs"}
@@ -626,3 +627,26 @@ async def test_of_two_certificates_of_a_device_the_till_keeps_the_one_running_ou
         assert await till.add_certs([older, x.cert]) == [] and till.certs()[x.id] == newer
     async with await Till.open(tmp_path / "t", readonly=True) as again:
         assert again.certs()[x.id] == newer
+
+
+async def test_last_price_is_the_latest_sale_by_time_whatever_the_arrival_order(
+    tmp_path: Path,
+) -> None:
+    """A "set" view keeps the latest entry's value by the entry's time, so tills that get
+    each other's sales in different orders agree (found by the simulation's LAN links)."""
+    till = await enrolled_till(tmp_path / "t")
+    try:
+        early, late = make_device("Till 2"), make_device("Till 3")
+        await till.add_certs([early.cert, late.cert])
+        shift = str(uuid.uuid4())
+        first = early.chain.next("sale", sale(("bread", 1, 300), shift_client_id=shift))
+        await asyncio.sleep(1.05)  # a later client time (the chain stamps whole seconds)
+        second = late.chain.next("sale", sale(("bread", 1, 350), shift_client_id=shift))
+        assert first.client_created_at < second.client_created_at
+        await till.receive_entries([second])
+        await till.receive_entries([first])  # arrives last, was sold first
+        assert (await till._db.view("last_price"))["bread"] == 350
+        assert (await till.rebuild_views())[("last_price", "bread")] == 350
+        assert (await till.verify()).ok
+    finally:
+        await till.close()

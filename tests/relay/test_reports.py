@@ -174,7 +174,7 @@ def test_sales_and_invoice_reports_match_the_sales_recorded(tmp_path: Path,
     relay.kill()
     for sql in ("DROP TABLE tally_sales", "DROP TABLE tally_products",
                 "DROP TABLE tally_shifts", "DROP TABLE tally_cash", "DROP TABLE tally_series",
-                "DROP INDEX invoices_by_time",
+                "DROP INDEX invoices_by_time", "ALTER TABLE prices DROP COLUMN at",
                 *(["DROP TRIGGER invoices_append_only ON invoices"] if relay.db else
                   ["DROP TRIGGER invoices_append_only_update",
                    "DROP TRIGGER invoices_append_only_delete"]),

@@ -184,6 +184,7 @@ async def test_a_schema_1_sqlite_relay_database_is_migrated_on_open(tmp_path: Pa
         "DROP TABLE tally_sales; DROP TABLE tally_products; DROP TABLE tally_shifts; "
         "DROP TABLE tally_cash; DROP TABLE tally_series; DROP INDEX invoices_by_time; "
         "DROP TRIGGER invoices_append_only_update; DROP TRIGGER invoices_append_only_delete; "
+        "ALTER TABLE prices DROP COLUMN at; "
         "UPDATE meta SET value = '1' WHERE key = 'schema_version';")
     conn.close()
     relay = await Relay.open(tmp_path)

@@ -311,8 +311,6 @@ class World:
         self.strict_doc = True  # a document exchange that runs away is a violation
         self.doc_messages_max = 0  # the most document messages one round received
         self.lan = False  # tills also link to each other (peer.lan), set before start()
-        # the known last_price bug is a violation (off: counted, see check_final)
-        self.strict_views = False
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -745,15 +743,6 @@ class World:
                 raise Violation(f"{name}: {customer} owes {balances.get(customer, 0)}, its "
                                 f"entries say {balance.get(customer, 0)}")
 
-    @staticmethod
-    async def only_last_price_differs(till: Till) -> bool:
-        rebuilt = await till.rebuild_views()
-        stored = {(v, k): x for v in ("stock", "cash", "balance", "last_price",
-                                      "shift_opened", "shift_closed", "held")
-                  for k, x in (await till._db.view(v)).items()}
-        return all(key[0] == "last_price" for key in stored.keys() | rebuilt.keys()
-                   if stored.get(key) != rebuilt.get(key))
-
     async def check_final(self) -> None:
         """Everything healed and delivered: the whole system agrees."""
         relay = self.relay
@@ -790,14 +779,7 @@ class World:
             if till.master.to_py() != reference:
                 raise Violation(f"{node.name}'s master document differs from the relay's")
             report = await till.verify()
-            if not report.ok and not self.strict_views and \
-                    report.problems == ["derived views differ from the log (run a rebuild)"] \
-                    and await self.only_last_price_differs(till):
-                # Known bug (tests/sim/README.md, "What it found"): the last_price view
-                # is a last-writer "set" folded in arrival order, so a till that got
-                # other tills' entries over the LAN holds another value than a rebuild.
-                self.stats["known_bug_last_price_order"] += 1
-            elif not report.ok:
+            if not report.ok:
                 raise Violation(f"{node.name} fails verify: {report.to_json()}")
             mine = {r["client_id"]: r for r in await till.receipts()}
             if mine != latest:
