@@ -181,11 +181,13 @@ def test_offline_till_gets_the_next_invoice_numbers_when_back(
         (b1["client_id"], "TILLB-000001", 480), (b2["client_id"], "TILLB-000002", 945)}
     assert all(r[4] == sales[r[2]]["ticket"] for r in rows)
 
-    # Volatile tomatoes keep no stock but remember the last price; bread stock moved.
+    # Volatile tomatoes keep no stock but remember the latest price: A's 480, sold after
+    # B's offline 479 though ingested before it (the latest by sale time, as on the
+    # tills, not by arrival). Bread stock moved.
     assert query(relay, "SELECT product_id FROM stock WHERE store = ? AND product_id = ?",
                  (STORE, "tomato")) == []
     assert query(relay, "SELECT price FROM prices WHERE store = ? AND product_id = ?",
-                 (STORE, "tomato")) == [(479,)]
+                 (STORE, "tomato")) == [(480,)]
     assert query(relay, "SELECT qty FROM stock WHERE store = ? AND product_id = ?",
                  (STORE, "bread")) == [((6 - 2 - 1 - 1 - 1) * 1_000_000,)]
 
