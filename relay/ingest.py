@@ -144,13 +144,16 @@ class _Batch:
             warnings.append({"code": "unknown_product", "product_id": product_id})
         elif product.get("volatile"):
             return
-        before = self.stock.get(product_id, 0)
+        known = self.stock.get(product_id)
+        before = known or 0
         after = before + to_millionths(delta)
         self.stock[product_id] = after
         self.stock_changed.add(product_id)
         if product is not None and "reorder_level" in product:
             level = to_millionths(quantity(product["reorder_level"]))
-            if after < level <= before:
+            # Falling below the level warns once; a product's first movement counts as a
+            # fall (sold before any delivery was recorded, it is short from the start).
+            if after < level and (known is None or level <= before):
                 warnings.append({"code": "low_stock", "product_id": product_id,
                                  "qty": _qty(after), "reorder_level": _qty(level)})
                 self.alerts.append((entry.client_id, product_id, after, level, self.now))
