@@ -260,8 +260,7 @@ class _Txn:
         ids = list(product_ids)
         rows = await self._rows(f"SELECT product_id, qty FROM stock WHERE store = ? AND "
                                 f"product_id IN ({_marks(ids)})", (store, *ids))
-        found = {r[0]: int(r[1]) for r in rows}
-        return {p: found.get(p, 0) for p in ids}
+        return {r[0]: int(r[1]) for r in rows}
 
     async def set_stock(self, store: str, levels: dict[str, int]) -> None:
         await self._c.executemany(

@@ -21,7 +21,7 @@ STORE = "store-r"
 PRODUCTS = {
     "bread": {"name": "Bread", "sku": "B1", "price": 320, "reorder_level": "5"},
     "tomato": {"name": "Tomatoes", "sku": "T1", "price": 450, "volatile": True, "unit": "kg"},
-    "cheese": {"name": "Cheese", "sku": "C1", "price": 1890, "unit": "kg"},
+    "cheese": {"name": "Cheese", "sku": "C1", "price": 1890, "unit": "kg", "reorder_level": "1"},
 }
 SALES_A = [(("bread", 2, 320),), (("tomato", "0.333", 479), ("bread", 1, 320)),
            (("cheese", "0.5", 1890),), (("tomato", "1.25", 450),)]
@@ -127,7 +127,8 @@ def test_sales_and_invoice_reports_match_the_sales_recorded(tmp_path: Path,
     assert {r["name"]: int(r["revenue"]) for r in rows} == totals
 
     # Stock: 8 loaves in, 6 sold; cheese only sold (negative is allowed); tomatoes are
-    # volatile (not tracked). Bread fell below its level 5 once (5 -> 2): one alert.
+    # volatile (not tracked). Cheese's first movement left it below its level 1: an alert
+    # (at Till A's sync); bread fell below its level 5 once (5 -> 2, at Till B's).
     sold = {p: sum(Decimal(str(q)) for lines in SALES_A + SALES_B for pp, q, _ in lines
                    if pp == p) for p in PRODUCTS}
     stock = {r["product_id"]: r for r in cli_json("report", "stock", *where(relay),
@@ -138,7 +139,7 @@ def test_sales_and_invoice_reports_match_the_sales_recorded(tmp_path: Path,
     assert stock["tomato"]["volatile"] is True and "qty" not in stock["tomato"]
     alerts = cli_json("report", "alerts", *where(relay), "--store", STORE)
     assert [(x["product_id"], x["qty"], x["reorder_level"]) for x in alerts] == \
-        [("bread", "2", "5")]
+        [("cheese", "-0.5", "1"), ("bread", "2", "5")]
 
     devices = {d["name"]: d for d in cli_json("report", "devices", *where(relay),
                                               "--store", STORE)}
