@@ -209,6 +209,7 @@ class Till:
         self._others: dict[str, tuple[int, bytes]] = {}  # other devices' heads held here
         self._keys: dict[str, bytes] = {}  # device id -> public key, of devices known here
         self._certs: dict[str, bytes] = {}  # device id -> certificate, where known
+        self._roles: dict[str, tuple[bytes, str]] = {}  # device id -> (certificate, role)
         self._revoked: dict[str, tuple[int, bytes]] = {}  # device id -> (upto, record)
         self.version = 0  # bumped on every commit; see ``wait_changed``
         self.data_version = 0  # bumped on commits that add entries or document changes
@@ -667,6 +668,17 @@ class Till:
 
     def certs(self) -> dict[str, bytes]:
         return dict(self._certs)
+
+    def role_of(self, device_id: str) -> str | None:
+        """The role in a device's certificate (None if this till holds none for it)."""
+        cert = self._certs.get(device_id)
+        if cert is None or self.relay_key is None:
+            return None
+        cached = self._roles.get(device_id)
+        if cached is None or cached[0] != cert:
+            cached = self._roles[device_id] = (
+                cert, Certificate.load(cert, self.relay_key).role)
+        return cached[1]
 
     def device_name(self, device_id: str) -> str | None:
         cert = self._certs.get(device_id)

@@ -23,6 +23,7 @@ import automerge.core as am
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from peer.errors import EntryRefused
+from peer.master.roles import forbidden_changes
 from peer.store import Till
 from peer.sync.engine import (
     CertsReceived,
@@ -185,6 +186,20 @@ class PeerSession:
             await self._receipts(event.receipts)
         elif isinstance(event, DocMessage):
             try:
+                # The relay's rule, here too: prices and settings only from a back-office
+                # or admin device (by the certificates this till holds), so a till-role
+                # device's price change does not spread on the LAN either.  A change of
+                # a device it holds no certificate of was checked by its forwarder.
+                problems = forbidden_changes(till.master, event.data, till.role_of,
+                                             unknown_allowed=True)
+                if problems:
+                    log.warning("LAN peer %s: document changes refused: %s", self.address,
+                                "; ".join(problems))
+                    self._note_error(f"forbidden: {problems[0]}")
+                    link.fail("forbidden", f"document changes refused: {problems[0]}"
+                              + (f" (and {len(problems) - 1} more)" if len(problems) > 1
+                                 else ""), fatal=False)
+                    return
                 await till.receive_document(self._sync, message=event.data)
             except Exception as exc:  # the Automerge binding raises plain Exception
                 log.warning("LAN peer %s: bad document message: %s", self.address, exc)

@@ -64,16 +64,20 @@ def device_of_actor(actor: bytes) -> str | None:
 
 
 def forbidden_changes(master: MasterData, message: bytes,
-                      role_of: Callable[[str], str | None]) -> list[str]:
+                      role_of: Callable[[str], str | None], *,
+                      unknown_allowed: bool = False) -> list[str]:
     """Why a peer's sync message must be refused (empty: it may be applied).  A change
     touching prices or settings must come from a device whose role (``role_of(device
-    id)``, None if unknown) allows it.  Raises ``InvalidInput`` for a message that does
-    not decode."""
+    id)``, None if unknown) allows it.  ``unknown_allowed``: a device whose role is
+    unknown passes (a till on the LAN: a change reaches it first from its author, whose
+    certificate the link's handshake brought and whose change is checked there, or from
+    the relay, which checked it; a change it cannot place was checked by whoever
+    forwarded it).  Raises ``InvalidInput`` for a message that does not decode."""
     problems: list[str] = []
     for actor, patches in master.preview_sync(message):
         device = device_of_actor(actor)
         role = role_of(device) if device is not None else None
-        if role in MANAGING_ROLES:
+        if role in MANAGING_ROLES or (role is None and unknown_allowed):
             continue
         for what in dict.fromkeys(g for g in map(guarded, patches) if g is not None):
             problems.append(f"{what} changed by device {device or actor.hex()} "

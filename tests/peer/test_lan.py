@@ -141,3 +141,46 @@ def test_tills_find_each_other_by_mdns_and_ignore_another_store(tmp_path: Path) 
                 till.stop()
         for till in tills:
             assert "mDNS discovery is off" not in till.log()
+
+
+@pytest.mark.slow
+def test_a_till_role_devices_price_change_is_refused_on_the_lan_as_at_the_relay(
+    tmp_path: Path,
+) -> None:
+    """Only a back-office or admin device may change prices: the relay refuses a
+    till-role device's change, and so does every LAN peer, relay down (issue 4); the
+    others go on syncing among themselves."""
+    with Relays(tmp_path) as relays:
+        relay = relays.start()
+        office = LanTill(tmp_path / "office", "Back office")
+        counter = LanTill(tmp_path / "counter", "Counter till")
+        other = LanTill(tmp_path / "other", "Admin till")
+        office.init(relay, STORE, role="admin")
+        counter.init(relay, STORE, role="till")
+        other.init(relay, STORE, role="admin")
+        office.put_many([BREAD, CASHIER])
+        tills = (office, counter, other)
+        for till in tills:
+            till.sync()
+        relay.kill()
+        try:
+            office.start([], relay=False)
+            counter.start([office], relay=False)
+            other.start([office, counter], relay=False)
+            wait_until(lambda: all(sum(p["connected"] for p in t.lan()["peers"]) == 2
+                                   for t in tills), "every till to link with the other two")
+
+            counter.put("products", "bread", {"price": 1})  # kept on the counter only
+            for till in (office, other):
+                wait_until(lambda t=till: "document changes refused" in t.log(),
+                           f"{till.name} to refuse the counter's price change")
+                assert "the price of product 'bread'" in till.log()
+                assert (till.get("products", "bread") or {})["price"] == 320
+
+            # The back office's price reaches the admin till.
+            office.put("products", "bread", {"price": 340})
+            wait_until(lambda: (other.get("products", "bread") or {}).get("price") == 340,
+                       "the back office's price on the admin till")
+        finally:
+            for till in tills:
+                till.stop()
