@@ -166,10 +166,15 @@ def _effects_of(entry: Entry) -> list[Effect]:
     try:
         body = entry.body
         validate_entry(entry.kind, body)
-        return stamped(effects(entry.kind, entry.client_id, body),
-                       order_of(entry.client_created_at, entry.device_id, entry.seq))
+        return _stamped_effects(entry, body)
     except Exception:  # SchemaViolation, UnknownKind, a body that is not msgpack
         return []
+
+
+def _stamped_effects(entry: Entry, body: Mapping[str, Any]) -> list[Effect]:
+    """An entry's effects, its "set" ones carrying its place (``order_of``)."""
+    return stamped(effects(entry.kind, entry.client_id, body),
+                   order_of(entry.client_created_at, entry.device_id, entry.seq))
 
 
 class Till:
@@ -587,8 +592,7 @@ class Till:
             ticket=ticket,
             body_bytes=body_bytes,
         )
-        new_effects = stamped(effects(kind, entry.client_id, body),
-                              order_of(entry.client_created_at, entry.device_id, seq))
+        new_effects = _stamped_effects(entry, body)
         # Checks passed: from here on only memory changes, undone by _reload on failure.
         batch.entries.append(entry)
         batch.effects.extend(new_effects)

@@ -39,7 +39,7 @@ from peer.identity import DeviceKey
 from peer.log import Entry, verify_chain
 from peer.sync.frames import entry_to_wire
 from peer.sync.receipts import seal_receipts
-from peer.totals import sale_total
+from peer.totals import line_amount
 from peer.views import format_quantity, from_millionths, order_of, quantity, to_millionths
 from relay.storage.base import RelayTxn
 from relay.tallies import Tallies
@@ -219,7 +219,8 @@ def _decide(batch: _Batch, entry: Entry, body: dict[str, Any]) -> None:
     if kind in _NEEDS_SHIFT:
         receipt["shift_server_id"] = batch.maps["shift"][body[shift_key]]
     if kind == "sale":
-        total = sale_total(body["lines"])
+        amounts = [line_amount(line) for line in body["lines"]]  # once, for total and tallies
+        total = sum(amounts)
         number = batch.next(f"invoice:{SERIES}")
         receipt.update(series=SERIES, invoice_no=number, total=total)
         if held is not None:
@@ -230,12 +231,13 @@ def _decide(batch: _Batch, entry: Entry, body: dict[str, Any]) -> None:
         batch.invoices.append((SERIES, number, entry.client_id, entry.device_id, entry.ticket,
                                total, entry.client_created_at, batch.now))
         batch.tallies.add(kind, entry.client_id, entry.device_id, entry.client_created_at,
-                          body, total, SERIES)
+                          body, total, SERIES, amounts)
+        at = ""
         for line in body["lines"]:
             product = batch.catalogue(line["product_id"])
             if product is not None and product.get("volatile"):
                 # The latest sale by its time sets the price, as on every till.
-                at = order_of(entry.client_created_at, entry.device_id, entry.seq)
+                at = at or order_of(entry.client_created_at, entry.device_id, entry.seq)
                 if at >= batch.prices.get(line["product_id"], (0, ""))[1]:
                     batch.prices[line["product_id"]] = (line["unit_price"], at)
             else:

@@ -32,7 +32,7 @@ from peer.cert import Certificate, Revocation
 from peer.errors import InvalidInput
 from peer.identity import DeviceKey
 from peer.log import Entry
-from peer.master.roles import forbidden_changes
+from peer.master.roles import forbidden_changes, refusal
 from peer.store import utc_timestamp
 from peer.sync.engine import (
     Authenticated,
@@ -377,9 +377,7 @@ class Relay:
                 if problems:
                     log.warning("device %s of store %s: document changes refused: %s",
                                 link.device, hub.store, "; ".join(problems))
-                    link.fail("forbidden", f"document changes refused: {problems[0]}"
-                              + (f" (and {len(problems) - 1} more)" if len(problems) > 1
-                                 else ""), fatal=False)
+                    link.fail("forbidden", refusal(problems), fatal=False)
                     return
                 chunks = hub.doc.receive_sync(sync, data)
             except InvalidInput as exc:

@@ -64,10 +64,11 @@ class Tallies:
                     or self.issued)
 
     def add(self, kind: str, client_id: str, device_id: str, at: str,
-            body: dict[str, Any], total: int | None = None, series: str | None = None
-            ) -> None:
+            body: dict[str, Any], total: int | None = None, series: str | None = None,
+            amounts: Sequence[int] | None = None) -> None:
         """Count one accepted entry (a sale with its recomputed ``total`` and its invoice
-        ``series``, once numbered)."""
+        ``series``, once numbered; ``amounts``: its lines' amounts, if the caller has them
+        already)."""
         if kind == "sale":
             assert total is not None and series is not None
             self.issued[series] += 1
@@ -76,12 +77,15 @@ class Tallies:
             bucket[0] += 1
             bucket[1] += total
             seen = set()
-            for line in body["lines"]:
+            lines = body["lines"]
+            if amounts is None:
+                amounts = [line_amount(line) for line in lines]
+            for line, amount in zip(lines, amounts, strict=True):
                 qty = line["qty"]
                 product = self.products[(day, line["product_id"])]
                 product[0] += qty * MILLIONTHS if type(qty) is int else \
                     to_millionths(quantity(qty))
-                product[1] += line_amount(line)
+                product[1] += amount
                 if line["product_id"] not in seen:
                     seen.add(line["product_id"])
                     product[2] += 1

@@ -23,7 +23,7 @@ import automerge.core as am
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from peer.errors import EntryRefused
-from peer.master.roles import forbidden_changes
+from peer.master.roles import forbidden_changes, refusal
 from peer.store import Till
 from peer.sync.engine import (
     CertsReceived,
@@ -196,9 +196,7 @@ class PeerSession:
                     log.warning("LAN peer %s: document changes refused: %s", self.address,
                                 "; ".join(problems))
                     self._note_error(f"forbidden: {problems[0]}")
-                    link.fail("forbidden", f"document changes refused: {problems[0]}"
-                              + (f" (and {len(problems) - 1} more)" if len(problems) > 1
-                                 else ""), fatal=False)
+                    link.fail("forbidden", refusal(problems), fatal=False)
                     return
                 await till.receive_document(self._sync, message=event.data)
             except Exception as exc:  # the Automerge binding raises plain Exception

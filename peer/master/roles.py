@@ -85,3 +85,9 @@ def forbidden_changes(master: MasterData, message: bytes,
                             "may change prices and settings")
     return problems
 
+
+
+def refusal(problems: list[str]) -> str:
+    """The message of the ``forbidden`` error answering ``forbidden_changes``."""
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"document changes refused: {problems[0]}{more}"
