@@ -119,7 +119,7 @@ def _open(raw: bytes, issuer_key: bytes, domain: bytes, what: str) -> dict[str, 
     if not (isinstance(body, bytes) and isinstance(sig, bytes) and isinstance(fields, dict)):
         raise CertificateError(f"the {what} is not a [body, sig] msgpack array")
     if not verify_signature(issuer_key, sig, domain + body):
-        raise CertificateError(f"the {what} is not signed by this store's relay")
+        raise CertificateError(f"the {what} is not signed by this store's key")
     if type(fields.get("v")) is not int or fields["v"] != FORMAT:
         raise CertificateError(f"{what} format {fields.get('v')!r} is not supported")
     return fields

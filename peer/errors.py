@@ -11,7 +11,8 @@ One root, so an integrator can catch everything tillsync raises on purpose::
     ├── EntryRefused               a peer forwarded entries that do not verify
     └── InvalidInput               the caller asked for something that cannot be stored
         ├── UnknownReference       a product, customer, shift... that does not exist
-        └── DuplicateEntry         a client_id reused for a different entry
+        ├── DuplicateEntry         a client_id reused for a different entry
+        └── Forbidden              this device's role does not allow the change
 
 Schema violations are raised as ``schemas.SchemaViolation`` (a ``ValueError``) by the
 language-neutral loader; the store lets them through unchanged.  In every case nothing
@@ -60,3 +61,8 @@ class UnknownReference(InvalidInput):
 
 class DuplicateEntry(InvalidInput):
     pass
+
+
+class Forbidden(InvalidInput):
+    """This device's role (in its certificate) does not allow the change: prices and
+    settings are for back-office and admin devices (``peer.master.roles``)."""

@@ -43,6 +43,18 @@ class DeviceKey:
     def sign(self, data: bytes) -> bytes:
         return self._private.sign(data)
 
+    @classmethod
+    def from_seed(cls, seed: bytes) -> DeviceKey:
+        """The key of a 32-byte Ed25519 seed (``seed()``)."""
+        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+
+    def seed(self) -> bytes:
+        """The 32 private bytes: only for sealing a key (relay/storekeys.py) or deriving
+        one from it, never to be written out in the clear."""
+        return self._private.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+            serialization.NoEncryption())
+
     def __repr__(self) -> str:
         return f"DeviceKey(public={self.public_bytes.hex()})"
 

@@ -36,6 +36,7 @@ from peer.cert import Certificate, CertificateError, Revocation
 from peer.errors import (
     DuplicateEntry,
     EntryRefused,
+    Forbidden,
     InvalidInput,
     StoreCorrupt,
     StoreError,
@@ -47,6 +48,7 @@ from peer.errors import (
 from peer.identity import KEY_FILE, DeviceKey
 from peer.log import GENESIS_PREV, ChainBreak, Entry, canonical_body, seal_bytes, verify_chain
 from peer.master import MasterData
+from peer.master.roles import MANAGING_ROLES, guarded_edit
 from peer.storage import TillDB
 from peer.views import Effect, effects, fold, order_of, stamped, stock_row
 from schemas import SchemaViolation, validate_entry
@@ -525,9 +527,13 @@ class Till:
     async def put(
         self, collection: str, record_id: str, body: Mapping[str, object]
     ) -> dict[str, Any]:
-        """Create or update a master-data record; returns it as stored."""
+        """Create or update a master-data record; returns it as stored.  Raises
+        ``Forbidden`` for a price or settings change on a device enrolled as a till: the
+        relay and every other till would refuse it, and this till would fall out of
+        document sync with them (``peer.master.roles``)."""
 
         async def op(batch: _Batch) -> dict[str, Any]:
+            self._may_edit(collection, record_id, body)
             batch.chunks.extend(self.master.put(collection, record_id, body))
             record = self.get(collection, record_id)
             assert record is not None
@@ -672,6 +678,16 @@ class Till:
 
     def certs(self) -> dict[str, bytes]:
         return dict(self._certs)
+
+    def _may_edit(self, collection: str, record_id: str, body: Mapping[str, object]) -> None:
+        role = self.role_of(self.device_id)
+        if role is None or role in MANAGING_ROLES:  # a store of its own has no roles
+            return
+        what = guarded_edit(collection, record_id, self.master.get(collection, record_id),
+                            body)
+        if what is not None:
+            raise Forbidden(f"{what} may be changed only from a back-office or admin "
+                            f"device; this device is enrolled as {role!r}")
 
     def role_of(self, device_id: str) -> str | None:
         """The role in a device's certificate (None if this till holds none for it)."""
@@ -912,6 +928,7 @@ class Till:
             "name": self.name,
             "series": self.series,
             "store_id": self.store_id,
+            "store_key": self.meta.get("relay_key") or None,  # pinned on enrollment
             "last_seq": self._head[0],
             "last_ticket": f"{self.series}-{self._tickets:06d}" if self._tickets else None,
             "entries": counts,

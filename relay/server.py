@@ -28,7 +28,7 @@ import automerge.core as am
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
-from peer.cert import Certificate, Revocation
+from peer.cert import CERT_VALIDITY, Certificate, Revocation
 from peer.errors import InvalidInput
 from peer.identity import DeviceKey
 from peer.log import Entry
@@ -52,6 +52,7 @@ from relay.http import new_token
 from relay.ingest import Checked, IngestResult, adopt, ingest, prepare, prepare_elsewhere
 from relay.storage import RelayStorage, open_storage, with_retries
 from relay.storage.base import DeviceRow
+from relay.storekeys import seal, unseal
 
 log = logging.getLogger("tillsync.relay")
 
@@ -103,6 +104,7 @@ class _Job:
     entries: list[Entry]
     keys: dict[str, bytes]
     checked: Checked
+    key: DeviceKey  # the store's signing key: it signs the receipts
     done: asyncio.Future[IngestResult]
 
 
@@ -116,6 +118,7 @@ class RelayConfig:
     db_wait: float = 60.0  # seconds to keep retrying a database that cannot be reached
     tls_cert: str | None = None  # PEM files: serve wss:// instead of ws://
     tls_key: str | None = None
+    cert_days: float = CERT_VALIDITY / 86400  # validity of the device certificates issued
 
 
 class Relay:
@@ -123,7 +126,9 @@ class Relay:
 
     def __init__(self, storage: RelayStorage, key: DeviceKey) -> None:
         self.storage = storage
-        self.key = key
+        self.key = key  # the relay's own key: it seals the store keys
+        self._store_keys: dict[str, DeviceKey] = {}  # a store's key never changes
+        self.cert_validity = CERT_VALIDITY  # seconds; ``relay serve --cert-days``
         self.hubs = Hubs(storage)
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -152,14 +157,31 @@ class Relay:
         raw = os.urandom(10)
         code = "-".join(raw.hex().upper()[i:i + 5] for i in range(0, 20, 5))
         expires = (datetime.now(UTC) + ttl).isoformat(timespec="seconds").replace("+00:00", "Z")
+        if await self.storage.store_key(store) is None:  # a new store: its own key
+            key = DeviceKey.generate()
+            await self.storage.add_store_key(store, key.public_bytes,
+                                             seal(self.key, store, key), utc_timestamp())
         await self.storage.add_code(store, code_hash(code), name, role, expires)
         return code
 
-    def certify(self, device: DeviceRow) -> bytes:
+    async def store_key(self, store: str) -> DeviceKey:
+        """The key that signs for ``store`` (``relay/storekeys.py``): its own, or the
+        relay's for a store made before store keys."""
+        key = self._store_keys.get(store)
+        if key is None:
+            row = await self.storage.store_key(store)
+            public, sealed = row if row is not None else (None, None)
+            key = self.key if sealed is None or public is None else \
+                unseal(self.key, store, sealed, public)
+            self._store_keys[store] = key
+        return key
+
+    async def certify(self, device: DeviceRow) -> bytes:
         """The device's certificate: what tills check each other by on the LAN."""
-        return Certificate.issue(self.key, store=device.store, device=device.device_id,
-                                 name=device.name, role=device.role,
-                                 public_key=device.public_key, now=time.time()).raw
+        return Certificate.issue(await self.store_key(device.store), store=device.store,
+                                 device=device.device_id, name=device.name, role=device.role,
+                                 public_key=device.public_key, now=time.time(),
+                                 validity=self.cert_validity).raw
 
     async def new_token(self, store: str) -> str:
         """A new token of the reporting API for ``store`` (the relay keeps its hash)."""
@@ -190,14 +212,15 @@ class Relay:
 
     async def revocations(self, store: str) -> list[bytes]:
         """The store's revocations, signed: every device learns them in ``welcome``."""
-        return [Revocation.issue(self.key, store=store, device=d.device_id,
+        key = await self.store_key(store)
+        return [Revocation.issue(key, store=store, device=d.device_id,
                                  upto=d.revoked_upto or 0, at=d.revoked_at or "").raw
                 for d in await self.storage.revocations(store)]
 
     # -- one connection ----------------------------------------------------------------
 
     async def handle(self, ws: ServerConnection) -> None:
-        link = RelayLink(relay_key=self.key, nonce=os.urandom(32))
+        link = RelayLink(nonce=os.urandom(32))
         peer = f"{ws.remote_address}"
         pump: asyncio.Task[None] | None = None
         state: dict[str, Any] = {}
@@ -226,7 +249,8 @@ class Relay:
                                       "again with a new code if it is back in safe hands")
                         else:
                             state["device"] = device
-                            link.challenge(device.public_key)
+                            link.challenge(device.public_key,
+                                           await self.store_key(event.store))
                     elif isinstance(event, EnrollRequested):
                         row = await self.storage.enroll(code_hash(event.code), event.device,
                                                         event.name, event.public_key,
@@ -237,7 +261,8 @@ class Relay:
                         else:
                             log.info("enrolled %s (%s) in store %s", row.device_id, row.name,
                                      row.store)
-                            link.enrolled(row.store, row.device_id, self.certify(row))
+                            link.enrolled(row.store, row.device_id, await self.certify(row),
+                                          await self.store_key(row.store))
                     elif isinstance(event, Authenticated):
                         hub = await self.hubs.get(event.store)
                         state["hub"] = hub
@@ -245,7 +270,7 @@ class Relay:
                         await self.storage.touch(event.store, event.device, utc_timestamp())
                         link.welcome(await self.storage.heads(event.store),
                                      await self.storage.stream_position(event.store),
-                                     self.certify(state["device"]),
+                                     await self.certify(state["device"]),
                                      await self.revocations(event.store))
                         if event.doc_empty and not hub.doc.is_genesis():
                             link.send_snapshot(hub.doc.save())
@@ -301,7 +326,7 @@ class Relay:
             if device is not None:
                 keys[device_id] = device.public_key
         job = _Job(hub, event.entries, keys, await self._prepare(event.entries),
-                   asyncio.get_running_loop().create_future())
+                   await self.store_key(hub.store), asyncio.get_running_loop().create_future())
         await self._jobs.put(job)
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_loop(), name="relay-writer")
@@ -360,7 +385,7 @@ class Relay:
             for job in jobs:
                 results.append(await ingest(
                     txn, job.hub.store, job.entries, public_keys=job.keys,
-                    catalogue=job.hub.product, key=self.key, now=utc_timestamp(),
+                    catalogue=job.hub.product, key=job.key, now=utc_timestamp(),
                     checked=job.checked))
         return results
 
@@ -422,6 +447,7 @@ async def running(config: RelayConfig) -> AsyncIterator[tuple[Relay, int]]:
     tls = server_context(config.tls_cert, config.tls_key) \
         if config.tls_cert and config.tls_key else None
     relay = await Relay.open(config.data, config.db, db_wait=config.db_wait)
+    relay.cert_validity = round(config.cert_days * 86400)
     try:
         async with serve(relay.handle, config.host, config.port, max_size=TRANSPORT_MAX,
                          compression=None, reuse_port=config.reuse_port or None,

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -66,13 +67,14 @@ class Worker:
 
 
 def serve_workers(*, workers: int, data: Path, db: str, host: str, port: int,
-                  db_wait: float) -> int:
-    """Run ``workers`` relay processes until SIGINT/SIGTERM; restart any that dies."""
+                  db_wait: float, extra: Sequence[str] = (), scheme: str = "ws") -> int:
+    """Run ``workers`` relay processes until SIGINT/SIGTERM; restart any that dies.
+    ``extra``: more ``relay serve`` arguments for each (TLS, certificate validity)."""
     reserved = reserve_port(host, port)
     port = reserved.getsockname()[1]
     base = [sys.executable, "-m", "tools.cli", "relay", "serve", "--data", str(data),
             "--db", db, "--host", host, "--port", str(port), "--reuse-port",
-            "--db-wait", str(db_wait), "--worker-of", str(os.getpid())]
+            "--db-wait", str(db_wait), "--worker-of", str(os.getpid()), *extra]
     pool = [Worker(i + 1, base) for i in range(workers)]
     stopping = threading.Event()
 
@@ -94,7 +96,7 @@ def serve_workers(*, workers: int, data: Path, db: str, host: str, port: int,
                               worker.proc.poll())
                     return 3
         pids = ", ".join(str(w.proc.pid) for w in pool if w.proc is not None)
-        print(f"relay listening on ws://{host}:{port} ({workers} worker processes: {pids}; "
+        print(f"relay listening on {scheme}://{host}:{port} ({workers} worker processes: {pids}; "
               f"database {_describe(db)})", flush=True)
         while not stopping.wait(0.2):
             for worker in pool:

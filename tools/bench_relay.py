@@ -351,13 +351,15 @@ def cpu_delta(after: dict[str, float], before: dict[str, float], wall: float
 
 
 async def make_codes(data: Path, specs: Sequence[TillSpec], stores: Sequence[str],
-                     db: str | None = None) -> tuple[dict[int, str], dict[str, str], bytes]:
+                     db: str | None = None
+                     ) -> tuple[dict[int, str], dict[str, str], dict[str, bytes]]:
     relay = await Relay.open(data, db)
     try:
         codes = {s.index: await relay.new_code(s.store, s.name) for s in specs}
         office = {store: await relay.new_code(store, f"Back office {store}", "backoffice")
                   for store in stores}
-        return codes, office, relay.key.public_bytes
+        keys = {store: (await relay.store_key(store)).public_bytes for store in stores}
+        return codes, office, keys
     finally:
         await relay.close()
 
@@ -543,7 +545,7 @@ async def bench_relay(root: Path, loads: Sequence[TillLoad], args: argparse.Name
     stores = sorted({load.spec.store for load in loads})
     specs = [load.spec for load in loads]
     progress(f"{name}: one-time codes for {len(specs)} tills and {len(stores)} back offices")
-    codes, office_codes, relay_key = await make_codes(data, specs, stores, db)
+    codes, office_codes, store_keys = await make_codes(data, specs, stores, db)
     argv = [sys.executable, "-m", "tools.cli", "relay", "serve", "--data", str(data),
             "--port", "0", *(("--db", db) if db else ()),
             *(("--workers", str(workers)) if workers > 1 else ())]
@@ -556,7 +558,7 @@ async def bench_relay(root: Path, loads: Sequence[TillLoad], args: argparse.Name
             enroll(url, codes[s.index], s.name, device_key(s.private_key), s.device_id)
             for s in specs))
         for s, e in zip(specs, enrolled, strict=True):
-            if e.store != s.store or e.relay_key != relay_key:
+            if e.store != s.store or e.relay_key != store_keys[s.store]:
                 raise RuntimeError(f"{s.name} enrolled in {e.store}, expected {s.store}")
         for store in stores:
             await setup_store(data, url, store, office_codes[store])
@@ -571,8 +573,9 @@ async def bench_relay(root: Path, loads: Sequence[TillLoad], args: argparse.Name
         t0 = time.perf_counter()
         live = [TillRun() for _ in loads]
         tasks = [asyncio.create_task(drive_till(
-            run, load, url, relay_key, args.inflight, store_entries[load.spec.store], t0,
-            not args.no_receipts)) for run, load in zip(live, loads, strict=True)]
+            run, load, url, store_keys[load.spec.store], args.inflight,
+            store_entries[load.spec.store], t0, not args.no_receipts))
+            for run, load in zip(live, loads, strict=True)]
         watcher = asyncio.create_task(_watch(live, sum(len(x.frames) for x in loads), t0))
         try:
             async with asyncio.timeout(RUN_TIMEOUT):

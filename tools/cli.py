@@ -99,7 +99,8 @@ async def peer_init(args: argparse.Namespace) -> int:
         f"initialised store in {args.dir}\n"
         f"  device   {info['device_id']} ({info['name']})\n"
         f"  store    {info['store_id']}"
-        + (f", enrolled at {info['relay_url']}\n" if info.get("relay_url") else "\n")
+        + (f", enrolled at {info['relay_url']}\n  store key {info['relay_key']} (pinned: "
+           "`relay enroll` printed it too)\n" if info.get("relay_url") else "\n")
         + f"  tickets  {info['series']}-000001, {info['series']}-000002, ...\n"
         f"  key      {args.dir}/device.key (owner-only; keep it secret, back it up)"
     ))
@@ -113,7 +114,7 @@ async def _through_daemon(path: str, request: dict[str, Any]) -> dict[str, Any]:
         kind = answer.get("type", "")
         code = EXIT_BAD_INPUT if kind in ("InvalidInput", "SchemaViolation", "UnknownKind",
                                           "UnknownCollection", "UnknownReference",
-                                          "DuplicateEntry") else EXIT_STORE
+                                          "DuplicateEntry", "Forbidden") else EXIT_STORE
         raise CliError(f"{answer.get('error')}" + ("\nnothing was stored."
                                                    if code == EXIT_BAD_INPUT else ""), code)
     return answer
@@ -230,7 +231,8 @@ async def peer_status(args: argparse.Namespace) -> int:
                            for s in status["open_shifts"]) or "none"
         return "\n".join([
             f"device      {status['device_id']} ({status['name']})",
-            f"store       {status['store_id']}",
+            f"store       {status['store_id']}"
+            + (f", key {status['store_key']}" if status["store_key"] else ""),
             f"log         {status['last_seq']} entries of mine; last ticket "
             f"{status['last_ticket'] or 'none'}",
             f"pending     {status['pending']} not yet acknowledged by the relay",
@@ -350,6 +352,9 @@ def _check_db(args: argparse.Namespace) -> None:
     if args.db is not None and not is_postgres(args.db):
         raise CliError(f"--db takes a postgresql://user@host:port/database URL, not "
                        f"{args.db!r}", EXIT_BAD_INPUT)
+    if getattr(args, "cert_days", 1) <= 0:
+        raise CliError(f"--cert-days must be more than 0, not {args.cert_days}",
+                       EXIT_BAD_INPUT)
 
 
 def relay_serve_workers(args: argparse.Namespace) -> int:
@@ -359,13 +364,16 @@ def relay_serve_workers(args: argparse.Namespace) -> int:
     if args.db is None:
         raise CliError("--workers needs --db postgresql://...: relay processes share "
                        "one PostgreSQL database (SQLite serves one process)", EXIT_BAD_INPUT)
-    if args.tls_cert:
-        raise CliError("--workers does not take --tls-cert yet: put a TLS terminator in "
-                       "front of the workers, or serve TLS from one process", EXIT_BAD_INPUT)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CliError("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
     _relay_logging(worker=True)
     asyncio.run(migrate(args.db, args.db_wait))  # once, before the workers start
+    extra = ["--cert-days", str(args.cert_days)]
+    if args.tls_cert:
+        extra += ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key]
     return serve_workers(workers=args.workers, data=Path(args.data), db=args.db,
-                         host=args.host, port=args.port, db_wait=args.db_wait)
+                         host=args.host, port=args.port, db_wait=args.db_wait, extra=extra,
+                         scheme="wss" if args.tls_cert else "ws")
 
 
 async def relay_serve(args: argparse.Namespace) -> int:
@@ -377,7 +385,8 @@ async def relay_serve(args: argparse.Namespace) -> int:
         raise CliError("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
     config = RelayConfig(Path(args.data), args.host, args.port, db=args.db,
                          reuse_port=args.reuse_port, db_wait=args.db_wait,
-                         tls_cert=args.tls_cert, tls_key=args.tls_key)
+                         tls_cert=args.tls_cert, tls_key=args.tls_key,
+                         cert_days=args.cert_days)
     async with running(config) as (_, port):
         where = f"database {describe(args.db)}" if args.db else f"data in {args.data}"
         scheme = "wss" if args.tls_cert else "ws"
@@ -421,13 +430,15 @@ async def relay_enroll(args: argparse.Namespace) -> int:
     try:
         code = await relay.new_code(args.store, args.name, args.role,
                                     timedelta(hours=args.hours))
+        store_key = (await relay.store_key(args.store)).public_bytes.hex()
     finally:
         await relay.close()
     _emit(args, {"code": code, "store": args.store, "name": args.name,
-                 "expires_in_hours": args.hours}, lambda: (
+                 "expires_in_hours": args.hours, "store_key": store_key}, lambda: (
         f"{code}\n(one-time code for '{args.name}' in store {args.store}, valid "
         f"{args.hours} h: tillsync peer init DIR --name '{args.name}' --relay URL "
-        f"--code {code})"))
+        f"--code {code})\nstore key {store_key} (the till shows the key it pinned in "
+        "`peer status`)"))
     return EXIT_OK
 
 
@@ -647,6 +658,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--tls-cert", metavar="FILE",
                      help="serve wss://: the relay's certificate (chain), PEM")
     sub.add_argument("--tls-key", metavar="FILE", help="its private key, PEM")
+    sub.add_argument("--cert-days", type=float, default=90.0, metavar="DAYS",
+                     help="validity of the device certificates the relay issues (default "
+                     "90; each contact renews a device's): a till that stays away "
+                     "longer is refused by the other tills until it syncs again")
     sub.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     sub.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
     sub.set_defaults(func=relay_serve)

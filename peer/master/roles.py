@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from peer.master.document import MasterData
 
@@ -55,6 +55,18 @@ def guarded(patch: object) -> str | None:
             return f"product {key!r} (removed)"
         if len(path) >= 2 and key == "price":
             return f"the price of product {path[1]!r}"
+    return None
+
+
+def guarded_edit(collection: str, record_id: str, existing: Mapping[str, object] | None,
+                 patch: Mapping[str, object]) -> str | None:
+    """What a ``put`` of ``patch`` would change that only a managing role may change,
+    read from the edit before it is made (the rule of ``guarded``, at the origin)."""
+    if collection == "settings":
+        return "the store settings"
+    if collection == "products" and "price" in patch and (
+            existing is None or existing.get("price") != patch["price"]):
+        return f"the price of product {record_id!r}"
     return None
 
 

@@ -288,9 +288,10 @@ class ClientLink(_Link):
 class RelayLink(_Link):
     """The relay's end of one device's link."""
 
-    def __init__(self, *, relay_key: DeviceKey, nonce: bytes) -> None:
+    def __init__(self, *, nonce: bytes) -> None:
         super().__init__()
-        self._key, self._nonce = relay_key, nonce
+        self._nonce = nonce
+        self._key: DeviceKey | None = None  # the store's key, once the store is known
         self.store = self.device = ""
         self._device_key = b""
         self._hello: HelloReceived | None = None
@@ -313,6 +314,7 @@ class RelayLink(_Link):
             self.state = "looking_up"
             self._events.append(self._hello)
         elif t == "auth" and self.state == "challenged":
+            assert self._key is not None
             proof = transcript(self.store, self.device, self._client_nonce, self._nonce,
                                self._key.public_bytes)
             if not verify_signature(self._device_key, message["sig"], b"device" + proof):
@@ -333,10 +335,11 @@ class RelayLink(_Link):
 
     # answers from the I/O layer
 
-    def challenge(self, device_public_key: bytes) -> None:
-        """The device is registered with this key: prove the relay's own and ask for its."""
+    def challenge(self, device_public_key: bytes, store_key: DeviceKey) -> None:
+        """The device is registered with this key: prove the store's key (which signs
+        for the store at the relay) and ask for the device's."""
         assert self.state == "looking_up"
-        self._device_key = device_public_key
+        self._device_key, self._key = device_public_key, store_key
         proof = transcript(self.store, self.device, self._client_nonce, self._nonce,
                            self._key.public_bytes)
         self._send("challenge", nonce=self._nonce, relay_key=self._key.public_bytes,
@@ -350,8 +353,10 @@ class RelayLink(_Link):
                    revoked=revoked)
         self.state = "ready"
 
-    def enrolled(self, store: str, device: str, cert: bytes) -> None:
-        self._send("enrolled", store=store, device=device, relay_key=self._key.public_bytes,
+    def enrolled(self, store: str, device: str, cert: bytes, store_key: DeviceKey) -> None:
+        """The device is enrolled: its certificate, and the store's key that signed it
+        (the device pins it)."""
+        self._send("enrolled", store=store, device=device, relay_key=store_key.public_bytes,
                    cert=cert)
         self.state = "closed"
 

@@ -116,6 +116,16 @@ class RelayStorage(Protocol):
         """The new device, or why it was refused (``code_refusal``)."""
         ...
     async def touch(self, store: str, device_id: str, now: str) -> None: ...
+    async def store_key(self, store: str) -> tuple[bytes | None, bytes | None] | None:
+        """The store's signing key as (public key, sealed key): both None for a store
+        that signs with the relay's own key (made before per-store keys); None if the
+        store has no row (``relay/storekeys.py``)."""
+        ...
+    async def add_store_key(self, store: str, public_key: bytes, sealed: bytes,
+                            now: str) -> None:
+        """Keep a new store's sealed key, unless the store has one already (several
+        processes may make one at once: the first row stays)."""
+        ...
     async def devices(self, store: str) -> list[DeviceRow]: ...
     async def read(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """Rows of a read-only query written in the SQL both backends speak, with ``?``

@@ -148,6 +148,15 @@ CREATE TRIGGER invoices_append_only BEFORE UPDATE OR DELETE ON invoices
     FOR EACH ROW EXECUTE FUNCTION tillsync_append_only();
 ALTER TABLE prices ADD COLUMN at text NOT NULL DEFAULT '';
 """),
+    (5, "each store's signing key, sealed under the relay's key; stores made before "
+        "keep the relay's own key", """
+CREATE TABLE IF NOT EXISTS store_keys (store text PRIMARY KEY, public_key bytea,
+                                      sealed bytea, created_at text NOT NULL);
+INSERT INTO store_keys (store, created_at)
+    SELECT store, 'before store keys' FROM devices UNION SELECT store, 'before store keys'
+    FROM enroll_codes
+ON CONFLICT DO NOTHING;
+"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _MIGRATION_LOCK = 0x7469_6C6C  # pg_advisory_xact_lock key: one migrator at a time
@@ -517,6 +526,16 @@ class PostgresStorage:
 
     async def read(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in await self._pool.fetch(_dollars(sql), *args)]
+
+    async def store_key(self, store: str) -> tuple[bytes | None, bytes | None] | None:
+        row = await self._pool.fetchrow("SELECT public_key, sealed FROM store_keys "
+                                        "WHERE store = $1", store)
+        return (row["public_key"], row["sealed"]) if row is not None else None
+
+    async def add_store_key(self, store: str, public_key: bytes, sealed: bytes,
+                            now: str) -> None:
+        await self._pool.execute("INSERT INTO store_keys VALUES ($1, $2, $3, $4) "
+                                 "ON CONFLICT DO NOTHING", store, public_key, sealed, now)
 
     async def devices(self, store: str) -> list[DeviceRow]:
         rows = await self._pool.fetch(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE store = $1 "

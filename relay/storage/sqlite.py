@@ -22,7 +22,7 @@ from peer.log import Entry
 from relay import tallies
 from relay.storage.base import DeviceRow, code_refusal
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # The invoice register is the fiscal record: once a number is issued its row stays.
 _INVOICES_APPEND_ONLY = """
 CREATE TRIGGER invoices_append_only_update BEFORE UPDATE ON invoices
@@ -31,6 +31,17 @@ CREATE TRIGGER invoices_append_only_delete BEFORE DELETE ON invoices
     BEGIN SELECT RAISE(ABORT, 'invoices are append-only'); END;
 """
 _PRICES_AT = "ALTER TABLE prices ADD COLUMN at TEXT NOT NULL DEFAULT '';"
+# Each store's signing key, sealed (relay/storekeys.py).  A row without one: the store
+# signs with the relay's own key (stores made before schema 5 keep it).
+_STORE_KEYS = """
+CREATE TABLE IF NOT EXISTS store_keys (store TEXT PRIMARY KEY, public_key BLOB, sealed BLOB,
+                         created_at TEXT NOT NULL);
+"""
+_KEEP_RELAY_KEY = """
+INSERT OR IGNORE INTO store_keys (store, created_at)
+    SELECT store, 'before store keys' FROM devices UNION SELECT store, 'before store keys'
+    FROM enroll_codes;
+"""
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE devices (
@@ -108,7 +119,7 @@ CREATE TABLE doc_changes (id INTEGER PRIMARY KEY, store TEXT NOT NULL, data BLOB
 CREATE INDEX doc_changes_by_store ON doc_changes (store, id);
 CREATE TABLE admin_tokens (token_hash BLOB PRIMARY KEY, store TEXT NOT NULL,
                            created_at TEXT NOT NULL);
-""" + tallies.SCHEMA + _INVOICES_APPEND_ONLY
+""" + tallies.SCHEMA + _INVOICES_APPEND_ONLY + _STORE_KEYS
 
 
 # Upgrades of an older relay database, each to the next version, in one transaction.
@@ -117,6 +128,7 @@ _MIGRATIONS = {
     "2": "CREATE TABLE IF NOT EXISTS admin_tokens (token_hash BLOB PRIMARY KEY, "
          "store TEXT NOT NULL, created_at TEXT NOT NULL);",
     "3": tallies.SCHEMA + _INVOICES_APPEND_ONLY + _PRICES_AT,  # totals: ``_fill_tallies``
+    "4": _STORE_KEYS + _KEEP_RELAY_KEY,
 }
 
 
@@ -395,6 +407,17 @@ class SQLiteStorage:
         async with self.transaction():
             await self._conn.execute("INSERT INTO admin_tokens VALUES (?, ?, ?)",
                                      (token_hash, store, now))
+
+    async def store_key(self, store: str) -> tuple[bytes | None, bytes | None] | None:
+        rows = await self._rows("SELECT public_key, sealed FROM store_keys WHERE store = ?",
+                                (store,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def add_store_key(self, store: str, public_key: bytes, sealed: bytes,
+                            now: str) -> None:
+        async with self.transaction():
+            await self._conn.execute("INSERT INTO store_keys VALUES (?, ?, ?, ?) "
+                                     "ON CONFLICT DO NOTHING", (store, public_key, sealed, now))
 
     async def devices(self, store: str) -> list[DeviceRow]:
         rows = await self._rows(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE store = ? "

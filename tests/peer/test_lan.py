@@ -7,13 +7,15 @@ the daemons start, so everything they learn from each other crosses the LAN link
 
 from __future__ import annotations
 
+import re
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.peer.lan_processes import LanTill, wait_until
-from tests.relay.processes import Relays, invoices
+from tests.relay.processes import Relays, invoices, rogue_put, run_cli
 
 STORE = "shop-lan"
 BREAD = ("products", "bread", {"name": "Bread", "sku": "B1", "price": 320,
@@ -147,9 +149,10 @@ def test_tills_find_each_other_by_mdns_and_ignore_another_store(tmp_path: Path) 
 def test_a_till_role_devices_price_change_is_refused_on_the_lan_as_at_the_relay(
     tmp_path: Path,
 ) -> None:
-    """Only a back-office or admin device may change prices: the relay refuses a
-    till-role device's change, and so does every LAN peer, relay down (issue 4); the
-    others go on syncing among themselves."""
+    """Only a back-office or admin device may change prices (issue 4).  A till-role
+    device refuses the edit itself, so it stays in document sync with everyone; and if
+    a rogue build makes the change anyway, every LAN peer refuses it, relay down, as
+    the relay would, while the others go on syncing among themselves."""
     with Relays(tmp_path) as relays:
         relay = relays.start()
         office = LanTill(tmp_path / "office", "Back office")
@@ -170,17 +173,74 @@ def test_a_till_role_devices_price_change_is_refused_on_the_lan_as_at_the_relay(
             wait_until(lambda: all(sum(p["connected"] for p in t.lan()["peers"]) == 2
                                    for t in tills), "every till to link with the other two")
 
-            counter.put("products", "bread", {"price": 1})  # kept on the counter only
+            refused = run_cli("peer", "put", str(counter.path), "products", "bread",
+                              "--body", '{"price": 1}', check=False)
+            assert refused.returncode == 2, refused
+            assert "may be changed only from a back-office or admin device" in refused.stderr
+            assert "nothing was stored" in refused.stderr
+            assert (counter.get("products", "bread") or {})["price"] == 320
+            counter.put("products", "bread", {"name": "Bread, white"})  # a name: allowed
+
+            # The back office's price reaches every till, the counter too: it never made
+            # a change the others refuse, so its document sync goes on.
+            office.put("products", "bread", {"price": 340})
+            for till in (counter, other):
+                wait_until(lambda t=till: (t.get("products", "bread") or {}).get("price")
+                           == 340, f"the back office's price on {till.name}")
+            wait_until(lambda: (office.get("products", "bread") or {}).get("name")
+                       == "Bread, white", "the counter's new name on the back office")
+
+            # A rogue build on the counter makes the change anyway: refused by every peer.
+            counter.stop()
+            rogue_put(counter.path, [("products", "bread", {"price": 1})])
+            counter.start([office], relay=False)
             for till in (office, other):
                 wait_until(lambda t=till: "document changes refused" in t.log(),
                            f"{till.name} to refuse the counter's price change")
                 assert "the price of product 'bread'" in till.log()
-                assert (till.get("products", "bread") or {})["price"] == 320
-
-            # The back office's price reaches the admin till.
-            office.put("products", "bread", {"price": 340})
-            wait_until(lambda: (other.get("products", "bread") or {}).get("price") == 340,
-                       "the back office's price on the admin till")
+                assert (till.get("products", "bread") or {})["price"] == 340
         finally:
             for till in tills:
+                till.stop()
+
+
+def test_a_till_away_from_the_relay_longer_than_its_certificate_is_refused_on_the_lan(
+    tmp_path: Path,
+) -> None:
+    """A certificate is valid `relay serve --cert-days` (default 90) from the till's last
+    contact with the relay: a till that stayed away longer (a stolen one, or one left in
+    a drawer) is refused by the others on the LAN, and linked again once it has synced."""
+    with Relays(tmp_path) as relays:
+        relay = relays.start(extra=["--cert-days", str(3 / 86400)])  # three seconds
+        away = LanTill(tmp_path / "away", "Away till")
+        away.init(relay, STORE)
+        expires = time.monotonic() + 3
+        relay.kill()
+        relay.extra = []  # from now on the default: 90 days
+        relay.start()
+        home = LanTill(tmp_path / "home", "Home till")
+        home.init(relay, STORE)
+        home.put_many([BREAD, CASHIER])
+        home.sync()
+        relay.kill()
+        time.sleep(max(0.0, expires + 1 - time.monotonic()))
+        try:
+            home.start([], relay=False)
+            away.start([home], relay=False)
+            refusal = wait_until(lambda: re.search(r".*Away till.*expired on.*", home.log()),
+                                 "the home till to refuse the away till's certificate")
+            assert "sync with the relay" in refusal.group(0), refusal.group(0)
+            assert not any(p["connected"] for p in home.lan()["peers"])
+            assert away.get("products", "bread") is None  # nothing crossed
+
+            away.stop()
+            relay.start()
+            away.sync()  # a new certificate, valid 90 days
+            relay.kill()
+            away.start([home], relay=False)
+            home.put("products", "bread", {"price": 350})  # reaches it over the LAN only
+            wait_until(lambda: (away.get("products", "bread") or {}).get("price") == 350,
+                       "the home till's new price on the away till, linked again")
+        finally:
+            for till in (home, away):
                 till.stop()

@@ -125,7 +125,7 @@ def test_a_till_of_another_store_is_refused_and_logged(tmp_path: Path) -> None:
     with Relays(tmp_path) as relays:
         relay = relays.start()
         ours = enrolled(tmp_path, relay, "Till A")
-        theirs = enrolled(tmp_path, relay, "Till B", STORE_B)  # same relay, same relay key
+        theirs = enrolled(tmp_path, relay, "Till B", STORE_B)  # same relay, another key
         ours.put_many([BREAD])
         relay.kill()
         stranger = identity_of(theirs.path)
@@ -148,7 +148,8 @@ def test_a_till_of_another_store_is_refused_and_logged(tmp_path: Path) -> None:
                        "the other daemon to log why it was refused")
             log = ours.log()
             assert "this till belongs to another store (wrong_store)" in log
-            assert "the certificate is for another store (bad_certificate)" in log
+            # Each store has its own key: the other store's certificate does not verify.
+            assert "the certificate is not signed by this store's key (bad_certificate)" in log
             assert ours.lan()["peers"] == [] and theirs.lan()["peers"] == []
             assert state(ours) == before  # not even the stranger's certificate was kept
         finally:
@@ -202,7 +203,7 @@ def test_an_unenrolled_peer_is_refused_whether_it_dials_or_is_dialled(tmp_path: 
                     assert [(f["t"], f.get("code")) for f in frames[1:]] in (
                         [], [("error", "bad_certificate")])
                 wait_until(lambda: ours.log().count(
-                    "the certificate is not signed by this store's relay (bad_certificate)")
+                    "the certificate is not signed by this store's key (bad_certificate)")
                     >= 2, "both refusals in our daemon's log")
                 assert ours.lan()["peers"] == []
                 after = state(ours)

@@ -274,7 +274,7 @@ def test_a_listener_certificate_signed_by_another_key_is_refused() -> None:
     proof = peer_transcript(STORE, DIALER, LISTENER, NONCE_D, NONCE_L)
     error = refused(d, encode("peer_challenge", cert=CERT_B_ROGUE, nonce=NONCE_L,
                               sig=KEY_B.sign(b"listener" + proof)), "bad_certificate")
-    assert "not signed by this store's relay" in error["message"]
+    assert "not signed by this store's key" in error["message"]
     assert d.closed and d.peer is None
 
 

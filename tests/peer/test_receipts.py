@@ -300,7 +300,7 @@ async def test_every_receipt_the_relay_pushes_can_be_verified_in_turn(tmp_path: 
             total += size
         hub = await relay.hubs.get(STORE)
         socket = _Socket()
-        link = RelayLink(relay_key=RELAY_KEY, nonce=bytes(32))
+        link = RelayLink(nonce=bytes(32))
         wake = asyncio.Event()
         wake.set()  # as the handler does once the device is authenticated
         pump = asyncio.create_task(relay._pump(socket, link, hub,  # type: ignore[arg-type]

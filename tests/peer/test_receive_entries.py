@@ -23,7 +23,7 @@ import msgpack
 import pytest
 
 from peer.cert import Certificate, Revocation
-from peer.errors import EntryRefused, StoreCorrupt
+from peer.errors import EntryRefused, Forbidden, StoreCorrupt
 from peer.identity import DeviceKey
 from peer.log import Entry
 from peer.store import Till
@@ -51,10 +51,13 @@ class Device:
 
 
 def make_device(name: str = "Till 2", *, store: str = STORE, issuer: DeviceKey = RELAY_KEY,
-                key: DeviceKey | None = None, device_id: str | None = None) -> Device:
+                key: DeviceKey | None = None, device_id: str | None = None,
+                role: str = "admin") -> Device:
+    """A device of the store; admin by default, since these tills also keep the
+    catalogue (a till-role device may not change prices: tests/relay/test_roles.py)."""
     key = key or DeviceKey.generate()
     device_id = device_id or str(uuid.uuid4())
-    cert = Certificate.issue(issuer, store=store, device=device_id, name=name, role="till",
+    cert = Certificate.issue(issuer, store=store, device=device_id, name=name, role=role,
                              public_key=key.public_bytes).raw
     return Device(device_id, key, cert, Chain(key, device_id))
 
@@ -393,7 +396,7 @@ async def test_certificates_of_the_store_are_kept_and_persist(tmp_path: Path) ->
 
 @pytest.mark.parametrize(("make", "problem"), [
     (lambda: make_device(store="shop-2"), "another store"),
-    (lambda: make_device(issuer=ROGUE_KEY), "not signed by this store's relay"),
+    (lambda: make_device(issuer=ROGUE_KEY), "not signed by this store's key"),
 ], ids=["another store", "another issuer"])
 async def test_a_certificate_of_another_store_or_issuer_is_refused(
     tmp_path: Path, make: Callable[[], Device], problem: str,
@@ -592,7 +595,7 @@ async def test_a_revoked_devices_later_entries_are_neither_taken_nor_passed_on(
         elsewhere = Revocation.issue(RELAY_KEY, store="shop-2", device=till.device_id, upto=0,
                                      at="2024-05-01T09:00:00Z").raw
         problems = await till.add_revocations([revocation, forged, elsewhere])
-        assert problems == ["the revocation is not signed by this store's relay",
+        assert problems == ["the revocation is not signed by this store's key",
                             "the revocation is for another store"]
         assert till.revoked_upto(other.id) == 3 and till.revoked_upto(till.device_id) is None
         # Seq 3 was made before the revocation, 4 and 5 after: only 3 is taken.
@@ -650,3 +653,41 @@ async def test_last_price_is_the_latest_sale_by_time_whatever_the_arrival_order(
         assert (await till.verify()).ok
     finally:
         await till.close()
+
+
+@pytest.mark.parametrize("role", ["till", "backoffice", "admin", None],
+                         ids=["till", "backoffice", "admin", "a store of its own"])
+async def test_a_till_role_device_refuses_price_and_settings_edits_itself(
+    tmp_path: Path, role: str | None,
+) -> None:
+    """The relay and the LAN peers refuse a till-role device's price or settings change;
+    made anyway, every later document message would carry it and the till would fall
+    out of document sync.  So the till refuses it at the source, and nothing changes."""
+    me = make_device("Till 1", role=role or "till")
+    await Till.init(tmp_path, name="Till 1", store_id=STORE, key=me.key, device_id=me.id,
+                    relay_url="ws://relay.invalid" if role else None,
+                    relay_key=RELAY_KEY.public_bytes if role else None,
+                    cert=me.cert if role else None)
+    async with await Till.open(tmp_path) as till:
+        till.master.put("products", "bread", BREAD)  # as the back office's would bring it
+        edits = [("products", "milk", {"name": "Milk", "sku": "M1", "price": 99}),  # new
+                 ("settings", "store", {"store_name": "Mine"}),
+                 ("products", "bread", {"price": BREAD["price"] + 10})]
+        if role == "till":
+            edits.append(("products", "bread", {"price": None}))
+        for collection, record_id, body in edits:
+            heads = till.master.heads()
+            if role == "till":
+                with pytest.raises(Forbidden, match="only from a back-office or admin "
+                                                    "device; this device is enrolled as"):
+                    await till.put(collection, record_id, body)
+                assert till.master.heads() == heads, body
+            else:
+                await till.put(collection, record_id, body)
+        # What any device may edit: customers, cashiers, a product's other fields, and a
+        # price left as it is.
+        await till.put("customers", "c1", {"name": "Carla"})
+        await till.put("cashiers", "ann", {"name": "Ann", "role": "cashier", "pin": "1234"})
+        price = (till.get("products", "bread") or {})["price"]
+        await till.put("products", "bread", {"name": "Bread, white", "price": price})
+        assert (till.get("products", "bread") or {})["name"] == "Bread, white"

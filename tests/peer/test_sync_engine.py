@@ -90,7 +90,7 @@ def make_pair(*, pinned: bytes | None = None, nonce_d: bytes = NONCE_D,
     return Pair(ClientLink(store=STORE, device=DEVICE, key=device_key, nonce=nonce_d,
                            relay_key=pinned, receipts_after=receipts_after,
                            doc_empty=doc_empty),
-                RelayLink(relay_key=RELAY_KEY, nonce=nonce_r))
+                RelayLink(nonce=nonce_r))
 
 
 def handshake(pair: Pair, *, registered: bytes | None = None,
@@ -99,7 +99,8 @@ def handshake(pair: Pair, *, registered: bytes | None = None,
     pair.client.start()
     pair.pump()
     if any(isinstance(e, HelloReceived) for e in pair.relay_events):
-        pair.relay.challenge(DEVICE_KEY.public_bytes if registered is None else registered)
+        pair.relay.challenge(DEVICE_KEY.public_bytes if registered is None else registered,
+                             RELAY_KEY)
         pair.pump()
     if any(isinstance(e, Authenticated) for e in pair.relay_events):
         pair.relay.welcome(heads or {}, receipts_head, CERT, [])
@@ -228,10 +229,10 @@ def test_a_recorded_auth_replayed_to_a_new_relay_nonce_fails() -> None:
     assert recorded.relay.state == "ready"
     hello, auth = recorded.sent_by_client
 
-    relay = RelayLink(relay_key=RELAY_KEY, nonce=bytes(32))  # a fresh nonce
+    relay = RelayLink(nonce=bytes(32))  # a fresh nonce
     relay.receive_data(hello)
     assert [type(e) for e in relay.events_received()] == [HelloReceived]
-    relay.challenge(DEVICE_KEY.public_bytes)
+    relay.challenge(DEVICE_KEY.public_bytes, RELAY_KEY)
     relay.data_to_send()
     relay.receive_data(auth)
 
@@ -266,7 +267,7 @@ def _relay_in(state: str) -> RelayLink:
         pair.client.start()
         pair.pump()
     if state in ("challenged", "authenticated", "ready"):
-        pair.relay.challenge(DEVICE_KEY.public_bytes)
+        pair.relay.challenge(DEVICE_KEY.public_bytes, RELAY_KEY)
         if state != "challenged":
             pair.pump()
     if state == "ready":
@@ -291,7 +292,7 @@ def _client_in(state: str) -> ClientLink:
         return pair.client
     pair.client.start()
     pair.pump()
-    pair.relay.challenge(DEVICE_KEY.public_bytes)
+    pair.relay.challenge(DEVICE_KEY.public_bytes, RELAY_KEY)
     pair.pump()
     assert pair.client.state == "authenticating"
     if state == "authenticating":
@@ -400,7 +401,7 @@ BAD_FRAMES: list[tuple[str, bytes | str, str]] = [
 @pytest.mark.parametrize(("frame", "code"), [(f, c) for _, f, c in BAD_FRAMES],
                          ids=[name for name, _, _ in BAD_FRAMES])
 def test_relay_answers_a_bad_frame_with_an_error_frame(frame: bytes | str, code: str) -> None:
-    relay = RelayLink(relay_key=RELAY_KEY, nonce=NONCE_R)
+    relay = RelayLink(nonce=NONCE_R)
     relay.receive_data(frame)
     events = relay.events_received()
     assert [(type(e), e.code) for e in events] == [(LinkFailed, code)]  # type: ignore[attr-defined]
@@ -438,7 +439,7 @@ def test_a_frame_of_exactly_max_frame_bytes_is_not_too_large() -> None:
 
 
 def test_error_messages_never_echo_a_long_type_or_field_name() -> None:
-    relay = RelayLink(relay_key=RELAY_KEY, nonce=NONCE_R)
+    relay = RelayLink(nonce=NONCE_R)
     relay.receive_data(_packed({"t": "x" * 5000}))
     assert len(only_error(relay.data_to_send())["message"]) < 200
 
@@ -467,7 +468,7 @@ def test_client_checks_that_each_receipt_is_a_map() -> None:
 
 @pytest.mark.parametrize("v", [0, 1, 2, 4, 99])
 def test_a_hello_of_another_version_is_refused(v: int) -> None:
-    relay = RelayLink(relay_key=RELAY_KEY, nonce=NONCE_R)
+    relay = RelayLink(nonce=NONCE_R)
     relay.receive_data(_packed(_hello(v=v)))
     assert [(type(e), e.code) for e in relay.events_received()] == [  # type: ignore[attr-defined]
         (LinkFailed, "version")]
@@ -477,7 +478,7 @@ def test_a_hello_of_another_version_is_refused(v: int) -> None:
 
 
 def test_an_enroll_of_another_version_is_refused() -> None:
-    relay = RelayLink(relay_key=RELAY_KEY, nonce=NONCE_R)
+    relay = RelayLink(nonce=NONCE_R)
     relay.receive_data(encode("enroll", v=1, code="C", device=DEVICE, name="Till",
                               public_key=DEVICE_KEY.public_bytes))
     assert [e.code for e in relay.events_received()] == ["version"]  # type: ignore[attr-defined]
@@ -521,7 +522,7 @@ def test_a_closed_relay_link_ignores_everything() -> None:
 def test_enrollment_round_trip() -> None:
     key = DeviceKey.generate()
     pair = Pair(ClientLink(store="", device=DEVICE, key=key, nonce=NONCE_D),
-                RelayLink(relay_key=RELAY_KEY, nonce=NONCE_R))
+                RelayLink(nonce=NONCE_R))
     pair.client.start_enroll("ABCDE-FGHIJ-KLMNO-PQRST", "Till 3")
     pair.pump()
     _, relay_events = pair.take()
@@ -529,7 +530,7 @@ def test_enrollment_round_trip() -> None:
                                             key.public_bytes)]
     assert pair.relay.state == "enrolling"
 
-    pair.relay.enrolled(STORE, DEVICE, CERT)
+    pair.relay.enrolled(STORE, DEVICE, CERT, RELAY_KEY)
     pair.pump()
     client_events, _ = pair.take()
     assert client_events == [Enrolled(STORE, DEVICE, RELAY_KEY.public_bytes, CERT)]
@@ -541,7 +542,7 @@ def test_enrollment_round_trip() -> None:
 
 def test_a_refused_enrollment_code_is_a_fatal_error() -> None:
     pair = Pair(ClientLink(store="", device=DEVICE, key=DEVICE_KEY, nonce=NONCE_D),
-                RelayLink(relay_key=RELAY_KEY, nonce=NONCE_R))
+                RelayLink(nonce=NONCE_R))
     pair.client.start_enroll("WRONG", "Till 3")
     pair.pump()
     pair.relay.fail("bad_code", "the enrollment code is unknown, used or expired")
@@ -704,10 +705,10 @@ def _session_frames() -> list[bytes]:
     pair.relay.fail("bad_document", "bad document sync message", fatal=False)
     pair.pump()
     enroll = Pair(ClientLink(store="", device=DEVICE, key=DEVICE_KEY, nonce=NONCE_D),
-                  RelayLink(relay_key=RELAY_KEY, nonce=NONCE_R))
+                  RelayLink(nonce=NONCE_R))
     enroll.client.start_enroll("ABCDE-FGHIJ", "Till 1")
     enroll.pump()
-    enroll.relay.enrolled(STORE, DEVICE, CERT)
+    enroll.relay.enrolled(STORE, DEVICE, CERT, RELAY_KEY)
     enroll.pump()
     dialer = PeerLink(store=STORE, cert=CERT, key=DEVICE_KEY, issuer=RELAY_KEY.public_bytes,
                       nonce=NONCE_D, dialer=True)

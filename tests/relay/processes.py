@@ -211,6 +211,17 @@ def quick_code(relay: RelayProcess, store: str, name: str) -> str:
     return in_thread(make)
 
 
+def store_key(data: Path, store: str, db: str | None = None) -> bytes:
+    """The public key that signs for ``store`` at the relay on ``data`` (and ``db``)."""
+    async def read() -> bytes:
+        opened = await Relay.open(data, db)
+        try:
+            return (await opened.store_key(store)).public_bytes
+        finally:
+            await opened.close()
+    return in_thread(read)
+
+
 def enroll_code(relay: RelayProcess, store: str, name: str, role: str = "admin") -> str:
     """A code from `relay enroll`.  Role admin by default: the tests' tills also set up
     the catalogue (tests/relay/test_roles.py is about the 'till' role)."""
@@ -280,6 +291,17 @@ class TillDir:
     @property
     def key(self) -> DeviceKey:
         return DeviceKey.read(self.path)
+
+
+def rogue_put(path: Path, records: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+    """Master-data edits past the till's own role check, as a modified build could make
+    them: what the relay and the LAN peers must refuse by themselves."""
+    async def put() -> None:
+        async with await Till.open(path, wait=10.0) as till:
+            till._may_edit = lambda *args: None  # type: ignore[method-assign]
+            for collection, record_id, body in records:
+                await till.put(collection, record_id, body)
+    in_thread(put)
 
 
 # -- the relay's database -----------------------------------------------------------

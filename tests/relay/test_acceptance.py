@@ -47,6 +47,7 @@ from tests.relay.processes import (
     relay_receipts,
     run_cli,
     snapshot,
+    store_key,
     stream_position,
 )
 
@@ -460,7 +461,6 @@ async def test_relay_killed_during_ingest_loses_and_doubles_nothing(
     print(f"{kills} kills; sync exit codes while killing: {codes}; entries held after each "
           f"kill: {stored}")
 
-    relay_public = DeviceKey.read(relay.data, "relay.key").public_bytes
     for store, names in KILL_STORES.items():
         recorded = {c for n in names for c in sales[n]}
         assert len(recorded) == SALES_PER_ROUND * KILL_ROUNDS * len(names)
@@ -470,7 +470,8 @@ async def test_relay_killed_during_ingest_loses_and_doubles_nothing(
         positions = [r["server_seq"] for r in stream]
         assert positions == list(range(1, len(stream) + 1)), f"seed {seed}: stream has gaps"
         assert stream_position(relay, store) == len(stream)
-        good, _, problem = verify_receipts(relay_public, stream, 0, bytes(32))
+        good, _, problem = verify_receipts(store_key(relay.data, store, relay.db), stream, 0,
+                                           bytes(32))
         assert (good, problem) == (len(stream), None), f"seed {seed}: stream chain broken"
         accepted: dict[str, int] = {}
         for r in stream:

@@ -51,6 +51,7 @@ from tests.relay.processes import (
     quick_code,
     relay_receipts,
     run_cli,
+    store_key,
     stream_position,
 )
 from tests.relay.proxy import Proxy
@@ -108,8 +109,8 @@ def check_store(relay: RelayProcess, store: str, tills: list[TillDir],
     stream = relay_receipts(relay, store)
     assert [r["server_seq"] for r in stream] == list(range(1, len(stream) + 1)), context
     assert stream_position(relay, store) == len(stream)
-    relay_public = DeviceKey.read(relay.data, "relay.key").public_bytes
-    assert verify_receipts(relay_public, stream, 0, bytes(32))[2] is None, context
+    assert verify_receipts(store_key(relay.data, store, relay.db), stream, 0,
+                           bytes(32))[2] is None, context
     accepted = [r["client_id"] for r in stream if r["status"] == "accepted"]
     assert len(accepted) == len(set(accepted)), f"{context}: accepted twice"
     numbers = {r[2]: r[1] for r in invoices(relay, store)}

@@ -1,9 +1,9 @@
 """Roles at the relay (real processes): a till may not change prices or settings.
 
-A back-office device and a till of one store.  The till's price edit and settings edit
-are refused by the relay (non-fatal ``forbidden``, logged), never reach the relay's
-document nor the back office, and the till's sales in the same round still go up; the
-back office's price edit is taken and reaches the till.
+A back-office device and a till of one store.  The till refuses the edits itself; made
+anyway by a modified build, they are refused by the relay (non-fatal ``forbidden``,
+logged), never reach the relay's document nor the back office, and the till's sales in
+the same round still go up; the back office's price edit is taken and reaches the till.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from tests.relay.processes import Relays, TillDir
+from tests.relay.processes import Relays, TillDir, rogue_put, run_cli
 
 STORE = "shop-roles"
 
@@ -35,9 +35,19 @@ def test_a_tills_price_and_settings_edits_are_refused_and_its_sales_still_go_up(
         till.sync()
         assert till.master("products")["bread"]["price"] == 320
 
-        # The till edits a price and the settings (its own copy takes them), and sells.
-        till.put("products", "bread", {"price": 1})
-        till.put("settings", "store", {"store_name": "Mine now"})
+        # An honest till refuses to edit a price or the settings (exit 2, nothing stored).
+        for collection, record_id, body in (("products", "bread", '{"price": 1}'),
+                                            ("settings", "store", '{"store_name": "X"}')):
+            refused = run_cli("peer", "put", str(till.path), collection, record_id,
+                              "--body", body, check=False)
+            assert refused.returncode == 2, refused
+            assert "only from a back-office or admin device" in refused.stderr
+        assert till.master("products")["bread"]["price"] == 320
+        assert till.master("settings") == {}
+
+        # A modified build edits them anyway (its own copy takes them), and sells.
+        rogue_put(till.path, [("products", "bread", {"price": 1}),
+                              ("settings", "store", {"store_name": "Mine now"})])
         shift = str(uuid.uuid4())
         till.record("shift_open", {"cashier_id": "ann", "opening_cash": 0}, shift)
         sold = till.record("sale", sale(shift))["client_id"]

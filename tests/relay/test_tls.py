@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import re
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -83,3 +85,27 @@ def test_tills_reach_a_tls_relay_by_pin_or_ca_file_and_nothing_else(tmp_path: Pa
         trusting.sync()
         assert trusting.master("products")["bread"]["price"] == 320
         assert cli_json("peer", "status", str(trusting.path))["relay"] == url
+
+
+@pytest.mark.postgres
+def test_worker_processes_serve_tls_too(tmp_path: Path, pg_db: str) -> None:
+    """``relay serve --workers N --tls-cert --tls-key``: every worker serves wss://."""
+    cert, key, pin = self_signed(tmp_path)
+    with Relays(tmp_path, pg_db) as relays:
+        relay = relays.start("relay", extra=["--workers", "2", "--tls-cert", str(cert),
+                                             "--tls-key", str(key)])
+        assert "relay listening on wss://" in (relay.logs / "relay-1.out").read_text()
+        url = f"wss://127.0.0.1:{relay.port}"
+        tills = [TillDir(tmp_path / f"till{i}", f"Till {i}") for i in range(4)]
+        for till in tills:
+            status, stderr = init(till, url, enroll_code(relay, STORE, till.name),
+                                  "--tls-pin", pin)
+            assert status == 0, stderr
+        tills[0].put("products", "bread", {"name": "Bread", "sku": "B1", "price": 320})
+        assert tills[0].sync_json()["errors"] == []
+        for till in tills[1:]:  # connections the kernel spreads over both workers
+            assert till.sync_json()["errors"] == []
+            assert till.master("products")["bread"]["price"] == 320
+        served = set(re.findall(r"\[([0-9]+)\] tillsync\.relay [^\n]* connected",
+                                relay.stderr()))
+        assert served, relay.stderr()[-2000:]

@@ -9,33 +9,43 @@ till end to end (relay and LAN) is in ``tests/peer/test_revocation.py``.
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
 
+from peer.cert import Certificate, CertificateError
 from peer.client import SyncError, enroll
 from peer.identity import DeviceKey
 from peer.sync.engine import ClientLink
 from peer.sync.frames import PROTOCOL_VERSION, TRANSPORT_MAX
-from relay.server import Relay
+from peer.sync.receipts import verify_receipts
+from relay.server import Relay, code_hash
 from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
+from relay.storekeys import StoreKeyError
 from tests.doubles import sale
 from tests.relay.processes import (
     Chain,
     RawSession,
     RelayProcess,
     Relays,
+    TillDir,
+    cli_json,
     in_thread,
     query,
     quick_code,
     raw_exchange,
+    relay_receipts,
     snapshot,
+    store_key,
 )
+from tests.relay.test_acceptance import _record_sales
 from tests.relay.test_bad_input import frame, new_store, selling, still_serving, unchanged
 
 
@@ -179,12 +189,12 @@ async def test_a_schema_1_sqlite_relay_database_is_migrated_on_open(tmp_path: Pa
     relay = await Relay.open(tmp_path)
     await relay.close()
     conn = sqlite3.connect(tmp_path / "relay.db")
-    conn.executescript(  # what schema 1 lacks: added by versions 2, 3 and 4
+    conn.executescript(  # what schema 1 lacks: added by versions 2 to 5
         "ALTER TABLE devices DROP COLUMN revoked_upto; DROP TABLE admin_tokens; "
         "DROP TABLE tally_sales; DROP TABLE tally_products; DROP TABLE tally_shifts; "
         "DROP TABLE tally_cash; DROP TABLE tally_series; DROP INDEX invoices_by_time; "
         "DROP TRIGGER invoices_append_only_update; DROP TRIGGER invoices_append_only_delete; "
-        "ALTER TABLE prices DROP COLUMN at; "
+        "ALTER TABLE prices DROP COLUMN at; DROP TABLE store_keys; "
         "UPDATE meta SET value = '1' WHERE key = 'schema_version';")
     conn.close()
     relay = await Relay.open(tmp_path)
@@ -196,3 +206,111 @@ async def test_a_schema_1_sqlite_relay_database_is_migrated_on_open(tmp_path: Pa
     assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() \
         == [(str(SQLITE_SCHEMA_VERSION),)]
     conn.close()
+
+
+# -- store keys -------------------------------------------------------------------------
+
+
+def enroll_json(relay: RelayProcess, store: str, name: str) -> dict[str, Any]:
+    out: dict[str, Any] = cli_json("relay", "enroll", "--data", str(relay.data), "--store",
+                                   store, "--name", name,
+                                   *(("--db", relay.db) if relay.db else ()))
+    return out
+
+
+async def test_each_store_signs_with_its_own_key_sealed_under_the_relays(
+    relay: RelayProcess, tmp_path: Path,
+) -> None:
+    relay_public = DeviceKey.read(relay.data, "relay.key").public_bytes
+    keys, certs = {}, {}
+    for store in (new_store(), new_store()):
+        made = enroll_json(relay, store, "Till K")
+        done = await enroll(relay.url, made["code"], "Till K", DeviceKey.generate(),
+                            str(uuid.uuid4()))
+        # The key the till pinned is the one `relay enroll` printed, and it stays the
+        # store's: a second code does not make another.
+        assert done.relay_key.hex() == made["store_key"] == \
+            enroll_json(relay, store, "Till K2")["store_key"]
+        keys[store], certs[store] = done.relay_key, done.cert
+    (a, key_a), (b, key_b) = keys.items()
+    assert len({key_a, key_b, relay_public}) == 3
+    assert Certificate.load(certs[a], key_a, store=a).store == a
+    with pytest.raises(CertificateError):  # a certificate of store A means nothing in B
+        Certificate.load(certs[a], key_b)
+
+    # What a device of a store sees signed at the relay is signed by the store's key:
+    # the handshake (ClientLink checks it against the key pinned), the certificate in
+    # welcome, and the receipts of its sale.
+    store, chain, session = await selling(relay)
+    await session.close()
+    pinned = store_key(relay.data, store, relay.db)
+    assert pinned not in (key_a, key_b, relay_public)
+    again = await RawSession.open(relay.url, store, chain.device_id, chain.key)
+    await again.close()
+    assert again.ready is not None
+    assert Certificate.load(again.ready.cert, pinned, store=store).device == chain.device_id
+    stream = relay_receipts(relay, store)
+    good, _, problem = verify_receipts(pinned, stream, 0, bytes(32))
+    assert (good, problem) == (2, None)
+    assert verify_receipts(relay_public, stream, 0, bytes(32))[2] is not None
+
+    # The database holds the store key sealed, not the key itself; a relay with another
+    # relay.key on the same database cannot sign for the store, and says why.
+    [(public, sealed)] = query(relay, "SELECT public_key, sealed FROM store_keys "
+                                      "WHERE store = ?", (a,))
+    assert bytes(public) == key_a and len(bytes(sealed)) == 12 + 32 + 16
+    stranger = tmp_path / "stranger"
+    if relay.db is None:  # SQLite: a copy of the database beside another relay.key
+        stranger.mkdir(mode=0o700)
+        with sqlite3.connect(relay.data / "relay.db") as source, \
+                sqlite3.connect(stranger / "relay.db") as copy:
+            source.backup(copy)
+
+    async def sign_for_a() -> str:
+        opened = await Relay.open(stranger, relay.db)
+        try:
+            assert opened.key.public_bytes != relay_public
+            with pytest.raises(StoreKeyError) as refused:
+                await opened.store_key(a)
+            return str(refused.value)
+        finally:
+            await opened.close()
+    assert "does not open with this relay's key" in in_thread(sign_for_a)
+
+
+def test_a_store_made_before_store_keys_keeps_the_relays_key_after_the_upgrade(
+    tmp_path: Path, relay_db: str | None,
+) -> None:
+    """Tills of a store from before store keys pinned the relay's own key: the upgrade
+    (schema 5) leaves that store signing with it, so they keep working; a store made
+    after it gets its own key."""
+    old = RelayProcess(tmp_path / "relay" / "data", tmp_path / "relay" / "logs", db=relay_db)
+    store, code = new_store(), "OLD-CODE-1"
+
+    async def before_store_keys() -> None:  # a code as a relay before schema 5 made it
+        opened = await Relay.open(old.data, relay_db)
+        try:
+            await opened.storage.add_code(store, code_hash(code), "Old till", "admin",
+                                          "2099-01-01T00:00:00Z")
+        finally:
+            await opened.close()
+    in_thread(before_store_keys)
+    for sql in ("DROP TABLE store_keys",
+                "DELETE FROM schema_version WHERE version = 5" if relay_db else
+                "UPDATE meta SET value = '4' WHERE key = 'schema_version'"):
+        query(old, sql)
+
+    relay_public = DeviceKey.read(old.data, "relay.key").public_bytes
+    with Relays(tmp_path, relay_db) as relays:
+        relay = relays.start(data=old.data)  # migrates to schema 5 on start
+        till = TillDir(tmp_path / "till", "Old till")
+        cli_json("peer", "init", str(till.path), "--name", till.name, "--relay", relay.url,
+                 "--code", code)
+        assert till.status()["store_key"] == relay_public.hex()
+        assert enroll_json(relay, store, "Another till")["store_key"] == relay_public.hex()
+        in_thread(lambda: _record_sales(till.path, None, 2, random.Random(5)))
+        report = till.sync_json()
+        assert report["pending"] == 0, report
+        assert sorted(r["invoice_no"] for r in till.receipts() if r.get("invoice_no")) \
+            == [1, 2]
+        assert enroll_json(relay, new_store(), "New till")["store_key"] != relay_public.hex()

@@ -639,7 +639,7 @@ class RelayNode:
     # -- network callbacks --------------------------------------------------------------
 
     async def on_accept(self, conn: Conn) -> bool:
-        link = RelayLink(relay_key=self.key, nonce=self.world.rng.randbytes(32))
+        link = RelayLink(nonce=self.world.rng.randbytes(32))
         self.conns[conn.id] = RelayConn(conn, link)
         self._keepalive(conn)
         return True
@@ -728,7 +728,7 @@ class RelayNode:
                                             device=device.device_id, name=device.name,
                                             role=device.role,
                                             public_key=device.public_key).raw
-                link.challenge(device.public_key)
+                link.challenge(device.public_key, self.key)
         elif isinstance(event, EnrollRequested):
             link.fail("bad_code", "the simulation enrolls devices beforehand")
         elif isinstance(event, Authenticated):

@@ -25,11 +25,10 @@ from typing import Any
 import msgpack
 import pytest
 
-from peer.identity import DeviceKey
 from peer.master import MasterData
 from peer.store import Till
 from peer.sync.receipts import verify_receipts
-from tests.relay.processes import ENV, Relays, TillDir, in_thread
+from tests.relay.processes import ENV, Relays, TillDir, in_thread, store_key
 from tests.sim.nodes import Violation
 from tests.sim.world import CASHIERS, PRODUCTS, check_relay_db
 
@@ -224,8 +223,7 @@ def check_real_stores(data: Path, tills: list[TillDir], acked: dict[str, set[str
             "SELECT data FROM doc_changes WHERE store = ? ORDER BY id", (STORE,)))
     finally:
         db.close()
-    relay_key = DeviceKey.read(data, "relay.key").public_bytes
-    good, _, problem = verify_receipts(relay_key, stream, 0, bytes(32))
+    good, _, problem = verify_receipts(store_key(data, STORE), stream, 0, bytes(32))
     assert (good, problem) == (len(stream), None)
     latest = {r["client_id"]: r for r in stream}
     reference = MasterData.load(doc, bytes(16)).to_py()

@@ -116,7 +116,10 @@ async def template(n_tills: int) -> Template:
                                       version=4))
             device_ids[name] = device_id
             code = f"CODE-{name}"
-            await storage.add_code(STORE, code_hash(code), name, "till", "2099-01-01T00:00:00Z")
+            # Admin: every simulated till also edits prices (a till-role device would
+            # refuse that itself, peer.store.Till.put).
+            await storage.add_code(STORE, code_hash(code), name, "admin",
+                                   "2099-01-01T00:00:00Z")
             row = await storage.enroll(code_hash(code), device_id, name, key.public_bytes,
                                        "2026-05-01T07:00:00.000Z")
             assert not isinstance(row, str), row
