@@ -687,7 +687,9 @@ class Till:
                             body)
         if what is not None:
             raise Forbidden(f"{what} may be changed only from a back-office or admin "
-                            f"device; this device is enrolled as {role!r}")
+                            f"device; this device is enrolled as {role!r} (keep the "
+                            "catalogue on a device enrolled with `tillsync relay enroll "
+                            "--role backoffice`)")
 
     def role_of(self, device_id: str) -> str | None:
         """The role in a device's certificate (None if this till holds none for it)."""
