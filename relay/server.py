@@ -157,7 +157,9 @@ class Relay:
         raw = os.urandom(10)
         code = "-".join(raw.hex().upper()[i:i + 5] for i in range(0, 20, 5))
         expires = (datetime.now(UTC) + ttl).isoformat(timespec="seconds").replace("+00:00", "Z")
-        if await self.storage.store_key(store) is None:  # a new store: its own key
+        if await self.storage.store_key(store) is None and not await self.storage.devices(
+                store):  # a new store: its own key (one with devices but no row keeps
+            # signing with the relay's key, which they pinned)
             key = DeviceKey.generate()
             await self.storage.add_store_key(store, key.public_bytes,
                                              seal(self.key, store, key), utc_timestamp())
@@ -173,7 +175,8 @@ class Relay:
             public, sealed = row if row is not None else (None, None)
             key = self.key if sealed is None or public is None else \
                 unseal(self.key, store, sealed, public)
-            self._store_keys[store] = key
+            if row is not None:  # a store with no row yet may get its own key
+                self._store_keys[store] = key
         return key
 
     async def certify(self, device: DeviceRow) -> bytes:
