@@ -163,8 +163,10 @@ def free_port() -> int:
     return port
 
 
-async def setup(root: Path, tills: int) -> tuple[Path, int, list[TillProc]]:
-    """A relay data dir, its port, and ``tills`` enrolled tills sharing one catalogue."""
+async def setup(root: Path, tills: int, products: int = 1
+                ) -> tuple[Path, int, list[TillProc]]:
+    """A relay data dir, its port, and ``tills`` enrolled tills sharing one catalogue of
+    ``products`` products (the one edited among them)."""
     data = root / "relay"
     relay = await Relay.open(data)
     try:
@@ -185,6 +187,9 @@ async def setup(root: Path, tills: int) -> tuple[Path, int, list[TillProc]]:
             procs.append(TillProc(i, path, free_port()))
         async with await Till.open(procs[0].path) as till:
             await till.put("products", PRODUCT, {"name": "Coffee", "sku": "C1", "price": 250})
+            for n in range(1, products):
+                await till.put("products", f"item-{n}", {"name": f"Item {n}", "sku": f"I{n}",
+                                                         "price": 100 + n})
             await till.put("cashiers", CASHIER, {"name": "Ann", "role": "cashier",
                                                  "pin": "1234"})
             await sync_once(till)
@@ -304,7 +309,7 @@ async def baseline(edits: int, receivers: int, pause: float) -> dict[str, Any]:
 
 async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     progress(f"setting up a relay and {args.tills} enrolled tills in {root}")
-    data, port, procs = await setup(root, args.tills)
+    data, port, procs = await setup(root, args.tills, args.products)
     report: dict[str, Any] = {"machine": machine(), "args": vars(args) | {"func": None}}
     try:
         for i, proc in enumerate(procs):
@@ -315,6 +320,7 @@ async def bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                             within=60)
         progress(f"all {len(procs)} tills linked; {args.edits} edits")
         report["propagation"] = await propagation(procs, args.edits, args.pause / 1000)
+        report["propagation"]["products"] = args.products
         report["convergence"] = await convergence(root, data, port, procs, args.sales)
     finally:
         for proc in procs:
@@ -330,7 +336,8 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"machine: {m.get('cpu')}, {m.get('cores')} cores, Python {m.get('python')}",
         f"LAN propagation of one master-data edit, 1 till -> {p['receivers']} tills, "
-        f"each persisting it ({p['edits']} edits, {p['samples']} deliveries"
+        f"each persisting it ({p['edits']} edits, {p['samples']} deliveries, "
+        f"{p['products']} product{'s' if p['products'] != 1 else ''} in the catalogue"
         + (f", edits {p['pause_ms']} ms apart" if p.get("pause_ms") else ", back to back")
         + "):",
         f"  tillsync          p50 {p['p50_ms']:.2f} ms  p95 {p['p95_ms']:.2f} ms  "
@@ -371,6 +378,9 @@ def parser() -> argparse.ArgumentParser:
                     help="wait this long after an edit reached every till before the next "
                          "(default 0: back to back, each edit meeting the previous one's "
                          "acknowledgements and forwards on the mesh); the baseline too")
+    ap.add_argument("--products", type=positive_int, default=1,
+                    help="products in the shared catalogue (default 1; a shop has "
+                         "thousands, and some of the work per edit grows with them)")
     ap.add_argument("--sales", type=positive_int, default=1000,
                     help="offline sales per till (default 1000)")
     ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a "

@@ -26,6 +26,7 @@ to disk before the call returns.
 from __future__ import annotations
 
 import copy
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -314,3 +315,88 @@ def _message_heads(data: bytes) -> set[bytes] | None:
     if count > 10_000 or end > len(data):
         return None
     return {data[i:i + 32] for i in range(pos, end, 32)}
+
+
+_CHUNK_MAGIC = b"\x85\x6f\x4a\x83"
+_CHANGE, _COMPRESSED_CHANGE = 1, 2  # chunk types; 0, a whole document, is not read here
+
+
+class _Truncated(Exception):
+    pass
+
+
+def _uleb(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while shift < 64:
+        if pos >= len(data):
+            raise _Truncated
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+    raise _Truncated
+
+
+def _skip_hashes(data: bytes, pos: int) -> int:
+    count, pos = _uleb(data, pos)
+    pos += 32 * count
+    if pos > len(data):
+        raise _Truncated
+    return pos
+
+
+def _change_authors(blob: bytes) -> list[bytes]:
+    """The actor of every change chunk in ``blob`` (one or several chunks back to back:
+    magic, checksum, type, LEB128 length, then the change: its dependencies, its actor)."""
+    authors = []
+    pos = 0
+    while pos < len(blob):
+        if blob[pos:pos + 4] != _CHUNK_MAGIC or pos + 9 > len(blob):
+            raise _Truncated
+        kind = blob[pos + 8]
+        length, start = _uleb(blob, pos + 9)
+        pos = start + length
+        if pos > len(blob) or kind not in (_CHANGE, _COMPRESSED_CHANGE):
+            raise _Truncated
+        body = blob[start:pos]
+        if kind == _COMPRESSED_CHANGE:
+            try:
+                body = zlib.decompress(body, -15)
+            except zlib.error:
+                raise _Truncated from None
+        at = _skip_hashes(body, 0)
+        size, at = _uleb(body, at)
+        if size == 0 or at + size > len(body):
+            raise _Truncated
+        authors.append(body[at:at + size])
+    return authors
+
+
+def sync_message_authors(data: bytes) -> set[bytes] | None:
+    """The actor ids of the changes an Automerge sync message brings, read from its bytes
+    without applying it (type byte 0x42 or 0x43; heads, need and have, then the changes,
+    each element one or more change chunks); None if it does not parse so, e.g. when it
+    carries a whole document: then only applying it to a fork tells."""
+    if len(data) < 2 or data[0] not in (0x42, 0x43):
+        return None
+    try:
+        pos = _skip_hashes(data, 1)  # heads
+        pos = _skip_hashes(data, pos)  # need
+        count, pos = _uleb(data, pos)  # have: last_sync hashes and a bloom filter each
+        for _ in range(count):
+            pos = _skip_hashes(data, pos)
+            size, pos = _uleb(data, pos)
+            pos += size
+        count, pos = _uleb(data, pos)
+        authors: set[bytes] = set()
+        for _ in range(count):
+            size, pos = _uleb(data, pos)
+            if pos + size > len(data):
+                return None
+            authors.update(_change_authors(data[pos:pos + size]))
+            pos += size
+    except _Truncated:
+        return None
+    return authors

@@ -17,7 +17,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 
-from peer.master.document import MasterData
+from peer.master.document import MasterData, sync_message_authors
 
 MANAGING_ROLES = frozenset({"backoffice", "admin"})
 
@@ -84,19 +84,35 @@ def forbidden_changes(master: MasterData, message: bytes,
     unknown passes (a till on the LAN: a change reaches it first from its author, whose
     certificate the link's handshake brought and whose change is checked there, or from
     the relay, which checked it; a change it cannot place was checked by whoever
-    forwarded it).  Raises ``InvalidInput`` for a message that does not decode."""
+    forwarded it).  Only a message with a change by a device that may not manage is
+    applied to a fork to see what it changes; the authors are read from the message's
+    bytes.  Raises ``InvalidInput`` for a message that does not decode, where it is
+    decoded (otherwise receiving it does)."""
     problems: list[str] = []
+    authors = sync_message_authors(message)
+    if authors is not None and all(_may_manage(actor, role_of, unknown_allowed)
+                                   for actor in authors):
+        # Every change comes from a device that may change anything: no need to see
+        # what they change (applying to a fork costs ~3 ms per 1,000 products).
+        return problems
     for actor, patches in master.preview_sync(message):
+        if _may_manage(actor, role_of, unknown_allowed):
+            continue
         device = device_of_actor(actor)
         role = role_of(device) if device is not None else None
-        if role in MANAGING_ROLES or (role is None and unknown_allowed):
-            continue
         for what in dict.fromkeys(g for g in map(guarded, patches) if g is not None):
             problems.append(f"{what} changed by device {device or actor.hex()} "
                             f"(role {role or 'unknown'}): only a back-office or admin device "
                             "may change prices and settings")
     return problems
 
+
+
+def _may_manage(actor: bytes, role_of: Callable[[str], str | None],
+                unknown_allowed: bool) -> bool:
+    device = device_of_actor(actor)
+    role = role_of(device) if device is not None else None
+    return role in MANAGING_ROLES or (role is None and unknown_allowed)
 
 
 def refusal(problems: list[str]) -> str:
