@@ -107,7 +107,6 @@ def forbidden_changes(master: MasterData, message: bytes,
     return problems
 
 
-
 def _may_manage(actor: bytes, role_of: Callable[[str], str | None],
                 unknown_allowed: bool) -> bool:
     device = device_of_actor(actor)
