@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import uuid
 
+import automerge.core as am
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from peer.errors import InvalidInput
 from peer.master import MasterData, check_pin
@@ -125,3 +128,52 @@ def test_fields_reads_just_the_named_scalars_and_follows_merges() -> None:
     a.apply(b.save())
     assert a.fields("products", "p1", ("volatile", "reorder_level")) == {
         "volatile": False, "reorder_level": "2.5"}
+
+
+# -- the plain-Python copies, kept in step with changes merged from elsewhere ------------
+
+_IDS = st.sampled_from(["p1", "p2", 'q"uote', "back\\slash", "naïve", "p3"])
+_EDITS = st.lists(st.tuples(st.integers(0, 2), _IDS, st.integers(1, 999),
+                            st.sampled_from(["price", "name", "category", "drop category"])),
+                  min_size=1, max_size=15)
+
+
+@given(_EDITS)
+def test_the_copies_read_by_all_stay_in_step_with_merged_changes(
+    steps: list[tuple[int, str, int, str]],
+) -> None:
+    """After every message merged, ``all`` (kept by touching only the records the
+    changes touched) reads exactly what a fresh load of the same document reads."""
+    base = MasterData.new(uuid.uuid4().bytes)
+    docs = [MasterData.load(base.save(), uuid.uuid4().bytes) for _ in range(3)]
+    states = {(i, j): am.SyncState() for i in range(3) for j in range(3) if i != j}
+    for doc in docs:
+        doc.all("products")  # copies made before any change arrives
+    for who, record_id, number, what in steps:
+        doc = docs[who]
+        if not doc.has("products", record_id):
+            doc.put("products", record_id, {"name": "P", "sku": "S", "price": number})
+        elif what == "drop category":
+            doc.put("products", record_id, {"category": None})
+        else:
+            doc.put("products", record_id,
+                    {what: number if what == "price" else f"{what} {number}"})
+        for (i, j), state in states.items():
+            message = docs[i].sync_message(state)
+            if message is not None:
+                docs[j].receive_sync(states[(j, i)], message)
+                fresh = MasterData.load(docs[j].save(), uuid.uuid4().bytes)
+                assert docs[j].all("products") == fresh.all("products")
+                for record_id_ in fresh.ids("products"):
+                    assert docs[j].get("products", record_id_) == \
+                        fresh.get("products", record_id_)
+
+
+def test_copies_stay_in_step_when_a_snapshot_is_merged() -> None:
+    a, b = MasterData.new(A), MasterData.new(B)
+    b.put("products", "p1", {"name": "P", "sku": "S", "price": 1})
+    assert b.all("products")
+    a.put("products", "p1", {"name": "Q", "sku": "S", "price": 2})
+    a.put("products", "p2", {"name": "R", "sku": "S", "price": 3})
+    b.apply(a.save())
+    assert b.all("products") == MasterData.load(b.save(), A).all("products")
