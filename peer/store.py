@@ -683,8 +683,9 @@ class Till:
         role = self.role_of(self.device_id)
         if role is None or role in MANAGING_ROLES:  # a store of its own has no roles
             return
-        what = guarded_edit(collection, record_id, self.master.get(collection, record_id),
-                            body)
+        # The price alone, read in microseconds (``get`` copies the whole record).
+        what = guarded_edit(collection, record_id,
+                            self.master.fields(collection, record_id, ("price",)), body)
         if what is not None:
             raise Forbidden(f"{what} may be changed only from a back-office or admin "
                             f"device; this device is enrolled as {role!r} (keep the "

@@ -295,34 +295,8 @@ class MasterData:
         return self.changes_since(before)
 
 
-def _message_heads(data: bytes) -> set[bytes] | None:
-    """The sender's heads, read from the start of an Automerge sync message (type byte
-    0x42 or 0x43, then a LEB128 count of 32-byte hashes); None if it does not parse."""
-    if len(data) < 2 or data[0] not in (0x42, 0x43):
-        return None
-    count = shift = 0
-    pos = 1
-    while pos < len(data):
-        byte = data[pos]
-        pos += 1
-        count |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    else:
-        return None
-    end = pos + 32 * count
-    if count > 10_000 or end > len(data):
-        return None
-    return {data[i:i + 32] for i in range(pos, end, 32)}
-
-
-_CHUNK_MAGIC = b"\x85\x6f\x4a\x83"
-_CHANGE, _COMPRESSED_CHANGE = 1, 2  # chunk types; 0, a whole document, is not read here
-
-
 class _Truncated(Exception):
-    pass
+    """Bytes that end, or go on, where the format says they cannot."""
 
 
 def _uleb(data: bytes, pos: int) -> tuple[int, int]:
@@ -345,6 +319,28 @@ def _skip_hashes(data: bytes, pos: int) -> int:
     if pos > len(data):
         raise _Truncated
     return pos
+
+
+_SYNC_MESSAGE = (0x42, 0x43)  # the first byte of an Automerge sync message
+
+
+def _message_heads(data: bytes) -> set[bytes] | None:
+    """The sender's heads, read from the start of an Automerge sync message (type byte
+    0x42 or 0x43, then a LEB128 count of 32-byte hashes); None if it does not parse."""
+    if len(data) < 2 or data[0] not in _SYNC_MESSAGE:
+        return None
+    try:
+        count, pos = _uleb(data, 1)
+    except _Truncated:
+        return None
+    end = pos + 32 * count
+    if count > 10_000 or end > len(data):
+        return None
+    return {data[i:i + 32] for i in range(pos, end, 32)}
+
+
+_CHUNK_MAGIC = b"\x85\x6f\x4a\x83"
+_CHANGE, _COMPRESSED_CHANGE = 1, 2  # chunk types; 0, a whole document, is not read here
 
 
 def _change_authors(blob: bytes) -> list[bytes]:
@@ -379,7 +375,7 @@ def sync_message_authors(data: bytes) -> set[bytes] | None:
     without applying it (type byte 0x42 or 0x43; heads, need and have, then the changes,
     each element one or more change chunks); None if it does not parse so, e.g. when it
     carries a whole document: then only applying it to a fork tells."""
-    if len(data) < 2 or data[0] not in (0x42, 0x43):
+    if len(data) < 2 or data[0] not in _SYNC_MESSAGE:
         return None
     try:
         pos = _skip_hashes(data, 1)  # heads
