@@ -199,27 +199,30 @@ def parallel(*calls: Callable[[], T]) -> list[T]:
         return [f.result(timeout=CLI_TIMEOUT * 2) for f in futures]
 
 
-def quick_code(relay: RelayProcess, store: str, name: str) -> str:
-    """An enrollment code made in this process (what `relay enroll` does, minus the
-    interpreter start): for tests where the command line adds nothing."""
-    async def make() -> str:
-        opened = await Relay.open(relay.data, relay.db)
+def on_relay(data: Path, db: str | None,
+             act: Callable[[Relay], Coroutine[Any, Any, T]]) -> T:
+    """``act`` on the relay of ``data`` (and ``db``) opened in this process, as the
+    `relay` commands do, minus the interpreter start; closed again after."""
+    async def run() -> T:
+        opened = await Relay.open(data, db)
         try:
-            return await opened.new_code(store, name)
+            return await act(opened)
         finally:
             await opened.close()
-    return in_thread(make)
+    return in_thread(run)
+
+
+def quick_code(relay: RelayProcess, store: str, name: str) -> str:
+    """An enrollment code made in this process (what `relay enroll` does): for tests
+    where the command line adds nothing."""
+    return on_relay(relay.data, relay.db, lambda opened: opened.new_code(store, name))
 
 
 def store_key(data: Path, store: str, db: str | None = None) -> bytes:
     """The public key that signs for ``store`` at the relay on ``data`` (and ``db``)."""
-    async def read() -> bytes:
-        opened = await Relay.open(data, db)
-        try:
-            return (await opened.store_key(store)).public_bytes
-        finally:
-            await opened.close()
-    return in_thread(read)
+    async def read(opened: Relay) -> bytes:
+        return (await opened.store_key(store)).public_bytes
+    return on_relay(data, db, read)
 
 
 def enroll_code(relay: RelayProcess, store: str, name: str, role: str = "admin") -> str:

@@ -38,6 +38,7 @@ from tests.relay.processes import (
     TillDir,
     cli_json,
     in_thread,
+    on_relay,
     query,
     quick_code,
     raw_exchange,
@@ -62,25 +63,14 @@ def devices(relay: RelayProcess) -> list[tuple[object, ...]]:
 
 
 def code_with(relay: RelayProcess, store: str, ttl: timedelta) -> str:
-    async def make() -> str:
-        opened = await Relay.open(relay.data, relay.db)
-        try:
-            return await opened.new_code(store, "Till E", ttl=ttl)
-        finally:
-            await opened.close()
-    return in_thread(make)
+    return on_relay(relay.data, relay.db,
+                    lambda opened: opened.new_code(store, "Till E", ttl=ttl))
 
 
 def revoke(relay: RelayProcess, store: str, device: str) -> int:
-    async def go() -> int:
-        opened = await Relay.open(relay.data, relay.db)
-        try:
-            row = await opened.revoke(store, device)
-        finally:
-            await opened.close()
-        assert row.revoked_upto is not None
-        return row.revoked_upto
-    return in_thread(go)
+    row = on_relay(relay.data, relay.db, lambda opened: opened.revoke(store, device))
+    assert row.revoked_upto is not None
+    return row.revoked_upto
 
 
 async def test_an_expired_code_is_refused_and_enrolls_nothing(relay: RelayProcess) -> None:
