@@ -17,15 +17,25 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import msgpack
+
 from peer.identity import DeviceKey, verify_signature
 from peer.log import canonical_body
 
 GENESIS = bytes(32)
 
 
+_FLAT = frozenset((str, int, bytes, bool, type(None)))
+
+
 def receipt_hash(receipt: dict[str, Any]) -> bytes:
-    unsigned = {k: v for k, v in receipt.items() if k != "sig"}
-    return hashlib.sha256(canonical_body(unsigned)).digest()
+    unsigned = {k: receipt[k] for k in sorted(receipt) if k != "sig"}
+    for value in unsigned.values():
+        if type(value) not in _FLAT and (type(value) is not list or value):
+            # Something nested (warnings, waiting_for) or odd: the general rule.
+            return hashlib.sha256(canonical_body(unsigned)).digest()
+    # Flat, keys sorted: already canonical (the common accepted receipt)
+    return hashlib.sha256(msgpack.packb(unsigned, use_bin_type=True)).digest()
 
 
 def seal_receipts(
