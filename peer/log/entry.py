@@ -88,6 +88,12 @@ class Entry:
     body_bytes: bytes
     sig: bytes
 
+    def __reduce__(self) -> tuple[type[Entry], tuple[Any, ...]]:
+        # Pickled as its nine fields (the relay ships batches to a worker process): about
+        # half the cost of the default, which pickles the instance's __dict__.
+        return Entry, (self.client_id, self.device_id, self.seq, self.prev, self.kind,
+                       self.client_created_at, self.ticket, self.body_bytes, self.sig)
+
     @cached_property
     def body(self) -> dict[str, Any]:
         decoded: dict[str, Any] = msgpack.unpackb(self.body_bytes, raw=False)
@@ -140,8 +146,12 @@ def canonical_bytes(
     ticket: str | None,
     body_bytes: bytes,
 ) -> bytes:
-    head = (FORMAT_VERSION, client_id, device_id, seq, prev, kind, client_created_at, ticket)
-    return _ARRAY_OF_9 + b"".join(msgpack.packb(x, use_bin_type=True) for x in head) + body_bytes
+    # The 8 head fields packed as one array (header byte 0x98, then each field as msgpack
+    # packs it alone), its header replaced by the 9-element one; body_bytes follow as is.
+    head: bytes = msgpack.packb(
+        (FORMAT_VERSION, client_id, device_id, seq, prev, kind, client_created_at, ticket),
+        use_bin_type=True)
+    return _ARRAY_OF_9 + head[1:] + body_bytes
 
 
 def seal(key: DeviceKey, *, body: Mapping[str, object], **fields: Any) -> Entry:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import uuid
 
+import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -91,3 +93,29 @@ def test_body_round_trips_and_any_change_changes_the_hash(body: dict[str, object
     assert entry.signature_valid(KEY.public_bytes)
     changed = dataclasses.replace(entry, body_bytes=canonical_body({**body, "extra": 1}))
     assert changed.hash != entry.hash and not changed.signature_valid(KEY.public_bytes)
+
+
+@given(client_id=st.text(max_size=40), device_id=st.text(max_size=40),
+       seq=st.integers(1, 2**64 - 1), prev=st.binary(min_size=32, max_size=32),
+       kind=st.text(max_size=20), at=st.text(max_size=30),
+       ticket=st.none() | st.text(max_size=20),
+       body=st.dictionaries(st.text(max_size=8), json_values, max_size=6))
+def test_canonical_bytes_are_the_documented_nine_element_array(
+        client_id: str, device_id: str, seq: int, prev: bytes, kind: str, at: str,
+        ticket: str | None, body: dict[str, object]) -> None:
+    """What a client in another language computes from peer/log/entry.py's docstring:
+    msgpack of [1, client_id, device_id, seq, prev, kind, client_created_at, ticket,
+    body], the body's keys sorted at every level."""
+    entry = Entry(client_id, device_id, seq, prev, kind, at, ticket, canonical_body(body),
+                  b"")
+    documented = msgpack.packb([1, client_id, device_id, seq, prev, kind, at, ticket,
+                                msgpack.unpackb(canonical_body(body), raw=False)],
+                               use_bin_type=True)
+    assert entry.canonical() == documented
+
+
+def test_an_entry_pickles_as_its_fields() -> None:
+    """The relay ships batches to a worker process by pickle."""
+    entry = chain(BODIES[:1])[0]
+    copy = pickle.loads(pickle.dumps(entry))
+    assert copy == entry and copy.hash == entry.hash and copy.body == entry.body
