@@ -69,6 +69,13 @@ def to_millionths(value: Decimal) -> int:
     return int(scaled)
 
 
+def millionths(value: object) -> int:
+    """``to_millionths(quantity(value))``, without a Decimal for a whole quantity."""
+    if type(value) is int:
+        return value * MILLIONTHS
+    return to_millionths(quantity(value))
+
+
 def from_millionths(value: int) -> Decimal:
     return Decimal(value) / MILLIONTHS
 

@@ -22,15 +22,20 @@ Then, in ingestion order, each new entry is decided:
 
 Every decision becomes a receipt, numbered in the store's stream and chained; the last
 one of the batch is signed.  Counters (invoice numbers, server ids, stream position)
-are read and written inside the transaction, never kept in memory.
+are read and written inside the transaction, never kept in memory beyond it.
+
+A group commit (``ingest_all``) decides several batches in one transaction: each store's
+state is read once for all of them (one query per kind), carried in memory from batch to
+batch, and its counters, stock and running totals written once at the end.  The work that
+needs no database (hashes, bodies, schema checks, line amounts) is ``prepare``, done
+before the transaction, in a worker process for large batches.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import msgpack
@@ -40,7 +45,7 @@ from peer.log import Entry, verify_chain
 from peer.sync.frames import entry_to_wire
 from peer.sync.receipts import seal_receipts
 from peer.totals import line_amount
-from peer.views import format_quantity, from_millionths, order_of, quantity, to_millionths
+from peer.views import format_quantity, from_millionths, millionths, order_of
 from relay.storage.base import RelayTxn
 from relay.tallies import Tallies
 from schemas import ENTRY_KINDS, SchemaViolation, validate_entry
@@ -70,30 +75,47 @@ def _about(entry: Entry) -> dict[str, Any]:
     return out
 
 
-class _Batch:
-    """The decisions of one transaction, gathered in memory and written in bulk."""
+class _Store:
+    """What one transaction knows of a store: read in bulk before any batch is decided,
+    then carried in memory from one batch to the next (the transaction holds the store's
+    ingest lock throughout, so nobody else changes it), and written back at the end."""
 
-    def __init__(self, txn: RelayTxn, store: str, catalogue: Catalogue, now: str) -> None:
-        self.txn, self.store, self.catalogue, self.now = txn, store, catalogue, now
-        self.receipts: list[dict[str, Any]] = []
+    def __init__(self, txn: RelayTxn, store: str, now: str) -> None:
+        self.txn, self.store, self.now = txn, store, now
         self.counters: dict[str, int] = {}
         self.maps: dict[str, dict[str, str]] = {"shift": {}, "held": {}}
-        self.new_maps: dict[str, dict[str, str]] = {"shift": {}, "held": {}}
-        self.waiting: list[tuple[str, str]] = []
         self.stock: dict[str, int] = {}
         self.stock_changed: set[str] = set()
         self.prices: dict[str, tuple[int, str]] = {}  # product -> (price, sale's place)
-        self.invoices: list[tuple[Any, ...]] = []
-        self.alerts: list[tuple[Any, ...]] = []
-        self.rejected: list[tuple[Any, ...]] = []
+        self.levels: dict[str, int] = {}  # reorder levels in millionths, read once
         self.tallies = Tallies()
         self.refused_before: set[tuple[str, str]] = set()
-        self.position = 0
+        self.heads: dict[str, tuple[int, bytes]] = {}
+        self.known: dict[str, bytes] = {}  # client_id -> hash, of the entries stored
+        self.revoked_upto: dict[str, int] = {}
+        self.stream = (0, bytes(32))  # the receipt stream's (position, head hash)
 
-    async def preload(self, entries: Sequence[tuple[Entry, dict[str, Any]]]) -> None:
-        """Fetch in bulk what deciding these entries will look up."""
+    async def load(self, batches: Sequence[Batch]) -> None:
+        """Everything deciding these batches will read, in one query per kind."""
+        txn, store = self.txn, self.store
+        devices = {e.device_id for b in batches for e in b.entries}
+        client_ids = list(dict.fromkeys(e.client_id for b in batches for e in b.entries))
+        self.heads = await txn.heads(store, devices)
+        self.known = await txn.known_client_ids(store, client_ids)
+        self.refused_before = await txn.rejected(store, client_ids)
+        for device in sorted({d for b in batches for d in b.public_keys} & devices):
+            row = await txn.device(store, device)
+            if row is not None and row.revoked_upto is not None:
+                self.revoked_upto[device] = row.revoked_upto
+        await self.preload([body for b in batches for body, problem, _ in b.checked.values()
+                            if problem is None and body is not None])
+        self.stream = await txn.stream_head(store)
+
+    async def preload(self, bodies: Iterable[dict[str, Any]]) -> None:
+        """Fetch in bulk the shifts, held sales and stock these bodies name, that are not
+        known yet (memory may be ahead of the database), and the counters."""
         shifts, held, products = set(), set(), set()
-        for _entry, body in entries:
+        for body in bodies:
             for key in ("shift_client_id", "open_shift_client_id"):
                 if isinstance(body.get(key), str):
                     shifts.add(body[key])
@@ -104,7 +126,6 @@ class _Batch:
                     products.add(line["product_id"])
             if isinstance(body.get("product_id"), str):
                 products.add(body["product_id"])
-        # Only what is not loaded yet: memory may already be ahead of the database.
         shifts -= self.maps["shift"].keys()
         held -= self.maps["held"].keys()
         products -= self.stock.keys()
@@ -117,6 +138,39 @@ class _Batch:
         if not self.counters:
             self.counters.update(await self.txn.counters(
                 self.store, [f"invoice:{SERIES}", *sorted(set(_SERVER_ID_KINDS.values()))]))
+
+    async def write(self) -> None:
+        """What the batches changed of the store's running state, once for all of them."""
+        txn, store = self.txn, self.store
+        if self.stock_changed:
+            await txn.set_stock(store, {p: self.stock[p] for p in self.stock_changed})
+        if self.prices:
+            await txn.set_prices(store, self.prices)
+        if self.tallies:
+            await txn.add_tallies(store, self.tallies.writes(store))
+        await txn.set_counters(store, self.counters)
+        await txn.set_stream_head(store, *self.stream)
+
+
+class _Batch:
+    """The decisions of one batch, gathered in memory and written in bulk; the store's
+    state (counters, stock, mappings, totals) is the transaction's, shared by its batches."""
+
+    def __init__(self, state: _Store, catalogue: Catalogue) -> None:
+        self.state, self.txn, self.store = state, state.txn, state.store
+        self.catalogue, self.now = catalogue, state.now
+        self.counters, self.maps, self.stock = state.counters, state.maps, state.stock
+        self.prices, self.tallies = state.prices, state.tallies
+        self.refused_before = state.refused_before
+        self.receipts: list[dict[str, Any]] = []
+        self.new_maps: dict[str, dict[str, str]] = {"shift": {}, "held": {}}
+        self.waiting: list[tuple[str, str]] = []
+        self.invoices: list[tuple[Any, ...]] = []
+        self.alerts: list[tuple[Any, ...]] = []
+        self.rejected: list[tuple[Any, ...]] = []
+
+    async def preload(self, entries: Sequence[tuple[Entry, dict[str, Any]]]) -> None:
+        await self.state.preload(body for _entry, body in entries)
 
     def reject(self, entry: Entry, code: str, message: str, *, keep: bool = True) -> None:
         """A ``rejected`` receipt; ``keep`` also files the entry itself (entries outside
@@ -136,9 +190,10 @@ class _Batch:
         self.counters[counter] += 1
         return self.counters[counter]
 
-    def move_stock(self, entry: Entry, product_id: str, delta: Decimal,
+    def move_stock(self, entry: Entry, product_id: str, delta: int,
                    warnings: list[dict[str, Any]], product: Mapping[str, Any] | None = None,
                    ) -> None:
+        """Move a product's stock by ``delta`` millionths of a unit."""
         product = product if product is not None else self.catalogue(product_id)
         if product is None:
             warnings.append({"code": "unknown_product", "product_id": product_id})
@@ -146,11 +201,13 @@ class _Batch:
             return
         known = self.stock.get(product_id)
         before = known or 0
-        after = before + to_millionths(delta)
+        after = before + delta
         self.stock[product_id] = after
-        self.stock_changed.add(product_id)
+        self.state.stock_changed.add(product_id)
         if product is not None and "reorder_level" in product:
-            level = to_millionths(quantity(product["reorder_level"]))
+            level = self.state.levels.get(product_id)
+            if level is None:
+                level = self.state.levels[product_id] = millionths(product["reorder_level"])
             # Falling below the level warns once; a product's first movement counts as a
             # fall (sold before any delivery was recorded, it is short from the start).
             if after < level and (known is None or level <= before):
@@ -158,32 +215,31 @@ class _Batch:
                                  "qty": _qty(after), "reorder_level": _qty(level)})
                 self.alerts.append((entry.client_id, product_id, after, level, self.now))
 
-    async def write(self, key: DeviceKey) -> None:
+    def seal(self, key: DeviceKey) -> int:
+        """Number, chain and sign this batch's receipts; the stream's position after it."""
+        seq, prev = self.state.stream
+        if self.receipts:
+            self.state.stream = (seq + len(self.receipts),
+                                 seal_receipts(key, self.receipts, seq + 1, prev))
+        return self.state.stream[0]
+
+    async def write(self) -> None:
+        """What this batch adds to the database (the store's running state is written
+        once for the transaction, by ``_Store.write``)."""
         txn, store = self.txn, self.store
         for kind, rows in self.new_maps.items():
             if rows:
                 await txn.add_mappings(store, kind, rows)
         if self.waiting:
             await txn.add_waiting(store, self.waiting)
-        if self.stock_changed:
-            await txn.set_stock(store, {p: self.stock[p] for p in self.stock_changed})
-        if self.prices:
-            await txn.set_prices(store, self.prices)
         if self.invoices:
             await txn.add_invoices(store, self.invoices)
         if self.alerts:
             await txn.add_alerts(store, self.alerts)
         if self.rejected:
             await txn.add_rejected(store, self.rejected)
-        if self.tallies:
-            await txn.add_tallies(store, self.tallies.writes(store))
-        await txn.set_counters(store, self.counters)
-        seq, prev = await txn.stream_head(store)
         if self.receipts:
-            head = seal_receipts(key, self.receipts, seq + 1, prev)
             await txn.insert_receipts(store, self.receipts)
-            await txn.set_stream_head(store, seq + len(self.receipts), head)
-        self.position = seq + len(self.receipts)
 
 
 def _qty(millionths: int) -> str:
@@ -198,8 +254,10 @@ def _decode_body(entry: Entry) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _decide(batch: _Batch, entry: Entry, body: dict[str, Any]) -> None:
-    """Decide one chained entry; appends its receipt (and any it resolves)."""
+def _decide(batch: _Batch, entry: Entry, body: dict[str, Any],
+            lines: Lines | None = None) -> None:
+    """Decide one chained entry; appends its receipt (and any it resolves).  ``lines``:
+    a sale's (amount, millionths) per line if ``prepare`` found them already."""
     kind = entry.kind
     waits = []
     shift_key = "open_shift_client_id" if kind == "shift_close" else "shift_client_id"
@@ -219,8 +277,9 @@ def _decide(batch: _Batch, entry: Entry, body: dict[str, Any]) -> None:
     if kind in _NEEDS_SHIFT:
         receipt["shift_server_id"] = batch.maps["shift"][body[shift_key]]
     if kind == "sale":
-        amounts = [line_amount(line) for line in body["lines"]]  # once, for total and tallies
-        total = sum(amounts)
+        if lines is None:
+            lines = [(line_amount(line), millionths(line["qty"])) for line in body["lines"]]
+        total = sum(amount for amount, _ in lines)
         number = batch.next(f"invoice:{SERIES}")
         receipt.update(series=SERIES, invoice_no=number, total=total)
         if held is not None:
@@ -231,9 +290,9 @@ def _decide(batch: _Batch, entry: Entry, body: dict[str, Any]) -> None:
         batch.invoices.append((SERIES, number, entry.client_id, entry.device_id, entry.ticket,
                                total, entry.client_created_at, batch.now))
         batch.tallies.add(kind, entry.client_id, entry.device_id, entry.client_created_at,
-                          body, total, SERIES, amounts)
+                          body, total, SERIES, lines)
         at = ""
-        for line in body["lines"]:
+        for line, (_, qty) in zip(body["lines"], lines, strict=True):
             product = batch.catalogue(line["product_id"])
             if product is not None and product.get("volatile"):
                 # The latest sale by its time sets the price, as on every till.
@@ -241,13 +300,12 @@ def _decide(batch: _Batch, entry: Entry, body: dict[str, Any]) -> None:
                 if at >= batch.prices.get(line["product_id"], (0, ""))[1]:
                     batch.prices[line["product_id"]] = (line["unit_price"], at)
             else:
-                batch.move_stock(entry, line["product_id"], -quantity(line["qty"]), warnings,
-                                 product)
+                batch.move_stock(entry, line["product_id"], -qty, warnings, product)
     elif kind == "refund" and body.get("restock", True):
         for line in body["lines"]:
-            batch.move_stock(entry, line["product_id"], quantity(line["qty"]), warnings)
+            batch.move_stock(entry, line["product_id"], millionths(line["qty"]), warnings)
     elif kind == "stock_move":
-        qty = quantity(body["qty"])
+        qty = millionths(body["qty"])
         batch.move_stock(entry, body["product_id"],
                          -qty if body["direction"] == "out" else qty, warnings)
     if kind != "sale":
@@ -263,39 +321,69 @@ def _decide(batch: _Batch, entry: Entry, body: dict[str, Any]) -> None:
     batch.receipts.append(receipt)
 
 
-Checked = dict[int, tuple[dict[str, Any] | None, tuple[str, str] | None]]
+# A valid sale's lines as (amount in minor units, quantity in millionths): what deciding
+# it and counting it need, computed with the schema check, off the write lock.
+Lines = list[tuple[int, int]]
+Prepared = tuple[dict[str, Any] | None, tuple[str, str] | None, Lines | None]
+Checked = dict[int, Prepared]
+
+
+def _prepared(entry: Entry) -> Prepared:
+    body = _decode_body(entry)
+    problem = _check(entry, body)
+    lines = None
+    if problem is None and entry.kind == "sale":
+        assert body is not None
+        lines = [(line_amount(line), millionths(line["qty"])) for line in body["lines"]]
+    return body, problem, lines
 
 
 def prepare(entries: Sequence[Entry]) -> Checked:
-    """The work that needs no database: hashes, body decoding, schema checks.
+    """The work that needs no database: hashes, body decoding, schema checks, the
+    amounts of a sale's lines.
 
     Run it before taking the write lock, so it overlaps another batch's transaction;
-    returns id(entry) -> (body, problem): keyed by the object, since a hostile batch may
-    repeat a client_id or a position with other content."""
+    returns id(entry) -> (body, problem, lines): keyed by the object, since a hostile
+    batch may repeat a client_id or a position with other content."""
     checked: Checked = {}
     for entry in entries:
         _ = entry.hash  # computed once here, cached on the entry
-        body = _decode_body(entry)
-        checked[id(entry)] = (body, _check(entry, body))
+        checked[id(entry)] = _prepared(entry)
     return checked
 
 
-def prepare_elsewhere(entries: Sequence[Entry]
-                      ) -> list[tuple[bytes, dict[str, Any] | None, tuple[str, str] | None]]:
-    """``prepare`` for a worker process: per entry, its hash, body and problem, in order."""
-    return [(entry.hash, body, problem) for entry in entries
-            for body in [_decode_body(entry)] for problem in [_check(entry, body)]]
+def prepare_elsewhere(entries: Sequence[Entry]) -> list[tuple[bytes, Prepared]]:
+    """``prepare`` for a worker process: per entry, its hash and what ``prepare`` finds,
+    in order."""
+    return [(entry.hash, _prepared(entry)) for entry in entries]
 
 
-def adopt(entries: Sequence[Entry],
-          prepared: Sequence[tuple[bytes, dict[str, Any] | None, tuple[str, str] | None]]
-          ) -> Checked:
+def adopt(entries: Sequence[Entry], prepared: Sequence[tuple[bytes, Prepared]]) -> Checked:
     """Turn a worker's ``prepare_elsewhere`` answer into ``Checked`` for these entries."""
     checked: Checked = {}
-    for entry, (digest, body, problem) in zip(entries, prepared, strict=True):
+    for entry, (digest, found) in zip(entries, prepared, strict=True):
         entry.__dict__["hash"] = digest  # the cached_property's slot
-        checked[id(entry)] = (body, problem)
+        checked[id(entry)] = found
     return checked
+
+
+@dataclass
+class Batch:
+    """One frame of entries to decide, and what deciding it needs.  ``public_keys`` holds
+    the registered keys of the store's devices (revoked ones too); entries of other
+    devices are rejected and kept.  ``checked`` is ``prepare(entries)`` if the caller ran
+    it already; ``key`` is the store's signing key (it signs the receipts)."""
+
+    store: str
+    entries: Sequence[Entry]
+    public_keys: Mapping[str, bytes]
+    catalogue: Catalogue
+    key: DeviceKey
+    checked: Checked = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.checked:
+            self.checked = prepare(self.entries)
 
 
 async def ingest(
@@ -309,31 +397,44 @@ async def ingest(
     now: str,
     checked: Checked | None = None,
 ) -> IngestResult:
-    """Decide a batch inside ``txn``.  ``public_keys`` holds the registered keys of the
-    store's devices (revoked ones too); entries of other devices are rejected and kept.
+    """Decide one batch inside ``txn`` (``ingest_all`` of that one batch)."""
+    batch = Batch(store, entries, public_keys, catalogue, key, checked or {})
+    return (await ingest_all(txn, [batch], now))[0]
+
+
+async def ingest_all(txn: RelayTxn, batches: Sequence[Batch], now: str) -> list[IngestResult]:
+    """Decide batches, of any stores, in order inside ``txn`` (a group commit).
+
     A revoked device's entries beyond the seq it was revoked at are rejected (read inside
-    the transaction, so a revocation and a batch of the device cannot interleave).
-    ``checked`` is ``prepare(entries)`` if the caller ran it already."""
-    checked = prepare(entries) if checked is None else checked
+    the transaction, so a revocation and a batch of the device cannot interleave).  The
+    stores' state is read in bulk first, one query per kind for all the batches; then
+    each batch is decided with it in memory and its rows written; the stores' counters,
+    stock and totals are written once at the end."""
+    await txn.lock({b.store for b in batches})
+    states: dict[str, _Store] = {}
+    for store in sorted({b.store for b in batches}):
+        states[store] = _Store(txn, store, now)
+        await states[store].load([b for b in batches if b.store == store])
+    results = [await _ingest_one(states[batch.store], batch) for batch in batches]
+    for state in states.values():
+        await state.write()
+    return results
+
+
+async def _ingest_one(state: _Store, source: Batch) -> IngestResult:
+    txn, store, checked = state.txn, state.store, source.checked
     result = IngestResult()
-    batch = _Batch(txn, store, catalogue, now)
+    batch = _Batch(state, source.catalogue)
     by_device: dict[str, list[Entry]] = defaultdict(list)
-    for entry in entries:
+    for entry in source.entries:
         by_device[entry.device_id].append(entry)
-    heads = await txn.heads(store, by_device)
-    known = await txn.known_client_ids(store, [e.client_id for e in entries])
-    batch.refused_before = await txn.rejected(store, [e.client_id for e in entries])
+    known, revoked_upto = state.known, state.revoked_upto
     seen: set[str] = set()
-    revoked_upto: dict[str, int] = {}
-    for device in by_device:
-        row = await txn.device(store, device) if device in public_keys else None
-        if row is not None and row.revoked_upto is not None:
-            revoked_upto[device] = row.revoked_upto
 
     chained: list[Entry] = []
     for device, group in by_device.items():
-        seq, prev = heads.get(device, (0, bytes(32)))
-        public_key = public_keys.get(device)
+        seq, prev = state.heads.get(device, (0, bytes(32)))
+        public_key = source.public_keys.get(device)
         run: list[Entry] = []
         for entry in sorted(group, key=lambda e: e.seq):
             if public_key is None:
@@ -370,29 +471,34 @@ async def ingest(
             run.append(entry)
         if run:
             run = _verified_prefix(run, public_key or b"", seq, prev, batch)
+        if run:
+            state.heads[device] = (run[-1].seq, run[-1].hash)
+            known.update((e.client_id, e.hash) for e in run)
         chained.extend(run)
-        head = run[-1].seq if run else heads.get(device, (0, b""))[0]
         if public_key is not None:
-            result.heads[device] = head
+            result.heads[device] = state.heads.get(device, (0, b""))[0]
 
     # Stored first, so entries that wait on others of this batch can be read back.
-    await txn.insert_entries(store, chained, now)
+    if chained:
+        await txn.insert_entries(store, chained, state.now)
     bodies: list[tuple[Entry, dict[str, Any]]] = []
+    lines: dict[str, Lines] = {}
     for entry in chained:
-        body, problem = checked[id(entry)]
+        body, problem, sale_lines = checked[id(entry)]
         if problem is not None:
             batch.reject(entry, *problem, keep=False)  # stored in the chain already
             continue
         assert body is not None
         bodies.append((entry, body))
-    await batch.preload(bodies)
+        if sale_lines is not None:
+            lines[entry.client_id] = sale_lines
     for entry, body in bodies:
-        _decide(batch, entry, body)
+        _decide(batch, entry, body, lines.get(entry.client_id))
         if entry.kind in ("shift_open", "held_sale"):
             await _resolve_waiting(batch, entry.client_id)
-    await batch.write(key)
+    result.position = batch.seal(source.key)
     result.receipts = batch.receipts
-    result.position = batch.position
+    await batch.write()
     return result
 
 

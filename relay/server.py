@@ -49,7 +49,15 @@ from peer.tls import server_context
 from relay.documents import Hubs, StoreHub
 from relay.http import handler as api_handler
 from relay.http import new_token
-from relay.ingest import Checked, IngestResult, adopt, ingest, prepare, prepare_elsewhere
+from relay.ingest import (
+    Batch,
+    Checked,
+    IngestResult,
+    adopt,
+    ingest_all,
+    prepare,
+    prepare_elsewhere,
+)
 from relay.storage import RelayStorage, open_storage, with_retries
 from relay.storage.base import DeviceRow
 from relay.storekeys import seal, unseal
@@ -382,15 +390,10 @@ class Relay:
         connection: the rollback undid everything, and ingest decides afresh from what is
         stored (a batch whose commit did happen is then found stored: duplicates)."""
         tries[0] += 1
-        results = []
         async with self.storage.transaction() as txn:
-            await txn.lock({job.hub.store for job in jobs})
-            for job in jobs:
-                results.append(await ingest(
-                    txn, job.hub.store, job.entries, public_keys=job.keys,
-                    catalogue=job.hub.product, key=job.key, now=utc_timestamp(),
-                    checked=job.checked))
-        return results
+            return await ingest_all(txn, [
+                Batch(job.hub.store, job.entries, job.keys, job.hub.product, job.key,
+                      job.checked) for job in jobs], utc_timestamp())
 
     async def _doc(self, link: RelayLink, hub: StoreHub, sync: am.SyncState,
                    data: bytes) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 import msgpack
 
 from peer.totals import line_amount
-from peer.views import MILLIONTHS, effects, quantity, to_millionths
+from peer.views import effects, millionths
 
 # The Z report's columns, by the kind of entry that moves the cash.
 _CASH_COLUMN = {"shift_open": "opening_cash", "sale": "cash_sales", "refund": "cash_refunds"}
@@ -65,10 +65,10 @@ class Tallies:
 
     def add(self, kind: str, client_id: str, device_id: str, at: str,
             body: dict[str, Any], total: int | None = None, series: str | None = None,
-            amounts: Sequence[int] | None = None) -> None:
+            lines: Sequence[tuple[int, int]] | None = None) -> None:
         """Count one accepted entry (a sale with its recomputed ``total`` and its invoice
-        ``series``, once numbered; ``amounts``: its lines' amounts, if the caller has them
-        already)."""
+        ``series``, once numbered; ``lines``: its lines' (amount, quantity in millionths),
+        if the caller has them already)."""
         if kind == "sale":
             assert total is not None and series is not None
             self.issued[series] += 1
@@ -77,14 +77,11 @@ class Tallies:
             bucket[0] += 1
             bucket[1] += total
             seen = set()
-            lines = body["lines"]
-            if amounts is None:
-                amounts = [line_amount(line) for line in lines]
-            for line, amount in zip(lines, amounts, strict=True):
-                qty = line["qty"]
+            if lines is None:
+                lines = [(line_amount(line), millionths(line["qty"])) for line in body["lines"]]
+            for line, (amount, qty) in zip(body["lines"], lines, strict=True):
                 product = self.products[(day, line["product_id"])]
-                product[0] += qty * MILLIONTHS if type(qty) is int else \
-                    to_millionths(quantity(qty))
+                product[0] += qty
                 product[1] += amount
                 if line["product_id"] not in seen:
                     seen.add(line["product_id"])

@@ -55,7 +55,7 @@ from peer.sync.engine import (
 )
 from peer.sync.receipts import verify_receipts
 from relay.documents import Hubs, StoreHub
-from relay.ingest import Checked, IngestResult, ingest, prepare
+from relay.ingest import Batch, Checked, IngestResult, ingest_all, prepare
 from relay.server import MAX_JOBS_PER_COMMIT, RECEIPTS_PER_FRAME
 from relay.storage import SQLiteStorage
 from tests.sim.network import Conn, Scheduler, Timer
@@ -797,12 +797,9 @@ class RelayNode:
         failure: BaseException | None = None
         try:
             async with storage.transaction() as txn:
-                await txn.lock({job.hub.store for job in jobs})
-                for job in jobs:
-                    results.append(await ingest(
-                        txn, job.hub.store, job.entries, public_keys=job.keys,
-                        catalogue=job.hub.product, key=self.key, now=now,
-                        checked=job.checked))
+                results = await ingest_all(txn, [
+                    Batch(job.hub.store, job.entries, job.keys, job.hub.product, self.key,
+                          job.checked) for job in jobs], now)
                 if self.fail_next_commit:
                     self.fail_next_commit = False
                     self.world.stats["commit_faults"] += 1
