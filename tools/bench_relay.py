@@ -258,11 +258,17 @@ class Server:
 
     def cpu(self) -> dict[str, float]:
         """CPU of the relay: its process, or with ``--workers`` every worker process
-        (each one's event loop counted as "main")."""
+        (each one's event loop counted as "main"), and their prepare worker processes
+        (hashes, bodies and schema checks of large batches: "prepare")."""
         total = process_cpu(self.proc.pid)
-        for child in children(self.proc.pid):
-            for key, value in process_cpu(child).items():
+        total["prepare"] = 0.0
+        relays = [self.proc.pid, *children(self.proc.pid, "tools.cli")]
+        for pid in relays[1:]:
+            for key, value in process_cpu(pid).items():
                 total[key] += value
+        for pid in relays:
+            for worker in children(pid, "multiprocessing.spawn"):
+                total["prepare"] += sum(process_cpu(worker).values())
         return total
 
     async def stop(self) -> int:
@@ -300,8 +306,9 @@ def process_cpu(pid: int) -> dict[str, float]:
     return out
 
 
-def children(pid: int) -> list[int]:
-    """The direct children of a process (the relay's workers)."""
+def children(pid: int, command: str) -> list[int]:
+    """The direct children of a process whose command line has ``command`` in it (the
+    relay's worker processes, their prepare workers)."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -310,7 +317,7 @@ def children(pid: int) -> list[int]:
                     fields = handle.read().rpartition(")")[2].split()
             except OSError:
                 continue
-            if int(fields[1]) == pid and "tools.cli" in _cmdline(int(entry)):
+            if int(fields[1]) == pid and command in _cmdline(int(entry)):
                 found.append(int(entry))
     return found
 
@@ -341,11 +348,13 @@ def postgres_cpu() -> float:
 
 def cpu_delta(after: dict[str, float], before: dict[str, float], wall: float
               ) -> dict[str, float]:
-    main = after["main"] - before["main"]
-    threads = after["threads"] - before["threads"]
-    return {"main_s": round(main, 2), "threads_s": round(threads, 2),
-            "main_pct": round(100 * main / wall, 1) if wall else 0.0,
-            "threads_pct": round(100 * threads / wall, 1) if wall else 0.0}
+    out = {}
+    for part in ("main", "threads", "prepare"):
+        if part in after:
+            spent = after[part] - before[part]
+            out[f"{part}_s"] = round(spent, 2)
+            out[f"{part}_pct"] = round(100 * spent / wall, 1) if wall else 0.0
+    return out
 
 
 # -- setup: enrollment and master data -----------------------------------------------------
@@ -747,10 +756,17 @@ def render(report: dict[str, Any]) -> str:
                        f"in {r['receipt_frames']:,} frames)")
         pg = (f"; PostgreSQL server {r['postgres_cpu_pct']:.0f}%"
               if r.get("postgres_cpu_pct") is not None else "")
+        per_sale = {k: 1e6 * cpu.get(f"{k}_s", 0.0) / r["sales"] for k in
+                    ("main", "threads", "prepare")}
         out += [
             f"  CPU over {r['timed_window_s']:.1f} s   relay event loop(s) {cpu['main_pct']:.0f}% "
-            f"+ relay threads {cpu['threads_pct']:.0f}% of a core{pg}; "
+            f"+ relay threads {cpu['threads_pct']:.0f}% + prepare worker "
+            f"{cpu.get('prepare_pct', 0):.0f}% of a core{pg}; "
             f"load generator {r['loadgen_cpu_pct']:.0f}%",
+            f"  CPU per sale        relay {sum(per_sale.values()):.0f} us (event loop "
+            f"{per_sale['main']:.0f}, threads {per_sale['threads']:.0f}, prepare "
+            f"{per_sale['prepare']:.0f}); load generator "
+            f"{1e6 * r['loadgen_cpu_s'] / r['sales']:.0f} us",
         ]
         check = r["check"]
         numbered = ", ".join(f"{s['store']} {s['series']} {s['first']}..{s['last']}"
