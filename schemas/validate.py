@@ -6,9 +6,11 @@ are the contract; this module only loads them (once, lazily, through
 registry, and turns every violation into one readable :class:`Violation`.
 
 Speed: a body is first run through a validator compiled to Python by ``fastjsonschema``
-(about 15 µs for a sale, against about 300 µs here).  It may only say "valid": anything
-it refuses, and any body holding a float, goes to the ``jsonschema`` validator, which is
-the reference and writes the messages.  ``tests/schemas`` checks both agree.
+(about 15-30 µs for a sale, against about 300 µs here); a sale, the body the relay checks
+most, first through a hand-written check (``_sale_ok``, about 4 µs).  Those may only say
+"valid": anything they refuse, and any body holding a float, goes to the ``jsonschema``
+validator, which is the reference and writes the messages.  ``tests/schemas`` checks
+they agree.
 
 Two deliberate strictnesses beyond plain JSON Schema:
 
@@ -25,7 +27,7 @@ import datetime
 import functools
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -225,12 +227,150 @@ def _has_float(value: object) -> bool:
 
 
 def fast_valid(sub: str, name: str, instance: object) -> bool:
-    """True only if the compiled validator accepts ``instance`` and it holds no float."""
+    """True only if the compiled validator accepts ``instance`` and it holds no float
+    (or, for a sale, if ``_sale_ok`` accepts it: it checks the types itself)."""
+    if sub == _ENTRIES and name == "sale" and _sale_ok(instance):
+        return True
     try:
         _fast(sub, name)(instance)
     except fastjsonschema.JsonSchemaException:
         return False
     return not _has_float(instance)
+
+
+# A hand-written check of the commonest body, a sale: a few µs where the compiled one
+# takes 15-50.  Like that one it may only say "valid" (anything else goes on to the
+# compiled validator, then the reference); it takes the patterns, limits and payment
+# methods from the schema files, and stands aside unless the sale schema has exactly the
+# shape it was written for (``_SALE_SCHEMA``, ``_SALE_DEFS``; ``tests/schemas`` checks it
+# is in use).
+_ANY = object()
+_C = "https://tillsync.dev/schemas/common.json#/$defs/"
+_SALE_DEFS: dict[str, Any] = {
+    "id": {"type": "string", "minLength": 1, "maxLength": _ANY, "pattern": _ANY},
+    "uuid": {"type": "string", "pattern": _ANY},
+    "money": {"type": "integer", "minimum": 0},
+    "note": {"type": "string"},
+    "positive_quantity": {"anyOf": [{"type": "integer", "minimum": 1},
+                                    {"type": "string", "pattern": _ANY}]},
+    "payment_method": {"enum": _ANY},
+    "line": {"type": "object", "properties": {
+        "product_id": {"$ref": "#/$defs/id"}, "qty": {"$ref": "#/$defs/positive_quantity"},
+        "unit_price": {"$ref": "#/$defs/money"}, "discount": {"$ref": "#/$defs/money"}},
+        "required": ["product_id", "qty", "unit_price"], "additionalProperties": False},
+    "payment": {"type": "object", "properties": {
+        "method": {"$ref": "#/$defs/payment_method"}, "amount": {"$ref": "#/$defs/money"},
+        "reference": {"type": "string"}},
+        "required": ["method", "amount"], "additionalProperties": False},
+}
+_SALE_SCHEMA: dict[str, Any] = {
+    "$schema": _ANY, "$id": _ANY, "type": "object", "properties": {
+        "lines": {"type": "array", "minItems": 1, "items": {"$ref": _C + "line"}},
+        "payments": {"type": "array", "minItems": 1, "items": {"$ref": _C + "payment"}},
+        "shift_client_id": {"$ref": _C + "uuid"},
+        "held_transaction_client_id": {"$ref": _C + "uuid"},
+        "customer_id": {"$ref": _C + "id"}, "client_total": {"$ref": _C + "money"},
+        "note": {"$ref": _C + "note"}},
+    "required": ["lines", "payments", "shift_client_id"], "additionalProperties": False,
+}
+_SALE_KEYS = frozenset(_SALE_SCHEMA["properties"])
+_SALE_REQUIRED = frozenset(_SALE_SCHEMA["required"])
+_LINE_KEYS = frozenset(_SALE_DEFS["line"]["properties"])
+_LINE_REQUIRED = frozenset(_SALE_DEFS["line"]["required"])
+_PAYMENT_KEYS = frozenset(_SALE_DEFS["payment"]["properties"])
+_PAYMENT_REQUIRED = frozenset(_SALE_DEFS["payment"]["required"])
+_ANNOTATIONS = ("description", "title", "x-messages", "$comment", "examples")
+
+
+def _same_shape(actual: object, expected: object) -> bool:
+    """``actual`` (a schema, annotations aside) is ``expected``, ``_ANY`` matching anything."""
+    if expected is _ANY:
+        return True
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict):
+            return False
+        keys = {k for k in actual if k not in _ANNOTATIONS}
+        return keys == set(expected) and all(_same_shape(actual[k], expected[k])
+                                             for k in expected)
+    if isinstance(expected, list):
+        return isinstance(actual, list) and len(actual) == len(expected) and all(
+            _same_shape(a, e) for a, e in zip(actual, expected, strict=True))
+    return type(actual) is type(expected) and actual == expected
+
+
+@dataclass(frozen=True)
+class _SaleRules:
+    id_search: Callable[[str], object]
+    id_max: int
+    uuid_search: Callable[[str], object]
+    qty_search: Callable[[str], object]
+    methods: frozenset[str]
+
+
+@functools.cache
+def _sale_rules() -> _SaleRules | None:
+    """What ``_sale_ok`` checks against, or None if the schema is not the expected one."""
+    defs = _load(_root() / _COMMON)["$defs"]
+    if not _same_shape(_store().entries["sale"], _SALE_SCHEMA) or not all(
+            _same_shape(defs.get(name), shape) for name, shape in _SALE_DEFS.items()):
+        return None
+    methods = defs["payment_method"]["enum"]
+    if not all(type(m) is str for m in methods):
+        return None
+    return _SaleRules(
+        id_search=re.compile(defs["id"]["pattern"]).search, id_max=defs["id"]["maxLength"],
+        uuid_search=re.compile(defs["uuid"]["pattern"]).search,
+        qty_search=re.compile(defs["positive_quantity"]["anyOf"][1]["pattern"]).search,
+        methods=frozenset(methods))
+
+
+def _money(value: object) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _record_id(value: object, rules: _SaleRules) -> bool:
+    return type(value) is str and 0 < len(value) <= rules.id_max \
+        and rules.id_search(value) is not None
+
+
+def _sale_ok(body: object) -> bool:
+    """True only if ``body`` is a valid sale (False: unsure, ask the compiled validator)."""
+    rules = _sale_rules()
+    if rules is None or type(body) is not dict:
+        return False
+    if not _SALE_REQUIRED <= body.keys() <= _SALE_KEYS:
+        return False
+    lines, payments = body["lines"], body["payments"]
+    if type(lines) is not list or not lines or type(payments) is not list or not payments:
+        return False
+    for line in lines:
+        if type(line) is not dict or not _LINE_REQUIRED <= line.keys() <= _LINE_KEYS:
+            return False
+        qty = line["qty"]
+        if type(qty) is int:
+            if qty < 1:
+                return False
+        elif type(qty) is not str or rules.qty_search(qty) is None:
+            return False
+        if not _record_id(line["product_id"], rules) or not _money(line["unit_price"]) \
+                or ("discount" in line and not _money(line["discount"])):
+            return False
+    for payment in payments:
+        if type(payment) is not dict or not _PAYMENT_REQUIRED <= payment.keys() <= _PAYMENT_KEYS:
+            return False
+        method = payment["method"]
+        if type(method) is not str or method not in rules.methods \
+                or not _money(payment["amount"]) \
+                or ("reference" in payment and type(payment["reference"]) is not str):
+            return False
+    for key in ("shift_client_id", "held_transaction_client_id"):
+        if key in body and (type(body[key]) is not str or rules.uuid_search(body[key]) is None):
+            return False
+    if "customer_id" in body and not _record_id(body["customer_id"], rules):
+        return False
+    if "client_total" in body and not _money(body["client_total"]):
+        return False
+    return "note" not in body or type(body["note"]) is str
 
 
 def _check_kind(kind: str) -> None:
