@@ -1,0 +1,24 @@
+"""tools/bench_ingest runs end to end on a small load: every sale decided and timed,
+none rejected (the tool raises on a rejection)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_commit_benchmark_times_every_commit_after_the_warm_up() -> None:
+    # 2 tills x 1,500 sales (+ shift_open) in batches of 500: 4 commits, the last 2 timed.
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.bench_ingest", "--tills", "2", "--sales-per-till",
+         "1500", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    report = json.loads(done.stdout)
+    assert report["sales_timed"] == 2 * 500 + 2 * 1
+    per_sale = report["us_per_sale"]
+    assert per_sale["wall"] > 0 and per_sale["event_loop_cpu"] > 0
+    assert report["sales_per_second"] > 0
+    assert "commit 4/4" in done.stderr
