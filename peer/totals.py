@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from peer.views import quantity
+from peer.views import millionths, quantity
 
 
 def line_amount(line: Mapping[str, Any]) -> int:
@@ -26,3 +26,9 @@ def line_amount(line: Mapping[str, Any]) -> int:
 
 def sale_total(lines: Iterable[Mapping[str, Any]]) -> int:
     return sum(line_amount(line) for line in lines)
+
+
+def line_figures(lines: Iterable[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """Each line's (amount, quantity in millionths): what the relay's decisions and
+    running totals take from a sale."""
+    return [(line_amount(line), millionths(line["qty"])) for line in lines]

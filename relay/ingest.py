@@ -44,7 +44,7 @@ from peer.identity import DeviceKey
 from peer.log import Entry, verify_chain
 from peer.sync.frames import entry_to_wire
 from peer.sync.receipts import seal_receipts
-from peer.totals import line_amount
+from peer.totals import line_figures
 from peer.views import format_quantity, from_millionths, millionths, order_of
 from relay.storage.base import RelayTxn
 from relay.tallies import Tallies
@@ -242,8 +242,8 @@ class _Batch:
             await txn.insert_receipts(store, self.receipts)
 
 
-def _qty(millionths: int) -> str:
-    return format_quantity(from_millionths(millionths))
+def _qty(value: int) -> str:
+    return format_quantity(from_millionths(value))
 
 
 def _decode_body(entry: Entry) -> dict[str, Any] | None:
@@ -278,7 +278,7 @@ def _decide(batch: _Batch, entry: Entry, body: dict[str, Any],
         receipt["shift_server_id"] = batch.maps["shift"][body[shift_key]]
     if kind == "sale":
         if lines is None:
-            lines = [(line_amount(line), millionths(line["qty"])) for line in body["lines"]]
+            lines = line_figures(body["lines"])
         total = sum(amount for amount, _ in lines)
         number = batch.next(f"invoice:{SERIES}")
         receipt.update(series=SERIES, invoice_no=number, total=total)
@@ -334,7 +334,7 @@ def _prepared(entry: Entry) -> Prepared:
     lines = None
     if problem is None and entry.kind == "sale":
         assert body is not None
-        lines = [(line_amount(line), millionths(line["qty"])) for line in body["lines"]]
+        lines = line_figures(body["lines"])
     return body, problem, lines
 
 

@@ -34,8 +34,8 @@ from typing import Any
 
 import msgpack
 
-from peer.totals import line_amount
-from peer.views import effects, millionths
+from peer.totals import line_figures
+from peer.views import effects
 
 # The Z report's columns, by the kind of entry that moves the cash.
 _CASH_COLUMN = {"shift_open": "opening_cash", "sale": "cash_sales", "refund": "cash_refunds"}
@@ -78,7 +78,7 @@ class Tallies:
             bucket[1] += total
             seen = set()
             if lines is None:
-                lines = [(line_amount(line), millionths(line["qty"])) for line in body["lines"]]
+                lines = line_figures(body["lines"])
             for line, (amount, qty) in zip(body["lines"], lines, strict=True):
                 product = self.products[(day, line["product_id"])]
                 product[0] += qty
