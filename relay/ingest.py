@@ -169,9 +169,6 @@ class _Batch:
         self.alerts: list[tuple[Any, ...]] = []
         self.rejected: list[tuple[Any, ...]] = []
 
-    async def preload(self, entries: Sequence[tuple[Entry, dict[str, Any]]]) -> None:
-        await self.state.preload(body for _entry, body in entries)
-
     def reject(self, entry: Entry, code: str, message: str, *, keep: bool = True) -> None:
         """A ``rejected`` receipt; ``keep`` also files the entry itself (entries outside
         the stored chain would otherwise be lost).  An entry refused before for the same
@@ -545,7 +542,7 @@ async def _resolve_waiting(batch: _Batch, dependency: str) -> None:
     found = {e.client_id: e for e in await batch.txn.entries(batch.store, ids)}
     resolved = [(found[c], body) for c in ids if c in found
                 for body in [_decode_body(found[c])] if body is not None]
-    await batch.preload(resolved)
+    await batch.state.preload(body for _entry, body in resolved)
     for entry, body in resolved:
         # Still waiting on something else? _decide records that again.
         batch.waiting = [(c, w) for c, w in batch.waiting if c != entry.client_id]

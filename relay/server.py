@@ -106,13 +106,11 @@ def die_with_parent(parent: int) -> None:
 
 @dataclass
 class _Job:
-    """One entries frame waiting for the writer."""
+    """One entries frame waiting for the writer: what ingest decides, the hub its receipts
+    are published to, and the future its result goes to."""
 
     hub: StoreHub
-    entries: list[Entry]
-    keys: dict[str, bytes]
-    checked: Checked
-    key: DeviceKey  # the store's signing key: it signs the receipts
+    batch: Batch
     done: asyncio.Future[IngestResult]
 
 
@@ -336,8 +334,9 @@ class Relay:
             device = await self.storage.device(hub.store, device_id)
             if device is not None:
                 keys[device_id] = device.public_key
-        job = _Job(hub, event.entries, keys, await self._prepare(event.entries),
-                   await self.store_key(hub.store), asyncio.get_running_loop().create_future())
+        batch = Batch(hub.store, event.entries, keys, hub.product,
+                      await self.store_key(hub.store), await self._prepare(event.entries))
+        job = _Job(hub, batch, asyncio.get_running_loop().create_future())
         await self._jobs.put(job)
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_loop(), name="relay-writer")
@@ -391,9 +390,7 @@ class Relay:
         stored (a batch whose commit did happen is then found stored: duplicates)."""
         tries[0] += 1
         async with self.storage.transaction() as txn:
-            return await ingest_all(txn, [
-                Batch(job.hub.store, job.entries, job.keys, job.hub.product, job.key,
-                      job.checked) for job in jobs], utc_timestamp())
+            return await ingest_all(txn, [job.batch for job in jobs], utc_timestamp())
 
     async def _doc(self, link: RelayLink, hub: StoreHub, sync: am.SyncState,
                    data: bytes) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from peer.sync.frames import decode, entry_from_wire
-from relay.ingest import prepare
+from relay.ingest import Batch, prepare
 from relay.server import Relay, _Job, code_hash
 from tools.bench_relay import build_till, device_key, till_specs
 from tools.workload import machine, positive_int, products_for_sales, progress
@@ -63,7 +63,8 @@ async def bench(root: Path, tills: int, sales: int, batch: int, seed: int) -> di
         frames = [[[entry_from_wire(w) for w in decode(f)["entries"]] for f in load.frames]
                   for load in loads]
         commits = max(len(f) for f in frames)
-        jobs = [[_Job(Hub(), f[i], keys, prepare(f[i]), store_key,  # type: ignore[arg-type]
+        jobs = [[_Job(Hub(),  # type: ignore[arg-type]
+                      Batch(Hub.store, f[i], keys, Hub.product, store_key, prepare(f[i])),
                       asyncio.get_running_loop().create_future())
                  for f in frames if i < len(f)] for i in range(commits)]
         wall = loop_cpu = other_cpu = 0.0
@@ -77,7 +78,7 @@ async def bench(root: Path, tills: int, sales: int, batch: int, seed: int) -> di
                            for r in res.receipts)
             if rejected:
                 raise RuntimeError(f"commit {i}: {rejected} entries rejected")
-            count = sum(len(job.entries) for job in commit)
+            count = sum(len(job.batch.entries) for job in commit)
             if i >= 2:
                 wall, loop_cpu, other_cpu, timed = wall + w, loop_cpu + t, \
                     other_cpu + p - t, timed + count
