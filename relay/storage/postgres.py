@@ -159,6 +159,25 @@ ON CONFLICT DO NOTHING;
 """),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+# Heads are read with one index probe per device, never by walking a device's entries
+# (``DISTINCT ON`` and ``GROUP BY`` both read every entry of the store: a cost that grew
+# with its history, paid by every commit and every connection).
+_HEADS_OF = """
+SELECT d.device_id, e.seq, e.hash FROM unnest($2::text[]) AS d(device_id)
+CROSS JOIN LATERAL (SELECT seq, hash FROM entries WHERE store = $1 AND device_id = d.device_id
+                    ORDER BY seq DESC LIMIT 1) e
+"""
+# The devices with entries, found by skipping from one to the next (a loose index scan).
+_ALL_HEADS = """
+WITH RECURSIVE d(device_id) AS (
+    SELECT (SELECT min(device_id) FROM entries WHERE store = $1)
+    UNION ALL
+    SELECT (SELECT min(device_id) FROM entries WHERE store = $1 AND device_id > d.device_id)
+    FROM d WHERE d.device_id IS NOT NULL)
+SELECT device_id, (SELECT max(seq) FROM entries WHERE store = $1 AND device_id = d.device_id)
+FROM d WHERE device_id IS NOT NULL
+"""
 _MIGRATION_LOCK = 0x7469_6C6C  # pg_advisory_xact_lock key: one migrator at a time
 
 # Errors after which running the transaction again may succeed.
@@ -232,10 +251,7 @@ class _Txn:
 
     async def heads(self, store: str, devices: Iterable[str]) -> dict[str, tuple[int, bytes]]:
         await self._own(store)
-        rows = await self._c.fetch(
-            "SELECT DISTINCT ON (device_id) device_id, seq, hash FROM entries "
-            "WHERE store = $1 AND device_id = ANY($2::text[]) ORDER BY device_id, seq DESC",
-            store, list(devices))
+        rows = await self._c.fetch(_HEADS_OF, store, list(devices))
         return {r[0]: (int(r[1]), bytes(r[2])) for r in rows}
 
     async def known_client_ids(self, store: str, client_ids: Sequence[str]) -> dict[str, bytes]:
@@ -595,8 +611,7 @@ class PostgresStorage:
     # -- what devices read ---------------------------------------------------------------
 
     async def heads(self, store: str) -> dict[str, int]:
-        rows = await self._pool.fetch("SELECT device_id, max(seq) FROM entries WHERE store = $1 "
-                                      "GROUP BY device_id", store)
+        rows = await self._pool.fetch(_ALL_HEADS, store)
         return {r[0]: int(r[1]) for r in rows}
 
     async def receipts_after(self, store: str, after: int, limit: int) -> list[dict[str, Any]]:
