@@ -23,6 +23,10 @@ from relay import tallies
 from relay.storage.base import DeviceRow, code_refusal
 
 SCHEMA_VERSION = 5
+# Page cache of each connection, in KiB (SQLite's default is 2 MiB).  Every sale inserts
+# into two indexes keyed by random UUIDs (entries' and invoices' client_id): once those
+# outgrow the cache, each insert rereads pages from the OS.
+CACHE_KIB = 65536
 # The invoice register is the fiscal record: once a number is issued its row stays.
 _INVOICES_APPEND_ONLY = """
 CREATE TRIGGER invoices_append_only_update BEFORE UPDATE ON invoices
@@ -377,6 +381,7 @@ class SQLiteStorage:
         try:
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=FULL")
+            await conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             tables = list(await conn.execute_fetchall("SELECT count(*) FROM sqlite_master"))
             if tables[0][0] == 0:
                 await conn.executescript(_SCHEMA)
@@ -408,6 +413,7 @@ class SQLiteStorage:
             raise RuntimeError(f"{path}: the entries table has no index "
                                f"{_ENTRIES_CLIENT_ID_INDEX} on (store, client_id)")
         reader = await aiosqlite.connect(path, isolation_level=None)
+        await reader.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         return cls(conn, reader, path)
 
     async def close(self) -> None:
