@@ -21,4 +21,6 @@ def test_the_commit_benchmark_times_every_commit_after_the_warm_up() -> None:
     per_sale = report["us_per_sale"]
     assert per_sale["wall"] > 0 and per_sale["event_loop_cpu"] > 0
     assert report["sales_per_second"] > 0
+    assert report["wall_us_per_sale_first_tenth"] > 0
+    assert report["wall_us_per_sale_last_tenth"] > 0
     assert "commit 4/4" in done.stderr
