@@ -285,7 +285,7 @@ def _decide(batch: _Batch, entry: Entry, body: dict[str, Any],
             warnings.append({"code": "total_mismatch", "client_total": body["client_total"],
                              "total": total})
         batch.invoices.append((SERIES, number, entry.client_id, entry.device_id, entry.ticket,
-                               total, entry.client_created_at, batch.now))
+                               total, entry.client_created_at, batch.now, entry.seq))
         batch.tallies.add(kind, entry.client_id, entry.device_id, entry.client_created_at,
                           body, total, SERIES, lines)
         at = ""

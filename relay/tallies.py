@@ -158,14 +158,16 @@ class Tallies:
         return out
 
 
-# The tables, in SQL both backends accept (``BIGINT`` is an integer to SQLite), and an
-# index of the invoice register by sale time (its latest rows of a range).
+# An index of the invoice register by sale time (its latest rows of a range).
+INVOICES_BY_TIME = "CREATE INDEX invoices_by_time ON invoices (store, client_created_at);"
+# The tables, in SQL both backends accept (``BIGINT`` is an integer to SQLite), and that
+# index.
 SCHEMA = """
 CREATE TABLE tally_series (
     store TEXT NOT NULL, series TEXT NOT NULL, issued BIGINT NOT NULL,
     PRIMARY KEY (store, series)
 );
-CREATE INDEX invoices_by_time ON invoices (store, client_created_at);
+""" + INVOICES_BY_TIME + """
 CREATE TABLE tally_sales (
     store TEXT NOT NULL, day TEXT NOT NULL, device_id TEXT NOT NULL,
     shift_client_id TEXT NOT NULL, sales BIGINT NOT NULL, revenue BIGINT NOT NULL,

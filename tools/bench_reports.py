@@ -86,7 +86,7 @@ def fill(path: Path, sales: int, seed: int = 7) -> None:
     def flush() -> None:
         db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        entries)
-        db.executemany("INSERT INTO invoices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", invoices)
+        db.executemany("INSERT INTO invoices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", invoices)
         db.commit()
         entries.clear()
         invoices.clear()
@@ -120,7 +120,8 @@ def fill(path: Path, sales: int, seed: int = 7) -> None:
         entries.append((STORE, device, seq[device], client_id, filler, "sale", at, ticket,
                         msgpack.packb(sale), bytes(64), filler, at))
         tallies.add("sale", client_id, device, at, sale, total, "INV")
-        invoices.append((STORE, "INV", n + 1, client_id, device, ticket, total, at, at))
+        invoices.append((STORE, "INV", n + 1, client_id, device, ticket, total, at, at,
+                         seq[device]))
         if len(entries) >= 20_000:
             flush()
             progress(f"  {n + 1:,} / {sales:,} sales written")

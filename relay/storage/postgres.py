@@ -101,7 +101,7 @@ CREATE TABLE invoices (
     client_id text NOT NULL, device_id text NOT NULL, ticket text, total bigint NOT NULL,
     client_created_at text NOT NULL, issued_at text NOT NULL,
     PRIMARY KEY (store, series, invoice_no),
-    UNIQUE (store, client_id)  -- a sale is numbered once, whatever the code above does
+    UNIQUE (store, client_id)  -- a sale is numbered once (migration 6 changes this)
 );
 CREATE TABLE mappings (
     store text NOT NULL, kind text NOT NULL, client_id text NOT NULL, server_id text NOT NULL,
@@ -156,6 +156,22 @@ INSERT INTO store_keys (store, created_at)
     SELECT store, 'before store keys' FROM devices UNION SELECT store, 'before store keys'
     FROM enroll_codes
 ON CONFLICT DO NOTHING;
+"""),
+    # A sale is numbered once, whatever the code above does: one invoice per sale's place
+    # in its device's chain, which the entries table holds once each with one client_id.
+    # The UNIQUE (store, client_id) it replaces was an index on random UUIDs that each
+    # sale wrote into at a random page.  An invoice without its entry (there is none)
+    # would fail SET NOT NULL and leave the database as it was.
+    (6, "the invoice register is unique by (store, device_id, seq), not by client_id", """
+ALTER TABLE invoices ADD COLUMN seq bigint;
+ALTER TABLE invoices DISABLE TRIGGER invoices_append_only;
+UPDATE invoices i SET seq = e.seq FROM entries e
+    WHERE e.store = i.store AND e.client_id = i.client_id AND e.device_id = i.device_id;
+ALTER TABLE invoices ENABLE TRIGGER invoices_append_only;
+ALTER TABLE invoices ALTER COLUMN seq SET NOT NULL;
+ALTER TABLE invoices ADD CONSTRAINT invoices_store_device_id_seq_key
+    UNIQUE (store, device_id, seq);
+ALTER TABLE invoices DROP CONSTRAINT invoices_store_client_id_key;
 """),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -388,9 +404,9 @@ class _Txn:
         columns = list(zip(*rows, strict=True))
         await self._c.execute(
             "INSERT INTO invoices (store, series, invoice_no, client_id, device_id, ticket, "
-            "total, client_created_at, issued_at) SELECT $1, * FROM unnest($2::text[], "
+            "total, client_created_at, issued_at, seq) SELECT $1, * FROM unnest($2::text[], "
             "$3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[], "
-            "$9::text[])", store, *(list(c) for c in columns))
+            "$9::text[], $10::bigint[])", store, *(list(c) for c in columns))
 
     async def add_alerts(self, store: str, rows: Sequence[tuple[Any, ...]]) -> None:
         await self._own(store)

@@ -22,10 +22,10 @@ from peer.log import Entry
 from relay import tallies
 from relay.storage.base import DeviceRow, code_refusal
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Page cache of each connection, in KiB (SQLite's default is 2 MiB).  Every sale inserts
-# into two indexes keyed by random UUIDs (entries' and invoices' client_id): once those
-# outgrow the cache, each insert rereads pages from the OS.
+# into an index keyed by random UUIDs (entries' client_id): once it outgrows the cache,
+# each insert rereads pages from the OS.
 CACHE_KIB = 65536
 # The invoice register is the fiscal record: once a number is issued its row stays.
 _INVOICES_APPEND_ONLY = """
@@ -34,6 +34,31 @@ CREATE TRIGGER invoices_append_only_update BEFORE UPDATE ON invoices
 CREATE TRIGGER invoices_append_only_delete BEFORE DELETE ON invoices
     BEGIN SELECT RAISE(ABORT, 'invoices are append-only'); END;
 """
+# The invoice register.  A sale is numbered once, whatever the code above does: one
+# invoice per sale's place in its device's chain, (device_id, seq), which the entries
+# table holds once each with one client_id.  (Schema 5 and before: UNIQUE (store,
+# client_id), an index on random UUIDs that each sale wrote into at a random page.)
+_INVOICES = """
+CREATE TABLE {} (
+    store TEXT NOT NULL, series TEXT NOT NULL, invoice_no INTEGER NOT NULL,
+    client_id TEXT NOT NULL, device_id TEXT NOT NULL, ticket TEXT, total INTEGER NOT NULL,
+    client_created_at TEXT NOT NULL, issued_at TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (store, series, invoice_no),
+    UNIQUE (store, device_id, seq)
+) WITHOUT ROWID;
+"""
+# Schema 6 rebuilds the register with its entries' seq; an invoice without its entry
+# (there is none) would fail NOT NULL and leave the database as it was.
+_INVOICES_BY_SEQ = _INVOICES.format("invoices_6") + """
+INSERT INTO invoices_6 (store, series, invoice_no, client_id, device_id, ticket, total,
+                        client_created_at, issued_at, seq)
+    SELECT store, series, invoice_no, client_id, device_id, ticket, total, client_created_at,
+        issued_at, (SELECT seq FROM entries e WHERE e.store = i.store
+                    AND e.client_id = i.client_id AND e.device_id = i.device_id)
+    FROM invoices i;
+DROP TABLE invoices;
+ALTER TABLE invoices_6 RENAME TO invoices;
+""" + tallies.INVOICES_BY_TIME + _INVOICES_APPEND_ONLY
 _PRICES_AT = "ALTER TABLE prices ADD COLUMN at TEXT NOT NULL DEFAULT '';"
 # Each store's signing key, sealed (relay/storekeys.py).  A row without one: the store
 # signs with the relay's own key (stores made before schema 5 keep it).
@@ -84,13 +109,7 @@ CREATE TABLE counters (
     store TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,
     PRIMARY KEY (store, name)
 ) WITHOUT ROWID;
-CREATE TABLE invoices (
-    store TEXT NOT NULL, series TEXT NOT NULL, invoice_no INTEGER NOT NULL,
-    client_id TEXT NOT NULL, device_id TEXT NOT NULL, ticket TEXT, total INTEGER NOT NULL,
-    client_created_at TEXT NOT NULL, issued_at TEXT NOT NULL,
-    PRIMARY KEY (store, series, invoice_no),
-    UNIQUE (store, client_id)  -- a sale is numbered once, whatever the code above does
-) WITHOUT ROWID;
+""" + _INVOICES.format("invoices") + """
 CREATE TABLE mappings (
     store TEXT NOT NULL, kind TEXT NOT NULL, client_id TEXT NOT NULL, server_id TEXT NOT NULL,
     PRIMARY KEY (store, kind, client_id)
@@ -133,6 +152,7 @@ _MIGRATIONS = {
          "store TEXT NOT NULL, created_at TEXT NOT NULL);",
     "3": tallies.SCHEMA + _INVOICES_APPEND_ONLY + _PRICES_AT,  # totals: ``_fill_tallies``
     "4": _STORE_KEYS + _KEEP_RELAY_KEY,
+    "5": _INVOICES_BY_SEQ,
 }
 
 
@@ -329,7 +349,7 @@ class _Txn:
     async def add_invoices(self, store: str, rows: Sequence[tuple[Any, ...]]) -> None:
         await self._c.executemany(
             "INSERT INTO invoices (store, series, invoice_no, client_id, device_id, ticket, "
-            "total, client_created_at, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "total, client_created_at, issued_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(store, *r) for r in rows])
 
     async def add_alerts(self, store: str, rows: Sequence[tuple[Any, ...]]) -> None:

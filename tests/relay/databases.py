@@ -86,3 +86,24 @@ def pg_query(url: str, sql: str, args: tuple[object, ...] | list[object] = ()
     rows = _run(lambda: run())
     assert isinstance(rows, list)
     return rows
+
+
+def invoices_before_schema_6(postgres: bool) -> list[str]:
+    """Statements that put a relay database's invoice register back in its shape before
+    SQLite schema 6 / PostgreSQL migration 6 (UNIQUE (store, client_id), no ``seq``),
+    rows kept, for tests of upgrades from older versions.  SQLite drops the register's
+    triggers and its index by time with it."""
+    if postgres:
+        return ["ALTER TABLE invoices DROP CONSTRAINT invoices_store_device_id_seq_key",
+                "ALTER TABLE invoices DROP COLUMN seq",
+                "ALTER TABLE invoices ADD CONSTRAINT invoices_store_client_id_key "
+                "UNIQUE (store, client_id)"]
+    return ["CREATE TABLE invoices_5 (store TEXT NOT NULL, series TEXT NOT NULL, "
+            "invoice_no INTEGER NOT NULL, client_id TEXT NOT NULL, device_id TEXT NOT NULL, "
+            "ticket TEXT, total INTEGER NOT NULL, client_created_at TEXT NOT NULL, "
+            "issued_at TEXT NOT NULL, PRIMARY KEY (store, series, invoice_no), "
+            "UNIQUE (store, client_id)) WITHOUT ROWID",
+            "INSERT INTO invoices_5 SELECT store, series, invoice_no, client_id, device_id, "
+            "ticket, total, client_created_at, issued_at FROM invoices",
+            "DROP TABLE invoices",
+            "ALTER TABLE invoices_5 RENAME TO invoices"]

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from relay.storage.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
+from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from tests.doubles import sale
+from tests.relay.databases import invoices_before_schema_6
 from tests.relay.processes import RelayProcess, Relays, TillDir, cli_json, query, run_cli
 
 STORE = "store-r"
@@ -180,11 +183,18 @@ def test_sales_and_invoice_reports_match_the_sales_recorded(tmp_path: Path,
                 *(["DROP TRIGGER invoices_append_only ON invoices"] if relay.db else
                   ["DROP TRIGGER invoices_append_only_update",
                    "DROP TRIGGER invoices_append_only_delete"]),
+                *invoices_before_schema_6(bool(relay.db)),
                 "DELETE FROM schema_version WHERE version >= 4" if relay.db else
                 "UPDATE meta SET value = '3' WHERE key = 'schema_version'"):
         query(relay, sql)
     migrated = run_cli("relay", "migrate", *where(relay)).stdout
-    assert "schema at version 5" in migrated, migrated
+    version = PG_SCHEMA_VERSION if relay.db else SQLITE_SCHEMA_VERSION
+    assert f"schema at version {version}" in migrated, migrated
+    # Schema 6 gave each invoice its sale's place in the chain.
+    assert query(relay, "SELECT count(*) FROM invoices i JOIN entries e ON e.store = i.store "
+                 "AND e.client_id = i.client_id AND e.device_id = i.device_id AND e.seq = i.seq "
+                 "WHERE i.store = ?", (STORE,)) == query(
+        relay, "SELECT count(*) FROM invoices WHERE store = ?", (STORE,))
     after = [cli_json("report", r[0], *where(relay), "--store", STORE, *r[1:])
              for r in every]
     assert after == before
@@ -194,6 +204,13 @@ def test_sales_and_invoice_reports_match_the_sales_recorded(tmp_path: Path,
                 "UPDATE invoices SET total = 0 WHERE store = ?"):
         with pytest.raises(Exception, match="append-only"):
             query(relay, sql, (STORE,))
+    # And a sale is numbered once, in the database itself: a second number for the same
+    # place in a chain (what the UNIQUE (store, device_id, seq) of schema 6 stops).
+    with pytest.raises(Exception, match="(?i)unique"):
+        query(relay, "INSERT INTO invoices (store, series, invoice_no, client_id, device_id, "
+              "ticket, total, client_created_at, issued_at, seq) SELECT store, series, "
+              "invoice_no + 1000, client_id, device_id, ticket, total, client_created_at, "
+              "issued_at, seq FROM invoices WHERE store = ? AND invoice_no = 3", (STORE,))
     # The gap check finds a number skipped: a counter that jumps (the bug it guards
     # against) leaves the next sale's number one too high.
     query(relay, "UPDATE counters SET value = value + 1 WHERE store = ? AND name = ?",

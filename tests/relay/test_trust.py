@@ -30,6 +30,7 @@ from relay.server import Relay, code_hash
 from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from relay.storekeys import StoreKeyError
 from tests.doubles import sale
+from tests.relay.databases import invoices_before_schema_6
 from tests.relay.processes import (
     Chain,
     RawSession,
@@ -285,14 +286,14 @@ def test_a_store_made_before_store_keys_keeps_the_relays_key_after_the_upgrade(
         finally:
             await opened.close()
     in_thread(before_store_keys)
-    for sql in ("DROP TABLE store_keys",
-                "DELETE FROM schema_version WHERE version = 5" if relay_db else
+    for sql in ("DROP TABLE store_keys", *invoices_before_schema_6(bool(relay_db)),
+                "DELETE FROM schema_version WHERE version >= 5" if relay_db else
                 "UPDATE meta SET value = '4' WHERE key = 'schema_version'"):
         query(old, sql)
 
     relay_public = DeviceKey.read(old.data, "relay.key").public_bytes
     with Relays(tmp_path, relay_db) as relays:
-        relay = relays.start(data=old.data)  # migrates to schema 5 on start
+        relay = relays.start(data=old.data)  # migrates to the latest schema on start
         till = TillDir(tmp_path / "till", "Old till")
         cli_json("peer", "init", str(till.path), "--name", till.name, "--relay", relay.url,
                  "--code", code)
