@@ -166,6 +166,22 @@ class RelayStorage(Protocol):
         ...
 
 
+# The highest seq of each device with entries in a store, in the SQL both backends speak
+# (``?`` placeholders, each the store).  The devices are found by skipping from one to the
+# next (a loose index scan) and each max(seq) is one probe of the primary key's end:
+# ``GROUP BY device_id`` would read every entry of the store, a cost that grew with its
+# history, paid by every connection.
+ALL_HEADS = """
+WITH RECURSIVE d(device_id) AS (
+    SELECT (SELECT min(device_id) FROM entries WHERE store = ?)
+    UNION ALL
+    SELECT (SELECT min(device_id) FROM entries WHERE store = ? AND device_id > d.device_id)
+    FROM d WHERE d.device_id IS NOT NULL)
+SELECT device_id, (SELECT max(seq) FROM entries WHERE store = ? AND device_id = d.device_id)
+FROM d WHERE device_id IS NOT NULL
+"""
+
+
 def code_refusal(found: bool, used_at: str | None, expires_at: str, now: str) -> str | None:
     """Why an enrollment code cannot be used now, or None if it can."""
     if not found:

@@ -49,7 +49,7 @@ from asyncpg.pool import PoolConnectionProxy
 from peer.errors import StoreError
 from peer.log import Entry
 from relay import tallies
-from relay.storage.base import DeviceRow, code_refusal
+from relay.storage.base import ALL_HEADS, DeviceRow, code_refusal
 
 log = logging.getLogger("tillsync.relay.postgres")
 
@@ -176,23 +176,13 @@ ALTER TABLE invoices DROP CONSTRAINT invoices_store_client_id_key;
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
-# Heads are read with one index probe per device, never by walking a device's entries
-# (``DISTINCT ON`` and ``GROUP BY`` both read every entry of the store: a cost that grew
-# with its history, paid by every commit and every connection).
+# The heads of some devices, with one index probe each, never by walking their entries
+# (``DISTINCT ON (device_id) ... ORDER BY device_id, seq DESC`` read every entry of the
+# store, a cost that grew with its history, paid by every commit).
 _HEADS_OF = """
 SELECT d.device_id, e.seq, e.hash FROM unnest($2::text[]) AS d(device_id)
 CROSS JOIN LATERAL (SELECT seq, hash FROM entries WHERE store = $1 AND device_id = d.device_id
                     ORDER BY seq DESC LIMIT 1) e
-"""
-# The devices with entries, found by skipping from one to the next (a loose index scan).
-_ALL_HEADS = """
-WITH RECURSIVE d(device_id) AS (
-    SELECT (SELECT min(device_id) FROM entries WHERE store = $1)
-    UNION ALL
-    SELECT (SELECT min(device_id) FROM entries WHERE store = $1 AND device_id > d.device_id)
-    FROM d WHERE d.device_id IS NOT NULL)
-SELECT device_id, (SELECT max(seq) FROM entries WHERE store = $1 AND device_id = d.device_id)
-FROM d WHERE device_id IS NOT NULL
 """
 _MIGRATION_LOCK = 0x7469_6C6C  # pg_advisory_xact_lock key: one migrator at a time
 
@@ -627,7 +617,7 @@ class PostgresStorage:
     # -- what devices read ---------------------------------------------------------------
 
     async def heads(self, store: str) -> dict[str, int]:
-        rows = await self._pool.fetch(_ALL_HEADS, store)
+        rows = await self._pool.fetch(_ALL_HEADS, store, store, store)
         return {r[0]: int(r[1]) for r in rows}
 
     async def receipts_after(self, store: str, after: int, limit: int) -> list[dict[str, Any]]:
@@ -745,6 +735,9 @@ def _dollars(sql: str) -> str:
     """``?`` placeholders (the SQL both backends share) as PostgreSQL's ``$1, $2, ...``."""
     numbered = iter(range(1, sql.count("?") + 1))
     return re.sub(r"\?", lambda _: f"${next(numbered)}", sql)
+
+
+_ALL_HEADS = _dollars(ALL_HEADS)  # arguments: the store, three times
 
 
 async def _fill_tallies(conn: asyncpg.Connection) -> None:

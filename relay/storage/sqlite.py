@@ -20,7 +20,7 @@ import msgpack
 
 from peer.log import Entry
 from relay import tallies
-from relay.storage.base import DeviceRow, code_refusal
+from relay.storage.base import ALL_HEADS, DeviceRow, code_refusal
 
 SCHEMA_VERSION = 6
 # Page cache of each connection, in KiB (SQLite's default is 2 MiB).  Every sale inserts
@@ -175,27 +175,21 @@ _ENTRIES_CLIENT_ID_INDEX = "sqlite_autoindex_entries_2"
 _BY_CLIENT_ID = f"INDEXED BY {_ENTRIES_CLIENT_ID_INDEX}"
 
 
-# Heads are read with one primary-key probe per device (SQLite answers ``max(seq)`` under
-# an equality on (store, device_id) from the index's end), never by walking a device's
-# entries: ``device_id IN (...) AND seq = (SELECT max(seq) ...)`` and ``GROUP BY
-# device_id`` both read every entry of the store, a cost that grew with its history
-# (about 0.8 s a commit, and 0.15 s a connection, at a million entries).
+# The heads of some devices, with one primary-key probe each (SQLite answers ``max(seq)``
+# under an equality on (store, device_id) from the index's end), never by walking their
+# entries: ``device_id IN (...) AND seq = (SELECT max(seq) ...)`` read every entry of the
+# store, a cost that grew with its history (about 0.8 s a commit at a million entries).
 _HEADS_OF = """
 WITH d(device_id) AS (VALUES {})
 SELECT e.device_id, e.seq, e.hash FROM d JOIN entries e
     ON e.store = ?1 AND e.device_id = d.device_id
     AND e.seq = (SELECT max(seq) FROM entries m WHERE m.store = ?1 AND m.device_id = d.device_id)
 """
-# The devices with entries, found by skipping from one to the next (a loose index scan).
-_ALL_HEADS = """
-WITH RECURSIVE d(device_id) AS (
-    SELECT (SELECT min(device_id) FROM entries WHERE store = ?1)
-    UNION ALL
-    SELECT (SELECT min(device_id) FROM entries WHERE store = ?1 AND device_id > d.device_id)
-    FROM d WHERE d.device_id IS NOT NULL)
-SELECT device_id, (SELECT max(seq) FROM entries WHERE store = ?1 AND device_id = d.device_id)
-FROM d WHERE device_id IS NOT NULL
-"""
+
+
+def heads_of(devices: int) -> str:
+    """``_HEADS_OF`` for this many devices: arguments (store, *devices)."""
+    return _HEADS_OF.format(", ".join(f"(?{n})" for n in range(2, devices + 2)))
 
 
 def _marks(values: Sequence[object]) -> str:
@@ -231,8 +225,7 @@ class _Txn:
         out: dict[str, tuple[int, bytes]] = {}
         for i in range(0, len(devices), 500):
             part = devices[i:i + 500]
-            values = ", ".join(f"(?{n})" for n in range(2, len(part) + 2))
-            rows = await self._rows(_HEADS_OF.format(values), (store, *part))
+            rows = await self._rows(heads_of(len(part)), (store, *part))
             out.update({r[0]: (int(r[1]), bytes(r[2])) for r in rows})
         return out
 
@@ -552,7 +545,7 @@ class SQLiteStorage:
     # -- what devices read -------------------------------------------------------------
 
     async def heads(self, store: str) -> dict[str, int]:
-        rows = await self._rows(_ALL_HEADS, (store,))
+        rows = await self._rows(ALL_HEADS, (store,) * 3)
         return {r[0]: int(r[1]) for r in rows}
 
     async def receipts_after(self, store: str, after: int, limit: int) -> list[dict[str, Any]]:

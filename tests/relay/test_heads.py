@@ -22,6 +22,7 @@ from peer.log import Entry
 from relay.storage import open_storage
 from relay.storage import postgres as pg
 from relay.storage import sqlite as lite
+from relay.storage.base import ALL_HEADS
 from tests.relay.processes import now
 
 DEVICES = {"a": {"d1": 1, "d2": 5, "d3": 20}, "b": {"d1": 7, "d4": 2}}
@@ -81,8 +82,7 @@ def test_sqlite_heads_work_does_not_grow_with_history() -> None:
     db = sqlite3.connect(":memory:", isolation_level=None)
     db.executescript(lite._SCHEMA)
     devices = [f"dev{i}" for i in range(5)]
-    heads_of = lite._HEADS_OF.format(", ".join(f"(?{n})" for n in range(2, len(devices) + 2)))
-    queries = [(heads_of, ("s", *devices)), (lite._ALL_HEADS, ("s",))]
+    queries = [(lite.heads_of(len(devices)), ("s", *devices)), (ALL_HEADS, ("s",) * 3)]
     steps: list[list[int]] = []
     done = 0
     for history in (200, 3200):  # entries per device
@@ -92,7 +92,7 @@ def test_sqlite_heads_work_does_not_grow_with_history() -> None:
             ((d, seq, f"{d}-{seq}") for seq in range(done + 1, history + 1) for d in devices))
         done = history
         steps.append([_sqlite_steps(db, sql, args) for sql, args in queries])
-        rows = db.execute(lite._ALL_HEADS, ("s",)).fetchall()
+        rows = db.execute(ALL_HEADS, ("s",) * 3).fetchall()
         assert sorted(rows) == [(d, history) for d in devices]
     for (small, large), (sql, _) in zip(zip(*steps, strict=True), queries, strict=True):
         # 16 times the history: a B-tree one level deeper at most, not 16 times the work
@@ -117,7 +117,7 @@ async def test_postgres_heads_read_one_row_per_device(pg_db: str, tmp_path: Path
             "'sale', 't', NULL, '\\x00', '\\x00', '\\x01', 't' "
             "FROM generate_series(0, 4) d, generate_series(1, 5000) seq")
         await conn.execute("ANALYZE entries")
-        for sql, args in [(pg._HEADS_OF, ("s", devices)), (pg._ALL_HEADS, ("s",))]:
+        for sql, args in [(pg._HEADS_OF, ("s", devices)), (pg._ALL_HEADS, ("s",) * 3)]:
             rows = await conn.fetch(sql, *args)
             assert sorted((r[0], r[1]) for r in rows) == [(d, 5000) for d in devices]
             out = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *args)
