@@ -3,15 +3,66 @@
 from __future__ import annotations
 
 import os
+import random
 import time
 from pathlib import Path
 
 import pytest
 
+from peer.identity import DeviceKey
+from peer.log import GENESIS_PREV, Entry, seal, seal_bytes
 from peer.store import Till
+from relay.ingest import adopt, pack_for_worker, prepare, prepare_packed
 from tests.relay.processes import Relays, TillDir, in_thread
+from tools.workload import products_for_sales, sale_body
 
 SHIFT = "5e0a7c3b-2f1d-4c6e-9a8b-7d6c5b4a3f21"
+
+
+def _log() -> list[Entry]:
+    """Entries of every outcome ``prepare`` has: sales (some weighed), a shift, a body
+    that is not msgpack, one that breaks its schema, an unknown kind."""
+    key, rng = DeviceKey.generate(), random.Random(7)
+    catalogue = products_for_sales()
+    pieces = [p for p in catalogue if p.startswith("piece-")]
+    weighed = [p for p in catalogue if p.startswith("kg-")]
+    out: list[Entry] = []
+
+    def add(kind: str, body: dict[str, object] | None = None, raw: bytes = b"") -> None:
+        fields = {"client_id": f"c-{len(out)}", "device_id": "d1", "seq": len(out) + 1,
+                  "prev": out[-1].hash if out else GENESIS_PREV, "kind": kind,
+                  "client_created_at": "2026-01-01T00:00:00.000Z", "ticket": None}
+        out.append(seal(key, body=body, **fields) if body is not None
+                   else seal_bytes(key, body_bytes=raw, **fields))
+
+    add("shift_open", {"cashier_id": "ann", "opening_cash": 0})
+    for _ in range(20):
+        add("sale", sale_body(rng, catalogue, pieces, weighed, SHIFT))
+    add("sale", raw=b"\xc1 not msgpack")
+    add("sale", {"lines": "three loaves", "shift_client_id": SHIFT})
+    add("teleport", {"to": "mars"})
+    return out
+
+
+def test_the_worker_finds_what_preparing_here_finds() -> None:
+    """What the worker answers for a batch (hashes, problems, line amounts; the relay
+    decodes the bodies itself) is what ``prepare`` finds in the relay's own process."""
+    entries = _log()
+    here = prepare(entries)
+    fresh = [Entry(e.client_id, e.device_id, e.seq, e.prev, e.kind, e.client_created_at,
+                   e.ticket, e.body_bytes, e.sig) for e in entries]  # no cached hash
+    there = adopt(fresh, prepare_packed(pack_for_worker(fresh)))
+    problems = []
+    for mine, theirs in zip(entries, fresh, strict=True):
+        assert theirs.__dict__["hash"] == mine.hash
+        body, problem, lines = here[id(mine)]
+        got_body, got_problem, got_lines = there[id(theirs)]
+        assert got_problem == problem
+        problems.append(problem[0] if problem else None)
+        if problem is None:
+            assert got_body == body
+            assert [tuple(x) for x in got_lines or []] == list(lines or [])
+    assert problems == [None] * 21 + ["malformed_body", "schema", "unknown_kind"]
 
 
 def children(pid: int) -> set[int]:
