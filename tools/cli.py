@@ -24,7 +24,7 @@ from peer.errors import InvalidInput, StoreCorrupt, StoreError, TillsyncError
 from peer.lan import api as lan_api
 from peer.lan.node import LAN_PORT, Node, NodeConfig, read_status
 from peer.store import Till, is_locked
-from relay.server import DB_FILE, Relay, RelayConfig, die_with_parent, running
+from relay.server import DB_FILE, Relay, RelayConfig, die_with_parent, running, tune_gc
 from relay.storage import is_postgres
 from relay.storage.postgres import describe
 from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
@@ -388,6 +388,7 @@ async def relay_serve(args: argparse.Namespace) -> int:
                          tls_cert=args.tls_cert, tls_key=args.tls_key,
                          cert_days=args.cert_days)
     async with running(config) as (_, port):
+        tune_gc()
         where = f"database {describe(args.db)}" if args.db else f"data in {args.data}"
         scheme = "wss" if args.tls_cert else "ws"
         print(f"relay listening on {scheme}://{args.host}:{port} ({where})", flush=True)
