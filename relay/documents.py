@@ -6,11 +6,11 @@ import asyncio
 import logging
 import os
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from peer.master import MasterData
-from peer.sync.frames import encode
+from peer.sync.frames import encode, receipts_frame
 from relay.storage import RelayStorage
 
 log = logging.getLogger("tillsync.relay")
@@ -52,12 +52,15 @@ class StoreHub:
     def unwatch(self, wake: asyncio.Event) -> None:
         self._watchers.discard(wake)
 
-    def publish(self, receipts: list[dict[str, Any]], position: int, per_frame: int) -> None:
-        """Keep a committed batch's receipts as ready-to-send frames, then wake the pumps."""
+    def publish(self, receipts: list[dict[str, Any]], position: int, per_frame: int,
+                packed: Sequence[bytes] | None = None) -> None:
+        """Keep a committed batch's receipts as ready-to-send frames, then wake the pumps.
+        ``packed``: each receipt's msgpack bytes, if sealing made them already."""
         for i in range(0, len(receipts), per_frame):
             part = receipts[i:i + per_frame]
-            self.recent.append((part[0]["server_seq"], part[-1]["server_seq"],
-                                encode("receipts", receipts=part, head=position)))
+            frame = encode("receipts", receipts=part, head=position) if packed is None \
+                else receipts_frame(packed[i:i + per_frame], position)
+            self.recent.append((part[0]["server_seq"], part[-1]["server_seq"], frame))
         self.notify()
 
     def frame_after(self, after: int) -> tuple[int, bytes] | None:

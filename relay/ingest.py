@@ -43,7 +43,7 @@ import msgpack
 from peer.identity import DeviceKey
 from peer.log import Entry, verify_chain
 from peer.sync.frames import entry_to_wire
-from peer.sync.receipts import seal_receipts
+from peer.sync.receipts import seal_packed
 from peer.totals import line_figures
 from peer.views import format_quantity, from_millionths, millionths, order_of
 from relay.storage.base import RelayTxn
@@ -61,6 +61,7 @@ Catalogue = Callable[[str], Mapping[str, Any] | None]
 @dataclass
 class IngestResult:
     receipts: list[dict[str, Any]] = field(default_factory=list)
+    packed: list[bytes] = field(default_factory=list)  # each receipt's msgpack bytes
     heads: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     gaps: dict[str, int] = field(default_factory=dict)  # device -> seq the relay wants next
@@ -163,6 +164,7 @@ class _Batch:
         self.prices, self.tallies = state.prices, state.tallies
         self.refused_before = state.refused_before
         self.receipts: list[dict[str, Any]] = []
+        self.packed: list[bytes] = []  # the receipts' msgpack bytes, once sealed
         self.new_maps: dict[str, dict[str, str]] = {"shift": {}, "held": {}}
         self.waiting: list[tuple[str, str]] = []
         self.invoices: list[tuple[Any, ...]] = []
@@ -216,8 +218,8 @@ class _Batch:
         """Number, chain and sign this batch's receipts; the stream's position after it."""
         seq, prev = self.state.stream
         if self.receipts:
-            self.state.stream = (seq + len(self.receipts),
-                                 seal_receipts(key, self.receipts, seq + 1, prev))
+            head, self.packed = seal_packed(key, self.receipts, seq + 1, prev)
+            self.state.stream = (seq + len(self.receipts), head)
         return self.state.stream[0]
 
     async def write(self) -> None:
@@ -236,7 +238,7 @@ class _Batch:
         if self.rejected:
             await txn.add_rejected(store, self.rejected)
         if self.receipts:
-            await txn.insert_receipts(store, self.receipts)
+            await txn.insert_receipts(store, self.receipts, self.packed)
 
 
 def _qty(value: int) -> str:
@@ -510,7 +512,7 @@ async def _ingest_one(state: _Store, source: Batch) -> IngestResult:
         if entry.kind in ("shift_open", "held_sale"):
             await _resolve_waiting(batch, entry.client_id)
     result.position = batch.seal(source.key)
-    result.receipts = batch.receipts
+    result.receipts, result.packed = batch.receipts, batch.packed
     await batch.write()
     return result
 

@@ -398,7 +398,8 @@ class Relay:
                 continue
             for job, result in zip(jobs, results, strict=True):
                 if result.receipts:  # in commit order, so pumps see the stream in order
-                    job.hub.publish(result.receipts, result.position, RECEIPTS_PER_FRAME)
+                    job.hub.publish(result.receipts, result.position, RECEIPTS_PER_FRAME,
+                                    result.packed)
                 elif tries[0] > 1:
                     # A retry after a commit whose answer was lost finds the batch stored
                     # already: its receipts are in the database, the pumps read them.

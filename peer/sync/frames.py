@@ -8,7 +8,7 @@ frame; internal details are never echoed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -98,6 +98,15 @@ MESSAGES: dict[str, dict[str, Callable[[object], bool]]] = {
 def encode(t: str, **fields: Any) -> bytes:
     packed: bytes = msgpack.packb({"t": t, **fields}, use_bin_type=True)
     return packed
+
+
+def receipts_frame(packed: Sequence[bytes], head: int) -> bytes:
+    """``encode("receipts", receipts=..., head=head)`` from receipts already packed one
+    by one (the relay packs each once, to hash it, and stores and sends those bytes)."""
+    packer = msgpack.Packer(use_bin_type=True)
+    return b"".join((packer.pack_map_header(3), packer.pack("t"), packer.pack("receipts"),
+                     packer.pack("receipts"), packer.pack_array_header(len(packed)), *packed,
+                     packer.pack("head"), packer.pack(head)))
 
 
 def decode(data: bytes | str, *, max_size: int = MAX_FRAME) -> dict[str, Any]:

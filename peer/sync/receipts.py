@@ -28,27 +28,45 @@ GENESIS = bytes(32)
 _FLAT = frozenset((str, int, bytes, bool, type(None)))
 
 
-def receipt_hash(receipt: dict[str, Any]) -> bytes:
+def receipt_bytes(receipt: dict[str, Any]) -> bytes:
+    """The canonical bytes of a receipt without its ``sig``: what its hash is taken of.
+    Keys sorted, so for a receipt with no ``sig`` they are also its msgpack encoding."""
     unsigned = {k: receipt[k] for k in sorted(receipt) if k != "sig"}
     for value in unsigned.values():
         if type(value) not in _FLAT and (type(value) is not list or value):
             # Something nested (warnings, waiting_for) or odd: the general rule.
-            return hashlib.sha256(canonical_body(unsigned)).digest()
+            return canonical_body(unsigned)
     # Flat, keys sorted: already canonical (the common accepted receipt)
-    return hashlib.sha256(msgpack.packb(unsigned, use_bin_type=True)).digest()
+    packed: bytes = msgpack.packb(unsigned, use_bin_type=True)
+    return packed
+
+
+def receipt_hash(receipt: dict[str, Any]) -> bytes:
+    return hashlib.sha256(receipt_bytes(receipt)).digest()
+
+
+def seal_packed(
+    key: DeviceKey, receipts: Sequence[dict[str, Any]], first_seq: int, prev: bytes
+) -> tuple[bytes, list[bytes]]:
+    """``seal_receipts``, also returning each receipt's msgpack bytes, to store and send
+    without packing it again: the bytes that were hashed, but for the signed last one."""
+    packed = []
+    for offset, receipt in enumerate(receipts):
+        receipt["server_seq"] = first_seq + offset
+        receipt["prev"] = prev
+        packed.append(receipt_bytes(receipt))
+        prev = hashlib.sha256(packed[-1]).digest()
+    if receipts:
+        receipts[-1]["sig"] = key.sign(prev)
+        packed[-1] = msgpack.packb(receipts[-1], use_bin_type=True)
+    return prev, packed
 
 
 def seal_receipts(
     key: DeviceKey, receipts: Sequence[dict[str, Any]], first_seq: int, prev: bytes
 ) -> bytes:
     """Number, chain and sign a batch in place; returns the new stream head hash."""
-    for offset, receipt in enumerate(receipts):
-        receipt["server_seq"] = first_seq + offset
-        receipt["prev"] = prev
-        prev = receipt_hash(receipt)
-    if receipts:
-        receipts[-1]["sig"] = key.sign(prev)
-    return prev
+    return seal_packed(key, receipts, first_seq, prev)[0]
 
 
 def verify_receipts(

@@ -323,15 +323,18 @@ class _Txn:
         await self._c.execute("SELECT pg_notify($1, $2)", CHANNEL,
                               f"{self._token}:receipts:{store}")
 
-    async def insert_receipts(self, store: str, receipts: Sequence[dict[str, Any]]) -> None:
+    async def insert_receipts(self, store: str, receipts: Sequence[dict[str, Any]],
+                              packed: Sequence[bytes] | None = None) -> None:
         await self._own(store)
         if not receipts:
             return
+        if packed is None:
+            packed = [msgpack.packb(r, use_bin_type=True) for r in receipts]
         await self._c.execute(
             "INSERT INTO receipts (store, server_seq, client_id, data) "
             "SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::bytea[])",
             store, [r["server_seq"] for r in receipts], [r["client_id"] for r in receipts],
-            [msgpack.packb(r, use_bin_type=True) for r in receipts])
+            list(packed))
 
     async def mappings(self, store: str, kind: str, client_ids: Iterable[str]) -> dict[str, str]:
         await self._own(store)

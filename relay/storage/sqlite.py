@@ -283,11 +283,14 @@ class _Txn:
             "ON CONFLICT (store) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
             (store, seq, head))
 
-    async def insert_receipts(self, store: str, receipts: Sequence[dict[str, Any]]) -> None:
+    async def insert_receipts(self, store: str, receipts: Sequence[dict[str, Any]],
+                              packed: Sequence[bytes] | None = None) -> None:
+        if packed is None:
+            packed = [msgpack.packb(r, use_bin_type=True) for r in receipts]
         await self._c.executemany(
             "INSERT INTO receipts (store, server_seq, client_id, data) VALUES (?, ?, ?, ?)",
-            [(store, r["server_seq"], r["client_id"], msgpack.packb(r, use_bin_type=True))
-             for r in receipts])
+            [(store, r["server_seq"], r["client_id"], data)
+             for r, data in zip(receipts, packed, strict=True)])
 
     async def mappings(self, store: str, kind: str, client_ids: Iterable[str]) -> dict[str, str]:
         ids = list(client_ids)

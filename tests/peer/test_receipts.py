@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from peer.identity import DeviceKey, verify_signature
 from peer.sync.engine import RelayLink
-from peer.sync.frames import decode
-from peer.sync.receipts import GENESIS, receipt_hash, seal_receipts, verify_receipts
+from peer.sync.frames import decode, encode, receipts_frame
+from peer.sync.receipts import GENESIS, receipt_hash, seal_packed, seal_receipts, verify_receipts
 
 RELAY_KEY, OTHER_KEY = DeviceKey.generate(), DeviceKey.generate()
 RELAY = RELAY_KEY.public_bytes
@@ -88,6 +88,24 @@ def test_the_hash_and_signature_are_as_documented() -> None:
     assert verify_signature(RELAY, last["sig"], digest)
     # Field order does not matter: a map built in another order hashes the same.
     assert receipt_hash(dict(reversed(list(last.items())))) == head
+
+
+def test_the_bytes_sealing_hands_back_are_the_receipts_and_make_the_same_frame() -> None:
+    """The relay stores and sends the bytes ``seal_packed`` made while hashing: each
+    decodes to its receipt (the signed last one with its ``sig``), and a frame joined
+    from them says what ``encode`` of the receipts says."""
+    flat = [{k: v for k, v in receipt(n).items() if k != "warnings"} | {"warnings": []}
+            for n in (1, 2)]  # the common case, hashed without canonical_body
+    receipts = flat + [receipt(n) for n in (3, 4, 5)]
+    head, packed = seal_packed(RELAY_KEY, receipts, 1, GENESIS)
+    assert [msgpack.unpackb(p, raw=False) for p in packed] == receipts
+    assert "sig" in msgpack.unpackb(packed[-1], raw=False)
+    assert [hashlib.sha256(p).digest() for p in packed[:-1]] == \
+        [r["prev"] for r in receipts[1:]]
+    assert head == documented_hash(receipts[-1])
+    assert decode(receipts_frame(packed, 77)) == decode(encode("receipts", receipts=receipts,
+                                                               head=77))
+    assert decode(receipts_frame([], 0)) == {"t": "receipts", "receipts": [], "head": 0}
 
 
 def test_sealing_an_empty_batch_changes_nothing() -> None:

@@ -819,7 +819,8 @@ class RelayNode:
                 stats["receipts_waiting"] += sum(r["status"] == "waiting"
                                                  for r in result.receipts)
                 if result.receipts:
-                    job.hub.publish(result.receipts, result.position, self.per_frame)
+                    job.hub.publish(result.receipts, result.position, self.per_frame,
+                                    result.packed)
                     self.acked_head = (result.position, result.receipts[-1]["prev"])
                     self.world.note_receipts(result.receipts)
                 for entry in job.entries:
