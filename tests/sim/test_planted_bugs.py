@@ -103,7 +103,11 @@ async def test_frames_lost_in_a_partition_make_the_doc_exchange_run_away(
 
     monkeypatch.setattr(Network, "lossy_partitions", True)
     found = []
-    for seed in (*RUNAWAY_SEEDS, *range(20)):
+    # Which seeds run away depends on the process too (string hashing orders some sets:
+    # under PYTHONHASHSEED 1..22, seeds 0..23 gave {12}, {8}, {8, 12}, {8, 12, 17}, ...),
+    # and a whole-suite run once found none of RUNAWAY_SEEDS and 0..19.  A run takes
+    # ~0.3 s and the search stops at the first find, so it goes wide.
+    for seed in (*RUNAWAY_SEEDS, *range(100)):
         try:
             await partition_blips(tmp_path, seed)
         except Violation as exc:
