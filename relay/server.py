@@ -76,8 +76,8 @@ POOL_MIN_BATCH = 200  # entries; smaller batches are prepared on the event loop
 # holds tens of thousands of entries in flight (queued batches and their bodies) and
 # allocates about 15 containers a sale; with CPython's defaults (700, 10, 10) the
 # collector made about 2,100 young and 17 full passes over 100,000 sales and took
-# 1.6-1.8 s of the event loop (tools.bench_relay, GC timed with gc.callbacks); with
-# these, 0.5-0.65 s.  Nothing the relay keeps is cyclic by design; the cycles there are
+# 1.6-2.3 s of the event loop (tools.bench_relay, GC timed with gc.callbacks); with
+# these, 0.6-0.75 s.  Nothing the relay keeps is cyclic by design; the cycles there are
 # (exceptions, closed connections) are still collected, in rarer passes.
 GC_THRESHOLDS = (50_000, 20, 10)
 
