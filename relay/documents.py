@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from peer.master import MasterData
-from peer.sync.frames import encode, receipts_frame
+from peer.sync.frames import receipts_frame
 from relay.storage import RelayStorage
 
 log = logging.getLogger("tillsync.relay")
@@ -53,14 +53,13 @@ class StoreHub:
         self._watchers.discard(wake)
 
     def publish(self, receipts: list[dict[str, Any]], position: int, per_frame: int,
-                packed: Sequence[bytes] | None = None) -> None:
+                packed: Sequence[bytes]) -> None:
         """Keep a committed batch's receipts as ready-to-send frames, then wake the pumps.
-        ``packed``: each receipt's msgpack bytes, if sealing made them already."""
+        ``packed``: each receipt's msgpack bytes, as sealing made them."""
         for i in range(0, len(receipts), per_frame):
             part = receipts[i:i + per_frame]
-            frame = encode("receipts", receipts=part, head=position) if packed is None \
-                else receipts_frame(packed[i:i + per_frame], position)
-            self.recent.append((part[0]["server_seq"], part[-1]["server_seq"], frame))
+            self.recent.append((part[0]["server_seq"], part[-1]["server_seq"],
+                                receipts_frame(packed[i:i + per_frame], position)))
         self.notify()
 
     def frame_after(self, after: int) -> tuple[int, bytes] | None:

@@ -62,8 +62,8 @@ class RelayTxn(Protocol):
     async def stream_head(self, store: str) -> tuple[int, bytes]: ...
     async def set_stream_head(self, store: str, seq: int, head: bytes) -> None: ...
     async def insert_receipts(self, store: str, receipts: Sequence[dict[str, Any]],
-                              packed: Sequence[bytes] | None = None) -> None:
-        """``packed``: each receipt's msgpack bytes if the caller has them already."""
+                              packed: Sequence[bytes]) -> None:
+        """``packed``: each receipt's msgpack bytes, as sealing made them."""
         ...
     async def mappings(self, store: str, kind: str, client_ids: Iterable[str]) -> dict[str, str]:
         """client_id -> server id, for ``kind`` in ("shift", "held")."""

@@ -324,12 +324,10 @@ class _Txn:
                               f"{self._token}:receipts:{store}")
 
     async def insert_receipts(self, store: str, receipts: Sequence[dict[str, Any]],
-                              packed: Sequence[bytes] | None = None) -> None:
+                              packed: Sequence[bytes]) -> None:
         await self._own(store)
         if not receipts:
             return
-        if packed is None:
-            packed = [msgpack.packb(r, use_bin_type=True) for r in receipts]
         await self._c.execute(
             "INSERT INTO receipts (store, server_seq, client_id, data) "
             "SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::bytea[])",

@@ -284,9 +284,7 @@ class _Txn:
             (store, seq, head))
 
     async def insert_receipts(self, store: str, receipts: Sequence[dict[str, Any]],
-                              packed: Sequence[bytes] | None = None) -> None:
-        if packed is None:
-            packed = [msgpack.packb(r, use_bin_type=True) for r in receipts]
+                              packed: Sequence[bytes]) -> None:
         await self._c.executemany(
             "INSERT INTO receipts (store, server_seq, client_id, data) VALUES (?, ?, ?, ?)",
             [(store, r["server_seq"], r["client_id"], data)

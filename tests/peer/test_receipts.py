@@ -318,8 +318,9 @@ async def test_every_receipt_the_relay_pushes_can_be_verified_in_turn(tmp_path: 
         for size in (3, RECEIPTS_PER_FRAME + 10):
             async with relay.storage.transaction() as txn:
                 seq, prev = await txn.stream_head(STORE)
-                receipts, head = batch(seq + 1, size, prev)
-                await txn.insert_receipts(STORE, receipts)
+                receipts = [receipt(seq + 1 + i) for i in range(size)]
+                head, packed = seal_packed(RELAY_KEY, receipts, seq + 1, prev)
+                await txn.insert_receipts(STORE, receipts, packed)
                 await txn.set_stream_head(STORE, seq + size, head)
             total += size
         hub = await relay.hubs.get(STORE)
