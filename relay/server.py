@@ -69,6 +69,9 @@ log = logging.getLogger("tillsync.relay")
 DB_FILE = "relay.db"
 RECEIPTS_PER_FRAME = 500
 MAX_JOBS_PER_COMMIT = 32
+# Entries frames of one connection taken in before the first of them is answered: the
+# connection reads, prepares and queues its next batch while the last one is committed.
+INGEST_WINDOW = 4
 POOL_MIN_BATCH = 200  # entries; smaller batches are prepared on the event loop
 
 
@@ -260,6 +263,9 @@ class Relay:
         # The pump is the only place that generates this connection's document sync
         # messages (one SyncState, one generator): the handler wakes it instead.
         wake = asyncio.Event()
+        # Batches queued for the writer, answered in order by ``answering``.
+        queued: asyncio.Queue[tuple[_Job, int]] = asyncio.Queue(INGEST_WINDOW)
+        answering: asyncio.Task[None] | None = None
         try:
             async for frame in ws:
                 link.receive_data(frame)
@@ -311,7 +317,11 @@ class Relay:
                         log.info("%s: device %s of store %s connected", peer, event.device,
                                  event.store)
                     elif isinstance(event, EntriesReceived):
-                        await self._ingest(link, state["hub"], event)
+                        job = await self._ingest(state["hub"], event)
+                        await queued.put((job, len(event.entries)))  # waits if the window is full
+                        if answering is None:
+                            answering = asyncio.create_task(
+                                self._answer(ws, link, queued, sending, peer))
                     elif isinstance(event, DocMessage):
                         await self._doc(link, state["hub"], state["sync"], event.data)
                         wake.set()  # the pump answers
@@ -330,6 +340,8 @@ class Relay:
                 with contextlib.suppress(websockets.ConnectionClosed):
                     await ws.send(out)
         finally:
+            if answering is not None:
+                answering.cancel()
             if pump is not None:
                 pump.cancel()
             if "hub" in state:
@@ -347,7 +359,27 @@ class Relay:
             if shared is not None:
                 await ws.send(shared)
 
-    async def _ingest(self, link: RelayLink, hub: StoreHub, event: EntriesReceived) -> None:
+    async def _answer(self, ws: ServerConnection, link: RelayLink,
+                      queued: asyncio.Queue[tuple[_Job, int]], sending: asyncio.Lock,
+                      peer: str) -> None:
+        """Answer a connection's batches as their commits land, in the order they came."""
+        while True:
+            job, count = await queued.get()
+            try:
+                result = await job.done
+            except Exception:
+                log.exception("%s: internal error", peer)
+                link.fail("internal", "the relay hit an internal error; try again later")
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await self._flush(ws, link, sending)
+                await ws.close()
+                return
+            link.send_ingested(result.heads, count, result.position)
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await self._flush(ws, link, sending)
+
+    async def _ingest(self, hub: StoreHub, event: EntriesReceived) -> _Job:
+        """Prepare a batch and queue it for the writer; its job's future has the result."""
         if hub.stale:  # another process changed the catalogue: decide with the new one
             await self.hubs.refresh(hub)
         keys = {}  # revoked devices too: ingest refuses only their later entries
@@ -361,8 +393,7 @@ class Relay:
         await self._jobs.put(job)
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_loop(), name="relay-writer")
-        result = await job.done
-        link.send_ingested(result.heads, len(event.entries), result.position)
+        return job
 
     async def _prepare(self, entries: list[Entry]) -> Checked:
         """Hashes, bodies and schema checks of a batch.  Large batches go to a worker

@@ -349,6 +349,39 @@ async def test_a_gap_is_answered_with_the_head_to_resume_from(relay: RelayProces
         await session.close()
 
 
+async def test_batches_sent_before_the_first_is_answered_are_answered_in_order(
+        relay: RelayProcess) -> None:
+    """Six frames sent at once, more than the relay takes in before answering
+    (``INGEST_WINDOW``), the fourth after a gap: each is answered, in order, and what
+    follows the gap waits for it, as if they had been sent one by one."""
+    store, chain, session = await selling(relay)
+    try:
+        shift = chain.entries[0].client_id
+        batches = [[chain.next("sale", sale(*PRODUCT_SALE, shift_client_id=shift))
+                    for _ in range(3)] for _ in range(6)]
+        for batch in batches[:3] + batches[4:]:  # the fourth is left out: a gap
+            session.link.send_entries(batch)
+        await session.flush()
+        answers = []
+        for _ in range(5):
+            answer = await session.wait_for(lambda e: isinstance(e, Ingested))
+            assert isinstance(answer, Ingested)
+            answers.append((answer.count, answer.heads))
+        assert answers == [(3, {chain.device_id: 2 + 3 * n}) for n in (1, 2, 3, 3, 3)]
+        assert [r[1] for r in invoices(relay, store)] == list(range(1, 11))
+
+        # The missing batch and what followed it, resent, are numbered after the rest.
+        session.link.send_entries(batches[3] + batches[4] + batches[5])
+        await session.flush()
+        answer = await session.wait_for(lambda e: isinstance(e, Ingested))
+        assert isinstance(answer, Ingested) and answer.heads == {chain.device_id: 20}
+        numbered = {r[2]: r[1] for r in invoices(relay, store)}
+        assert [numbered[e.client_id] for b in batches for e in b] == list(range(2, 20))
+        assert rejected_rows(relay, store) == []
+    finally:
+        await session.close()
+
+
 async def test_an_entry_of_a_device_that_is_not_enrolled_is_rejected_and_kept(
         relay: RelayProcess) -> None:
     store, chain, session = await selling(relay)
