@@ -43,6 +43,10 @@ from peer.tls import normalise_pin, relay_connection
 
 log = logging.getLogger("tillsync.peer")
 BATCH = 500
+# Entries frames sent before the first is answered: the relay prepares the next batch
+# while the last one is being committed (tools.bench_relay on the 2-core VM: 8,662
+# sales/s with one in flight, 10,796 with two, 10,766 with four).
+PUSH_WINDOW = 2
 DOC_WAIT = 2.0  # seconds to wait for the document exchange before pushing anyway
 
 
@@ -176,6 +180,10 @@ async def _round(till: Till, ws: ClientConnection,
         report.pushed += len(batch)
         in_flight += 1
 
+    async def push_more() -> None:
+        while not pushed_all and in_flight < PUSH_WINDOW:
+            await push_next()
+
     async def doc_settled() -> None:
         """Entries go up only once the relay holds this till's document: a sale of a
         product made offline must not reach the relay before the product does.  Our
@@ -185,7 +193,7 @@ async def _round(till: Till, ws: ClientConnection,
         if message is not None:
             link.send_doc(message)
         elif not pushing:
-            await push_next()
+            await push_more()
 
     await flush()
     while True:
@@ -196,7 +204,7 @@ async def _round(till: Till, ws: ClientConnection,
         except TimeoutError:
             if done:
                 return  # everything pushed and answered, and the relay has gone quiet
-            await push_next()  # the document exchange stalled: push all the same
+            await push_more()  # the document exchange stalled: push all the same
             await flush()
             continue
         link.receive_data(frame)
@@ -214,8 +222,7 @@ async def _round(till: Till, ws: ClientConnection,
             elif isinstance(event, Ingested):
                 in_flight -= 1
                 relay_head = max(relay_head, event.receipts_head)
-                if not pushed_all:
-                    await push_next()
+                await push_more()
             elif isinstance(event, ReceiptsReceived):
                 # The relay signs the last receipt of each of its batches; a frame may end
                 # inside a batch, so what is not yet vouched for waits for the next frame.

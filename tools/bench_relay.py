@@ -64,7 +64,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import connect
 
-from peer.client import enroll, init_enrolled, sync_once
+from peer.client import PUSH_WINDOW, enroll, init_enrolled, sync_once
 from peer.identity import DeviceKey
 from peer.log import GENESIS_PREV, seal
 from peer.store import Till
@@ -837,9 +837,9 @@ def parser() -> argparse.ArgumentParser:
                    help="sales each till pushes to the relay (default: %(default)s)")
     p.add_argument("--batch", type=_batch, default=500, metavar="N",
                    help=f"entries per frame, at most {MAX_BATCH} (default: %(default)s)")
-    p.add_argument("--inflight", type=positive_int, default=4, metavar="N",
+    p.add_argument("--inflight", type=positive_int, default=PUSH_WINDOW, metavar="N",
                    help="frames a till sends before waiting for an answer (default: "
-                   "%(default)s)")
+                   "%(default)s, as `peer sync` does)")
     p.add_argument("--baseline-sales-per-till", type=positive_int, default=500, metavar="N",
                    help="sales each till POSTs to the baseline (default: %(default)s)")
     p.add_argument("--no-receipts", action="store_true",
