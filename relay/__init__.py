@@ -1,3 +1,4 @@
-"""The relay server: ingest, gapless invoice numbers, shift and held-sale mapping,
-receipts, reporting.  Not built yet (see the relay issue); this package holds its place
-in the fixed layout so imports and packaging are settled from the start."""
+"""The relay server: ingest (``ingest``), gapless invoice numbers, shift and held-sale
+mapping, signed receipts, document sync (``server``, ``documents``), storage on SQLite or
+PostgreSQL (``storage``), several processes on one port (``workers``), and central
+reporting (``reports``, ``tallies``, ``http``, ``dashboard``)."""
