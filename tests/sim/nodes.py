@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import automerge.core as am
 
 from peer.cert import Certificate
-from peer.client import BATCH, DOC_WAIT, SyncError
+from peer.client import BATCH, DOC_WAIT, PUSH_WINDOW, SyncError
 from peer.errors import EntryRefused, InvalidInput
 from peer.identity import DeviceKey
 from peer.lan.session import BATCH as LAN_BATCH
@@ -56,7 +56,7 @@ from peer.sync.engine import (
 from peer.sync.receipts import verify_receipts
 from relay.documents import Hubs, StoreHub
 from relay.ingest import Batch, Checked, IngestResult, ingest_all, prepare
-from relay.server import MAX_JOBS_PER_COMMIT, RECEIPTS_PER_FRAME
+from relay.server import INGEST_WINDOW, MAX_JOBS_PER_COMMIT, RECEIPTS_PER_FRAME
 from relay.storage import SQLiteStorage
 from tests.sim.network import Conn, Scheduler, Timer
 
@@ -319,7 +319,7 @@ class ClientSession:
         if self.done:
             await self.node.round_over(self, None)  # pushed, answered, relay quiet
             return
-        await self._push_next()  # the document exchange stalled: push all the same
+        await self._push_more()  # the document exchange stalled: push all the same
         self._flush()
         self._arm()
 
@@ -335,13 +335,17 @@ class ClientSession:
         self.link.send_entries(batch)
         self.in_flight += 1
 
+    async def _push_more(self) -> None:
+        while not self.pushed_all and self.in_flight < PUSH_WINDOW:
+            await self._push_next()
+
     async def _doc_settled(self) -> None:
         assert self.link is not None
         message = self.till.master.sync_message(self.sync)
         if message is not None:
             self.link.send_doc(message)
         elif not self.pushing:
-            await self._push_next()
+            await self._push_more()
 
     async def on_frame(self, data: bytes) -> None:
         assert self.link is not None
@@ -373,8 +377,7 @@ class ClientSession:
         elif isinstance(event, Ingested):
             self.in_flight -= 1
             self.relay_head = max(self.relay_head, event.receipts_head)
-            if not self.pushed_all:
-                await self._push_next()
+            await self._push_more()
         elif isinstance(event, ReceiptsReceived):
             run = self.unvouched + event.receipts
             good_seq, good_head, problem = verify_receipts(
@@ -567,12 +570,18 @@ class RelayConn:
     hub: StoreHub | None = None
     sync: am.SyncState | None = None
     after: int = 0  # the pump's position in the receipt stream
-    busy: bool = False  # waiting for its batch to be committed (handle awaits job.done)
+    # Batches queued for the writer and not answered yet: handle reads no further frame
+    # while ``INGEST_WINDOW`` of them wait.
+    unanswered: int = 0
     inbox: deque[bytes] = field(default_factory=deque)
     events: deque[Event] = field(default_factory=deque)
     seen: Any = None  # the hub's ``changed`` event the pump last ran for
     pump_due: bool = False
     cert: bytes = b""  # the device's certificate, sent in welcome
+
+    @property
+    def busy(self) -> bool:
+        return self.unanswered >= INGEST_WINDOW
 
 
 class RelayNode:
@@ -663,7 +672,7 @@ class RelayNode:
         if rc is None:
             return
         if rc.busy:
-            rc.inbox.append(data)  # handle() reads the next frame once its batch is in
+            rc.inbox.append(data)  # handle() reads on once one of its batches is answered
             return
         await self._frame(rc, data)
 
@@ -752,7 +761,9 @@ class RelayNode:
                 if device is not None and not device.revoked:
                     keys[device_id] = device.public_key
             self.jobs.append(_Job(rc, rc.hub, event.entries, keys, prepare(event.entries)))
-            rc.busy = True
+            if rc.unanswered:  # taken in while an earlier batch of the link waits
+                self.world.stats["relay_batches_behind_another"] += 1
+            rc.unanswered += 1
             if self._writer is None:
                 # the writer picks the job up at once, or after others joined it, or
                 # after a disk stall long enough for the till to give up and send again
@@ -839,14 +850,14 @@ class RelayNode:
 
     async def _failed_job(self, rc: RelayConn, failure: BaseException) -> None:
         if rc.conn.id in self.conns:
-            rc.busy = False
+            rc.unanswered -= 1
             self._internal(rc, failure)
 
     async def _job_done(self, rc: RelayConn, job: _Job, result: IngestResult) -> None:
         if rc.conn.id not in self.conns or self.storage is None:
             return
         rc.link.send_ingested(result.heads, len(job.entries), result.position)
-        rc.busy = False
+        rc.unanswered -= 1
         self._flush(rc)
         await self._drain(rc)
 
