@@ -264,7 +264,7 @@ class Relay:
         # messages (one SyncState, one generator): the handler wakes it instead.
         wake = asyncio.Event()
         # Batches queued for the writer, answered in order by ``answering``.
-        queued: asyncio.Queue[tuple[_Job, int]] = asyncio.Queue(INGEST_WINDOW)
+        queued: asyncio.Queue[_Job] = asyncio.Queue(INGEST_WINDOW)
         answering: asyncio.Task[None] | None = None
         try:
             async for frame in ws:
@@ -318,7 +318,7 @@ class Relay:
                                  event.store)
                     elif isinstance(event, EntriesReceived):
                         job = await self._ingest(state["hub"], event)
-                        await queued.put((job, len(event.entries)))  # waits if the window is full
+                        await queued.put(job)  # waits while the window is full
                         if answering is None:
                             answering = asyncio.create_task(
                                 self._answer(ws, link, queued, sending, peer))
@@ -333,12 +333,7 @@ class Relay:
         except websockets.ConnectionClosed:
             pass
         except Exception:
-            # A bug of ours, not the device's: log it, tell the device only that much.
-            log.exception("%s: internal error", peer)
-            link.fail("internal", "the relay hit an internal error; try again later")
-            for out in link.data_to_send():
-                with contextlib.suppress(websockets.ConnectionClosed):
-                    await ws.send(out)
+            await self._internal_error(ws, link, sending, peer)
         finally:
             if answering is not None:
                 answering.cancel()
@@ -359,22 +354,26 @@ class Relay:
             if shared is not None:
                 await ws.send(shared)
 
+    async def _internal_error(self, ws: ServerConnection, link: RelayLink,
+                              sending: asyncio.Lock, peer: str) -> None:
+        """A bug of ours, not the device's: log it, tell the device only that much."""
+        log.exception("%s: internal error", peer)
+        link.fail("internal", "the relay hit an internal error; try again later")
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await self._flush(ws, link, sending)
+
     async def _answer(self, ws: ServerConnection, link: RelayLink,
-                      queued: asyncio.Queue[tuple[_Job, int]], sending: asyncio.Lock,
-                      peer: str) -> None:
+                      queued: asyncio.Queue[_Job], sending: asyncio.Lock, peer: str) -> None:
         """Answer a connection's batches as their commits land, in the order they came."""
         while True:
-            job, count = await queued.get()
+            job = await queued.get()
             try:
                 result = await job.done
             except Exception:
-                log.exception("%s: internal error", peer)
-                link.fail("internal", "the relay hit an internal error; try again later")
-                with contextlib.suppress(websockets.ConnectionClosed):
-                    await self._flush(ws, link, sending)
+                await self._internal_error(ws, link, sending, peer)
                 await ws.close()
                 return
-            link.send_ingested(result.heads, count, result.position)
+            link.send_ingested(result.heads, len(job.batch.entries), result.position)
             with contextlib.suppress(websockets.ConnectionClosed):
                 await self._flush(ws, link, sending)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from peer.log import GENESIS_PREV, Entry, seal, seal_bytes
 from peer.store import Till
 from relay.ingest import adopt, pack_for_worker, prepare, prepare_packed
 from tests.relay.processes import Relays, TillDir, in_thread
+from tools.bench_relay import children
 from tools.workload import products_for_sales, sale_body
 
 SHIFT = "5e0a7c3b-2f1d-4c6e-9a8b-7d6c5b4a3f21"
@@ -65,20 +65,6 @@ def test_the_worker_finds_what_preparing_here_finds() -> None:
     assert problems == [None] * 21 + ["malformed_body", "schema", "unknown_kind"]
 
 
-def children(pid: int) -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.add(int(entry))
-    return found
-
-
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -111,7 +97,7 @@ def test_a_big_batch_is_prepared_by_a_worker_that_dies_with_the_relay(
         report = till.sync_json()
         assert report["accepted"] == 301 and report["pending"] == 0, report
         assert relay.proc is not None
-        workers = children(relay.proc.pid)
+        workers = set(children(relay.proc.pid, ""))  # every process the relay started
         assert workers, "the relay prepared a 301-entry batch without its worker process"
 
         relay.kill()  # SIGKILL: the pool cannot tell its worker
