@@ -119,7 +119,7 @@ class Entry:
         return verify_signature(public_key, self.sig, self.hash)
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON-ready form, with the field names of DESIGN.md."""
+        """Plain JSON-ready form, with the field names of `schemas/protocol/README.md`."""
         out: dict[str, Any] = {
             "client_id": self.client_id,
             "device_id": self.device_id,

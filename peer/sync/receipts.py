@@ -1,14 +1,15 @@
 """Receipts: the relay's signed answer for every entry, in its own append-only stream.
 
-Each receipt is a msgpack map (field names of DESIGN.md: ``client_id``, ``status``,
-``server_seq``, ``series``, ``invoice_no``, ``server_id``, ``total``, ``warnings``,
-``error``) plus ``device_id``, ``seq``, ``kind``, ``ticket`` of the entry it answers and
-``prev``, the hash of the receipt before it in the store's stream.  The hash of a receipt
-is SHA-256 of its canonical bytes without ``sig``.  Like a device's log, the stream is a
-hash chain, so the relay signs only the last receipt of each batch (its ``sig``): that
-signature vouches for every receipt before it.  A later receipt for the same
-``client_id`` supersedes an earlier one (``waiting`` then ``accepted``); an acceptance is
-final (a rejection after it is about a conflicting copy sent under the same client_id).
+Each receipt is a msgpack map (field names of ``schemas/protocol/README.md``:
+``client_id``, ``status``, ``server_seq``, ``series``, ``invoice_no``, ``server_id``,
+``total``, ``warnings``, ``error``) plus ``device_id``, ``seq``, ``kind``, ``ticket`` of
+the entry it answers and ``prev``, the hash of the receipt before it in the store's
+stream. The hash of a receipt is SHA-256 of its canonical bytes without ``sig``. Like a
+device's log, the stream is a hash chain, so the relay signs only the last receipt of
+each batch (its ``sig``): that signature vouches for every receipt before it. A later
+receipt for the same ``client_id`` supersedes an earlier one (``waiting`` then
+``accepted``); an acceptance is final (a rejection after it is about a conflicting copy
+sent under the same client_id).
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def where(relay: RelayProcess) -> list[str]:
 
 
 def amount(qty: int | str, price: int) -> int:
-    """Half up to a whole minor unit: the rule as DESIGN states it, written out here."""
+    """Half up to a whole minor unit: the rule of `peer/totals.py`, written out again here."""
     return int((Decimal(str(qty)) * price).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 

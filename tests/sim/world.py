@@ -696,7 +696,7 @@ class World:
                 raise Violation(f"{node.name} lost recorded entry {cid} in a crash")
 
     async def check_till_views(self, name: str, till: Till) -> None:
-        """A till's derived views, recomputed here from the DESIGN's rules over the
+        """A till's derived views, recomputed here from the documented rules over the
         entries it holds: stock, cash expected per shift, customer balances."""
         stock: dict[str, Decimal] = defaultdict(Decimal)
         cash: dict[str, int] = defaultdict(int)
