@@ -1,20 +1,24 @@
 """Fresh PostgreSQL databases for relay tests: one per test (or per module), made from
 the server at ``TILLSYNC_TEST_PG`` and dropped afterwards.
 
-The server must be reachable: a test on the PostgreSQL backend fails (never skips) when
-it is not, so CI cannot go green without proving the PostgreSQL relay.  `.ci/run`
-starts the local server first; to leave these tests out by hand: ``-m "not postgres"``.
+The server must be reachable: in CI a test on the PostgreSQL backend fails (never
+skips) when it is not, so CI cannot go green without proving the PostgreSQL relay;
+elsewhere it is skipped with the reason (``tests.services``).  `.ci/run` starts the local
+server first; to leave these tests out by hand: ``-m "not postgres"``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+from tests.services import unavailable
 
 ADMIN_URL = os.environ.get("TILLSYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -41,8 +45,32 @@ async def _admin() -> asyncpg.Connection:
     return conn
 
 
+@functools.cache
+def _unreachable() -> str | None:
+    """Why the server at ADMIN_URL cannot be used, or None (asked once per run)."""
+
+    async def probe() -> str | None:
+        try:
+            conn = await asyncpg.connect(ADMIN_URL, timeout=10)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        await conn.close()
+        return None
+
+    return _run(lambda: probe())  # type: ignore[return-value]
+
+
+def require_server() -> None:
+    """Fail (CI) or skip (elsewhere) the running test if the server cannot be used."""
+    if (why := _unreachable()) is not None:
+        unavailable(f"PostgreSQL at {ADMIN_URL}", why,
+                    "start it (`.ci/run` does), point TILLSYNC_TEST_PG at one, or deselect "
+                    "these tests with -m 'not postgres'")
+
+
 def create_database() -> str:
     """A new, empty database; returns its URL."""
+    require_server()
     name = f"tillsync_test_{uuid.uuid4().hex[:12]}"
 
     async def create() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from relay import reports
 from relay.storage.sqlite import SQLiteStorage
-from tests.relay.databases import ADMIN_URL
+from tests.relay.databases import ADMIN_URL, require_server
 from tools import bench_reports
 
 
@@ -45,6 +45,7 @@ def test_the_benchmark_prints_every_report(capsys: pytest.CaptureFixture[str]) -
 @pytest.mark.postgres
 def test_the_benchmark_times_postgresql_on_a_copy_of_the_same_year(
         capsys: pytest.CaptureFixture[str]) -> None:
+    require_server()
     assert bench_reports.main(["--sales", "300", "--repeat", "1", "--json",
                                "--pg", ADMIN_URL]) == 0
     result = json.loads(capsys.readouterr().out)
