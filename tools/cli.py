@@ -30,6 +30,7 @@ from relay.storage.postgres import describe
 from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from relay.workers import serve_workers
 from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, UnknownCollection, UnknownKind
+from tools import backup
 from tools import demo as demo_module
 
 LOCK_WAIT = 5.0  # seconds a writing verb waits for `peer run` to finish its round
@@ -704,6 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the device's id, or its name if unique in the store")
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(func=relay_revoke)
+    backup.add_relay_verb(relay_verbs)
     report = areas.add_parser("report", help="central reports from the relay's data",
                               description="reports computed from what the relay has "
                               "ingested, one store at a time (numbered sales only)",
@@ -832,6 +834,7 @@ def build_parser() -> argparse.ArgumentParser:
     verb("balances", peer_balances, "what each customer owes")
     sub = verb("log", peer_log, "list log entries")
     sub.add_argument("--kind", help="only this kind")
+    backup.add_peer_verb(verb)
     return parser
 
 

@@ -1,0 +1,81 @@
+"""``peer backup`` and ``relay backup``: copies taken from live processes restore whole."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.relay.processes import ENV, Relays, TillDir, cli_json, run_cli
+from tests.relay.test_daemon import PRODUCTS, SHIFT, sale, wait_until
+
+
+@pytest.mark.slow
+def test_a_till_and_a_relay_backed_up_while_running_restore_with_nothing_lost(
+        tmp_path: Path) -> None:
+    with Relays(tmp_path) as relays:
+        relay = relays.start()
+        till = TillDir(tmp_path / "till", "Till 1")
+        till.init(relay, "shop")
+        till.put_many(PRODUCTS)
+        till.record("shift_open", {"cashier_id": "ann", "opening_cash": 1000}, SHIFT)
+        synced = [till.record("sale", sale())["client_id"] for _ in range(3)]
+        till.sync()
+        pending = [till.record("sale", sale())["client_id"] for _ in range(2)]
+
+        # The daemon holds the store (LAN only, so the pending sales stay pending) and the
+        # relay serves while both copies are taken.
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "tools.cli", "peer", "run", str(till.path), "--no-relay",
+             "--lan-port", "0", "--no-mdns"], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
+        try:
+            wait_until(lambda: (till.path / "api.sock").exists(), "the daemon to hold the store")
+            till_copy = cli_json("peer", "backup", str(till.path), str(tmp_path / "till-copy"))
+            relay_copy = cli_json("relay", "backup", "--data", str(relay.data),
+                                  str(tmp_path / "relay-copy"))
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=30)
+        relay.kill()
+
+        assert till_copy["verified"] and till_copy["pending"] == 2
+        assert till_copy["entries"] == 1 + 3 + 2  # the shift and five sales
+        assert relay_copy["verified"] and relay_copy["invoices"]["shop INV"] == {
+            "count": 3, "last": 3}
+        for copy in (tmp_path / "till-copy", tmp_path / "relay-copy"):
+            keys = [p for p in copy.iterdir() if p.name.endswith(".key")]
+            assert keys and all(p.stat().st_mode & 0o077 == 0 for p in keys)
+
+        # Restore: serve the relay's copy, point the till's copy at it.
+        restored = relays.start("restored", data=tmp_path / "relay-copy")
+        copy = TillDir(tmp_path / "till-copy", "Till 1")
+        assert run_cli("peer", "verify", str(copy.path)).returncode == 0
+        report = copy.sync_json(restored.url)
+        assert report["pending"] == 0
+        numbers = {r["client_id"]: r["invoice_no"] for r in copy.receipts(mine=True)
+                   if r["status"] == "accepted" and r["kind"] == "sale"}
+        assert [numbers[c] for c in synced + pending] == [1, 2, 3, 4, 5]
+        register = cli_json("report", "invoices", "--data", str(restored.data),
+                            "--store", "shop", "--json")
+        assert register["count"] == 5
+        assert [(s["issued"], s["highest"], s["missing"]) for s in register["series"]] == [
+            (5, 5, [])]
+
+
+def test_a_backup_never_overwrites(tmp_path: Path) -> None:
+    (tmp_path / "dest").mkdir()
+    (tmp_path / "dest" / "precious").write_text("keep me")
+    (tmp_path / "till").mkdir()
+    (tmp_path / "till" / "till.db").write_bytes(b"")
+    done = run_cli("peer", "backup", str(tmp_path / "till"), str(tmp_path / "dest"),
+                   check=False)
+    assert done.returncode == 2 and "never overwrites" in done.stderr
+    assert (tmp_path / "dest" / "precious").read_text() == "keep me"
+    done = run_cli("relay", "backup", "--data", str(tmp_path / "nowhere"),
+                   str(tmp_path / "new"), check=False)
+    assert done.returncode == 2 and "relay.db is missing" in done.stderr
+    assert not (tmp_path / "new").exists()
