@@ -288,9 +288,6 @@ async def peer_verify(args: argparse.Namespace) -> int:
 
 
 async def peer_sync(args: argparse.Namespace) -> int:
-    if not args.once:
-        raise CliError("peer sync runs one round: pass --once (the daemon is `peer run`)",
-                       EXIT_BAD_INPUT)
     async with await Till.open(args.dir, wait=10.0) as till:
         report = await client.sync_once(till, args.relay)
     data = vars(report)
@@ -435,12 +432,14 @@ async def relay_enroll(args: argparse.Namespace) -> int:
         store_key = (await relay.store_key(args.store)).public_bytes.hex()
     finally:
         await relay.close()
-    _emit(args, {"code": code, "store": args.store, "name": args.name,
-                 "expires_in_hours": args.hours, "store_key": store_key}, lambda: (
-        f"{code}\n(one-time code for '{args.name}' in store {args.store}, valid "
-        f"{args.hours} h: tillsync peer init DIR --name '{args.name}' --relay URL "
-        f"--code {code})\nstore key {store_key} (the till shows the key it pinned in "
-        "`peer status`)"))
+    data = {"code": code, "store": args.store, "name": args.name,
+            "expires_in_hours": args.hours, "store_key": store_key}
+    if not args.json:  # the code alone on stdout, so that CODE=$(tillsync relay enroll ...)
+        print(f"one-time code for '{args.name}' in store {args.store}, valid {args.hours} h: "
+              f"tillsync peer init DIR --name '{args.name}' --relay URL --code {code}\n"
+              f"store key {store_key} (the till shows the key it pinned in `peer status`)",
+              file=sys.stderr)
+    _emit(args, data, lambda: code)
     return EXIT_OK
 
 
@@ -752,7 +751,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="only the N invoices of the range sold last (by the till's "
                                   "sale time; the count, total and gap check still cover all "
                                   "of them)")
-    demo_parser = areas.add_parser("demo", help="one till selling offline, end to end",
+    demo_parser = areas.add_parser("demo", help="a relay and three tills through an outage, "
+                                   "end to end",
                                    description=demo_module.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     demo_module.add_arguments(demo_parser)
@@ -783,8 +783,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--tls-ca", metavar="FILE", type=os.path.abspath,  # for the daemon
                      help="wss:// relay: trust the CA certificates in this PEM file")
 
-    sub = verb("sync", peer_sync, "one sync round with the relay: push, receipts, document")
-    sub.add_argument("--once", action="store_true", help="run one round and exit")
+    sub = verb("sync", peer_sync, "one sync round with the relay: push, receipts, document "
+               "(the daemon that keeps syncing is `peer run`)")
+    sub.add_argument("--once", action="store_true",
+                     help="one round and exit: what `peer sync` always does (kept for scripts)")
     sub.add_argument("--relay", metavar="URL", help="relay url (default: the enrolled one)")
 
     sub = verb("run", peer_run, "daemon: sync with the other tills on the LAN and with the "
@@ -849,7 +851,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tillsync: {exc}", file=sys.stderr)
         return exc.code
     except (InvalidInput, SchemaViolation, UnknownKind, UnknownCollection) as exc:
-        print(f"tillsync: {exc}\nnothing was stored.", file=sys.stderr)
+        writes = args.func in (peer_put, peer_record, peer_init)
+        print(f"tillsync: {exc}" + ("\nnothing was stored." if writes else ""),
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     except StoreError as exc:
         print(f"tillsync: {exc}", file=sys.stderr)

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -247,6 +248,19 @@ async def demo(args: argparse.Namespace) -> int:
     # The daemons log every failed relay round; the story below says what happens.
     logging.getLogger("tillsync").setLevel(logging.ERROR)
     code = await run(root)
-    _say(f"\nlook around: tillsync peer receipts {root}/till2; "
-         f"tillsync peer status {root}/till3")
+    command = _command()
+    _say(f"\nlook around: {command} peer receipts {root}/till2; "
+         f"{command} peer status {root}/till3")
     return code
+
+
+def _command() -> str:
+    """How to call tillsync again from this shell: plain ``tillsync`` when it is on PATH
+    (an activated environment), else the script's path (``.venv/bin/tillsync``)."""
+    script = Path(sys.argv[0])
+    if script.name != "tillsync" or shutil.which("tillsync") == str(script.resolve()):
+        return "tillsync"
+    try:
+        return str(script.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)

@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
 from tests.doubles import REPO
 
 
@@ -14,3 +25,81 @@ def test_readme_opens_with_run_and_test_commands_and_ci_runs_the_test_one() -> N
     assert "tillsync demo" in run_cmd and "pip install" in run_cmd
     ci = (REPO / ".ci" / "run").read_text().splitlines()
     assert test_cmd in ci, "README's test command and .ci/run differ"
+
+
+def blocks_under(heading: str) -> list[list[str]]:
+    """The fenced blocks of README's section ``heading``: each a list of lines."""
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"\n{heading}\n")
+    end = text.find("\n## ", start + 1)
+    lines = text[start:end if end != -1 else None].splitlines()
+    found, block = [], None
+    for line in lines:
+        if line.startswith("```"):
+            if block is None:
+                block = []
+            else:
+                found.append(block)
+                block = None
+        elif block is not None:
+            block.append(line)
+    return found
+
+
+def shell(lines: list[str], cwd: Path, env: dict[str, str]) -> str:
+    script = "set -euo pipefail\n" + "\n".join(lines) + "\n"
+    done = subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_the_shop_walkthrough_runs_as_written_and_numbers_the_sale(tmp_path: Path) -> None:
+    """The README's blocks, pasted in order into a fresh shell with the environment
+    activated: the relay in one terminal, the rest in another."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
+           f"{os.environ.get('PATH', '')}"}
+    relay_block, shop_block = blocks_under("## A shop from the command line")
+    assert relay_block == ["tillsync relay serve --data ./relay --port 8765"]
+    port = free_port()
+    relay_cmd = relay_block[0].replace("8765", str(port))
+    log = open(tmp_path / "relay.log", "w")  # noqa: SIM115 - closed below
+    relay = subprocess.Popen(["bash", "-c", f"exec {relay_cmd}"], cwd=tmp_path, env=env,
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "relay listening" not in (tmp_path / "relay.log").read_text():
+            assert relay.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "relay.log").read_text()
+            time.sleep(0.1)
+        out = shell([line.replace("8765", str(port)) for line in shop_block], tmp_path, env)
+        assert re.search(r"TILL1-000001\s.*INV-000001", out), out
+        # The reports section reads the same relay folder.
+        (reports,) = [b for b in blocks_under("## Central reports")
+                      if b and all(line.startswith("tillsync report ") for line in b)]
+        shell([line.replace("TILL1-000042", "TILL1-000001") for line in reports], tmp_path,
+              env)
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        try:
+            relay.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            relay.kill()
+            relay.wait()
+        log.close()
+
+
+def test_a_till_from_the_command_line_runs_as_written(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
+           f"{os.environ.get('PATH', '')}"}
+    (block,) = blocks_under("## A till from the command line")[:1]
+    out = shell(block, tmp_path, env)
+    assert "ok:" in out and "TILL1-000001" in out, out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
