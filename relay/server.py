@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import hashlib
 import logging
@@ -29,6 +30,7 @@ import automerge.core as am
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
+from peer import logfmt
 from peer.cert import CERT_VALIDITY, Certificate, Revocation
 from peer.errors import InvalidInput
 from peer.identity import DeviceKey
@@ -255,6 +257,7 @@ class Relay:
     async def handle(self, ws: ServerConnection) -> None:
         link = RelayLink(nonce=os.urandom(32))
         peer = f"{ws.remote_address}"
+        logfmt.bind(connection=logfmt.address(ws.remote_address))
         pump: asyncio.Task[None] | None = None
         state: dict[str, Any] = {}
         # Frames leave in the order the link queued them: whoever sends (this handler or
@@ -271,6 +274,7 @@ class Relay:
                 link.receive_data(frame)
                 for event in link.events_received():
                     if isinstance(event, HelloReceived):
+                        logfmt.bind(store=event.store, device=event.device)
                         device = await self.storage.device(event.store, event.device)
                         if device is None:
                             log.warning("%s: unknown device %s of store %s", peer,
@@ -288,6 +292,7 @@ class Relay:
                             link.challenge(device.public_key,
                                            await self.store_key(event.store))
                     elif isinstance(event, EnrollRequested):
+                        logfmt.bind(device=event.device)
                         row = await self.storage.enroll(code_hash(event.code), event.device,
                                                         event.name, event.public_key,
                                                         utc_timestamp())
@@ -295,6 +300,7 @@ class Relay:
                             log.warning("%s: enrollment refused: %s", peer, row)
                             link.fail("bad_code", row)
                         else:
+                            logfmt.bind(store=row.store)
                             log.info("enrolled %s (%s) in store %s", row.device_id, row.name,
                                      row.store)
                             link.enrolled(row.store, row.device_id, await self.certify(row),
@@ -391,7 +397,10 @@ class Relay:
         job = _Job(hub, batch, asyncio.get_running_loop().create_future())
         await self._jobs.put(job)
         if self._writer is None:
-            self._writer = asyncio.create_task(self._write_loop(), name="relay-writer")
+            # Its own context: the writer serves every connection, so its log lines name
+            # none (a task copies the context of the one that starts it).
+            self._writer = asyncio.create_task(self._write_loop(), name="relay-writer",
+                                               context=contextvars.Context())
         return job
 
     async def _prepare(self, entries: list[Entry]) -> Checked:
