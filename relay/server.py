@@ -49,6 +49,7 @@ from peer.sync.engine import (
 )
 from peer.sync.frames import TRANSPORT_MAX
 from peer.tls import server_context
+from relay import metrics
 from relay.documents import Hubs, StoreHub
 from relay.http import handler as api_handler
 from relay.http import new_token
@@ -308,6 +309,7 @@ class Relay:
                     elif isinstance(event, Authenticated):
                         hub = await self.hubs.get(event.store)
                         state["hub"] = hub
+                        metrics.CONNECTED.inc()  # taken off in ``finally``, as is the hub
                         state["sync"] = am.SyncState()
                         await self.storage.touch(event.store, event.device, utc_timestamp())
                         link.welcome(await self.storage.heads(event.store),
@@ -347,6 +349,7 @@ class Relay:
                 pump.cancel()
             if "hub" in state:
                 state["hub"].unwatch(wake)
+                metrics.CONNECTED.dec()
             await ws.close()
 
     @staticmethod
@@ -453,8 +456,11 @@ class Relay:
         connection: the rollback undid everything, and ingest decides afresh from what is
         stored (a batch whose commit did happen is then found stored: duplicates)."""
         tries[0] += 1
+        started = time.perf_counter()
         async with self.storage.transaction() as txn:
-            return await ingest_all(txn, [job.batch for job in jobs], utc_timestamp())
+            results = await ingest_all(txn, [job.batch for job in jobs], utc_timestamp())
+        metrics.committed(results, sum(len(job.batch.entries) for job in jobs), started)
+        return results
 
     async def _doc(self, link: RelayLink, hub: StoreHub, sync: am.SyncState,
                    data: bytes) -> None:
