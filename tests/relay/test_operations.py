@@ -210,3 +210,42 @@ def test_readyz_fails_while_the_database_is_out_of_reach_and_recovers(
             assert relay.alive
     finally:
         proxy.close()
+
+
+# -- database errors and retries, in-process -----------------------------------------------
+
+
+class Flaky(Exception):
+    pass
+
+
+async def test_database_errors_and_retries_are_counted_per_attempt() -> None:
+    from prometheus_client import REGISTRY
+
+    from relay.storage import with_retries
+
+    class Storage:  # what with_retries asks of a RelayStorage
+        @staticmethod
+        def retryable(exc: BaseException) -> bool:
+            return isinstance(exc, Flaky)
+
+    def counts() -> tuple[float, float]:
+        return (REGISTRY.get_sample_value("tillsync_relay_database_errors_total",
+                                          {"error": "Flaky"}) or 0.0,
+                REGISTRY.get_sample_value("tillsync_relay_database_retries_total") or 0.0)
+
+    failures = [Flaky("deadlock"), Flaky("lost connection")]
+
+    async def attempt() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "done"
+
+    before = counts()
+    assert await with_retries(Storage(), "a test", attempt,  # type: ignore[arg-type]
+                              first_pause=0.001) == "done"
+    assert counts() == (before[0] + 2, before[1] + 2)
+    failures.append(Flaky("again"))  # the last try fails: an error, and no retry
+    with pytest.raises(Flaky):
+        await with_retries(Storage(), "a test", attempt, tries=1)  # type: ignore[arg-type]
+    assert counts() == (before[0] + 3, before[1] + 2)
