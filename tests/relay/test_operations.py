@@ -36,6 +36,7 @@ from tests.relay.processes import (
 from tests.relay.proxy import Proxy
 from tests.relay.test_acceptance import _record_sales
 from tests.relay.test_bad_input import selling
+from tests.relay.test_logs import json_lines
 from tests.relay.test_multi_process import finish, sync_procs, sync_until_done, via
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -159,7 +160,7 @@ async def test_metrics_count_a_real_ingest_as_the_register_does(
 async def test_metrics_of_several_workers_add_up_whichever_answers(
         tmp_path: Path, pg_db: str) -> None:
     with Relays(tmp_path, pg_db) as relays:
-        relay = relays.start("workers", extra=["--workers", "2"])
+        relay = relays.start("workers", extra=["--workers", "2", "--log-format", "json"])
         first = (relay.logs / "relay-1.out").read_text()
         found = re.search(r"worker processes: ([0-9, ]+);", first)
         assert found, first
@@ -180,6 +181,11 @@ async def test_metrics_of_several_workers_add_up_whichever_answers(
             samples = scrape(relay)
             assert_matches_database(relay, samples, ["shop"])
             assert value(samples, "tillsync_relay_connected_devices") == 0
+        # The workers' log lines are JSON too, each with the process that wrote it.
+        lines = json_lines(relay.stderr())
+        assert all(isinstance(line.get("pid"), int) for line in lines), lines[:5]
+        served = {line["pid"] for line in lines if line["message"].endswith(" connected")}
+        assert served and served <= set(pids), (served, pids)
 
 
 # -- health ------------------------------------------------------------------------------
