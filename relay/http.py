@@ -9,6 +9,7 @@ or ``limit=N`` (the N invoices of the range sold last, by sale time);
 ``sales?by=product`` takes ``product=ID``.  A token belongs to one store: it
 reads that store and no other.  Errors are JSON ``{"error": message}`` with 400 (bad parameter), 401
 (missing or wrong token, or a token of another store) or 404 (unknown path or report).
+``GET /healthz``, ``/readyz`` and ``/metrics`` need no token (``relay.ops``).
 ``GET /dashboard`` serves the dashboard, one self-contained page (no CDN) that reads
 the store and token from its URL fragment (``/dashboard#store=S&token=T``: a fragment
 never reaches the server or its logs) or typed in, and draws these reports
@@ -32,7 +33,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from peer.errors import InvalidInput
-from relay import dashboard, reports
+from relay import dashboard, ops, reports
 from relay.storage import RelayStorage
 
 PREFIX = "/api/v1/stores/"
@@ -86,9 +87,14 @@ REPORTS = ("sales", "invoices", "shifts", "stock", "alerts", "devices")
 
 
 def _json(connection: ServerConnection, status: http.HTTPStatus, data: Any) -> Response:
-    response = connection.respond(status, json.dumps(data, sort_keys=True) + "\n")
+    return _reply(connection, status, ops.JSON, json.dumps(data, sort_keys=True) + "\n")
+
+
+def _reply(connection: ServerConnection, status: http.HTTPStatus, content_type: str,
+           body: str) -> Response:
+    response = connection.respond(status, body)
     del response.headers["Content-Type"]  # Headers is a multidict: replace, not add
-    response.headers["Content-Type"] = "application/json; charset=utf-8"
+    response.headers["Content-Type"] = content_type
     return response
 
 
@@ -100,6 +106,8 @@ def handler(storage: RelayStorage
     async def process_request(connection: ServerConnection, request: Request
                               ) -> Response | None:
         url = urlsplit(request.path)
+        if url.path in ops.PATHS:  # health and metrics, for the operator's tools
+            return _reply(connection, *await ops.answer(url.path, storage))
         if url.path in (dashboard.PATH, dashboard.PATH + "/"):
             return dashboard.response(connection)
         if not url.path.startswith(PREFIX):

@@ -66,6 +66,11 @@ class IngestResult:
     duplicates: int = 0
     gaps: dict[str, int] = field(default_factory=dict)  # device -> seq the relay wants next
     position: int = 0  # the receipt stream's position after this batch
+    # For the relay's metrics: entries new to the chains, invoice numbers given, and
+    # rejected receipts by code.
+    stored: int = 0
+    invoices: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
 
 
 def _about(entry: Entry) -> dict[str, Any]:
@@ -514,6 +519,9 @@ async def _ingest_one(state: _Store, source: Batch) -> IngestResult:
             await _resolve_waiting(batch, entry.client_id)
     result.position = batch.seal(source.key)
     result.receipts, result.packed = batch.receipts, batch.packed
+    result.stored, result.invoices = len(chained), len(batch.invoices)
+    for row in batch.rejected:  # rare: not one per entry
+        result.rejected[row[3]] = result.rejected.get(row[3], 0) + 1
     await batch.write()
     return result
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import hashlib
 import logging
@@ -29,6 +30,7 @@ import automerge.core as am
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
+from peer import logfmt
 from peer.cert import CERT_VALIDITY, Certificate, Revocation
 from peer.errors import InvalidInput
 from peer.identity import DeviceKey
@@ -47,6 +49,7 @@ from peer.sync.engine import (
 )
 from peer.sync.frames import TRANSPORT_MAX
 from peer.tls import server_context
+from relay import metrics
 from relay.documents import Hubs, StoreHub
 from relay.http import handler as api_handler
 from relay.http import new_token
@@ -255,6 +258,7 @@ class Relay:
     async def handle(self, ws: ServerConnection) -> None:
         link = RelayLink(nonce=os.urandom(32))
         peer = f"{ws.remote_address}"
+        logfmt.bind(connection=logfmt.address(ws.remote_address))
         pump: asyncio.Task[None] | None = None
         state: dict[str, Any] = {}
         # Frames leave in the order the link queued them: whoever sends (this handler or
@@ -271,6 +275,7 @@ class Relay:
                 link.receive_data(frame)
                 for event in link.events_received():
                     if isinstance(event, HelloReceived):
+                        logfmt.bind(store=event.store, device=event.device)
                         device = await self.storage.device(event.store, event.device)
                         if device is None:
                             log.warning("%s: unknown device %s of store %s", peer,
@@ -288,6 +293,7 @@ class Relay:
                             link.challenge(device.public_key,
                                            await self.store_key(event.store))
                     elif isinstance(event, EnrollRequested):
+                        logfmt.bind(device=event.device)
                         row = await self.storage.enroll(code_hash(event.code), event.device,
                                                         event.name, event.public_key,
                                                         utc_timestamp())
@@ -295,6 +301,7 @@ class Relay:
                             log.warning("%s: enrollment refused: %s", peer, row)
                             link.fail("bad_code", row)
                         else:
+                            logfmt.bind(store=row.store)
                             log.info("enrolled %s (%s) in store %s", row.device_id, row.name,
                                      row.store)
                             link.enrolled(row.store, row.device_id, await self.certify(row),
@@ -302,6 +309,7 @@ class Relay:
                     elif isinstance(event, Authenticated):
                         hub = await self.hubs.get(event.store)
                         state["hub"] = hub
+                        metrics.CONNECTED.inc()  # taken off in ``finally``, as is the hub
                         state["sync"] = am.SyncState()
                         await self.storage.touch(event.store, event.device, utc_timestamp())
                         link.welcome(await self.storage.heads(event.store),
@@ -341,6 +349,7 @@ class Relay:
                 pump.cancel()
             if "hub" in state:
                 state["hub"].unwatch(wake)
+                metrics.CONNECTED.dec()
             await ws.close()
 
     @staticmethod
@@ -391,7 +400,10 @@ class Relay:
         job = _Job(hub, batch, asyncio.get_running_loop().create_future())
         await self._jobs.put(job)
         if self._writer is None:
-            self._writer = asyncio.create_task(self._write_loop(), name="relay-writer")
+            # Its own context: the writer serves every connection, so its log lines name
+            # none (a task copies the context of the one that starts it).
+            self._writer = asyncio.create_task(self._write_loop(), name="relay-writer",
+                                               context=contextvars.Context())
         return job
 
     async def _prepare(self, entries: list[Entry]) -> Checked:
@@ -444,8 +456,11 @@ class Relay:
         connection: the rollback undid everything, and ingest decides afresh from what is
         stored (a batch whose commit did happen is then found stored: duplicates)."""
         tries[0] += 1
+        started = time.perf_counter()
         async with self.storage.transaction() as txn:
-            return await ingest_all(txn, [job.batch for job in jobs], utc_timestamp())
+            results = await ingest_all(txn, [job.batch for job in jobs], utc_timestamp())
+        metrics.committed(results, sum(len(job.batch.entries) for job in jobs), started)
+        return results
 
     async def _doc(self, link: RelayLink, hub: StoreHub, sync: am.SyncState,
                    data: bytes) -> None:

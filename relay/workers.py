@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from relay import metrics
+
 log = logging.getLogger("tillsync.relay")
 
 START_TIMEOUT = 60.0
@@ -40,9 +42,11 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 
 class Worker:
-    def __init__(self, number: int, argv: list[str]) -> None:
+    def __init__(self, number: int, argv: list[str], env: dict[str, str] | None = None
+                 ) -> None:
         self.number = number
         self.argv = argv
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready = threading.Event()
         self.started_at = 0.0
@@ -51,7 +55,8 @@ class Worker:
     def start(self) -> None:
         self.ready.clear()
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                     env=self.env)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True,
                          name=f"worker-{self.number}-out").start()
 
@@ -75,7 +80,11 @@ def serve_workers(*, workers: int, data: Path, db: str, host: str, port: int,
     base = [sys.executable, "-m", "tools.cli", "relay", "serve", "--data", str(data),
             "--db", db, "--host", host, "--port", str(port), "--reuse-port",
             "--db-wait", str(db_wait), "--worker-of", str(os.getpid()), *extra]
-    pool = [Worker(i + 1, base) for i in range(workers)]
+    # Every worker writes its metrics to files in one folder; a scrape on any of them
+    # adds up all of them (relay/metrics.py).
+    folder = metrics.fresh_folder(data)
+    env = {**os.environ, metrics.ENV: str(folder)}
+    pool = [Worker(i + 1, base, env) for i in range(workers)]
     stopping = threading.Event()
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -111,6 +120,7 @@ def serve_workers(*, workers: int, data: Path, db: str, host: str, port: int,
                 log.warning("relay worker %d (pid %d) exited with %s; starting another%s",
                             worker.number, worker.proc.pid, code,
                             f" in {pause:.1f} s" if pause else "")
+                metrics.process_dead(folder, worker.proc.pid)
                 if stopping.wait(pause):
                     break
                 worker.start()

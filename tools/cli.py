@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from peer import client
+from peer import client, logfmt
 from peer.errors import InvalidInput, StoreCorrupt, StoreError, TillsyncError
 from peer.lan import api as lan_api
 from peer.lan.node import LAN_PORT, Node, NodeConfig, read_status
@@ -299,7 +299,10 @@ async def peer_sync(args: argparse.Namespace) -> int:
 
 
 async def peer_run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logfmt.configure(args.log_format, "%(asctime)s %(name)s %(message)s")
+    if args.log_format == "json":  # every line of this daemon is about its own till
+        async with await Till.open(args.dir, readonly=True) as till:
+            logfmt.bind(store=till.store_id, device=till.device_id)
     if args.no_lan:
         await client.run(Path(args.dir), url=args.relay, interval=args.interval)
         return EXIT_OK
@@ -337,10 +340,10 @@ async def peer_receipts(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _relay_logging(worker: bool) -> None:
+def _relay_logging(worker: bool, log_format: str = "text") -> None:
     fmt = "%(asctime)s [%(process)d] %(name)s %(message)s" if worker else \
         "%(asctime)s %(name)s %(message)s"
-    logging.basicConfig(level=logging.INFO, format=fmt)
+    logfmt.configure(log_format, fmt, pid=worker)
     # One line per device session comes from tillsync.relay; the library's own
     # open/close lines would double them.
     logging.getLogger("websockets").setLevel(logging.WARNING)
@@ -364,9 +367,9 @@ def relay_serve_workers(args: argparse.Namespace) -> int:
                        "one PostgreSQL database (SQLite serves one process)", EXIT_BAD_INPUT)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
-    _relay_logging(worker=True)
+    _relay_logging(worker=True, log_format=args.log_format)
     asyncio.run(migrate(args.db, args.db_wait))  # once, before the workers start
-    extra = ["--cert-days", str(args.cert_days)]
+    extra = ["--cert-days", str(args.cert_days), "--log-format", args.log_format]
     if args.tls_cert:
         extra += ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key]
     return serve_workers(workers=args.workers, data=Path(args.data), db=args.db,
@@ -376,7 +379,7 @@ def relay_serve_workers(args: argparse.Namespace) -> int:
 
 async def relay_serve(args: argparse.Namespace) -> int:
     _check_db(args)
-    _relay_logging(worker=args.worker_of is not None)
+    _relay_logging(worker=args.worker_of is not None, log_format=args.log_format)
     if args.worker_of is not None:
         die_with_parent(args.worker_of)
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -632,6 +635,12 @@ async def peer_balances(args: argparse.Namespace) -> int:
 # -- parser ----------------------------------------------------------------------------
 
 
+def _log_format_flag(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--log-format", choices=logfmt.FORMATS, default="text",
+                     help="text lines (default), or one JSON object a line with time, "
+                          "level, logger, message, store, device and connection")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tillsync",
@@ -663,6 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="validity of the device certificates the relay issues (default "
                      "90; each contact renews a device's): a till that stays away "
                      "longer is refused by the other tills until it syncs again")
+    _log_format_flag(sub)
     sub.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     sub.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
     sub.set_defaults(func=relay_serve)
@@ -810,6 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "per round)")
     sub.add_argument("--no-relay", action="store_true",
                      help="LAN only: never contact the relay")
+    _log_format_flag(sub)
 
     sub = verb("receipts", peer_receipts, "the relay's answers: ticket -> invoice number, "
                "waiting and rejected entries")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from peer.log import Entry
+from relay import metrics
 
 log = logging.getLogger("tillsync.relay")
 T = TypeVar("T")
@@ -209,7 +210,9 @@ async def with_retries(storage: RelayStorage, what: str, attempt: Callable[[], A
         try:
             return await attempt()
         except Exception as exc:
-            if not left or not storage.retryable(exc):
+            retried = bool(left) and storage.retryable(exc)
+            metrics.database_failed(exc, retried)
+            if not retried:
                 raise
             log.warning("%s failed (%s: %s); retrying in %.2f s", what, type(exc).__name__,
                         exc, pause)

@@ -1,6 +1,6 @@
 """A TCP proxy on loopback, in a thread of the test process, between a relay and its
 PostgreSQL server: it can be down (nothing listens), come up, and cut every connection
-going through it (a database link lost mid-transaction)."""
+going through it (a database link lost mid-transaction), or stop (a database gone)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,16 @@ class Proxy:
             self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port,
                                                       reuse_address=True)
         self._call(start())
+
+    def stop(self) -> None:
+        """Stop listening and cut every connection: the database is out of reach until
+        ``start`` again."""
+        async def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+        self._call(stop())
+        self.cut()
 
     def cut(self) -> int:
         """Close every connection going through; returns how many there were."""
