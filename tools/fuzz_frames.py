@@ -342,11 +342,14 @@ async def fuzz(target: Target, frames: int, *, seed: int = 1, connections: int =
     time; the report says what came back."""
     report = Report()
     fuzzer = _Fuzzer(target, report, documented_codes(), big)
-    share = [frames // (2 * connections)] * (2 * connections)
-    share[0] += frames - sum(share)
+    runs = []
+    for logged_in, half in ((False, frames - frames // 2), (True, frames // 2)):
+        share = [half // connections] * connections
+        share[0] += half - sum(share)
+        runs += [(logged_in, n) for n in share]
     start = time.perf_counter()
-    await asyncio.gather(*(fuzzer.run(random.Random(seed * 1000 + i), n, logged_in=i % 2 == 1)
-                           for i, n in enumerate(share)))
+    await asyncio.gather(*(fuzzer.run(random.Random(seed * 1000 + i), n, logged_in=logged_in)
+                           for i, (logged_in, n) in enumerate(runs)))
     report.seconds = time.perf_counter() - start
     return report
 
@@ -455,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
                      "unanswered", "stored_changed", "rejected_receipts_added",
                      "honest_sale_invoice", "seconds", "frames_per_second"):
             print(f"{name:24} {result[name]}")
+        for outcome, count in result["outcomes"].items():
+            print(f"  {outcome:40} {count}")
         for problem in result["problems"]:
             print(f"problem: {problem}")
     bad = result["crashes"] or result["internal_errors"] or result["problems"] \
