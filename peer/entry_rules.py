@@ -1,0 +1,108 @@
+"""The rules every end applies to an entry alike: the till before recording it, a LAN
+peer before giving a forwarded entry any effect, the relay before deciding it.
+
+Two families, each with a stable code (the relay's ``rejected`` receipt; the till's
+error message says the same thing in words):
+
+* the entry on its own (``entry_problem``): ``malformed_body``, ``unknown_kind``,
+  ``bad_client_id`` (not a lowercase UUID v4), ``schema``, ``not_canonical`` (body bytes
+  other than the canonical msgpack of the body: keys sorted at every level, shortest
+  encodings), ``negative_line`` (a sale line whose discount exceeds its amount);
+* the entry against its shift (``shift_problem``): ``foreign_shift`` (a ``sale``,
+  ``cash_movement`` or ``shift_close`` naming another device's shift) and
+  ``shift_closed`` (naming a shift that is closed already, a second close included).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgpack
+
+from peer.totals import line_amount
+from schemas import ENTRY_KINDS, SchemaViolation, validate_entry
+
+CLIENT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+"""An entry's ``client_id``: a UUID v4 written lowercase, 8-4-4-4-12."""
+
+Problem = tuple[str, str]  # (code, message)
+
+
+def client_id_problem(client_id: str) -> Problem | None:
+    if CLIENT_ID.fullmatch(client_id):
+        return None
+    return "bad_client_id", (f"client_id {client_id[:40]!r} is not a UUID v4 written "
+                             "lowercase 8-4-4-4-12 (such as "
+                             "'0b7e7f52-1f7a-4c3e-9d55-3c0f4a1e9b21')")
+
+
+def _sorted(value: object) -> object:
+    if type(value) is dict:
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if type(value) is list:
+        return [_sorted(v) for v in value]
+    return value
+
+
+def is_canonical(body_bytes: bytes, body: Mapping[str, Any]) -> bool:
+    """``body_bytes`` are exactly the canonical msgpack of ``body``, their decoding (keys
+    sorted at every level, shortest forms; a repeated key or an overlong integer or
+    string header encodes differently, so it fails)."""
+    try:
+        return bool(msgpack.packb(_sorted(body), use_bin_type=True) == body_bytes)
+    except (TypeError, ValueError):  # keys that do not sort, a type msgpack cannot write
+        return False
+
+
+def negative_line(lines: Sequence[Mapping[str, Any]],
+                  amounts: Sequence[int] | None = None) -> Problem | None:
+    """A sale line whose discount makes its amount negative (``amounts``: the lines'
+    amounts if the caller computed them already)."""
+    for i, line in enumerate(lines):
+        amount = amounts[i] if amounts is not None else line_amount(line)
+        if amount < 0:
+            return "negative_line", (f"body.lines[{i}].discount {line.get('discount')} is "
+                                     f"larger than the line's amount {amount + line['discount']}"
+                                     "; a discount may at most zero a line")
+    return None
+
+
+def entry_problem(client_id: str, kind: str, body_bytes: bytes, body: object, *,
+                  check_lines: bool = True) -> Problem | None:
+    """What is wrong with an entry on its own, or None.  ``body``: ``body_bytes``
+    decoded (None if they are not a msgpack map).  ``check_lines=False`` leaves a sale's
+    ``negative_line`` to the caller, who computes the lines' amounts anyway."""
+    if not isinstance(body, dict):
+        return "malformed_body", "the body is not a msgpack map"
+    if kind not in ENTRY_KINDS:
+        return "unknown_kind", f"unknown entry kind {kind[:40]!r}"
+    problem = client_id_problem(client_id)
+    if problem is not None:
+        return problem
+    try:
+        validate_entry(kind, body)
+    except SchemaViolation as exc:
+        return "schema", str(exc)
+    if not is_canonical(body_bytes, body):
+        return "not_canonical", ("the body bytes are not the canonical msgpack of the body "
+                                 "(keys sorted at every level, shortest encodings)")
+    if kind == "sale" and check_lines:
+        return negative_line(body["lines"])
+    return None
+
+
+def shift_problem(kind: str, shift: str, device_id: str, owner: str | None,
+                  closed: bool) -> Problem | None:
+    """A ``sale``, ``cash_movement`` or ``shift_close`` of ``device_id`` naming ``shift``,
+    opened by ``owner`` (None: not known here) and maybe ``closed`` already."""
+    if owner is not None and owner != device_id:
+        return "foreign_shift", (f"shift {shift} was opened by device {owner}; a device "
+                                 "records only in a shift it opened itself")
+    if closed and kind == "shift_close":
+        return "shift_closed", f"shift {shift} is closed already; a shift is closed once"
+    if closed:
+        return "shift_closed", (f"shift {shift} is closed; a {kind} belongs in an open shift "
+                                "(record shift_open)")
+    return None
