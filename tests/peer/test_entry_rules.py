@@ -18,6 +18,7 @@ from peer.log import canonical_body
 from peer.store import Till
 from tests.doubles import SHIFT, sale, stocked_till
 from tests.peer.test_receive_entries import bread, enrolled_till, make_device
+from tests.relay.test_entry_rules import overlong_ints
 
 
 async def test_a_discount_larger_than_its_line_is_refused(tmp_path: Path) -> None:
@@ -126,7 +127,8 @@ def test_canonical_bodies_and_what_is_not() -> None:
 async def test_a_forwarded_entry_the_relay_would_reject_has_no_effect_here(
         tmp_path: Path) -> None:
     """Kept as signed (it is part of its device's chain) but without effect, as the
-    relay will reject it: a body not in canonical form, a bad client id."""
+    relay will reject it: a body not in canonical form (unsorted keys, overlong
+    integers), a client id that is not a lowercase UUID v4."""
     till = await enrolled_till(tmp_path)
     try:
         other = make_device("Till 2")
@@ -135,10 +137,12 @@ async def test_a_forwarded_entry_the_relay_would_reject_has_no_effect_here(
         unsorted = msgpack.packb(dict(reversed(list(move.items()))), use_bin_type=True)
         assert entry_problem(str(uuid.uuid4()), "stock_move", unsorted,
                              msgpack.unpackb(unsorted)) is not None
+        overlong = overlong_ints({**move, "qty": 5})
         bad = [other.chain.next("stock_move", body_bytes=unsorted),
+               other.chain.next("stock_move", body_bytes=overlong),
                other.chain.next("stock_move", move, client_id=str(uuid.uuid4()).upper()),
                other.chain.next("stock_move", move, client_id=str(uuid.uuid1()))]
-        assert await till.receive_entries(bad) == 3
+        assert await till.receive_entries(bad) == 4
         assert bread(await till.stock()) == "0"
         good = other.chain.next("stock_move", move)
         assert await till.receive_entries([good]) == 1

@@ -90,7 +90,7 @@ async def test_a_sale_with_a_negative_line_is_rejected(relay: RelayProcess) -> N
 # -- finding 5: the canonical form -----------------------------------------------------
 
 
-def _overlong_ints(body: dict[str, Any]) -> bytes:
+def overlong_ints(body: dict[str, Any]) -> bytes:
     """``body`` with its keys sorted but every integer written as an int64 (9 bytes)."""
     packer = msgpack.Packer(use_bin_type=True)
     out = bytearray()
@@ -124,7 +124,7 @@ async def test_a_body_not_in_canonical_form_is_rejected(relay: RelayProcess,
         if case == "unsorted keys":
             raw = msgpack.packb(dict(reversed(list(body.items()))), use_bin_type=True)
         else:
-            raw = _overlong_ints(body)
+            raw = overlong_ints(body)
         assert raw != canonical_body(body) and msgpack.unpackb(raw, raw=False) == body
         await rejected_with(session, chain, chain.next("sale", body_bytes=raw),
                             "not_canonical")
