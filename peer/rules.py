@@ -39,6 +39,11 @@ _SHIFT_FIELDS: dict[str, str] = {
 }
 
 
+# Per till (its device id): shift -> the device that opened it, as found in the log.
+_OWNERS: dict[str, dict[str, str]] = {}
+_OWNERS_KEPT = 10_000
+
+
 class Lookup:
     """What the rules may ask of the store; the store passes its own methods."""
 
@@ -59,8 +64,18 @@ class Lookup:
         return None if entry is None else entry.kind
 
     async def shift_owner(self, shift_client_id: str) -> str | None:
-        entry = await self.entry(shift_client_id)
-        return None if entry is None or entry.kind != "shift_open" else entry.device_id
+        """The device that opened a shift, None if no shift_open of it is held here.
+        Kept once found (an entry never changes): it is asked for on every sale."""
+        known = _OWNERS.setdefault(self.device_id, {})
+        owner = known.get(shift_client_id)
+        if owner is None:
+            entry = await self.entry(shift_client_id)
+            if entry is None or entry.kind != "shift_open":
+                return None
+            if len(known) >= _OWNERS_KEPT:
+                known.clear()
+            owner = known[shift_client_id] = entry.device_id
+        return owner
 
 
 async def check(kind: str, body: Mapping[str, Any], lookup: Lookup) -> None:
