@@ -561,8 +561,9 @@ class Till:
         """
         validate_entry(kind, body)
         body_bytes = canonical_body(body)  # refuses floats and odd types before queueing
-        if client_id is not None and (problem := client_id_problem(client_id := client_id.lower())):
-            raise InvalidInput(problem[1])  # a front end's uppercase UUID is taken lowercase
+        if client_id is not None and (problem := client_id_problem(  # uppercase taken lowercase
+                client_id := str(client_id).lower())):
+            raise InvalidInput(problem[1])
         return await self._submit(lambda batch: self._append(batch, kind, body, body_bytes,
                                                              client_id))
 

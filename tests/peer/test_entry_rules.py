@@ -107,6 +107,8 @@ async def test_an_uppercase_client_id_is_taken_lowercase(tmp_path: Path) -> None
         cid = str(uuid.uuid4())
         entry = await till.record("sale", sale(("bread", 1, 320)), client_id=cid.upper())
         assert entry.client_id == cid
+        with pytest.raises(InvalidInput, match="'5' is not a UUID v4"):  # JSON from the API
+            await till.record("sale", sale(("bread", 1, 320)), client_id=5)  # type: ignore[arg-type]
 
 
 def test_canonical_bodies_and_what_is_not() -> None:
