@@ -2,7 +2,9 @@
 
 The schema says an entry is well formed; these rules say it makes sense *here*: the
 products, customers, cashiers and suppliers it names exist in the master document, the
-shift it belongs to is open, the held sale it resumes was held.  They apply to entries
+shift it belongs to is open and was opened by this till, the held sale it resumes was
+held, no line's discount exceeds its amount (the shift and line rules are the relay's
+too: ``peer/entry_rules.py``).  They apply to entries
 recorded on this till; entries from other devices are accepted on their signature and
 chain (their till checked them when they were made).
 """

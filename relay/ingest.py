@@ -9,7 +9,11 @@ whole run, so a batch costs one Ed25519 verification per device, not one per ent
 Then, in ingestion order, each new entry is decided:
 
 * schema re-checked (a bad body is stored, since it is part of the signed chain, and
-  answered with a ``rejected`` receipt: nothing is ever dropped);
+  answered with a ``rejected`` receipt: nothing is ever dropped), and the other rules of
+  an entry on its own (``peer/entry_rules.py``: client_id, canonical body, no negative
+  sale line);
+* ``sale``, ``cash_movement``, ``shift_close``: the shift rules (``foreign_shift``,
+  ``shift_closed``), also for entries that waited for their shift;
 * ``sale``: totals recomputed from the lines (a different ``client_total`` is a warning),
   next gapless invoice number of the store's series, stock moved (volatile products
   instead update their suggested price), low-stock warning when stock falls below the
