@@ -2,7 +2,9 @@
 
 The schema says an entry is well formed; these rules say it makes sense *here*: the
 products, customers, cashiers and suppliers it names exist in the master document, the
-shift it belongs to is open, the held sale it resumes was held.  They apply to entries
+shift it belongs to is open and was opened by this till, the held sale it resumes was
+held, no line's discount exceeds its amount (the shift and line rules are the relay's
+too: ``peer/entry_rules.py``).  They apply to entries
 recorded on this till; entries from other devices are accepted on their signature and
 chain (their till checked them when they were made).
 """
@@ -12,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from peer.entry_rules import negative_line, shift_problem
 from peer.errors import InvalidInput, UnknownReference
-from peer.views import quantity
+from peer.log import Entry
 
 # kind -> (field, collection) pairs naming master-data records.
 _RECORD_FIELDS: dict[str, list[tuple[str, str]]] = {
@@ -38,6 +41,11 @@ _SHIFT_FIELDS: dict[str, str] = {
 }
 
 
+# Per till (its device id): shift -> the device that opened it, as found in the log.
+_OWNERS: dict[str, dict[str, str]] = {}
+_OWNERS_KEPT = 10_000
+
+
 class Lookup:
     """What the rules may ask of the store; the store passes its own methods."""
 
@@ -45,11 +53,31 @@ class Lookup:
         self,
         has_record: Callable[[str, str], bool],
         shift_state: Callable[[str], Awaitable[str | None]],
-        entry_kind: Callable[[str], Awaitable[str | None]],
+        entry: Callable[[str], Awaitable[Entry | None]],
+        device_id: str,
     ) -> None:
         self.has_record = has_record
         self.shift_state = shift_state  # "open", "closed" or None
-        self.entry_kind = entry_kind
+        self.entry = entry  # an entry held here, by client_id
+        self.device_id = device_id  # this till's
+
+    async def entry_kind(self, client_id: str) -> str | None:
+        entry = await self.entry(client_id)
+        return None if entry is None else entry.kind
+
+    async def shift_owner(self, shift_client_id: str) -> str | None:
+        """The device that opened a shift, None if no shift_open of it is held here.
+        Kept once found (an entry never changes): it is asked for on every sale."""
+        known = _OWNERS.setdefault(self.device_id, {})
+        owner = known.get(shift_client_id)
+        if owner is None:
+            entry = await self.entry(shift_client_id)
+            if entry is None or entry.kind != "shift_open":
+                return None
+            if len(known) >= _OWNERS_KEPT:
+                known.clear()
+            owner = known[shift_client_id] = entry.device_id
+        return owner
 
 
 async def check(kind: str, body: Mapping[str, Any], lookup: Lookup) -> None:
@@ -62,24 +90,15 @@ async def check(kind: str, body: Mapping[str, Any], lookup: Lookup) -> None:
             raise UnknownReference(
                 f"{kind}: body.lines[{i}].product_id: unknown product {line['product_id']!r}"
             )
-        if "discount" in line and line["discount"] > quantity(line["qty"]) * line["unit_price"]:
-            raise InvalidInput(f"{kind}: body.lines[{i}].discount is larger than the line")
+    if kind in ("sale", "held_sale", "refund") and (problem := negative_line(body["lines"])):
+        raise InvalidInput(f"{kind}: {problem[1]}")
 
     shift_field = _SHIFT_FIELDS.get(kind)
     if shift_field and shift_field in body:
-        state = await lookup.shift_state(body[shift_field])
-        if state != "open":
-            raise UnknownReference(
-                f"{kind}: body.{shift_field}: shift {body[shift_field]} is "
-                f"{'closed' if state == 'closed' else 'not open on this till (record shift_open)'}"
-            )
+        await _in_own_open_shift(kind, shift_field, body[shift_field], lookup)
     if kind == "shift_close":
-        state = await lookup.shift_state(body["open_shift_client_id"])
-        if state != "open":
-            raise UnknownReference(
-                f"shift_close: body.open_shift_client_id: shift {body['open_shift_client_id']} "
-                f"is {'already closed' if state == 'closed' else 'unknown'}"
-            )
+        await _in_own_open_shift(kind, "open_shift_client_id", body["open_shift_client_id"],
+                                 lookup)
 
     accounts = [p for p in body.get("payments", []) if p["method"] == "account"]
     if (accounts or body.get("method") == "account") and "customer_id" not in body:
@@ -105,3 +124,17 @@ async def check(kind: str, body: Mapping[str, Any], lookup: Lookup) -> None:
         credit = sum(line["credit"] for line in body["lines"])
         if debit != credit:
             raise InvalidInput(f"journal_entry: debits {debit} and credits {credit} differ")
+
+
+async def _in_own_open_shift(kind: str, field: str, shift: str, lookup: Lookup) -> None:
+    """The shift an entry names is one this till opened (the relay's ``foreign_shift``)
+    and is still open (``shift_closed``; for a ``shift_close``: not closed yet)."""
+    state = await lookup.shift_state(shift)
+    problem = shift_problem(kind, shift, lookup.device_id, await lookup.shift_owner(shift),
+                            closed=state == "closed")
+    if problem is not None:
+        error = InvalidInput if problem[0] == "foreign_shift" else UnknownReference
+        raise error(f"{kind}: body.{field}: {problem[1]}")
+    if state != "open":
+        what = "unknown" if kind == "shift_close" else "not open on this till (record shift_open)"
+        raise UnknownReference(f"{kind}: body.{field}: shift {shift} is {what}")

@@ -33,6 +33,7 @@ import msgpack
 
 from peer import rules
 from peer.cert import Certificate, CertificateError, Revocation
+from peer.entry_rules import client_id_problem, entry_problem
 from peer.errors import (
     DuplicateEntry,
     EntryRefused,
@@ -167,10 +168,11 @@ def _effects_of(entry: Entry) -> list[Effect]:
     signed, with no effect, here and when the views are rebuilt alike."""
     try:
         body = entry.body
-        validate_entry(entry.kind, body)
-        return _stamped_effects(entry, body)
-    except Exception:  # SchemaViolation, UnknownKind, a body that is not msgpack
+    except Exception:  # a body that is not msgpack
         return []
+    if entry_problem(entry.client_id, entry.kind, entry.body_bytes, body) is not None:
+        return []  # what the relay rejects on its own (entry_rules): no effect anywhere
+    return _stamped_effects(entry, body)
 
 
 def _stamped_effects(entry: Entry, body: Mapping[str, Any]) -> list[Effect]:
@@ -559,11 +561,9 @@ class Till:
         """
         validate_entry(kind, body)
         body_bytes = canonical_body(body)  # refuses floats and odd types before queueing
-        if client_id is not None:
-            try:
-                client_id = str(uuid.UUID(client_id))
-            except ValueError:
-                raise InvalidInput(f"client_id {client_id!r} is not a UUID") from None
+        if client_id is not None and (problem := client_id_problem(  # uppercase taken lowercase
+                client_id := str(client_id).lower())):
+            raise InvalidInput(problem[1])
         return await self._submit(lambda batch: self._append(batch, kind, body, body_bytes,
                                                              client_id))
 
@@ -583,8 +583,8 @@ class Till:
                     f"client_id {client_id} is already used by another entry "
                     f"({existing.kind} seq {existing.seq} of device {existing.device_id})"
                 )
-        await rules.check(kind, body, rules.Lookup(self.master.has, self._shift_state,
-                                                   lambda cid: self._entry_kind(batch, cid)))
+        await rules.check(kind, body, rules.Lookup(self.master.has, self._shift_state, lambda
+                          cid: self._entry_in(batch, cid), self.device_id))
         seq, prev = self._head[0] + 1, self._head[1]
         ticket = f"{self.series}-{self._tickets + 1:06d}" if kind == "sale" else None
         entry = seal_bytes(
@@ -621,9 +621,8 @@ class Till:
             self._shifts[shift_client_id] = state
         return self._shifts[shift_client_id]
 
-    async def _entry_kind(self, batch: _Batch, client_id: str) -> str | None:
-        entry = batch.by_client_id.get(client_id) or await self._db.entry(client_id)
-        return None if entry is None else entry.kind
+    async def _entry_in(self, batch: _Batch, client_id: str) -> Entry | None:
+        return batch.by_client_id.get(client_id) or await self._db.entry(client_id)
 
     async def entry(self, client_id: str) -> Entry | None:
         return await self._db.entry(client_id)

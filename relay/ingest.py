@@ -9,7 +9,11 @@ whole run, so a batch costs one Ed25519 verification per device, not one per ent
 Then, in ingestion order, each new entry is decided:
 
 * schema re-checked (a bad body is stored, since it is part of the signed chain, and
-  answered with a ``rejected`` receipt: nothing is ever dropped);
+  answered with a ``rejected`` receipt: nothing is ever dropped), and the other rules of
+  an entry on its own (``peer/entry_rules.py``: client_id, canonical body, no negative
+  sale line);
+* ``sale``, ``cash_movement``, ``shift_close``: the shift rules (``foreign_shift``,
+  ``shift_closed``), also for entries that waited for their shift;
 * ``sale``: totals recomputed from the lines (a different ``client_total`` is a warning),
   next gapless invoice number of the store's series, stock moved (volatile products
   instead update their suggested price), low-stock warning when stock falls below the
@@ -40,6 +44,7 @@ from typing import Any
 
 import msgpack
 
+from peer.entry_rules import entry_problem, negative_line, shift_problem
 from peer.identity import DeviceKey
 from peer.log import Entry, verify_chain
 from peer.sync.frames import entry_to_wire
@@ -48,7 +53,6 @@ from peer.totals import line_figures
 from peer.views import format_quantity, from_millionths, millionths, order_of
 from relay.storage.base import RelayTxn
 from relay.tallies import Tallies
-from schemas import ENTRY_KINDS, SchemaViolation, validate_entry
 
 SERIES = "INV"
 _SERVER_ID_KINDS = {"shift_open": "shift", "held_sale": "held", "purchase_order": "po",
@@ -89,7 +93,10 @@ class _Store:
     def __init__(self, txn: RelayTxn, store: str, now: str) -> None:
         self.txn, self.store, self.now = txn, store, now
         self.counters: dict[str, int] = {}
-        self.maps: dict[str, dict[str, str]] = {"shift": {}, "held": {}}
+        # Server ids of shifts and held sales; and of shifts, who opened them (from the
+        # shift_open entries, not written back) and the shift_close that closed them.
+        self.maps: dict[str, dict[str, str]] = {"shift": {}, "held": {}, "shift_device": {},
+                                                "shift_closed": {}}
         self.stock: dict[str, int] = {}
         self.stock_changed: set[str] = set()
         self.prices: dict[str, tuple[int, str]] = {}  # product -> (price, sale's place)
@@ -137,6 +144,11 @@ class _Store:
         products -= self.stock.keys()
         if shifts:
             self.maps["shift"].update(await self.txn.mappings(self.store, "shift", shifts))
+            self.maps["shift_closed"].update(
+                await self.txn.mappings(self.store, "shift_closed", shifts))
+            opened = [s for s in shifts if s in self.maps["shift"]]
+            self.maps["shift_device"].update(
+                (e.client_id, e.device_id) for e in await self.txn.entries(self.store, opened))
         if held:
             self.maps["held"].update(await self.txn.mappings(self.store, "held", held))
         if products:
@@ -170,7 +182,7 @@ class _Batch:
         self.refused_before = state.refused_before
         self.receipts: list[dict[str, Any]] = []
         self.packed: list[bytes] = []  # the receipts' msgpack bytes, once sealed
-        self.new_maps: dict[str, dict[str, str]] = {"shift": {}, "held": {}}
+        self.new_maps: dict[str, dict[str, str]] = {"shift": {}, "held": {}, "shift_closed": {}}
         self.waiting: list[tuple[str, str]] = []
         self.invoices: list[tuple[Any, ...]] = []
         self.alerts: list[tuple[Any, ...]] = []
@@ -276,6 +288,17 @@ def _decide(batch: _Batch, entry: Entry, body: dict[str, Any],
                                "waiting_for": waits})
         return
 
+    if kind in _NEEDS_SHIFT:
+        shift = body[shift_key]
+        problem = shift_problem(kind, shift, entry.device_id,
+                                batch.maps["shift_device"].get(shift),
+                                shift in batch.maps["shift_closed"])
+        if problem is not None:
+            batch.reject(entry, *problem, keep=False)  # in the chain already
+            return
+        if kind == "shift_close":
+            batch.maps["shift_closed"][shift] = batch.new_maps["shift_closed"][shift] = \
+                entry.client_id
     receipt: dict[str, Any] = {**_about(entry), "status": "accepted", "warnings": []}
     warnings: list[dict[str, Any]] = receipt["warnings"]
     if kind in _NEEDS_SHIFT:
@@ -322,6 +345,8 @@ def _decide(batch: _Batch, entry: Entry, body: dict[str, Any],
         if prefix in batch.maps:
             batch.maps[prefix][entry.client_id] = receipt["server_id"]
             batch.new_maps[prefix][entry.client_id] = receipt["server_id"]
+        if kind == "shift_open":
+            batch.maps["shift_device"][entry.client_id] = entry.device_id
     batch.receipts.append(receipt)
 
 
@@ -334,11 +359,14 @@ Checked = dict[int, Prepared]
 
 def _prepared(entry: Entry) -> Prepared:
     body = _decode_body(entry)
-    problem = _check(entry, body)
+    problem = entry_problem(entry.client_id, entry.kind, entry.body_bytes, body,
+                            check_lines=False)
     lines = None
     if problem is None and entry.kind == "sale":
         assert body is not None
         lines = line_figures(body["lines"])
+        problem = negative_line(body["lines"], [amount for amount, _ in lines])
+        lines = None if problem is not None else lines
     return body, problem, lines
 
 
@@ -524,18 +552,6 @@ async def _ingest_one(state: _Store, source: Batch) -> IngestResult:
         result.rejected[row[3]] = result.rejected.get(row[3], 0) + 1
     await batch.write()
     return result
-
-
-def _check(entry: Entry, body: dict[str, Any] | None) -> tuple[str, str] | None:
-    if body is None:
-        return "malformed_body", "the body is not a msgpack map"
-    if entry.kind not in ENTRY_KINDS:
-        return "unknown_kind", f"unknown entry kind {entry.kind[:40]!r}"
-    try:
-        validate_entry(entry.kind, body)
-    except SchemaViolation as exc:
-        return "schema", str(exc)
-    return None
 
 
 def _verified_prefix(run: list[Entry], public_key: bytes, seq: int, prev: bytes,

@@ -248,11 +248,11 @@ _ANY = object()
 _C = "https://tillsync.dev/schemas/common.json#/$defs/"
 _SALE_DEFS: dict[str, Any] = {
     "id": {"type": "string", "minLength": 1, "maxLength": _ANY, "pattern": _ANY},
-    "uuid": {"type": "string", "pattern": _ANY},
+    "uuid": {"type": "string", "maxLength": _ANY, "pattern": _ANY},
     "money": {"type": "integer", "minimum": 0},
-    "note": {"type": "string"},
+    "note": {"type": "string", "maxLength": _ANY},
     "positive_quantity": {"anyOf": [{"type": "integer", "minimum": 1},
-                                    {"type": "string", "pattern": _ANY}]},
+                                    {"type": "string", "maxLength": _ANY, "pattern": _ANY}]},
     "payment_method": {"enum": _ANY},
     "line": {"type": "object", "properties": {
         "product_id": {"$ref": "#/$defs/id"}, "qty": {"$ref": "#/$defs/positive_quantity"},
@@ -260,7 +260,7 @@ _SALE_DEFS: dict[str, Any] = {
         "required": ["product_id", "qty", "unit_price"], "additionalProperties": False},
     "payment": {"type": "object", "properties": {
         "method": {"$ref": "#/$defs/payment_method"}, "amount": {"$ref": "#/$defs/money"},
-        "reference": {"type": "string"}},
+        "reference": {"type": "string", "maxLength": _ANY}},
         "required": ["method", "amount"], "additionalProperties": False},
 }
 _SALE_SCHEMA: dict[str, Any] = {
@@ -303,7 +303,11 @@ class _SaleRules:
     id_search: Callable[[str], object]
     id_max: int
     uuid_search: Callable[[str], object]
+    uuid_max: int
     qty_search: Callable[[str], object]
+    qty_max: int
+    note_max: int
+    reference_max: int
     methods: frozenset[str]
 
 
@@ -317,15 +321,23 @@ def _sale_rules() -> _SaleRules | None:
     methods = defs["payment_method"]["enum"]
     if not all(type(m) is str for m in methods):
         return None
+    qty = defs["positive_quantity"]["anyOf"][1]
     return _SaleRules(
         id_search=re.compile(defs["id"]["pattern"]).search, id_max=defs["id"]["maxLength"],
         uuid_search=re.compile(defs["uuid"]["pattern"]).search,
-        qty_search=re.compile(defs["positive_quantity"]["anyOf"][1]["pattern"]).search,
+        uuid_max=defs["uuid"]["maxLength"],
+        qty_search=re.compile(qty["pattern"]).search, qty_max=qty["maxLength"],
+        note_max=defs["note"]["maxLength"],
+        reference_max=defs["payment"]["properties"]["reference"]["maxLength"],
         methods=frozenset(methods))
 
 
 def _money(value: object) -> bool:
     return type(value) is int and value >= 0
+
+
+def _short(value: object, limit: int) -> bool:
+    return type(value) is str and len(value) <= limit
 
 
 def _record_id(value: object, rules: _SaleRules) -> bool:
@@ -350,7 +362,8 @@ def _sale_ok(body: object) -> bool:
         if type(qty) is int:
             if qty < 1:
                 return False
-        elif type(qty) is not str or rules.qty_search(qty) is None:
+        elif type(qty) is not str or len(qty) > rules.qty_max \
+                or rules.qty_search(qty) is None:
             return False
         if not _record_id(line["product_id"], rules) or not _money(line["unit_price"]) \
                 or ("discount" in line and not _money(line["discount"])):
@@ -361,16 +374,18 @@ def _sale_ok(body: object) -> bool:
         method = payment["method"]
         if type(method) is not str or method not in rules.methods \
                 or not _money(payment["amount"]) \
-                or ("reference" in payment and type(payment["reference"]) is not str):
+                or ("reference" in payment and not _short(payment["reference"],
+                                                          rules.reference_max)):
             return False
     for key in ("shift_client_id", "held_transaction_client_id"):
-        if key in body and (type(body[key]) is not str or rules.uuid_search(body[key]) is None):
+        if key in body and (type(body[key]) is not str or len(body[key]) > rules.uuid_max
+                            or rules.uuid_search(body[key]) is None):
             return False
     if "customer_id" in body and not _record_id(body["customer_id"], rules):
         return False
     if "client_total" in body and not _money(body["client_total"]):
         return False
-    return "note" not in body or type(body["note"]) is str
+    return "note" not in body or _short(body["note"], rules.note_max)
 
 
 def _check_kind(kind: str) -> None:
@@ -489,6 +504,8 @@ def _message(error: ValidationError, schema: Mapping[str, Any]) -> str:
             return f"{_show(instance)} is not valid: {description}"
     if keyword == "minLength" and expected == 1 and isinstance(instance, str):
         return "must not be empty"
+    if keyword == "maxLength" and isinstance(instance, str):
+        return f"{_show(instance)} is too long ({len(instance)} characters, at most {expected})"
     if keyword == "minItems" and isinstance(expected, int) and isinstance(instance, list):
         return f"needs at least {expected} item{'' if expected == 1 else 's'}, got {len(instance)}"
     return error.message

@@ -838,7 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = verb("record", peer_record, "append one entry to the log")
     sub.add_argument("kind", metavar="KIND", help=f"one of: {', '.join(ENTRY_KINDS)}")
     sub.add_argument("--body", required=True, help="the entry body as JSON")
-    sub.add_argument("--client-id", help="idempotency key (UUID); a retry returns the "
+    sub.add_argument("--client-id", help="idempotency key (UUID v4); a retry returns the "
                                          "stored entry instead of a duplicate")
 
     verb("stock", peer_stock, "stock of tracked products, suggested price of volatile ones")

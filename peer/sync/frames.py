@@ -146,6 +146,14 @@ def entry_to_wire(entry: Any) -> list[Any]:
             entry.client_created_at, entry.ticket, entry.body_bytes, entry.sig]
 
 
+# The longest string each text field of an entry's envelope may hold on the wire (the
+# ticket and the others; device ids as in ``hello``).  Within them, a client_id that is
+# not a lowercase UUID v4 is the relay's decision (``bad_client_id``), not the frame's.
+ENVELOPE_MAX = {"client_id": 64, "device_id": 200, "kind": 64, "client_created_at": 64,
+                "ticket": 32}
+_CID, _DEV, _KIND, _AT, _TICKET = ENVELOPE_MAX.values()
+
+
 def entry_from_wire(item: object) -> Any:
     from peer.log import Entry
 
@@ -159,5 +167,11 @@ def entry_from_wire(item: object) -> Any:
             and isinstance(body, bytes) and isinstance(sig, bytes) and len(sig) == 64):
         raise ProtocolError("bad_field", "entries: an entry has a field of the wrong type",
                             fatal=False)
+    if len(cid) > _CID or len(dev) > _DEV or len(kind) > _KIND or len(at) > _AT or (
+            ticket is not None and len(ticket) > _TICKET):
+        for name, value in zip(ENVELOPE_MAX, (cid, dev, kind, at, ticket), strict=True):
+            if value is not None and len(value) > ENVELOPE_MAX[name]:
+                raise ProtocolError("bad_field", f"entries: {name} of {len(value)} characters;"
+                                    f" at most {ENVELOPE_MAX[name]}", fatal=False)
     return Entry(cid, dev, seq, prev, kind, at, ticket, body, sig)
 

@@ -636,7 +636,11 @@ def test_a_receipt_that_is_not_a_map_is_refused() -> None:
     [*wire(chain(1)[0])[:2], "1", *wire(chain(1)[0])[3:]],  # seq as str
     [*wire(chain(1)[0])[:3], bytes(31), *wire(chain(1)[0])[4:]],  # short prev
     [*wire(chain(1)[0])[:8], bytes(63)],  # short sig
-], ids=["str", "short array", "8 fields", "str seq", "short prev", "short sig"])
+    [*wire(chain(1)[0])[:6], "T" * 100_000, *wire(chain(1)[0])[7:]],  # a ticket of 100,000
+    ["c" * 65, *wire(chain(1)[0])[1:]],  # a client_id over 64 characters
+    [*wire(chain(1)[0])[:4], "k" * 65, *wire(chain(1)[0])[5:]],  # a kind over 64
+], ids=["str", "short array", "8 fields", "str seq", "short prev", "short sig", "long ticket",
+        "long client_id", "long kind"])
 def test_a_badly_shaped_entry_is_a_non_fatal_bad_field(item: object) -> None:
     link = link_in("listener", "ready")
     error = refused(link, _packed({"t": "entries", "entries": [wire(chain(1)[0]), item]}),

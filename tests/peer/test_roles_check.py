@@ -130,7 +130,8 @@ def test_the_authors_read_from_a_message_are_those_of_the_changes_it_brings(
     docs = [MasterData.load(base.save(), actor) for actor in actors]
     states = {(i, j): am.SyncState() for i in range(3) for j in range(3) if i != j}
     for who, product, price, size in steps:
-        docs[who].put("products", f"p{product}", {"name": "x" * (10 ** size),
+        # 1 to 200 characters (a name's bound): lengths of one and of two LEB128 bytes
+        docs[who].put("products", f"p{product}", {"name": "x" * min(10 ** size, 200),
                                                   "sku": "S", "price": price})
         for (i, j), state in states.items():
             message = docs[i].sync_message(state)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from peer.identity import DeviceKey
@@ -21,15 +23,18 @@ SHIFT = "5e0a7c3b-2f1d-4c6e-9a8b-7d6c5b4a3f21"
 
 def _log() -> list[Entry]:
     """Entries of every outcome ``prepare`` has: sales (some weighed), a shift, a body
-    that is not msgpack, one that breaks its schema, an unknown kind."""
+    that is not msgpack, one that breaks its schema, an unknown kind, a client_id that
+    is not a lowercase UUID v4, a body not in canonical form, a negative line."""
     key, rng = DeviceKey.generate(), random.Random(7)
     catalogue = products_for_sales()
     pieces = [p for p in catalogue if p.startswith("piece-")]
     weighed = [p for p in catalogue if p.startswith("kg-")]
     out: list[Entry] = []
 
-    def add(kind: str, body: dict[str, object] | None = None, raw: bytes = b"") -> None:
-        fields = {"client_id": f"c-{len(out)}", "device_id": "d1", "seq": len(out) + 1,
+    def add(kind: str, body: dict[str, object] | None = None, raw: bytes = b"",
+            client_id: str | None = None) -> None:
+        client_id = client_id or str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        fields = {"client_id": client_id, "device_id": "d1", "seq": len(out) + 1,
                   "prev": out[-1].hash if out else GENESIS_PREV, "kind": kind,
                   "client_created_at": "2026-01-01T00:00:00.000Z", "ticket": None}
         out.append(seal(key, body=body, **fields) if body is not None
@@ -41,6 +46,12 @@ def _log() -> list[Entry]:
     add("sale", raw=b"\xc1 not msgpack")
     add("sale", {"lines": "three loaves", "shift_client_id": SHIFT})
     add("teleport", {"to": "mars"})
+    add("sale", sale_body(rng, catalogue, pieces, weighed, SHIFT), client_id="C-1")
+    add("sale", raw=msgpack.packb(dict(reversed(sale_body(rng, catalogue, pieces, weighed,
+                                                          SHIFT).items()))))
+    negative = sale_body(rng, catalogue, pieces, weighed, SHIFT)
+    negative["lines"] = [{"product_id": "piece-001", "qty": 1, "unit_price": 1, "discount": 2}]
+    add("sale", negative)
     return out
 
 
@@ -62,7 +73,8 @@ def test_the_worker_finds_what_preparing_here_finds() -> None:
         if problem is None:
             assert got_body == body
             assert [tuple(x) for x in got_lines or []] == list(lines or [])
-    assert problems == [None] * 21 + ["malformed_body", "schema", "unknown_kind"]
+    assert problems == [None] * 21 + ["malformed_body", "schema", "unknown_kind",
+                                      "bad_client_id", "not_canonical", "negative_line"]
 
 
 def alive(pid: int) -> bool:

@@ -34,7 +34,8 @@ PRODUCT: dict[str, Any] = {"name": "Bread", "sku": "B1", "price": 320, "volatile
 
 scalars = (st.none() | st.booleans() | st.integers(-5, 10**12) | st.floats(allow_nan=False)
            | st.sampled_from(["", "x", "0.75", "-1", "0", "2026-02-30", UUID, "cash", "in",
-                              "adjust", "1e3", " 1", "0.0000001", UUID.upper()]))
+                              "adjust", "1e3", " 1", "0.0000001", UUID.upper(),
+                              "n" * 1001, "1" * 33, "r" * 101]))
 values = st.recursive(scalars, lambda c: st.lists(c, max_size=3)
                       | st.dictionaries(st.sampled_from(["qty", "x", "method"]), c, max_size=2),
                       max_leaves=6)
@@ -127,6 +128,17 @@ def test_the_hand_written_sale_check_is_in_use() -> None:
     ``_SALE_DEFS`` in schemas/validate.py (or drop the check)."""
     assert _sale_rules() is not None
     assert _sale_ok(SALE) and _sale_ok(HELD_SALE)
+
+
+@pytest.mark.parametrize(("path", "value"), [
+    (["note"], "n" * 1001), (["payments", 0, "reference"], "r" * 101),
+    (["lines", 1, "qty"], "1" * 33),
+])
+def test_the_hand_written_sale_check_keeps_the_schemas_string_limits(
+        path: list[str | int], value: str) -> None:
+    body = mutate(HELD_SALE, path, value)
+    assert not _sale_ok(body) and not reference_valid(_ENTRIES, "sale", body)
+    assert _sale_ok(mutate(HELD_SALE, path, value[:-1]))
 
 
 def test_a_sale_schema_of_another_shape_turns_the_hand_written_check_off() -> None:

@@ -540,10 +540,12 @@ def test_common_quantity_rejects_inexact_values(value: object) -> None:
 
 @given(
     st.integers(min_value=0, max_value=6).flatmap(
-        lambda places: st.decimals(allow_nan=False, allow_infinity=False, places=places)
+        lambda places: st.decimals(min_value=-10**17, max_value=10**17, allow_nan=False,
+                                   allow_infinity=False, places=places)
     )
 )
 def test_any_decimal_string_with_at_most_six_places_is_a_quantity(value: Decimal) -> None:
+    """Within the strings' bound (32 characters: 18 digits before the point is ample)."""
     text = format(value, "f")
     assert not list(_COMMON_QUANTITY.iter_errors(text))
     assert not list(_COMMON_QUANTITY.iter_errors(int(value) if value == int(value) else text))
