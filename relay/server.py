@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -60,6 +60,7 @@ from relay.ingest import (
     prepare,
     prepare_packed,
 )
+from relay.limits import Gate, Limits, LinkWatch
 from relay.storage import RelayStorage, open_storage, with_retries
 from relay.storage.base import DeviceRow
 from relay.storekeys import seal, unseal
@@ -149,6 +150,7 @@ class RelayConfig:
     tls_cert: str | None = None  # PEM files: serve wss:// instead of ws://
     tls_key: str | None = None
     cert_days: float = CERT_VALIDITY / 86400  # validity of the device certificates issued
+    limits: Limits = field(default_factory=Limits)  # handshake and idle timeouts (limits.py)
 
 
 class Relay:
@@ -160,6 +162,7 @@ class Relay:
         self._store_keys: dict[str, DeviceKey] = {}  # a store's key never changes
         self.cert_validity = CERT_VALIDITY  # seconds; ``relay serve --cert-days``
         self.hubs = Hubs(storage)
+        self.gate = Gate(Limits())  # ``relay serve --handshake-timeout`` etc.
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._pool: ProcessPoolExecutor | None = None
@@ -255,11 +258,14 @@ class Relay:
     async def handle(self, ws: ServerConnection) -> None:
         link = RelayLink(nonce=os.urandom(32))
         peer = f"{ws.remote_address}"
+        watch = LinkWatch(self.gate, ws, peer)
+        if not await watch.admit():
+            return
         pump: asyncio.Task[None] | None = None
         state: dict[str, Any] = {}
         # Frames leave in the order the link queued them: whoever sends (this handler or
         # the pump) takes the link's queue and sends it whole under this lock.
-        sending = asyncio.Lock()
+        sending = watch.sending
         # The pump is the only place that generates this connection's document sync
         # messages (one SyncState, one generator): the handler wakes it instead.
         wake = asyncio.Event()
@@ -268,6 +274,7 @@ class Relay:
         answering: asyncio.Task[None] | None = None
         try:
             async for frame in ws:
+                watch.heard()
                 link.receive_data(frame)
                 for event in link.events_received():
                     if isinstance(event, HelloReceived):
@@ -300,6 +307,7 @@ class Relay:
                             link.enrolled(row.store, row.device_id, await self.certify(row),
                                           await self.store_key(row.store))
                     elif isinstance(event, Authenticated):
+                        watch.logged_in()
                         hub = await self.hubs.get(event.store)
                         state["hub"] = hub
                         state["sync"] = am.SyncState()
@@ -335,6 +343,7 @@ class Relay:
         except Exception:
             await self._internal_error(ws, link, sending, peer)
         finally:
+            await watch.end()
             if answering is not None:
                 answering.cancel()
             if pump is not None:
@@ -506,9 +515,11 @@ async def running(config: RelayConfig) -> AsyncIterator[tuple[Relay, int]]:
         if config.tls_cert and config.tls_key else None
     relay = await Relay.open(config.data, config.db, db_wait=config.db_wait)
     relay.cert_validity = round(config.cert_days * 86400)
+    relay.gate = Gate(config.limits)
     try:
         async with serve(relay.handle, config.host, config.port, max_size=TRANSPORT_MAX,
-                         compression=None, reuse_port=config.reuse_port or None,
+                         open_timeout=config.limits.handshake_timeout, compression=None,
+                         reuse_port=config.reuse_port or None,
                          ssl=tls, process_request=api_handler(relay.storage)) as server:
             port = next(iter(server.sockets)).getsockname()[1]
             yield relay, port

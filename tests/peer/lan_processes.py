@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,9 +49,10 @@ class LanTill(TillDir):
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/"
 
-    def start(self, peers: list[LanTill], *, relay: bool = True, mdns: bool = False) -> None:
+    def start(self, peers: list[LanTill], *, relay: bool = True, mdns: bool = False,
+              extra: Sequence[str] = ()) -> None:
         """Start ``peer run`` listening on loopback, linked to ``peers``; returns once the
-        local API answers."""
+        local API answers.  ``extra``: more arguments for ``peer run``."""
         assert self.daemon is None or self.daemon.poll() is not None
         self.runs += 1
         args = [sys.executable, "-m", "tools.cli", "peer", "run", str(self.path),
@@ -62,6 +63,7 @@ class LanTill(TillDir):
             args += ["--peer", peer.url]
         if not relay:
             args.append("--no-relay")
+        args += extra
         log = open(self.path.parent / f"{self.path.name}.run{self.runs}.log", "wb")  # noqa: SIM115
         self.daemon = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=ENV,
                                        start_new_session=True)
