@@ -325,7 +325,7 @@ class Relay:
                         log.info("%s: device %s of store %s connected", peer, event.device,
                                  event.store)
                     elif isinstance(event, EntriesReceived):
-                        job = await self._ingest(state["hub"], event)
+                        job = await self._ingest(state["hub"], event, link.device)
                         await queued.put(job)  # waits while the window is full
                         if answering is None:
                             answering = asyncio.create_task(
@@ -386,7 +386,7 @@ class Relay:
             with contextlib.suppress(websockets.ConnectionClosed):
                 await self._flush(ws, link, sending)
 
-    async def _ingest(self, hub: StoreHub, event: EntriesReceived) -> _Job:
+    async def _ingest(self, hub: StoreHub, event: EntriesReceived, sender: str) -> _Job:
         """Prepare a batch and queue it for the writer; its job's future has the result."""
         if hub.stale:  # another process changed the catalogue: decide with the new one
             await self.hubs.refresh(hub)
@@ -396,7 +396,8 @@ class Relay:
             if device is not None:
                 keys[device_id] = device.public_key
         batch = Batch(hub.store, event.entries, keys, hub.product,
-                      await self.store_key(hub.store), await self._prepare(event.entries))
+                      await self.store_key(hub.store), await self._prepare(event.entries),
+                      sender)
         job = _Job(hub, batch, asyncio.get_running_loop().create_future())
         await self._jobs.put(job)
         if self._writer is None:

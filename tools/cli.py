@@ -625,7 +625,8 @@ async def report_state(args: argparse.Namespace) -> int:
         else:
             rows = await reports.devices(storage, args.store)
             columns = ("name", "device_id", "role", "last_seen", "entries", "lag_s",
-                       "waiting", "rejected", "last_rejection", "revoked_at")
+                       "waiting", "rejected", "last_rejection", "rejected_in_its_name",
+                       "revoked_at")
     finally:
         await storage.close()
     _report_out(args, rows, columns, f"no {args.verb} for store {args.store}")
@@ -764,7 +765,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("alerts", "low-stock alerts: which entry took a product below its level",
              report_state),
             ("devices", "every device: last contact, entries held, lag of the latest, entries "
-                        "waiting, rejections, revocation",
+                        "waiting, rejections (of the entries it sent, and of entries in its "
+                        "name sent by others), revocation",
              report_state)):
         sub = report_verbs.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--data", metavar="DIR", help="the relay's data folder (SQLite)")
