@@ -46,6 +46,7 @@ from peer.sync.engine import (
     RemoteError,
 )
 from peer.sync.frames import TRANSPORT_MAX
+from peer.sync.receipts import RELAY_BEHIND, relay_behind
 from peer.tls import server_context
 from relay.documents import Hubs, StoreHub
 from relay.http import handler as api_handler
@@ -312,16 +313,24 @@ class Relay:
                         state["hub"] = hub
                         state["sync"] = am.SyncState()
                         await self.storage.touch(event.store, event.device, utc_timestamp())
-                        link.welcome(await self.storage.heads(event.store),
-                                     await self.storage.stream_position(event.store),
+                        position = await self.storage.stream_position(event.store)
+                        link.welcome(await self.storage.heads(event.store), position,
                                      await self.certify(state["device"]),
                                      await self.revocations(event.store))
+                        if event.receipts_after > position:
+                            log.warning("%s: device %s of store %s holds receipts up to %d, "
+                                        "the relay only up to %d: restore the relay's backup",
+                                        peer, event.device, event.store,
+                                        event.receipts_after, position)
+                            link.fail(RELAY_BEHIND,
+                                      relay_behind(event.receipts_after, position), fatal=False)
                         if event.doc_empty and not hub.doc.is_genesis():
                             link.send_snapshot(hub.doc.save())
                         hub.watch(wake)
                         wake.set()  # its first pass sends the first document message
-                        pump = asyncio.create_task(self._pump(ws, link, hub, state, sending,
-                                                              wake, event.receipts_after))
+                        pump = asyncio.create_task(self._pump(
+                            ws, link, hub, state, sending, wake,
+                            min(event.receipts_after, position)))
                         log.info("%s: device %s of store %s connected", peer, event.device,
                                  event.store)
                     elif isinstance(event, EntriesReceived):
