@@ -46,7 +46,7 @@ from peer.sync.engine import (
     RemoteError,
 )
 from peer.sync.frames import TRANSPORT_MAX
-from peer.sync.receipts import RELAY_BEHIND, relay_behind
+from peer.sync.receipts import relay_behind
 from peer.tls import server_context
 from relay.documents import Hubs, StoreHub
 from relay.http import handler as api_handler
@@ -322,7 +322,7 @@ class Relay:
                                         "the relay only up to %d: restore the relay's backup",
                                         peer, event.device, event.store,
                                         event.receipts_after, position)
-                            link.fail(RELAY_BEHIND,
+                            link.fail("relay_behind",  # = RELAY_BEHIND, a literal like every code
                                       relay_behind(event.receipts_after, position), fatal=False)
                         if event.doc_empty and not hub.doc.is_genesis():
                             link.send_snapshot(hub.doc.save())
