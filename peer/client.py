@@ -38,7 +38,7 @@ from peer.sync.engine import (
     RemoteError,
 )
 from peer.sync.frames import TRANSPORT_MAX
-from peer.sync.receipts import verify_receipts
+from peer.sync.receipts import RELAY_BEHIND, relay_behind, verify_receipts
 from peer.tls import normalise_pin, relay_connection
 
 log = logging.getLogger("tillsync.peer")
@@ -211,6 +211,8 @@ async def _round(till: Till, ws: ClientConnection,
         link.receive_data(frame)
         for event in link.events_received():
             if isinstance(event, Ready):
+                if event.receipts_head < seq:  # before anything is pushed to that relay
+                    raise SyncError(relay_behind(seq, event.receipts_head), RELAY_BEHIND)
                 # Revocations first: a revoked device's later entries must not go up.
                 for trouble in await till.add_revocations(event.revoked):
                     log.warning("a revocation from the relay: %s", trouble)

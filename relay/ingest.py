@@ -174,8 +174,9 @@ class _Batch:
     """The decisions of one batch, gathered in memory and written in bulk; the store's
     state (counters, stock, mappings, totals) is the transaction's, shared by its batches."""
 
-    def __init__(self, state: _Store, catalogue: Catalogue) -> None:
+    def __init__(self, state: _Store, catalogue: Catalogue, sender: str | None) -> None:
         self.state, self.txn, self.store = state, state.txn, state.store
+        self.sender = sender  # the device whose link carried the batch
         self.catalogue, self.now = catalogue, state.now
         self.counters, self.maps, self.stock = state.counters, state.maps, state.stock
         self.prices, self.tallies = state.prices, state.tallies
@@ -200,7 +201,7 @@ class _Batch:
                               "error": {"code": code, "message": message}})
         wire = msgpack.packb(entry_to_wire(entry), use_bin_type=True)
         self.rejected.append((entry.client_id, entry.device_id, entry.seq, code, message,
-                              wire if keep else b"", self.now))
+                              wire if keep else b"", self.now, self.sender))
 
     def next(self, counter: str) -> int:
         self.counters[counter] += 1
@@ -421,7 +422,9 @@ class Batch:
     """One frame of entries to decide, and what deciding it needs.  ``public_keys`` holds
     the registered keys of the store's devices (revoked ones too); entries of other
     devices are rejected and kept.  ``checked`` is ``prepare(entries)`` if the caller ran
-    it already; ``key`` is the store's signing key (it signs the receipts)."""
+    it already; ``key`` is the store's signing key (it signs the receipts).  ``sender``
+    is the authenticated device whose link carried the batch: each rejection records it
+    beside the entry's own ``device_id`` (they differ for entries a till forwards)."""
 
     store: str
     entries: Sequence[Entry]
@@ -429,6 +432,7 @@ class Batch:
     catalogue: Catalogue
     key: DeviceKey
     checked: Checked = field(default_factory=dict)
+    sender: str | None = None
 
     def __post_init__(self) -> None:
         if not self.checked:
@@ -473,7 +477,7 @@ async def ingest_all(txn: RelayTxn, batches: Sequence[Batch], now: str) -> list[
 async def _ingest_one(state: _Store, source: Batch) -> IngestResult:
     txn, store, checked = state.txn, state.store, source.checked
     result = IngestResult()
-    batch = _Batch(state, source.catalogue)
+    batch = _Batch(state, source.catalogue, source.sender)
     by_device: dict[str, list[Entry]] = defaultdict(list)
     for entry in source.entries:
         by_device[entry.device_id].append(entry)

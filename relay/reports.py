@@ -274,7 +274,14 @@ async def devices(storage: RelayStorage, store: str) -> list[dict[str, Any]]:
     seq, last received), how late its latest entry arrived (``lag_s``: received minus
     made, by the till's clock), entries waiting at the relay for a shift or held sale not
     arrived yet, rejected entries with the latest reason, revocation.  What a till holds
-    and has not sent is known only to the till (``tillsync peer status``)."""
+    and has not sent is known only to the till (``tillsync peer status``).
+
+    Rejections count against the device that **sent** the entry (the authenticated
+    device of the link that carried it), whatever device id the entry bears: ``rejected``
+    and ``last_rejection`` are about entries it sent, ``rejected_in_its_name`` counts
+    rejected entries bearing its id that another device sent (forwarded by a till, or
+    forged).  Rejections kept from before the relay recorded senders count against the
+    entry's own device."""
     await check_store(storage, store)
     # A device's entries at the relay are its chain 1..head: the head row says it all
     # (one primary-key probe per device, not a scan of the store's entries).
@@ -290,9 +297,13 @@ async def devices(storage: RelayStorage, store: str) -> list[dict[str, Any]]:
         "ON e.store = w.store AND e.client_id = w.client_id WHERE w.store = ? "
         "GROUP BY e.device_id", (store,)))
     rejected: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-    for r in await storage.read("SELECT device_id, code, message, at FROM rejected "
-                                "WHERE store = ? ORDER BY at", (store,)):
-        rejected[r[0]].append(r[1:])
+    in_its_name: dict[str, int] = defaultdict(int)
+    for r in await storage.read("SELECT device_id, coalesce(sent_by, device_id), code, "
+                                "message, at FROM rejected WHERE store = ? ORDER BY at",
+                                (store,)):
+        rejected[r[1]].append(r[2:])
+        if r[1] != r[0]:
+            in_its_name[r[0]] += 1
     rows = await storage.read(
         "SELECT device_id, name, role, enrolled_at, last_seen, revoked_at FROM devices "
         "WHERE store = ? ORDER BY name, device_id", (store,))
@@ -307,6 +318,7 @@ async def devices(storage: RelayStorage, store: str) -> list[dict[str, Any]]:
                     "entries": top, "highest_seq": top, "last_received_at": received,
                     "lag_s": lag, "waiting": int(waiting.get(device_id, 0)),
                     "rejected": len(refusals),
+                    "rejected_in_its_name": in_its_name.get(device_id, 0),
                     "last_rejection": (f"{refusals[-1][0]}: {refusals[-1][1]}"
                                        if refusals else None)})
     return out

@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -48,6 +48,7 @@ from peer.sync.engine import (
     RemoteError,
 )
 from peer.sync.frames import TRANSPORT_MAX
+from peer.sync.receipts import relay_behind
 from peer.tls import server_context
 from relay import metrics
 from relay.documents import Hubs, StoreHub
@@ -63,6 +64,7 @@ from relay.ingest import (
     prepare,
     prepare_packed,
 )
+from relay.limits import Gate, Limits, LinkWatch
 from relay.storage import RelayStorage, open_storage, with_retries
 from relay.storage.base import DeviceRow
 from relay.storekeys import seal, unseal
@@ -152,6 +154,7 @@ class RelayConfig:
     tls_cert: str | None = None  # PEM files: serve wss:// instead of ws://
     tls_key: str | None = None
     cert_days: float = CERT_VALIDITY / 86400  # validity of the device certificates issued
+    limits: Limits = field(default_factory=Limits)  # handshake and idle timeouts (limits.py)
 
 
 class Relay:
@@ -163,6 +166,7 @@ class Relay:
         self._store_keys: dict[str, DeviceKey] = {}  # a store's key never changes
         self.cert_validity = CERT_VALIDITY  # seconds; ``relay serve --cert-days``
         self.hubs = Hubs(storage)
+        self.gate = Gate(Limits())  # ``relay serve --handshake-timeout`` etc.
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._pool: ProcessPoolExecutor | None = None
@@ -259,11 +263,14 @@ class Relay:
         link = RelayLink(nonce=os.urandom(32))
         peer = f"{ws.remote_address}"
         logfmt.bind(connection=logfmt.address(ws.remote_address))
+        watch = LinkWatch(self.gate, ws, peer)
+        if not await watch.admit():
+            return
         pump: asyncio.Task[None] | None = None
         state: dict[str, Any] = {}
         # Frames leave in the order the link queued them: whoever sends (this handler or
         # the pump) takes the link's queue and sends it whole under this lock.
-        sending = asyncio.Lock()
+        sending = watch.sending
         # The pump is the only place that generates this connection's document sync
         # messages (one SyncState, one generator): the handler wakes it instead.
         wake = asyncio.Event()
@@ -272,6 +279,7 @@ class Relay:
         answering: asyncio.Task[None] | None = None
         try:
             async for frame in ws:
+                watch.heard()
                 link.receive_data(frame)
                 for event in link.events_received():
                     if isinstance(event, HelloReceived):
@@ -307,25 +315,34 @@ class Relay:
                             link.enrolled(row.store, row.device_id, await self.certify(row),
                                           await self.store_key(row.store))
                     elif isinstance(event, Authenticated):
+                        watch.logged_in()
                         hub = await self.hubs.get(event.store)
                         state["hub"] = hub
                         metrics.CONNECTED.inc()  # taken off in ``finally``, as is the hub
                         state["sync"] = am.SyncState()
                         await self.storage.touch(event.store, event.device, utc_timestamp())
-                        link.welcome(await self.storage.heads(event.store),
-                                     await self.storage.stream_position(event.store),
+                        position = await self.storage.stream_position(event.store)
+                        link.welcome(await self.storage.heads(event.store), position,
                                      await self.certify(state["device"]),
                                      await self.revocations(event.store))
+                        if event.receipts_after > position:
+                            log.warning("%s: device %s of store %s holds receipts up to %d, "
+                                        "the relay only up to %d: restore the relay's backup",
+                                        peer, event.device, event.store,
+                                        event.receipts_after, position)
+                            link.fail("relay_behind",  # = RELAY_BEHIND, a literal like every code
+                                      relay_behind(event.receipts_after, position), fatal=False)
                         if event.doc_empty and not hub.doc.is_genesis():
                             link.send_snapshot(hub.doc.save())
                         hub.watch(wake)
                         wake.set()  # its first pass sends the first document message
-                        pump = asyncio.create_task(self._pump(ws, link, hub, state, sending,
-                                                              wake, event.receipts_after))
+                        pump = asyncio.create_task(self._pump(
+                            ws, link, hub, state, sending, wake,
+                            min(event.receipts_after, position)))
                         log.info("%s: device %s of store %s connected", peer, event.device,
                                  event.store)
                     elif isinstance(event, EntriesReceived):
-                        job = await self._ingest(state["hub"], event)
+                        job = await self._ingest(state["hub"], event, link.device)
                         await queued.put(job)  # waits while the window is full
                         if answering is None:
                             answering = asyncio.create_task(
@@ -343,6 +360,7 @@ class Relay:
         except Exception:
             await self._internal_error(ws, link, sending, peer)
         finally:
+            await watch.end()
             if answering is not None:
                 answering.cancel()
             if pump is not None:
@@ -386,7 +404,7 @@ class Relay:
             with contextlib.suppress(websockets.ConnectionClosed):
                 await self._flush(ws, link, sending)
 
-    async def _ingest(self, hub: StoreHub, event: EntriesReceived) -> _Job:
+    async def _ingest(self, hub: StoreHub, event: EntriesReceived, sender: str) -> _Job:
         """Prepare a batch and queue it for the writer; its job's future has the result."""
         if hub.stale:  # another process changed the catalogue: decide with the new one
             await self.hubs.refresh(hub)
@@ -396,7 +414,8 @@ class Relay:
             if device is not None:
                 keys[device_id] = device.public_key
         batch = Batch(hub.store, event.entries, keys, hub.product,
-                      await self.store_key(hub.store), await self._prepare(event.entries))
+                      await self.store_key(hub.store), await self._prepare(event.entries),
+                      sender)
         job = _Job(hub, batch, asyncio.get_running_loop().create_future())
         await self._jobs.put(job)
         if self._writer is None:
@@ -521,9 +540,11 @@ async def running(config: RelayConfig) -> AsyncIterator[tuple[Relay, int]]:
         if config.tls_cert and config.tls_key else None
     relay = await Relay.open(config.data, config.db, db_wait=config.db_wait)
     relay.cert_validity = round(config.cert_days * 86400)
+    relay.gate = Gate(config.limits)
     try:
         async with serve(relay.handle, config.host, config.port, max_size=TRANSPORT_MAX,
-                         compression=None, reuse_port=config.reuse_port or None,
+                         open_timeout=config.limits.handshake_timeout, compression=None,
+                         reuse_port=config.reuse_port or None,
                          ssl=tls, process_request=api_handler(relay.storage)) as server:
             port = next(iter(server.sockets)).getsockname()[1]
             yield relay, port

@@ -17,13 +17,20 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from peer import client, logfmt
 from peer.errors import InvalidInput, StoreCorrupt, StoreError, TillsyncError
 from peer.lan import api as lan_api
 from peer.lan.node import LAN_PORT, Node, NodeConfig, read_status
 from peer.store import Till, is_locked
+from peer.sync.deadlines import (
+    CLOSE_BUSY,
+    CLOSE_HANDSHAKE_TIMEOUT,
+    CLOSE_IDLE,
+    HANDSHAKE_TIMEOUT,
+)
+from relay.limits import IDLE_TIMEOUT, MAX_HANDSHAKES, Limits
 from relay.server import DB_FILE, Relay, RelayConfig, die_with_parent, running, tune_gc
 from relay.storage import is_postgres
 from relay.storage.postgres import describe
@@ -51,6 +58,22 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
     return port
+
+
+Number = TypeVar("Number", int, float)
+
+
+def _above_zero(convert: Callable[[str], Number]) -> Callable[[str], Number]:
+    """An argparse type: ``convert``'s number, refused unless it is more than 0."""
+    def parse(text: str) -> Number:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text}: must be more than 0")
+        return value
+    return parse
 
 
 class CliError(Exception):
@@ -308,7 +331,8 @@ async def peer_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     config = NodeConfig(Path(args.dir), relay=args.relay, lan_host=args.lan_host,
                         lan_port=args.lan_port, peers=args.peer, mdns=not args.no_mdns,
-                        interval=args.interval, relay_enabled=not args.no_relay)
+                        interval=args.interval, relay_enabled=not args.no_relay,
+                        handshake_timeout=args.lan_handshake_timeout)
     node = Node(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -367,9 +391,13 @@ def relay_serve_workers(args: argparse.Namespace) -> int:
                        "one PostgreSQL database (SQLite serves one process)", EXIT_BAD_INPUT)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
+    limits = _limits(args)
     _relay_logging(worker=True, log_format=args.log_format)
     asyncio.run(migrate(args.db, args.db_wait))  # once, before the workers start
-    extra = ["--cert-days", str(args.cert_days), "--log-format", args.log_format]
+    extra = ["--cert-days", str(args.cert_days), "--log-format", args.log_format,
+             "--handshake-timeout", str(limits.handshake_timeout),
+             "--idle-timeout", str(limits.idle_timeout),
+             "--max-handshakes", str(limits.max_handshakes)]
     if args.tls_cert:
         extra += ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key]
     return serve_workers(workers=args.workers, data=Path(args.data), db=args.db,
@@ -387,7 +415,7 @@ async def relay_serve(args: argparse.Namespace) -> int:
     config = RelayConfig(Path(args.data), args.host, args.port, db=args.db,
                          reuse_port=args.reuse_port, db_wait=args.db_wait,
                          tls_cert=args.tls_cert, tls_key=args.tls_key,
-                         cert_days=args.cert_days)
+                         cert_days=args.cert_days, limits=_limits(args))
     async with running(config) as (_, port):
         tune_gc()
         where = f"database {describe(args.db)}" if args.db else f"data in {args.data}"
@@ -395,6 +423,10 @@ async def relay_serve(args: argparse.Namespace) -> int:
         print(f"relay listening on {scheme}://{args.host}:{port} ({where})", flush=True)
         await asyncio.Event().wait()
     return EXIT_OK
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    return Limits(args.handshake_timeout, args.idle_timeout, args.max_handshakes)
 
 
 async def migrate(db: str, wait: float) -> int:
@@ -596,7 +628,8 @@ async def report_state(args: argparse.Namespace) -> int:
         else:
             rows = await reports.devices(storage, args.store)
             columns = ("name", "device_id", "role", "last_seen", "entries", "lag_s",
-                       "waiting", "rejected", "last_rejection", "revoked_at")
+                       "waiting", "rejected", "last_rejection", "rejected_in_its_name",
+                       "revoked_at")
     finally:
         await storage.close()
     _report_out(args, rows, columns, f"no {args.verb} for store {args.store}")
@@ -673,6 +706,19 @@ def build_parser() -> argparse.ArgumentParser:
                      "90; each contact renews a device's): a till that stays away "
                      "longer is refused by the other tills until it syncs again")
     _log_format_flag(sub)
+    sub.add_argument("--handshake-timeout", type=_above_zero(float), default=HANDSHAKE_TIMEOUT,
+                     metavar="SECONDS", help="close a connection that has not logged in "
+                     f"this long after opening (default {HANDSHAKE_TIMEOUT:g}; close code "
+                     f"{CLOSE_HANDSHAKE_TIMEOUT})")
+    sub.add_argument("--idle-timeout", type=_above_zero(float), default=IDLE_TIMEOUT,
+                     metavar="SECONDS",
+                     help="close a logged-in link on which no frame has passed either way "
+                     f"this long; websocket pings do not count (default {IDLE_TIMEOUT:g}; "
+                     f"close code {CLOSE_IDLE})")
+    sub.add_argument("--max-handshakes", type=_above_zero(int), default=MAX_HANDSHAKES, metavar="N",
+                     help="connections of one relay process that may be logging in at once; "
+                     f"more are closed at once with code {CLOSE_BUSY} (default "
+                     f"{MAX_HANDSHAKES})")
     sub.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     sub.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
     sub.set_defaults(func=relay_serve)
@@ -730,7 +776,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("alerts", "low-stock alerts: which entry took a product below its level",
              report_state),
             ("devices", "every device: last contact, entries held, lag of the latest, entries "
-                        "waiting, rejections, revocation",
+                        "waiting, rejections (of the entries it sent, and of entries in its "
+                        "name sent by others), revocation",
              report_state)):
         sub = report_verbs.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--data", metavar="DIR", help="the relay's data folder (SQLite)")
@@ -810,6 +857,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "0 picks a free one)")
     sub.add_argument("--lan-host", default="0.0.0.0", metavar="H",
                      help="address to listen on (default all)")
+    sub.add_argument("--lan-handshake-timeout", type=_above_zero(float), default=HANDSHAKE_TIMEOUT,
+                     metavar="SECONDS", help="close a LAN connection that has not completed "
+                     f"the handshake this long after opening (default {HANDSHAKE_TIMEOUT:g}; "
+                     f"close code {CLOSE_HANDSHAKE_TIMEOUT})")
     sub.add_argument("--peer", action="append", default=[], metavar="URL",
                      help="another till to link with, ws://HOST:PORT/ (repeat; for networks "
                           "without multicast)")

@@ -33,6 +33,7 @@ from peer.errors import InvalidInput, StoreError
 from peer.lan import api
 from peer.lan.session import PeerInfo, PeerSession
 from peer.store import Till
+from peer.sync.deadlines import HANDSHAKE_TIMEOUT, close_unless_authenticated
 from peer.sync.engine import PeerLink
 from peer.sync.frames import TRANSPORT_MAX
 
@@ -53,6 +54,7 @@ class NodeConfig:
     interval: float = 5.0
     max_backoff: float = 60.0
     relay_enabled: bool = True
+    handshake_timeout: float = HANDSHAKE_TIMEOUT  # seconds an accepted link has to log in
 
 
 class Node:
@@ -196,10 +198,13 @@ class Node:
         if till is None or till.cert is None:
             return  # no certificate yet: cannot prove who we are
         session = PeerSession(till, self._link(dialer=False), ws, address, self.peers)
+        deadline = asyncio.create_task(close_unless_authenticated(
+            ws, session.authenticated, self.config.handshake_timeout, f"LAN peer {address}"))
         self._status_dirty.set()
         try:
             await session.run()
         finally:
+            deadline.cancel()
             self._status_dirty.set()
 
     # -- the relay ---------------------------------------------------------------------

@@ -76,6 +76,7 @@ class PeerSession:
         self.till, self.link, self.ws, self.address = till, link, ws, address
         self._peers = peers
         self.info: PeerInfo | None = None
+        self.authenticated = asyncio.Event()  # set once the handshake has completed
         self._sync = am.SyncState()
         self._send_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -148,6 +149,7 @@ class PeerSession:
                 self.info.entries_in, self.info.entries_out = \
                     previous.entries_in, previous.entries_out
             self._peers[cert.device] = self.info
+            self.authenticated.set()
             log.info("LAN link with %s (%s) at %s", cert.name, cert.device, self.address)
             link.send_have(till.heads(), till.receipts_position()[0])
             self._wake.set()

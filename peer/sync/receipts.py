@@ -95,3 +95,14 @@ def verify_receipts(
                 return good_seq, good_hash, f"receipt {seq}: the relay's signature does not verify"
             good_seq, good_hash = seq, prev
     return good_seq, good_hash, None
+
+
+RELAY_BEHIND = "relay_behind"  # error code: the device holds more of the stream than the relay
+
+
+def relay_behind(held: int, relay_head: int) -> str:
+    """The one line both ends say when a device holds receipts up to ``held`` and the
+    relay's stream ends at ``relay_head`` before it: the relay has lost receipts."""
+    return (f"the relay's receipt stream ends at {relay_head} but this device holds receipts "
+            f"up to {held}: the relay has lost data; its operator must restore the relay's "
+            "backup (the device keeps every receipt it holds and pushes nothing until then)")

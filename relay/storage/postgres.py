@@ -173,6 +173,10 @@ ALTER TABLE invoices ADD CONSTRAINT invoices_store_device_id_seq_key
     UNIQUE (store, device_id, seq);
 ALTER TABLE invoices DROP CONSTRAINT invoices_store_client_id_key;
 """),
+    (7, "each rejected entry records the device whose link carried it (rows kept from "
+        "before: not known)", """
+ALTER TABLE rejected ADD COLUMN sent_by text;
+"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -408,8 +412,8 @@ class _Txn:
     async def add_rejected(self, store: str, rows: Sequence[tuple[Any, ...]]) -> None:
         await self._own(store)
         await self._c.executemany(
-            "INSERT INTO rejected (store, client_id, device_id, seq, code, message, entry, at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", [(store, *r) for r in rows])
+            "INSERT INTO rejected (store, client_id, device_id, seq, code, message, entry, at, "
+            "sent_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", [(store, *r) for r in rows])
 
     async def add_tallies(self, store: str,
                           writes: Sequence[tuple[str, list[tuple[Any, ...]]]]) -> None:

@@ -22,7 +22,7 @@ from peer.log import Entry
 from relay import tallies
 from relay.storage.base import ALL_HEADS, DeviceRow, code_refusal
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # Page cache of each connection, in KiB (SQLite's default is 2 MiB).  Every sale inserts
 # into an index keyed by random UUIDs (entries' client_id): once it outgrows the cache,
 # each insert rereads pages from the OS.
@@ -71,6 +71,8 @@ INSERT OR IGNORE INTO store_keys (store, created_at)
     SELECT store, 'before store keys' FROM devices UNION SELECT store, 'before store keys'
     FROM enroll_codes;
 """
+# Who sent each rejected entry (rows kept from before: not known).
+_REJECTED_SENT_BY = "ALTER TABLE rejected ADD COLUMN sent_by TEXT;"
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE devices (
@@ -134,7 +136,8 @@ CREATE TABLE alerts (
 CREATE TABLE rejected (
     store TEXT NOT NULL, client_id TEXT NOT NULL, device_id TEXT NOT NULL,
     seq INTEGER NOT NULL, code TEXT NOT NULL, message TEXT NOT NULL, entry BLOB NOT NULL,
-    at TEXT NOT NULL
+    at TEXT NOT NULL,
+    sent_by TEXT  -- the device whose link carried the entry; NULL: from before schema 7
 );
 CREATE INDEX rejected_by_client ON rejected (store, client_id);
 CREATE TABLE doc_snapshot (store TEXT PRIMARY KEY, data BLOB NOT NULL);
@@ -153,6 +156,7 @@ _MIGRATIONS = {
     "3": tallies.SCHEMA + _INVOICES_APPEND_ONLY + _PRICES_AT,  # totals: ``_fill_tallies``
     "4": _STORE_KEYS + _KEEP_RELAY_KEY,
     "5": _INVOICES_BY_SEQ,
+    "6": _REJECTED_SENT_BY,
 }
 
 
@@ -353,8 +357,8 @@ class _Txn:
 
     async def add_rejected(self, store: str, rows: Sequence[tuple[Any, ...]]) -> None:
         await self._c.executemany(
-            "INSERT INTO rejected (store, client_id, device_id, seq, code, message, entry, at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(store, *r) for r in rows])
+            "INSERT INTO rejected (store, client_id, device_id, seq, code, message, entry, at, "
+            "sent_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [(store, *r) for r in rows])
 
     async def add_tallies(self, store: str,
                           writes: Sequence[tuple[str, list[tuple[Any, ...]]]]) -> None:

@@ -116,6 +116,11 @@ def pg_query(url: str, sql: str, args: tuple[object, ...] | list[object] = ()
     return rows
 
 
+# Puts the rejected entries back in their shape before SQLite schema 7 / PostgreSQL
+# migration 7 (no sender), rows kept, for tests of upgrades from older versions.
+REJECTED_BEFORE_SCHEMA_7 = "ALTER TABLE rejected DROP COLUMN sent_by"
+
+
 def invoices_before_schema_6(postgres: bool) -> list[str]:
     """Statements that put a relay database's invoice register back in its shape before
     SQLite schema 6 / PostgreSQL migration 6 (UNIQUE (store, client_id), no ``seq``),

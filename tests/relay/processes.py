@@ -518,6 +518,16 @@ async def raw_exchange(url: str, frames: Sequence[bytes | str], timeout: float =
     return received, closed
 
 
+async def closed_with(ws: ClientConnection, timeout: float = 30.0) -> tuple[int | None, str]:
+    """Read until the other end closes the connection; its close code and reason."""
+    async with asyncio.timeout(timeout):
+        try:
+            while True:
+                await ws.recv()
+        except ConnectionClosed as exc:
+            return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, "")
+
+
 def hello(store: str, device: str) -> bytes:
     packed: bytes = msgpack.packb({"t": "hello", "v": PROTOCOL_VERSION, "store": store,
                                    "device": device, "nonce": os.urandom(32),

@@ -17,7 +17,7 @@ import pytest
 from relay.storage.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from tests.doubles import sale
-from tests.relay.databases import invoices_before_schema_6
+from tests.relay.databases import REJECTED_BEFORE_SCHEMA_7, invoices_before_schema_6
 from tests.relay.processes import RelayProcess, Relays, TillDir, cli_json, query, run_cli
 
 STORE = "store-r"
@@ -184,6 +184,7 @@ def test_sales_and_invoice_reports_match_the_sales_recorded(tmp_path: Path,
                   ["DROP TRIGGER invoices_append_only_update",
                    "DROP TRIGGER invoices_append_only_delete"]),
                 *invoices_before_schema_6(bool(relay.db)),
+                REJECTED_BEFORE_SCHEMA_7,
                 "DELETE FROM schema_version WHERE version >= 4" if relay.db else
                 "UPDATE meta SET value = '3' WHERE key = 'schema_version'"):
         query(relay, sql)

@@ -1,0 +1,127 @@
+"""What a relay process allows a connection: time to log in, time to stay idle, and how
+many connections may be logging in at once.
+
+- **Handshake**: a connection must be authenticated (``welcome`` sent) within
+  ``handshake_timeout`` seconds of its websocket opening, or it is closed with
+  ``CLOSE_HANDSHAKE_TIMEOUT``.  An enrollment link closes by itself after ``enrolled``.
+- **Idle**: an authenticated link on which no frame has passed, either way, for
+  ``idle_timeout`` seconds is closed with ``CLOSE_IDLE``.  Websocket pings and pongs do
+  not count: they show the connection is alive, not that it is used.  A till in a sync
+  round is never idle that long (the reference till ends its round once the link has
+  been quiet for 0.2 s, and gives a whole round 30 s); a device that holds its link open
+  to be pushed receipts and document changes stays as long as the store is active.
+- **Handshakes at once**: at most ``max_handshakes`` connections of a relay process may
+  be between the websocket's opening and authentication; one more is closed at once with
+  ``CLOSE_BUSY`` (1013, try again later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from peer.sync.deadlines import (
+    CLOSE_BUSY,
+    CLOSE_IDLE,
+    HANDSHAKE_TIMEOUT,
+    Closable,
+    close_unless_authenticated,
+    seconds,
+)
+
+log = logging.getLogger("tillsync.relay")
+
+IDLE_TIMEOUT = 300.0  # seconds
+MAX_HANDSHAKES = 256  # connections of one relay process logging in at once
+
+
+@dataclass(frozen=True)
+class Limits:
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
+    max_handshakes: int = MAX_HANDSHAKES
+
+
+class Gate:
+    """A relay process's count of connections in the handshake."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.handshaking = 0
+
+
+class LinkWatch:
+    """One connection's deadlines: ``admit`` it first, call ``logged_in`` once it is
+    authenticated, send under ``sending`` (every frame sent counts as activity), call
+    ``heard`` for every frame received and ``end`` when the connection ends."""
+
+    def __init__(self, gate: Gate, ws: Closable, peer: str) -> None:
+        self.gate, self.ws, self.peer = gate, ws, peer
+        self.sending: asyncio.Lock = _StampingLock(self)
+        self._authenticated = asyncio.Event()
+        self._counted = False
+        self._last = asyncio.get_running_loop().time()
+        self._task: asyncio.Task[None] | None = None
+
+    async def admit(self) -> bool:
+        """Count the connection in the handshake and start its clock; False (and the
+        connection closed) if ``max_handshakes`` are in it already."""
+        limit = self.gate.limits.max_handshakes
+        if self.gate.handshaking >= limit:
+            log.warning("%s: refused: %d connections in the handshake already", self.peer,
+                        limit)
+            await self.ws.close(CLOSE_BUSY, "too many connections logging in; try again later")
+            return False
+        self.gate.handshaking += 1
+        self._counted = True
+        self._task = asyncio.create_task(self._run())
+        return True
+
+    def heard(self) -> None:
+        self._last = asyncio.get_running_loop().time()
+
+    def logged_in(self) -> None:
+        self._release()
+        self._authenticated.set()
+
+    async def end(self) -> None:
+        self._release()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _release(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.gate.handshaking -= 1
+
+    async def _run(self) -> None:
+        limits = self.gate.limits
+        if not await close_unless_authenticated(self.ws, self._authenticated,
+                                                limits.handshake_timeout, self.peer):
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            quiet = loop.time() - self._last
+            if quiet >= limits.idle_timeout:
+                log.info("%s: no frame for %s: link closed", self.peer,
+                         seconds(limits.idle_timeout))
+                await self.ws.close(CLOSE_IDLE, f"idle: no frame for "
+                                                f"{seconds(limits.idle_timeout)}")
+                return
+            await asyncio.sleep(limits.idle_timeout - quiet)
+
+
+class _StampingLock(asyncio.Lock):
+    """The connection's send lock: each release marks the link as used."""
+
+    def __init__(self, watch: LinkWatch) -> None:
+        super().__init__()
+        self._watch = watch
+
+    def release(self) -> None:
+        self._watch.heard()
+        super().release()
