@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from peer.errors import InvalidInput, UnknownReference
+from peer.totals import figures_problem
 from peer.views import quantity
 
 # kind -> (field, collection) pairs naming master-data records.
@@ -64,6 +65,9 @@ async def check(kind: str, body: Mapping[str, Any], lookup: Lookup) -> None:
             )
         if "discount" in line and line["discount"] > quantity(line["qty"]) * line["unit_price"]:
             raise InvalidInput(f"{kind}: body.lines[{i}].discount is larger than the line")
+    problem = figures_problem(kind, body)
+    if problem is not None:
+        raise InvalidInput(f"{kind}: {problem}")
 
     shift_field = _SHIFT_FIELDS.get(kind)
     if shift_field and shift_field in body:

@@ -249,9 +249,9 @@ _C = "https://tillsync.dev/schemas/common.json#/$defs/"
 _SALE_DEFS: dict[str, Any] = {
     "id": {"type": "string", "minLength": 1, "maxLength": _ANY, "pattern": _ANY},
     "uuid": {"type": "string", "pattern": _ANY},
-    "money": {"type": "integer", "minimum": 0},
+    "money": {"type": "integer", "minimum": 0, "maximum": _ANY},
     "note": {"type": "string"},
-    "positive_quantity": {"anyOf": [{"type": "integer", "minimum": 1},
+    "positive_quantity": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": _ANY},
                                     {"type": "string", "pattern": _ANY}]},
     "payment_method": {"enum": _ANY},
     "line": {"type": "object", "properties": {
@@ -304,6 +304,8 @@ class _SaleRules:
     id_max: int
     uuid_search: Callable[[str], object]
     qty_search: Callable[[str], object]
+    qty_max: int
+    money_max: int
     methods: frozenset[str]
 
 
@@ -315,17 +317,20 @@ def _sale_rules() -> _SaleRules | None:
             _same_shape(defs.get(name), shape) for name, shape in _SALE_DEFS.items()):
         return None
     methods = defs["payment_method"]["enum"]
-    if not all(type(m) is str for m in methods):
+    qty_max, money_max = defs["positive_quantity"]["anyOf"][0]["maximum"], \
+        defs["money"]["maximum"]
+    if not all(type(m) is str for m in methods) or type(qty_max) is not int \
+            or type(money_max) is not int:
         return None
     return _SaleRules(
         id_search=re.compile(defs["id"]["pattern"]).search, id_max=defs["id"]["maxLength"],
         uuid_search=re.compile(defs["uuid"]["pattern"]).search,
         qty_search=re.compile(defs["positive_quantity"]["anyOf"][1]["pattern"]).search,
-        methods=frozenset(methods))
+        qty_max=qty_max, money_max=money_max, methods=frozenset(methods))
 
 
-def _money(value: object) -> bool:
-    return type(value) is int and value >= 0
+def _money(value: object, rules: _SaleRules) -> bool:
+    return type(value) is int and 0 <= value <= rules.money_max
 
 
 def _record_id(value: object, rules: _SaleRules) -> bool:
@@ -348,19 +353,20 @@ def _sale_ok(body: object) -> bool:
             return False
         qty = line["qty"]
         if type(qty) is int:
-            if qty < 1:
+            if not 1 <= qty <= rules.qty_max:
                 return False
         elif type(qty) is not str or rules.qty_search(qty) is None:
             return False
-        if not _record_id(line["product_id"], rules) or not _money(line["unit_price"]) \
-                or ("discount" in line and not _money(line["discount"])):
+        if not _record_id(line["product_id"], rules) \
+                or not _money(line["unit_price"], rules) \
+                or ("discount" in line and not _money(line["discount"], rules)):
             return False
     for payment in payments:
         if type(payment) is not dict or not _PAYMENT_REQUIRED <= payment.keys() <= _PAYMENT_KEYS:
             return False
         method = payment["method"]
         if type(method) is not str or method not in rules.methods \
-                or not _money(payment["amount"]) \
+                or not _money(payment["amount"], rules) \
                 or ("reference" in payment and type(payment["reference"]) is not str):
             return False
     for key in ("shift_client_id", "held_transaction_client_id"):
@@ -368,7 +374,7 @@ def _sale_ok(body: object) -> bool:
             return False
     if "customer_id" in body and not _record_id(body["customer_id"], rules):
         return False
-    if "client_total" in body and not _money(body["client_total"]):
+    if "client_total" in body and not _money(body["client_total"], rules):
         return False
     return "note" not in body or type(body["note"]) is str
 
