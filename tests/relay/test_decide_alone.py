@@ -10,8 +10,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from peer.identity import DeviceKey
 from relay.ingest import Batch, IngestResult, ingest_all
+from relay.server import Relay, _Job
 from relay.storage.sqlite import SQLiteStorage
 from schemas.limits import INTEGER_MAX
 from tests.doubles import sale
@@ -109,3 +112,41 @@ async def failing_half_way(path: Path) -> None:
 def test_an_entry_that_fails_half_way_is_rejected_with_nothing_of_it_kept(
         tmp_path: Path) -> None:
     asyncio.run(failing_half_way(tmp_path / "relay.db"))
+
+
+class _KeyThatCannotSign:
+    """A store key whose signature fails: every transaction deciding its batch fails."""
+
+    def sign(self, data: bytes) -> bytes:
+        raise RuntimeError("this key cannot sign")
+
+
+async def grouped_with_a_failing_batch(path: Path) -> None:
+    relay = Relay(await SQLiteStorage.open(path), DeviceKey.generate())
+    try:
+        stores = [f"store-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+        chains = [await enrolled(relay.storage, s) for s in stores]  # type: ignore[arg-type]
+        jobs = []
+        for store, chain, key in zip(stores, chains, [_KeyThatCannotSign(), KEY], strict=True):
+            shift = chain.next("shift_open", {"cashier_id": "ann", "opening_cash": 0})
+            chain.next("sale", sale(("bread", 1, 320), shift_client_id=shift.client_id))
+            batch = Batch(store, chain.entries, {chain.device_id: chain.key.public_bytes},
+                          CATALOGUE.get, key)  # type: ignore[arg-type]
+            jobs.append(_Job(await relay.hubs.get(store), batch,
+                             asyncio.get_running_loop().create_future()))
+        for job in jobs:  # both queued before the writer runs: one group commit
+            relay._jobs.put_nowait(job)
+        relay._writer = asyncio.create_task(relay._write_loop())
+        honest = await asyncio.wait_for(jobs[1].done, 30)
+        assert [r["status"] for r in honest.receipts] == ["accepted", "accepted"]
+        assert honest.heads == {chains[1].device_id: 2}
+        with pytest.raises(RuntimeError, match="cannot sign"):
+            await asyncio.wait_for(jobs[0].done, 30)
+        assert await relay.storage.heads(stores[0]) == {}  # nothing of it was stored
+    finally:
+        await relay.close()
+
+
+def test_a_batch_whose_transaction_fails_does_not_fail_the_others_of_its_group(
+        tmp_path: Path) -> None:
+    asyncio.run(grouped_with_a_failing_batch(tmp_path / "relay.db"))
