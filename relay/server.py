@@ -461,11 +461,11 @@ class Relay:
         alone is stored with each new entry rejected as ``undecidable``
         (``ingest_all(decide=False)``), and only if that fails too is its link told of
         an internal error."""
-        if self.storage.retryable(failure):
-            return [failure] * len(jobs)
+        if self.storage.retryable(failure) or isinstance(failure, OSError):
+            return [failure] * len(jobs)  # the database or the disk, not a batch's content
         outcomes: list[IngestResult | Exception] = []
         for job in jobs:
-            tries[0] = 1  # each is a first try (a retry's empty answer notifies pumps)
+            tries[0] = 1  # so that a batch found stored already wakes the pumps
             outcome: IngestResult | Exception = failure
             for decide in (True, False) if len(jobs) > 1 else (False,):
                 try:
@@ -477,6 +477,8 @@ class Relay:
                     log.exception("ingest of a batch of store %s failed%s", job.batch.store,
                                   "" if decide else ", even undecided")
                     outcome = exc
+                    if isinstance(exc, OSError) or self.storage.retryable(exc):
+                        break  # not the batch's content: its entries are not refused
             outcomes.append(outcome)
         return outcomes
 

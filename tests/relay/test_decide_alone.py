@@ -150,3 +150,28 @@ async def grouped_with_a_failing_batch(path: Path) -> None:
 def test_a_batch_whose_transaction_fails_does_not_fail_the_others_of_its_group(
         tmp_path: Path) -> None:
     asyncio.run(grouped_with_a_failing_batch(tmp_path / "relay.db"))
+
+
+async def stored_undecided(path: Path) -> None:
+    storage = await SQLiteStorage.open(path)
+    try:
+        store = f"store-{uuid.uuid4().hex[:8]}"
+        chain = await enrolled(storage, store)  # type: ignore[arg-type]
+        shift = chain.next("shift_open", {"cashier_id": "ann", "opening_cash": 0})
+        chain.next("sale", sale(("bread", 1, 320), shift_client_id=shift.client_id))
+        async with storage.transaction() as txn:
+            batch = Batch(store, chain.entries, {chain.device_id: chain.key.public_bytes},
+                          CATALOGUE.get, KEY)
+            result = (await ingest_all(txn, [batch], now(), decide=False))[0]
+        assert codes(result) == [("rejected", "undecidable")] * 2
+        assert result.heads == {chain.device_id: 2}  # stored: the chain goes on
+        assert (await read(storage, store))["invoices"] == []
+        chain.next("sale", sale(("bread", 1, 320), shift_client_id=shift.client_id))
+        later = await push(storage, store, chain)
+        assert codes(later) == [("waiting", None)]  # its shift counts for nothing
+    finally:
+        await storage.close()
+
+
+def test_the_last_resort_stores_a_batch_with_every_new_entry_rejected(tmp_path: Path) -> None:
+    asyncio.run(stored_undecided(tmp_path / "relay.db"))
