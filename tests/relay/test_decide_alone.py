@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from peer.identity import DeviceKey
+from peer.log import Entry
 from relay.ingest import Batch, IngestResult, ingest_all
 from relay.server import Relay, _Job
 from relay.storage.sqlite import SQLiteStorage
@@ -52,6 +53,15 @@ async def read(storage: SQLiteStorage, store: str) -> dict[str, Any]:
     }
 
 
+async def selling(storage: SQLiteStorage, qty: int) -> tuple[str, Chain, Entry]:
+    """A new store, its till's chain: a shift_open (returned) and a sale of ``qty`` bread."""
+    store = f"store-{uuid.uuid4().hex[:8]}"
+    chain = await enrolled(storage, store)  # type: ignore[arg-type]
+    shift = chain.next("shift_open", {"cashier_id": "ann", "opening_cash": 0})
+    chain.next("sale", sale(("bread", qty, 320), shift_client_id=shift.client_id))
+    return store, chain, shift
+
+
 def codes(result: IngestResult) -> list[tuple[str, str | None]]:
     return [(r["status"], r.get("error", {}).get("code")) for r in result.receipts]
 
@@ -86,10 +96,7 @@ def test_a_move_that_would_take_stock_out_of_the_range_is_rejected_alone(
 async def failing_half_way(path: Path) -> None:
     storage = await SQLiteStorage.open(path)
     try:
-        store = f"store-{uuid.uuid4().hex[:8]}"
-        chain = await enrolled(storage, store)  # type: ignore[arg-type]
-        shift = chain.next("shift_open", {"cashier_id": "ann", "opening_cash": 0})
-        chain.next("sale", sale(("bread", 2, 320), shift_client_id=shift.client_id))
+        store, chain, shift = await selling(storage, 2)
         await push(storage, store, chain)
         before = await read(storage, store)
         # bread's stock moves and an invoice number is taken before odd's line fails.
@@ -155,10 +162,7 @@ def test_a_batch_whose_transaction_fails_does_not_fail_the_others_of_its_group(
 async def stored_undecided(path: Path) -> None:
     storage = await SQLiteStorage.open(path)
     try:
-        store = f"store-{uuid.uuid4().hex[:8]}"
-        chain = await enrolled(storage, store)  # type: ignore[arg-type]
-        shift = chain.next("shift_open", {"cashier_id": "ann", "opening_cash": 0})
-        chain.next("sale", sale(("bread", 1, 320), shift_client_id=shift.client_id))
+        store, chain, shift = await selling(storage, 1)
         async with storage.transaction() as txn:
             batch = Batch(store, chain.entries, {chain.device_id: chain.key.public_bytes},
                           CATALOGUE.get, KEY)
