@@ -17,6 +17,7 @@ from typing import Any
 from peer.entry_rules import negative_line, shift_problem
 from peer.errors import InvalidInput, UnknownReference
 from peer.log import Entry
+from peer.totals import figures_problem
 
 # kind -> (field, collection) pairs naming master-data records.
 _RECORD_FIELDS: dict[str, list[tuple[str, str]]] = {
@@ -90,8 +91,11 @@ async def check(kind: str, body: Mapping[str, Any], lookup: Lookup) -> None:
             raise UnknownReference(
                 f"{kind}: body.lines[{i}].product_id: unknown product {line['product_id']!r}"
             )
-    if kind in ("sale", "held_sale", "refund") and (problem := negative_line(body["lines"])):
-        raise InvalidInput(f"{kind}: {problem[1]}")
+    problem = figures_problem(kind, body)
+    if problem is not None:
+        raise InvalidInput(f"{kind}: {problem}")
+    if kind in ("sale", "held_sale", "refund") and (line_problem := negative_line(body["lines"])):
+        raise InvalidInput(f"{kind}: {line_problem[1]}")
 
     shift_field = _SHIFT_FIELDS.get(kind)
     if shift_field and shift_field in body:

@@ -21,9 +21,9 @@ import aiosqlite
 
 from peer.errors import StoreCorrupt
 from peer.log.entry import Entry
-from peer.views import Effect, from_millionths, to_millionths
+from peer.views import Effect, from_stored, to_stored
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -63,7 +63,7 @@ CREATE TABLE receipt_stream (  -- the relay's stream as received, to forward on 
 CREATE TABLE views (
     view TEXT NOT NULL,
     key TEXT NOT NULL,
-    value INTEGER NOT NULL,  -- millionths: exact for money and 6-decimal quantities
+    value INTEGER NOT NULL,  -- stock in millionths; money, flags whole (views.to_stored)
     at TEXT NOT NULL DEFAULT '',  -- a "set" value's entry place (peer.views.order_of)
     PRIMARY KEY (view, key)
 ) WITHOUT ROWID;
@@ -82,14 +82,17 @@ CREATE TABLE revocations (device_id TEXT PRIMARY KEY, upto INTEGER NOT NULL,
 
 # Upgrades of an older store, run in one transaction by a writable open.
 _VIEWS_AT = "ALTER TABLE views ADD COLUMN at TEXT NOT NULL DEFAULT '';"
+# Version 5: only the stock view is kept in millionths; money and flags as they are.
+_VIEWS_SCALE = "UPDATE views SET value = value / 1000000 WHERE view != 'stock';"
 _MIGRATIONS = {
     "1": """
 ALTER TABLE devices ADD COLUMN cert BLOB;
 CREATE TABLE receipt_stream (server_seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
 INSERT INTO receipt_stream (server_seq, body) SELECT server_seq, body FROM receipts;
-""" + _REVOCATIONS + _VIEWS_AT,
-    "2": _REVOCATIONS + _VIEWS_AT,
-    "3": _VIEWS_AT,
+""" + _REVOCATIONS + _VIEWS_AT + _VIEWS_SCALE,
+    "2": _REVOCATIONS + _VIEWS_AT + _VIEWS_SCALE,
+    "3": _VIEWS_AT + _VIEWS_SCALE,
+    "4": _VIEWS_SCALE,
 }
 
 _ENTRY_COLUMNS = "client_id, device_id, seq, prev, kind, client_created_at, ticket, body, sig"
@@ -368,13 +371,13 @@ class TillDB:
         async with self._conn.execute(
             "SELECT key, value FROM views WHERE view = ?", (view,)
         ) as cur:
-            return {row[0]: from_millionths(row[1]) async for row in cur}
+            return {row[0]: from_stored(view, row[1]) async for row in cur}
 
     async def view_value(self, view: str, key: str) -> Decimal | None:
         row = await self._one(
             "SELECT value FROM views WHERE view = ? AND key = ?", (view, key)
         )
-        return None if row is None else from_millionths(row[0])
+        return None if row is None else from_stored(view, row[0])
 
     async def shift_state(self, shift_client_id: str) -> str | None:
         """'closed', 'open' or None, in one query."""
@@ -396,7 +399,7 @@ class TillDB:
                 "value = CASE WHEN NOT ?4 THEN value + excluded.value "
                 "WHEN excluded.at >= at THEN excluded.value ELSE value END, "
                 "at = CASE WHEN ?4 AND excluded.at >= at THEN excluded.at ELSE at END",
-                [(e.view, e.key, to_millionths(e.value), e.op == "set", e.at)
+                [(e.view, e.key, to_stored(e.view, e.value), e.op == "set", e.at)
                  for e in effects],
             )
 

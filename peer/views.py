@@ -80,6 +80,22 @@ def from_millionths(value: int) -> Decimal:
     return Decimal(value) / MILLIONTHS
 
 
+def to_stored(view: str, value: Decimal) -> int:
+    """A view's value as the till stores it, an integer: the stock view (quantities) in
+    millionths, the others (money, flags) as they are, so the largest amount of money
+    (``schemas.limits.INTEGER_MAX``) fits a signed 64-bit integer many times over."""
+    if view == "stock":
+        return to_millionths(value)
+    if value != value.to_integral_value():
+        raise ValueError(f"{value} is not a whole number for the {view} view")
+    return int(value)
+
+
+def from_stored(view: str, value: int) -> Decimal:
+    """``to_stored`` undone."""
+    return from_millionths(value) if view == "stock" else Decimal(value)
+
+
 def format_quantity(value: Decimal) -> str:
     """'2', '0.75', '-1.5': no exponent, no trailing zeros."""
     text = format(value.normalize(), "f")

@@ -37,6 +37,7 @@ before the transaction, in a worker process for large batches.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,10 +50,18 @@ from peer.identity import DeviceKey
 from peer.log import Entry, verify_chain
 from peer.sync.frames import entry_to_wire
 from peer.sync.receipts import seal_packed
-from peer.totals import line_figures
+from peer.totals import LINE_KINDS, amounts_problem, figures_problem, line_figures
 from peer.views import format_quantity, from_millionths, millionths, order_of
 from relay.storage.base import RelayTxn
 from relay.tallies import Tallies
+from relay.undo import OutOfRange, Undo
+from schemas.limits import INTEGER_MAX, OUT_OF_RANGE, in_range
+
+log = logging.getLogger("tillsync.relay")
+
+UNDECIDABLE = "undecidable"
+UNDECIDABLE_MESSAGE = ("the relay could not decide this entry; it is kept in the chain and "
+                       "counts for nothing")
 
 SERIES = "INV"
 _SERVER_ID_KINDS = {"shift_open": "shift", "held_sale": "held", "purchase_order": "po",
@@ -207,11 +216,39 @@ class _Batch:
         self.counters[counter] += 1
         return self.counters[counter]
 
+    def stock_moves(self, kind: str, body: dict[str, Any], lines: Lines | None
+                    ) -> list[tuple[str, int, Mapping[str, Any] | None]]:
+        """(product, delta in millionths, catalogue record) of each stock movement the
+        entry makes, volatile products included (``move_stock`` skips them); checked to
+        keep every product's stock in range before anything moves (``OutOfRange``)."""
+        moves: list[tuple[str, int, Mapping[str, Any] | None]] = []
+        if kind == "sale":
+            assert lines is not None
+            moves = [(line["product_id"], -qty, self.catalogue(line["product_id"]))
+                     for line, (_, qty) in zip(body["lines"], lines, strict=True)]
+        elif kind == "refund" and body.get("restock", True):
+            moves = [(line["product_id"], millionths(line["qty"]),
+                      self.catalogue(line["product_id"])) for line in body["lines"]]
+        elif kind == "stock_move":
+            qty = millionths(body["qty"])
+            moves = [(body["product_id"], -qty if body["direction"] == "out" else qty,
+                      self.catalogue(body["product_id"]))]
+        after: dict[str, int] = {}
+        for product_id, delta, product in moves:
+            if product is not None and product.get("volatile"):
+                continue
+            level = after.get(product_id, self.stock.get(product_id) or 0) + delta
+            if not in_range(level):
+                raise OutOfRange(
+                    f"the stock of product {product_id!r} would be {_qty(level)}, outside "
+                    f"the range of +-{_qty(INTEGER_MAX)} units; record a stock_move first")
+            after[product_id] = level
+        return moves
+
     def move_stock(self, entry: Entry, product_id: str, delta: int,
-                   warnings: list[dict[str, Any]], product: Mapping[str, Any] | None = None,
+                   warnings: list[dict[str, Any]], product: Mapping[str, Any] | None,
                    ) -> None:
         """Move a product's stock by ``delta`` millionths of a unit."""
-        product = product if product is not None else self.catalogue(product_id)
         if product is None:
             warnings.append({"code": "unknown_product", "product_id": product_id})
         elif product.get("volatile"):
@@ -297,17 +334,39 @@ def _decide(batch: _Batch, entry: Entry, body: dict[str, Any],
         if problem is not None:
             batch.reject(entry, *problem, keep=False)  # in the chain already
             return
-        if kind == "shift_close":
-            batch.maps["shift_closed"][shift] = batch.new_maps["shift_closed"][shift] = \
-                entry.client_id
     receipt: dict[str, Any] = {**_about(entry), "status": "accepted", "warnings": []}
-    warnings: list[dict[str, Any]] = receipt["warnings"]
+    total = 0
+    if kind == "sale" and lines is None:  # a waiting sale decided now: not prepared
+        lines = line_figures(body["lines"])
+        out_of_range = amounts_problem(kind, (amount for amount, _ in lines))
+        if out_of_range is not None:
+            raise OutOfRange(out_of_range)
+    if lines is not None:
+        total = sum(amount for amount, _ in lines)
+    # Checked before anything changes; from here on the entry's effects are applied.
+    moves = batch.stock_moves(kind, body, lines)
+    undo = Undo(batch, entry.client_id, moves)
+    try:
+        _apply(batch, entry, body, lines, receipt, total, moves, held)
+    except BaseException:
+        undo.restore()
+        raise
+
+
+def _apply(batch: _Batch, entry: Entry, body: dict[str, Any], lines: Lines | None,
+           receipt: dict[str, Any], total: int,
+           moves: list[tuple[str, int, Mapping[str, Any] | None]], held: str | None) -> None:
+    """The effects of an entry ``_decide`` accepts, and its receipt."""
+    kind, warnings = entry.kind, receipt["warnings"]
+    shift_key = "open_shift_client_id" if kind == "shift_close" else "shift_client_id"
     if kind in _NEEDS_SHIFT:
         receipt["shift_server_id"] = batch.maps["shift"][body[shift_key]]
+    if kind == "shift_close":
+        shift = body[shift_key]
+        batch.maps["shift_closed"][shift] = batch.new_maps["shift_closed"][shift] = \
+            entry.client_id
     if kind == "sale":
-        if lines is None:
-            lines = line_figures(body["lines"])
-        total = sum(amount for amount, _ in lines)
+        assert lines is not None
         number = batch.next(f"invoice:{SERIES}")
         receipt.update(series=SERIES, invoice_no=number, total=total)
         if held is not None:
@@ -317,27 +376,18 @@ def _decide(batch: _Batch, entry: Entry, body: dict[str, Any],
                              "total": total})
         batch.invoices.append((SERIES, number, entry.client_id, entry.device_id, entry.ticket,
                                total, entry.client_created_at, batch.now, entry.seq))
-        batch.tallies.add(kind, entry.client_id, entry.device_id, entry.client_created_at,
-                          body, total, SERIES, lines)
         at = ""
-        for line, (_, qty) in zip(body["lines"], lines, strict=True):
-            product = batch.catalogue(line["product_id"])
+        for line, (product_id, delta, product) in zip(body["lines"], moves, strict=True):
             if product is not None and product.get("volatile"):
                 # The latest sale by its time sets the price, as on every till.
                 at = at or order_of(entry.client_created_at, entry.device_id, entry.seq)
-                if at >= batch.prices.get(line["product_id"], (0, ""))[1]:
-                    batch.prices[line["product_id"]] = (line["unit_price"], at)
+                if at >= batch.prices.get(product_id, (0, ""))[1]:
+                    batch.prices[product_id] = (line["unit_price"], at)
             else:
-                batch.move_stock(entry, line["product_id"], -qty, warnings, product)
-    elif kind == "refund" and body.get("restock", True):
-        for line in body["lines"]:
-            batch.move_stock(entry, line["product_id"], millionths(line["qty"]), warnings)
-    elif kind == "stock_move":
-        qty = millionths(body["qty"])
-        batch.move_stock(entry, body["product_id"],
-                         -qty if body["direction"] == "out" else qty, warnings)
-    if kind != "sale":
-        batch.tallies.add(kind, entry.client_id, entry.device_id, entry.client_created_at, body)
+                batch.move_stock(entry, product_id, delta, warnings, product)
+    else:
+        for product_id, delta, product in moves:
+            batch.move_stock(entry, product_id, delta, warnings, product)
     if kind in _SERVER_ID_KINDS:
         prefix = _SERVER_ID_KINDS[kind]
         receipt["server_id"] = f"{prefix}-{batch.next(prefix)}"
@@ -348,7 +398,28 @@ def _decide(batch: _Batch, entry: Entry, body: dict[str, Any],
             batch.new_maps[prefix][entry.client_id] = receipt["server_id"]
         if kind == "shift_open":
             batch.maps["shift_device"][entry.client_id] = entry.device_id
+    # Last: the running totals take the entry whole or not at all (``Tallies.add``).
+    if kind == "sale":
+        batch.tallies.add(kind, entry.client_id, entry.device_id, entry.client_created_at,
+                          body, total, SERIES, lines)
+    else:
+        batch.tallies.add(kind, entry.client_id, entry.device_id, entry.client_created_at, body)
     batch.receipts.append(receipt)
+
+
+def _decide_safely(batch: _Batch, entry: Entry, body: dict[str, Any],
+                   lines: Lines | None = None) -> None:
+    """``_decide``, but an entry that cannot be decided (a figure out of range, any
+    unexpected error) gets a ``rejected`` receipt of its own, with nothing of its effects
+    kept; it never fails the batch."""
+    try:
+        _decide(batch, entry, body, lines)
+    except OutOfRange as exc:
+        batch.reject(entry, OUT_OF_RANGE, f"{entry.kind}: {exc}", keep=False)
+    except Exception:
+        log.exception("entry %s (seq %d of device %s) could not be decided", entry.client_id,
+                      entry.seq, entry.device_id)
+        batch.reject(entry, UNDECIDABLE, UNDECIDABLE_MESSAGE, keep=False)
 
 
 # A valid sale's lines as (amount in minor units, quantity in millionths): what deciding
@@ -363,11 +434,18 @@ def _prepared(entry: Entry) -> Prepared:
     problem = entry_problem(entry.client_id, entry.kind, entry.body_bytes, body,
                             check_lines=False)
     lines = None
-    if problem is None and entry.kind == "sale":
+    if problem is None and entry.kind in LINE_KINDS:
         assert body is not None
-        lines = line_figures(body["lines"])
-        problem = negative_line(body["lines"], [amount for amount, _ in lines])
-        lines = None if problem is not None else lines
+        if entry.kind == "sale":
+            lines = line_figures(body["lines"])
+            found = amounts_problem(entry.kind, (amount for amount, _ in lines))
+        else:
+            found = figures_problem(entry.kind, body)
+        if found is not None:
+            problem, lines = (OUT_OF_RANGE, f"{entry.kind}: {found}"), None
+        elif lines is not None:
+            problem = negative_line(body["lines"], [amount for amount, _ in lines])
+            lines = None if problem is not None else lines
     return body, problem, lines
 
 
@@ -455,26 +533,31 @@ async def ingest(
     return (await ingest_all(txn, [batch], now))[0]
 
 
-async def ingest_all(txn: RelayTxn, batches: Sequence[Batch], now: str) -> list[IngestResult]:
+async def ingest_all(txn: RelayTxn, batches: Sequence[Batch], now: str, *,
+                     decide: bool = True) -> list[IngestResult]:
     """Decide batches, of any stores, in order inside ``txn`` (a group commit).
 
     A revoked device's entries beyond the seq it was revoked at are rejected (read inside
     the transaction, so a revocation and a batch of the device cannot interleave).  The
     stores' state is read in bulk first, one query per kind for all the batches; then
     each batch is decided with it in memory and its rows written; the stores' counters,
-    stock and totals are written once at the end."""
+    stock and totals are written once at the end.
+
+    ``decide=False`` is the last resort for a batch whose transaction failed even alone:
+    its entries are chained and stored as usual, and each new one is rejected with code
+    ``undecidable`` instead of being decided, so the device's log can go on."""
     await txn.lock({b.store for b in batches})
     states: dict[str, _Store] = {}
     for store in sorted({b.store for b in batches}):
         states[store] = _Store(txn, store, now)
         await states[store].load([b for b in batches if b.store == store])
-    results = [await _ingest_one(states[batch.store], batch) for batch in batches]
+    results = [await _ingest_one(states[batch.store], batch, decide) for batch in batches]
     for state in states.values():
         await state.write()
     return results
 
 
-async def _ingest_one(state: _Store, source: Batch) -> IngestResult:
+async def _ingest_one(state: _Store, source: Batch, decide: bool = True) -> IngestResult:
     txn, store, checked = state.txn, state.store, source.checked
     result = IngestResult()
     batch = _Batch(state, source.catalogue, source.sender)
@@ -538,6 +621,8 @@ async def _ingest_one(state: _Store, source: Batch) -> IngestResult:
     lines: dict[str, Lines] = {}
     for entry in chained:
         body, problem, sale_lines = checked[id(entry)]
+        if problem is None and not decide:
+            problem = UNDECIDABLE, UNDECIDABLE_MESSAGE
         if problem is not None:
             batch.reject(entry, *problem, keep=False)  # stored in the chain already
             continue
@@ -546,7 +631,7 @@ async def _ingest_one(state: _Store, source: Batch) -> IngestResult:
         if sale_lines is not None:
             lines[entry.client_id] = sale_lines
     for entry, body in bodies:
-        _decide(batch, entry, body, lines.get(entry.client_id))
+        _decide_safely(batch, entry, body, lines.get(entry.client_id))
         if entry.kind in ("shift_open", "held_sale"):
             await _resolve_waiting(batch, entry.client_id)
     result.position = batch.seal(source.key)
@@ -593,4 +678,4 @@ async def _resolve_waiting(batch: _Batch, dependency: str) -> None:
     for entry, body in resolved:
         # Still waiting on something else? _decide records that again.
         batch.waiting = [(c, w) for c, w in batch.waiting if c != entry.client_id]
-        _decide(batch, entry, body)
+        _decide_safely(batch, entry, body)

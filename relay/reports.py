@@ -26,6 +26,20 @@ from relay.tallies import CASH_COLUMNS
 
 PERIODS = ("day", "week", "month")
 
+# Sums of running totals are taken in SQL in two parts, each far from the 64-bit limit
+# whatever the rows hold (SQLite's sum() fails on overflow): ``_sum("x")`` selects the
+# sum of x's high and of its low 32 bits (SQL's / and % truncate toward zero on both
+# backends, so x = high * 2^32 + low exactly), and ``_joined`` puts them back together.
+_HALF = 1 << 32
+
+
+def _sum(column: str) -> str:
+    return f"sum({column} / {_HALF}), sum({column} % {_HALF})"
+
+
+def _joined(high: Any, low: Any) -> int:
+    return int(high or 0) * _HALF + int(low or 0)
+
 
 @dataclass(frozen=True)
 class Range:
@@ -100,13 +114,13 @@ async def sales_by_period(storage: RelayStorage, store: str, period: str = "day"
     if period not in PERIODS:
         raise InvalidInput(f"unknown period {period!r}: one of {', '.join(PERIODS)}")
     cond, args = _days(within)
-    rows = await storage.read("SELECT day, sum(sales), sum(revenue) FROM tally_sales "
+    rows = await storage.read(f"SELECT day, sum(sales), {_sum('revenue')} FROM tally_sales "
                               f"WHERE store = ?{cond} GROUP BY day", (store, *args))
     out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for day, n, revenue in rows:
+    for day, n, high, low in rows:
         bucket = out[period_of(day, period)]
         bucket[0] += int(n)
-        bucket[1] += int(revenue)
+        bucket[1] += _joined(high, low)
     return [{"period": key, "sales": n, "revenue": revenue}
             for key, (n, revenue) in sorted(out.items())]
 
@@ -122,14 +136,15 @@ async def sales_by_product(storage: RelayStorage, store: str, within: Range = Ra
         cond += " AND product_id = ?"
         args.append(product)
     rows = await storage.read(
-        "SELECT product_id, sum(qty), sum(revenue), sum(sales) FROM tally_products "
+        f"SELECT product_id, {_sum('qty')}, {_sum('revenue')}, sum(sales) FROM tally_products "
         f"WHERE store = ?{cond} GROUP BY product_id", (store, *args))
     out = []
-    for pid, qty_millionths, revenue, sales in rows:
-        qty = from_millionths(int(qty_millionths))
+    for pid, qty_high, qty_low, high, low, sales in rows:
+        qty = from_millionths(_joined(qty_high, qty_low))
+        revenue = _joined(high, low)
         out.append({"product_id": pid, "qty": format(qty.normalize(), "f"),
-                    "revenue": int(revenue), "sales": int(sales),
-                    "avg_unit_price": round(int(revenue) / qty) if qty else None})
+                    "revenue": revenue, "sales": int(sales),
+                    "avg_unit_price": round(revenue / qty) if qty else None})
     if product is not None and not out and product not in await _catalogue(storage, store) \
             and not await storage.read("SELECT 1 FROM tally_products WHERE store = ? AND "
                                        "product_id = ? LIMIT 1", (store, product)):
@@ -145,11 +160,11 @@ async def sales_by_till(storage: RelayStorage, store: str,
     await check_store(storage, store)
     cond, args = _days(within)
     rows = await storage.read(
-        "SELECT device_id, sum(sales), sum(revenue) FROM tally_sales "
+        f"SELECT device_id, sum(sales), {_sum('revenue')} FROM tally_sales "
         f"WHERE store = ?{cond} GROUP BY device_id ORDER BY device_id", (store, *args))
     names = {d.device_id: d.name for d in await storage.devices(store)}
     return [{"device_id": r[0], "name": names.get(r[0]), "sales": int(r[1]),
-             "revenue": int(r[2])} for r in rows]
+             "revenue": _joined(r[2], r[3])} for r in rows]
 
 
 async def sales_by_cashier(storage: RelayStorage, store: str,
@@ -159,13 +174,13 @@ async def sales_by_cashier(storage: RelayStorage, store: str,
     await check_store(storage, store)
     cond, args = _days(within)
     rows = await storage.read(
-        "SELECT s.cashier_id, sum(t.sales), sum(t.revenue) FROM tally_sales t "
+        f"SELECT s.cashier_id, sum(t.sales), {_sum('t.revenue')} FROM tally_sales t "
         "LEFT JOIN tally_shifts s ON s.store = t.store "
         "AND s.shift_client_id = t.shift_client_id "
         f"WHERE t.store = ?{cond.replace('day', 't.day')} GROUP BY s.cashier_id",
         (store, *args))
-    return [{"cashier_id": c, "sales": int(n), "revenue": int(r)}
-            for c, n, r in sorted(rows, key=lambda row: (row[0] is None, row[0] or ""))]
+    return [{"cashier_id": c, "sales": int(n), "revenue": _joined(high, low)}
+            for c, n, high, low in sorted(rows, key=lambda row: (row[0] is None, row[0] or ""))]
 
 
 async def invoice_register(storage: RelayStorage, store: str, within: Range = Range(),
@@ -209,9 +224,10 @@ async def invoice_register(storage: RelayStorage, store: str, within: Range = Ra
         series_report.append({"series": series, "issued": int(issued), "highest": highest,
                               "missing": missing})
     days, day_args = _days(within)
-    count, total = (await storage.read(
-        "SELECT coalesce(sum(sales), 0), coalesce(sum(revenue), 0) FROM tally_sales "
+    count, high, low = (await storage.read(
+        f"SELECT coalesce(sum(sales), 0), {_sum('revenue')} FROM tally_sales "
         f"WHERE store = ?{days}", (store, *day_args)))[0]
+    total = _joined(high, low)
     invoices = [{"series": r[0], "invoice_no": int(r[1]), "ticket": r[2], "device_id": r[3],
                  "total": int(r[4]), "client_created_at": r[5], "issued_at": r[6]}
                 for r in rows]

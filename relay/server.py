@@ -450,16 +450,20 @@ class Relay:
             while not self._jobs.empty() and len(jobs) < MAX_JOBS_PER_COMMIT:
                 jobs.append(self._jobs.get_nowait())
             tries = [0]
+            outcomes: list[IngestResult | Exception]
             try:
-                results = await with_retries(self.storage, f"ingest of {len(jobs)} batches",
-                                             partial(self._commit, jobs, tries))
+                outcomes = list(await with_retries(
+                    self.storage, f"ingest of {len(jobs)} batches",
+                    partial(self._commit, jobs, tries)))
             except Exception as exc:  # nothing of these batches was stored
                 log.exception("ingest of %d batches failed", len(jobs))
-                for job in jobs:
+                outcomes = await self._isolate(jobs, exc, tries)
+            for job, outcome in zip(jobs, outcomes, strict=True):
+                if isinstance(outcome, Exception):
                     if not job.done.done():
-                        job.done.set_exception(exc)
-                continue
-            for job, result in zip(jobs, results, strict=True):
+                        job.done.set_exception(outcome)
+                    continue
+                result = outcome
                 if result.receipts:  # in commit order, so pumps see the stream in order
                     job.hub.publish(result.receipts, result.position, RECEIPTS_PER_FRAME,
                                     result.packed)
@@ -470,16 +474,47 @@ class Relay:
                 if not job.done.done():
                     job.done.set_result(result)
 
-    async def _commit(self, jobs: list[_Job], tries: list[int]) -> list[IngestResult]:
+    async def _commit(self, jobs: list[_Job], tries: list[int], decide: bool = True
+                      ) -> list[IngestResult]:
         """One transaction for the jobs.  Run whole again after a deadlock or a lost
         connection: the rollback undid everything, and ingest decides afresh from what is
         stored (a batch whose commit did happen is then found stored: duplicates)."""
         tries[0] += 1
         started = time.perf_counter()
         async with self.storage.transaction() as txn:
-            results = await ingest_all(txn, [job.batch for job in jobs], utc_timestamp())
+            results = await ingest_all(txn, [job.batch for job in jobs], utc_timestamp(),
+                                       decide=decide)
         metrics.committed(results, sum(len(job.batch.entries) for job in jobs), started)
         return results
+
+    async def _isolate(self, jobs: list[_Job], failure: Exception, tries: list[int]
+                       ) -> list[IngestResult | Exception]:
+        """After a group's transaction failed for a reason other than the database
+        being unavailable (something in one batch's content), commit each batch alone,
+        so the other links' batches are not failed with it; a batch that fails even
+        alone is stored with each new entry rejected as ``undecidable``
+        (``ingest_all(decide=False)``), and only if that fails too is its link told of
+        an internal error."""
+        if self.storage.retryable(failure) or isinstance(failure, OSError):
+            return [failure] * len(jobs)  # the database or the disk, not a batch's content
+        outcomes: list[IngestResult | Exception] = []
+        for job in jobs:
+            tries[0] = 1  # so that a batch found stored already wakes the pumps
+            outcome: IngestResult | Exception = failure
+            for decide in (True, False) if len(jobs) > 1 else (False,):
+                try:
+                    outcome = (await with_retries(
+                        self.storage, "ingest of 1 batch",
+                        partial(self._commit, [job], tries, decide)))[0]
+                    break
+                except Exception as exc:
+                    log.exception("ingest of a batch of store %s failed%s", job.batch.store,
+                                  "" if decide else ", even undecided")
+                    outcome = exc
+                    if isinstance(exc, OSError) or self.storage.retryable(exc):
+                        break  # not the batch's content: its entries are not refused
+            outcomes.append(outcome)
+        return outcomes
 
     async def _doc(self, link: RelayLink, hub: StoreHub, sync: am.SyncState,
                    data: bytes) -> None:

@@ -69,28 +69,32 @@ class Tallies:
         """Count one accepted entry (a sale with its recomputed ``total`` and its invoice
         ``series``, once numbered; ``lines``: its lines' (amount, quantity in millionths),
         if the caller has them already)."""
+        # Everything is read from the body first, then added: an entry is counted whole
+        # or, if reading it fails, not at all.
         if kind == "sale":
             assert total is not None and series is not None
-            self.issued[series] += 1
-            day = at[:10]
-            bucket = self.sales[(day, device_id, body["shift_client_id"])]
-            bucket[0] += 1
-            bucket[1] += total
-            seen = set()
             if lines is None:
                 lines = line_figures(body["lines"])
-            for line, (amount, qty) in zip(body["lines"], lines, strict=True):
-                product = self.products[(day, line["product_id"])]
-                product[0] += qty
-                product[1] += amount
-                if line["product_id"] not in seen:
-                    seen.add(line["product_id"])
-                    product[2] += 1
+            day, shift = at[:10], body["shift_client_id"]
+            rows = [(line["product_id"], amount, qty)
+                    for line, (amount, qty) in zip(body["lines"], lines, strict=True)]
             # Cash the sale took: its cash payments (the rule of peer.views.effects,
             # without building every effect of the sale).
             cash = sum(p["amount"] for p in body["payments"] if p["method"] == "cash")
+            self.issued[series] += 1
+            bucket = self.sales[(day, device_id, shift)]
+            bucket[0] += 1
+            bucket[1] += total
+            seen = set()
+            for product_id, amount, qty in rows:
+                product = self.products[(day, product_id)]
+                product[0] += qty
+                product[1] += amount
+                if product_id not in seen:
+                    seen.add(product_id)
+                    product[2] += 1
             if cash:
-                self.cash[(body["shift_client_id"], "cash_sales")] += cash
+                self.cash[(shift, "cash_sales")] += cash
             return
         elif kind == "shift_open":
             self.opened[client_id] = (device_id, body.get("cashier_id"), at)
@@ -100,6 +104,7 @@ class Tallies:
             return
         if kind not in CASH_KINDS:
             return
+        moved = []
         for effect in effects(kind, client_id, body):
             if effect.view != "cash":
                 continue
@@ -107,7 +112,9 @@ class Tallies:
             column = _CASH_COLUMN.get(kind) or (
                 ("cash_in" if amount > 0 else "cash_out") if kind == "cash_movement"
                 else "other_cash")
-            self.cash[(effect.key, column)] += amount
+            moved.append(((effect.key, column), amount))
+        for key, amount in moved:
+            self.cash[key] += amount
 
     def writes(self, store: str) -> list[tuple[str, list[tuple[Any, ...]]]]:
         """(SQL, rows) to run with ``executemany``, in this order, placeholders ``?``."""

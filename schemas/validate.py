@@ -249,9 +249,9 @@ _C = "https://tillsync.dev/schemas/common.json#/$defs/"
 _SALE_DEFS: dict[str, Any] = {
     "id": {"type": "string", "minLength": 1, "maxLength": _ANY, "pattern": _ANY},
     "uuid": {"type": "string", "maxLength": _ANY, "pattern": _ANY},
-    "money": {"type": "integer", "minimum": 0},
+    "money": {"type": "integer", "minimum": 0, "maximum": _ANY},
     "note": {"type": "string", "maxLength": _ANY},
-    "positive_quantity": {"anyOf": [{"type": "integer", "minimum": 1},
+    "positive_quantity": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": _ANY},
                                     {"type": "string", "maxLength": _ANY, "pattern": _ANY}]},
     "payment_method": {"enum": _ANY},
     "line": {"type": "object", "properties": {
@@ -306,8 +306,10 @@ class _SaleRules:
     uuid_max: int
     qty_search: Callable[[str], object]
     qty_max: int
+    qty_len_max: int
     note_max: int
     reference_max: int
+    money_max: int
     methods: frozenset[str]
 
 
@@ -319,21 +321,24 @@ def _sale_rules() -> _SaleRules | None:
             _same_shape(defs.get(name), shape) for name, shape in _SALE_DEFS.items()):
         return None
     methods = defs["payment_method"]["enum"]
-    if not all(type(m) is str for m in methods):
+    qty_max, money_max = defs["positive_quantity"]["anyOf"][0]["maximum"], \
+        defs["money"]["maximum"]
+    if not all(type(m) is str for m in methods) or type(qty_max) is not int \
+            or type(money_max) is not int:
         return None
     qty = defs["positive_quantity"]["anyOf"][1]
     return _SaleRules(
         id_search=re.compile(defs["id"]["pattern"]).search, id_max=defs["id"]["maxLength"],
         uuid_search=re.compile(defs["uuid"]["pattern"]).search,
         uuid_max=defs["uuid"]["maxLength"],
-        qty_search=re.compile(qty["pattern"]).search, qty_max=qty["maxLength"],
-        note_max=defs["note"]["maxLength"],
+        qty_search=re.compile(qty["pattern"]).search, qty_max=qty_max,
+        qty_len_max=qty["maxLength"], note_max=defs["note"]["maxLength"],
         reference_max=defs["payment"]["properties"]["reference"]["maxLength"],
-        methods=frozenset(methods))
+        money_max=money_max, methods=frozenset(methods))
 
 
-def _money(value: object) -> bool:
-    return type(value) is int and value >= 0
+def _money(value: object, rules: _SaleRules) -> bool:
+    return type(value) is int and 0 <= value <= rules.money_max
 
 
 def _short(value: object, limit: int) -> bool:
@@ -360,20 +365,21 @@ def _sale_ok(body: object) -> bool:
             return False
         qty = line["qty"]
         if type(qty) is int:
-            if qty < 1:
+            if not 1 <= qty <= rules.qty_max:
                 return False
-        elif type(qty) is not str or len(qty) > rules.qty_max \
+        elif type(qty) is not str or len(qty) > rules.qty_len_max \
                 or rules.qty_search(qty) is None:
             return False
-        if not _record_id(line["product_id"], rules) or not _money(line["unit_price"]) \
-                or ("discount" in line and not _money(line["discount"])):
+        if not _record_id(line["product_id"], rules) \
+                or not _money(line["unit_price"], rules) \
+                or ("discount" in line and not _money(line["discount"], rules)):
             return False
     for payment in payments:
         if type(payment) is not dict or not _PAYMENT_REQUIRED <= payment.keys() <= _PAYMENT_KEYS:
             return False
         method = payment["method"]
         if type(method) is not str or method not in rules.methods \
-                or not _money(payment["amount"]) \
+                or not _money(payment["amount"], rules) \
                 or ("reference" in payment and not _short(payment["reference"],
                                                           rules.reference_max)):
             return False
@@ -383,7 +389,7 @@ def _sale_ok(body: object) -> bool:
             return False
     if "customer_id" in body and not _record_id(body["customer_id"], rules):
         return False
-    if "client_total" in body and not _money(body["client_total"]):
+    if "client_total" in body and not _money(body["client_total"], rules):
         return False
     return "note" not in body or _short(body["note"], rules.note_max)
 

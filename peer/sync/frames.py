@@ -13,6 +13,8 @@ from typing import Any
 
 import msgpack
 
+from schemas.limits import INTEGER_MAX
+
 PROTOCOL_VERSION = 3
 MAX_FRAME = 4 * 1024 * 1024  # bytes; a batch of 500 sales is ~250 KB
 # The websocket layer accepts up to twice that, so a frame a little too big gets a
@@ -47,7 +49,8 @@ def _is_str(v: object) -> bool:
 
 
 def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    """A msgpack int from 0 to ``INTEGER_MAX`` (2^53 - 1), tillsync's one range."""
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= INTEGER_MAX
 
 
 def _is_list(v: object) -> bool:

@@ -55,9 +55,25 @@ def _sources() -> list[tuple[Path, ast.Module]]:
     return [(f, ast.parse(f.read_text(encoding="utf-8"))) for f in files]
 
 
+def _constants() -> dict[str, str]:
+    """Module-level ``NAME = "text"`` of the scanned sources and schemas/limits.py: codes
+    passed by name (``OUT_OF_RANGE``) count as their text."""
+    trees = [t for _p, t in _sources()]
+    trees.append(ast.parse((REPO / "schemas" / "limits.py").read_text(encoding="utf-8")))
+    return {target.id: node.value.value for tree in trees for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+            for target in node.targets if isinstance(target, ast.Name)}
+
+
 def _first_str(args: list[ast.expr], index: int) -> str | None:
-    if len(args) > index and isinstance(args[index], ast.Constant):
-        value = args[index].value  # type: ignore[attr-defined]
+    if len(args) <= index:
+        return None
+    arg = args[index]
+    if isinstance(arg, ast.Name):
+        return _constants().get(arg.id)
+    if isinstance(arg, ast.Constant):
+        value = arg.value
         return value if isinstance(value, str) else None
     return None
 
@@ -104,7 +120,8 @@ def test_the_source_scan_finds_the_codes_it_should() -> None:
     """The scan itself: it sees codes of every kind of call site."""
     assert {"malformed", "bad_field", "internal", "unknown_device", "bad_entry",
             "forbidden"} <= codes_sent_in_error_frames()
-    assert {"bad_signature", "revoked", "schema", "malformed_body"} <= codes_of_rejections()
+    assert {"bad_signature", "revoked", "schema", "malformed_body", "out_of_range",
+            "undecidable"} <= codes_of_rejections()
 
 
 def test_every_error_code_sent_is_listed_in_the_readme_and_messages_json() -> None:

@@ -472,11 +472,13 @@ _V1_DEVICES = ["device_id", "public_key", "name"]
 
 def _downgrade_to_schema_1(db: Path) -> None:
     """Turn a store into what schema 1 looked like (see git history of peer/storage.py):
-    no devices.cert, no receipt_stream, no revocations, no views.at, schema_version 1."""
+    no devices.cert, no receipt_stream, no revocations, no views.at, every view in
+    millionths, schema_version 1."""
     conn = sqlite3.connect(db)
     try:
         conn.executescript("ALTER TABLE devices DROP COLUMN cert; DROP TABLE receipt_stream; "
                            "DROP TABLE revocations; ALTER TABLE views DROP COLUMN at; "
+                           "UPDATE views SET value = value * 1000000 WHERE view != 'stock'; "
                            "UPDATE meta SET value = '1' WHERE key = 'schema_version';")
         assert [r[1] for r in conn.execute("PRAGMA table_info(devices)")] == _V1_DEVICES
     finally:
@@ -537,7 +539,7 @@ async def test_a_schema_1_store_is_migrated_on_open_and_keeps_everything(
     assert _schema(path / "till.db") == ("1", _V1_DEVICES, False)
 
     async with await Till.open(path) as till:
-        assert _schema(path / "till.db") == ("4", [*_V1_DEVICES, "cert"], True)
+        assert _schema(path / "till.db") == ("5", [*_V1_DEVICES, "cert"], True)
         state = await state_of(till)
         assert {k: v for k, v in state.items() if k != "certs"} == \
             {k: v for k, v in held["state"].items() if k != "certs"}

@@ -130,9 +130,10 @@ def test_the_hand_written_sale_check_is_in_use() -> None:
     assert _sale_ok(SALE) and _sale_ok(HELD_SALE)
 
 
+# A quantity string's 32-character bound is never reached: its pattern allows at most 16
+# (9 digits, a point, 6 decimals), which the range tests cover.
 @pytest.mark.parametrize(("path", "value"), [
     (["note"], "n" * 1001), (["payments", 0, "reference"], "r" * 101),
-    (["lines", 1, "qty"], "1" * 33),
 ])
 def test_the_hand_written_sale_check_keeps_the_schemas_string_limits(
         path: list[str | int], value: str) -> None:

@@ -26,6 +26,7 @@ from schemas import (
     validate_entry,
     validate_record,
 )
+from schemas.limits import INTEGER_MAX, QUANTITY_LIMIT
 
 SHIFT = "0b8f4c1e-2d3a-4f5b-9c6d-7e8f9a0b1c2d"
 SALE = "5d2c9a4e-8f1b-4c3d-a2e5-6b7c8d9e0f1a"
@@ -540,12 +541,12 @@ def test_common_quantity_rejects_inexact_values(value: object) -> None:
 
 @given(
     st.integers(min_value=0, max_value=6).flatmap(
-        lambda places: st.decimals(min_value=-10**17, max_value=10**17, allow_nan=False,
-                                   allow_infinity=False, places=places)
+        lambda places: st.decimals(min_value=-QUANTITY_LIMIT + 1, max_value=QUANTITY_LIMIT - 1,
+                                   allow_nan=False, allow_infinity=False, places=places)
     )
 )
 def test_any_decimal_string_with_at_most_six_places_is_a_quantity(value: Decimal) -> None:
-    """Within the strings' bound (32 characters: 18 digits before the point is ample)."""
+    """Within the range: below one billion units in size."""
     text = format(value, "f")
     assert not list(_COMMON_QUANTITY.iter_errors(text))
     assert not list(_COMMON_QUANTITY.iter_errors(int(value) if value == int(value) else text))
@@ -555,6 +556,50 @@ def test_any_decimal_string_with_at_most_six_places_is_a_quantity(value: Decimal
         validate_record("products", {**VALID_RECORDS["products"], "reorder_level": text})
     if value > 0:
         validate_entry("sale", sale_with(qty=text))
+
+
+@pytest.mark.parametrize("value", [str(QUANTITY_LIMIT), f"-{QUANTITY_LIMIT}.5", QUANTITY_LIMIT,
+                                   -QUANTITY_LIMIT, "1" * 20, 2**64 - 1])
+def test_a_quantity_of_a_billion_or_more_is_refused(value: object) -> None:
+    assert list(_COMMON_QUANTITY.iter_errors(value))
+    (v,) = problems("sale", sale_with(qty=value))
+    assert v.path == "body.lines[0].qty"
+
+
+@pytest.mark.parametrize(("kind", "field"), [("shift_open", "opening_cash"),
+                                              ("cash_movement", "amount"),
+                                              ("shift_close", "closing_cash")])
+@pytest.mark.parametrize("value", [INTEGER_MAX + 1, 2**63 - 1, 2**64 - 1])
+def test_money_beyond_the_range_is_refused(kind: str, field: str, value: int) -> None:
+    (v,) = problems(kind, {**VALID[kind], field: value})
+    assert v.path == f"body.{field}" and "too large" in v.message
+    validate_entry(kind, {**VALID[kind], field: INTEGER_MAX})
+
+
+def test_every_integer_of_every_schema_is_bounded_by_the_range() -> None:
+    """One range: every integer a schema allows lies within -INTEGER_MAX .. INTEGER_MAX."""
+    common = json.loads((files("schemas") / "common.json").read_text(encoding="utf-8"))
+    found = 0
+
+    def walk(node: object) -> None:
+        nonlocal found
+        if isinstance(node, dict):
+            if node.get("type") == "integer":
+                found += 1
+                assert -INTEGER_MAX <= node.get("minimum", -2**64) <= INTEGER_MAX, node
+                assert -INTEGER_MAX <= node.get("maximum", 2**64) <= INTEGER_MAX, node
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(common)
+    for kind in ENTRY_KINDS:
+        walk(entry_schema(kind))
+    for collection in COLLECTIONS:
+        walk(record_schema(collection))
+    assert INTEGER_MAX == 2**53 - 1 and found >= 7
 
 
 @given(st.floats())
