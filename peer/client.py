@@ -49,6 +49,11 @@ BATCH = 500
 # runs of the relay without and with its window: +7% on average).
 PUSH_WINDOW = 2
 DOC_WAIT = 2.0  # seconds to wait for the document exchange before pushing anyway
+# The longest wait between two attempts to reach the relay.  After an outage a till is
+# back within this many seconds of the relay; the full jitter below keeps a relay that
+# serves thousands of tills from getting all of them at once (on average one every
+# RELAY_MAX_BACKOFF / 2 seconds from each till while it is down).
+RELAY_MAX_BACKOFF = 10.0
 
 
 class SyncError(TillsyncError):
@@ -265,8 +270,15 @@ async def _round(till: Till, ws: ClientConnection,
             raise SyncError("the relay closed the link")
 
 
+def retry_delay(failures: int, interval: float,
+                max_backoff: float = RELAY_MAX_BACKOFF) -> float:
+    """Seconds to wait after ``failures`` failed rounds in a row: exponential backoff
+    from ``interval``, capped at ``max_backoff``, with full jitter."""
+    return random.uniform(0, min(max_backoff, interval * 2 ** min(failures, 32)))
+
+
 async def run(path: Path, *, url: str | None = None, interval: float = 5.0,
-              max_backoff: float = 60.0, rounds: int | None = None) -> None:
+              max_backoff: float = RELAY_MAX_BACKOFF, rounds: int | None = None) -> None:
     """The daemon: sync every ``interval`` seconds; on failure back off exponentially
     (with full jitter, so a shop's tills do not all retry at once) up to ``max_backoff``.
 
@@ -284,7 +296,7 @@ async def run(path: Path, *, url: str | None = None, interval: float = 5.0,
             delay = interval
         except SyncError as exc:
             failures += 1
-            delay = random.uniform(0, min(max_backoff, interval * 2 ** failures))
+            delay = retry_delay(failures, interval, max_backoff)
             log.warning("sync failed (%s); retrying in %.1f s", exc, delay)
         done += 1
         if rounds is None or done < rounds:

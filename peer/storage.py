@@ -19,6 +19,8 @@ from typing import Any
 
 import aiosqlite
 
+from peer.diskfault import disk_fault as disk_fault  # also for peer.store
+from peer.diskfault import open_lock_file as open_lock_file  # for peer.store
 from peer.errors import StoreCorrupt
 from peer.log.entry import Entry
 from peer.views import Effect, from_millionths, to_millionths
@@ -112,7 +114,8 @@ class TillDB:
         try:
             conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
         except sqlite3.Error as exc:
-            raise StoreCorrupt(f"{path}: cannot open the database: {exc}") from None
+            raise disk_fault(path, exc) or StoreCorrupt(
+                f"{path}: cannot open the database: {exc}") from None
         db = cls(conn, path)
         try:
             if not readonly:
@@ -134,7 +137,7 @@ class TillDB:
                 version = str(SCHEMA_VERSION)
         except sqlite3.DatabaseError as exc:
             await conn.close()
-            raise StoreCorrupt(
+            raise disk_fault(path, exc) or StoreCorrupt(
                 f"{path} is damaged or is not a tillsync store ({exc}); "
                 "nothing was changed: keep the file for recovery"
             ) from None

@@ -48,6 +48,7 @@ from peer.sync.engine import (
 from peer.sync.frames import TRANSPORT_MAX
 from peer.tls import server_context
 from relay.documents import Hubs, StoreHub
+from relay.faults import storage_fault
 from relay.http import handler as api_handler
 from relay.http import new_token
 from relay.ingest import (
@@ -332,8 +333,8 @@ class Relay:
                     break
         except websockets.ConnectionClosed:
             pass
-        except Exception:
-            await self._internal_error(ws, link, sending, peer)
+        except Exception as exc:
+            await self._internal_error(ws, link, sending, peer, exc)
         finally:
             if answering is not None:
                 answering.cancel()
@@ -355,10 +356,17 @@ class Relay:
                 await ws.send(shared)
 
     async def _internal_error(self, ws: ServerConnection, link: RelayLink,
-                              sending: asyncio.Lock, peer: str) -> None:
-        """A bug of ours, not the device's: log it, tell the device only that much."""
-        log.exception("%s: internal error", peer)
-        link.fail("internal", "the relay hit an internal error; try again later")
+                              sending: asyncio.Lock, peer: str, exc: BaseException) -> None:
+        """A fault of the relay's storage: one line naming it, and its own code to the
+        device (``relay.faults``).  Anything else is a bug of ours, not the device's: log
+        it, tell the device only that much."""
+        fault = storage_fault(exc)
+        if fault is not None:
+            log.error("%s: %s: %s", peer, fault.code, fault.cause)
+            link.fail(fault.code, fault.message)
+        else:
+            log.exception("%s: internal error", peer)
+            link.fail("internal", "the relay hit an internal error; try again later")
         with contextlib.suppress(websockets.ConnectionClosed):
             await self._flush(ws, link, sending)
 
@@ -369,8 +377,8 @@ class Relay:
             job = await queued.get()
             try:
                 result = await job.done
-            except Exception:
-                await self._internal_error(ws, link, sending, peer)
+            except Exception as exc:
+                await self._internal_error(ws, link, sending, peer, exc)
                 await ws.close()
                 return
             link.send_ingested(result.heads, len(job.batch.entries), result.position)
@@ -423,7 +431,12 @@ class Relay:
                 results = await with_retries(self.storage, f"ingest of {len(jobs)} batches",
                                              partial(self._commit, jobs, tries))
             except Exception as exc:  # nothing of these batches was stored
-                log.exception("ingest of %d batches failed", len(jobs))
+                fault = storage_fault(exc)
+                if fault is None:
+                    log.exception("ingest of %d batches failed", len(jobs))
+                else:
+                    log.error("ingest of %d batches failed, nothing stored: %s: %s",
+                              len(jobs), fault.code, fault.cause)
                 for job in jobs:
                     if not job.done.done():
                         job.done.set_exception(exc)

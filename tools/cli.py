@@ -31,6 +31,7 @@ from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from relay.workers import serve_workers
 from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, UnknownCollection, UnknownKind
 from tools import demo as demo_module
+from tools.cli_ops import OpsError, before_serve, check_hours
 
 LOCK_WAIT = 5.0  # seconds a writing verb waits for `peer run` to finish its round
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_STORE, EXIT_RELAY = 0, 1, 2, 3, 4
@@ -366,6 +367,7 @@ def relay_serve_workers(args: argparse.Namespace) -> int:
                        "one PostgreSQL database (SQLite serves one process)", EXIT_BAD_INPUT)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
+    before_serve(args)
     _relay_logging(worker=True)
     asyncio.run(migrate(args.db, args.db_wait))  # once, before the workers start
     extra = ["--cert-days", str(args.cert_days)]
@@ -383,6 +385,7 @@ async def relay_serve(args: argparse.Namespace) -> int:
         die_with_parent(args.worker_of)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
+    lock = before_serve(args)  # noqa: F841 - held while the relay runs
     config = RelayConfig(Path(args.data), args.host, args.port, db=args.db,
                          reuse_port=args.reuse_port, db_wait=args.db_wait,
                          tls_cert=args.tls_cert, tls_key=args.tls_key,
@@ -427,6 +430,7 @@ async def relay_migrate(args: argparse.Namespace) -> int:
 
 async def relay_enroll(args: argparse.Namespace) -> int:
     _check_db(args)
+    check_hours(args.hours)
     relay = await Relay.open(Path(args.data), args.db)
     try:
         code = await relay.new_code(args.store, args.name, args.role,
@@ -790,7 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--relay", metavar="URL", help="relay url (default: the enrolled one)")
     sub.add_argument("--interval", type=float, default=5.0,
                      help="seconds between relay rounds when nothing new is stored (new "
-                          "entries go up at once); failures back off up to 60 s")
+                          "entries go up at once); failures back off up to 10 s")
     sub.add_argument("--lan-port", type=_port, default=LAN_PORT, metavar="P",
                      help=f"port to listen on for the other tills (default {LAN_PORT}; "
                           "0 picks a free one)")
@@ -842,7 +846,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return relay_serve_workers(args)
         code: int = asyncio.run(args.func(args))
         return code
-    except CliError as exc:
+    except (CliError, OpsError) as exc:
         print(f"tillsync: {exc}", file=sys.stderr)
         return exc.code
     except (InvalidInput, SchemaViolation, UnknownKind, UnknownCollection) as exc:
