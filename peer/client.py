@@ -102,15 +102,11 @@ async def enroll(url: str, code: str, name: str, key: DeviceKey, device_id: str,
     raise SyncError("the relay closed the connection during enrollment")
 
 
-async def init_enrolled(path: Path, *, name: str, url: str, code: str,
-                        series: str | None = None, tls_pin: str | None = None,
-                        tls_ca: str | None = None) -> dict[str, str]:
-    """``peer init --relay URL --code CODE``: enroll first, then create the store, so a
-    refused code leaves nothing behind."""
-    Till.check_new(path, name, series)
-    if tls_pin:
-        tls_pin = normalise_pin(tls_pin)
-    key, device_id = DeviceKey.generate(), str(uuid.uuid4())
+async def enroll_checked(url: str, code: str, name: str, key: DeviceKey, device_id: str,
+                         *, tls_pin: str | None = None, tls_ca: str | None = None
+                         ) -> Enrolled:
+    """``enroll``, and check that the certificate the relay issued is for this very
+    device and key, signed by the key the relay says signs for the store."""
     enrolled = await enroll(url, code, name, key, device_id, tls_pin=tls_pin, tls_ca=tls_ca)
     try:
         cert = Certificate.load(enrolled.cert, enrolled.relay_key, store=enrolled.store)
@@ -120,6 +116,20 @@ async def init_enrolled(path: Path, *, name: str, url: str, code: str,
     if (cert.device, cert.public_key) != (device_id, key.public_bytes):
         raise SyncError("the relay certified another device or key than this one",
                         "bad_certificate")
+    return enrolled
+
+
+async def init_enrolled(path: Path, *, name: str, url: str, code: str,
+                        series: str | None = None, tls_pin: str | None = None,
+                        tls_ca: str | None = None) -> dict[str, str]:
+    """``peer init --relay URL --code CODE``: enroll first, then create the store, so a
+    refused code leaves nothing behind."""
+    Till.check_new(path, name, series)
+    if tls_pin:
+        tls_pin = normalise_pin(tls_pin)
+    key, device_id = DeviceKey.generate(), str(uuid.uuid4())
+    enrolled = await enroll_checked(url, code, name, key, device_id, tls_pin=tls_pin,
+                                    tls_ca=tls_ca)
     return await Till.init(path, name=name, series=series, store_id=enrolled.store, key=key,
                            device_id=device_id, relay_url=url, relay_key=enrolled.relay_key,
                            cert=enrolled.cert, tls_pin=tls_pin, tls_ca=tls_ca)

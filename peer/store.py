@@ -292,7 +292,7 @@ class Till:
         if not re.fullmatch(r"[A-Z0-9]{1,12}", series):
             raise InvalidInput(f"ticket series {series!r}: use 1-12 capital letters or digits")
         if (root / DB_FILE).exists():
-            raise StoreExists(f"{root} already holds a store; nothing was changed")
+            raise StoreExists(f"{root} already holds a store; nothing was changed (to enroll it at a relay: `tillsync peer enroll {root} --relay URL --code CODE`)")  # noqa: E501
         if (root / KEY_FILE).exists():
             raise StoreExists(
                 f"{root} holds a device key but no database (an interrupted init?); "

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from peer import client
+from peer.enrollment import enroll_existing, holds_store
 from peer.errors import InvalidInput, StoreCorrupt, StoreError, TillsyncError
 from peer.lan import api as lan_api
 from peer.lan.node import LAN_PORT, Node, NodeConfig, read_status
@@ -88,7 +89,11 @@ async def peer_init(args: argparse.Namespace) -> int:
     if bool(args.relay) != bool(args.code):
         raise CliError("--relay and --code go together (get a code from `tillsync relay "
                        "enroll`)", EXIT_BAD_INPUT)
-    if args.relay:
+    kept = bool(args.relay) and holds_store(Path(args.dir))  # a till that sold on its own
+    if kept:
+        info = await enroll_existing(Path(args.dir), url=args.relay, code=args.code,
+                                     tls_pin=args.tls_pin, tls_ca=args.tls_ca)
+    elif args.relay:
         info = await client.init_enrolled(Path(args.dir), name=args.name, url=args.relay,
                                           tls_pin=args.tls_pin, tls_ca=args.tls_ca,
                                           code=args.code, series=args.series)
@@ -97,7 +102,8 @@ async def peer_init(args: argparse.Namespace) -> int:
                                store_id=args.store)
     public = {k: info[k] for k in ("device_id", "name", "series", "store_id", "public_key")}
     _emit(args, public, lambda: (
-        f"initialised store in {args.dir}\n"
+        (f"enrolled the store in {args.dir}, its log and master data kept\n" if kept
+         else f"initialised store in {args.dir}\n") +
         f"  device   {info['device_id']} ({info['name']})\n"
         f"  store    {info['store_id']}"
         + (f", enrolled at {info['relay_url']}\n  store key {info['relay_key']} (pinned: "
@@ -106,6 +112,13 @@ async def peer_init(args: argparse.Namespace) -> int:
         f"  key      {args.dir}/device.key (owner-only; keep it secret, back it up)"
     ))
     return EXIT_OK
+
+
+async def peer_enroll(args: argparse.Namespace) -> int:
+    if not holds_store(Path(args.dir)):
+        raise CliError(f"no tillsync store in {args.dir}: `tillsync peer init {args.dir} "
+                       "--name NAME --relay URL --code CODE` makes one", EXIT_BAD_INPUT)
+    return await peer_init(args)
 
 
 async def _through_daemon(path: str, request: dict[str, Any]) -> dict[str, Any]:
@@ -784,6 +797,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "fingerprint (a self-signed relay); default: the system's trust store")
     sub.add_argument("--tls-ca", metavar="FILE", type=os.path.abspath,  # for the daemon
                      help="wss:// relay: trust the CA certificates in this PEM file")
+
+    sub = verb("enroll", peer_enroll, "enroll a store that exists (a till that sold on its "
+               "own) at a relay: its log, tickets and master data are kept and go up")
+    sub.add_argument("--relay", required=True, metavar="URL", help="relay, ws://host:port")
+    sub.add_argument("--code", required=True, help="one-time code from `relay enroll`")
+    sub.add_argument("--tls-pin", metavar="SHA256", help="as for `peer init`")
+    sub.add_argument("--tls-ca", metavar="FILE", type=os.path.abspath, help="as for `peer init`")
 
     sub = verb("sync", peer_sync, "one sync round with the relay: push, receipts, document")
     sub.add_argument("--once", action="store_true", help="run one round and exit")
