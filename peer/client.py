@@ -17,12 +17,14 @@ import random
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import automerge.core as am
 import websockets
 from websockets.asyncio.client import ClientConnection
 
 from peer.cert import Certificate, CertificateError
+from peer.chainstop import describe, stopped_at
 from peer.errors import InvalidInput, TillsyncError
 from peer.identity import DeviceKey
 from peer.store import Till, utc_timestamp
@@ -74,6 +76,7 @@ class SyncReport:
     doc_changes: int = 0
     pending: int = 0
     errors: list[str] = field(default_factory=list)
+    stopped: dict[str, Any] | None = None  # see peer.chainstop
 
 
 async def enroll(url: str, code: str, name: str, key: DeviceKey, device_id: str,
@@ -160,6 +163,9 @@ async def sync_once(till: Till, url: str | None = None, *, within: float = 30.0,
     # A completed round; clears the last error, or notes what the relay refused in it.
     await till.note_contact(utc_timestamp(), "; ".join(report.errors))
     report.pending = (await till.pending(limit=0))[0]
+    report.stopped = await stopped_at(till)
+    if report.stopped is not None:
+        log.error("%s", describe(report.stopped))
     return report
 
 

@@ -33,8 +33,8 @@ async def enroll_existing(path: Path, *, url: str, code: str, tls_pin: str | Non
         if till.relay_key is not None:
             raise StoreExists(
                 f"{path} is enrolled already (store {till.store_id} at "
-                f"{till.meta.get('relay_url')}); nothing was changed. A device revoked by "
-                "mistake is reinstated at the relay: `tillsync relay reinstate`")
+                f"{till.meta.get('relay_url')}); nothing was changed (a till the relay "
+                "no longer numbers: add --new-device)")
         enrolled = await enroll_checked(url, code, till.name, till.key, till.device_id,
                                         tls_pin=tls_pin, tls_ca=tls_ca)
         meta = {"store_id": enrolled.store, "relay_url": url,

@@ -345,9 +345,13 @@ class TillDB:
         return int(row[0]) if row else 0
 
     async def pending(self, limit: int) -> tuple[int, list[Entry]]:
-        """Entries with no receipt yet: how many, and the oldest ``limit`` of them."""
+        """Entries with no receipt yet: how many, and the oldest ``limit`` of them.  A
+        revoked device's entries after its revocation are not pending: no till passes
+        them on and the relay refuses them (``peer enroll --new-device`` carries this
+        till's own over)."""
         unacked = "FROM entries e WHERE NOT EXISTS " \
-            "(SELECT 1 FROM receipts r WHERE r.client_id = e.client_id)"
+            "(SELECT 1 FROM receipts r WHERE r.client_id = e.client_id) AND NOT EXISTS " \
+            "(SELECT 1 FROM revocations v WHERE v.device_id = e.device_id AND e.seq > v.upto)"
         async with self._conn.execute(f"SELECT count(*) {unacked}") as cur:
             row = await cur.fetchone()
         count = int(row[0]) if row else 0

@@ -282,8 +282,10 @@ class Relay:
                         elif device.revoked:
                             log.warning("%s: revoked device %s (%s) of store %s refused",
                                         peer, event.device, device.name, event.store)
-                            link.fail("revoked", "this device has been revoked; enroll it "
-                                      "again with a new code if it is back in safe hands")
+                            link.fail("revoked", "this device has been revoked; if it is "
+                                      "back in safe hands, enroll it as a new device with "
+                                      "a new code: tillsync peer enroll DIR --relay URL "
+                                      "--code CODE --new-device")
                         else:
                             state["device"] = device
                             link.challenge(device.public_key,

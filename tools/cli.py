@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from peer import client
+from peer.chainstop import describe as describe_stop
+from peer.chainstop import stopped_at
 from peer.enrollment import enroll_existing, holds_store
 from peer.errors import InvalidInput, StoreCorrupt, StoreError, TillsyncError
 from peer.lan import api as lan_api
@@ -32,7 +34,7 @@ from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from relay.workers import serve_workers
 from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, UnknownCollection, UnknownKind
 from tools import demo as demo_module
-from tools.cli_ops import OpsError, before_serve, check_hours
+from tools.cli_ops import OpsError, before_serve, check_hours, peer_enroll_new_device
 
 LOCK_WAIT = 5.0  # seconds a writing verb waits for `peer run` to finish its round
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_STORE, EXIT_RELAY = 0, 1, 2, 3, 4
@@ -118,6 +120,8 @@ async def peer_enroll(args: argparse.Namespace) -> int:
     if not holds_store(Path(args.dir)):
         raise CliError(f"no tillsync store in {args.dir}: `tillsync peer init {args.dir} "
                        "--name NAME --relay URL --code CODE` makes one", EXIT_BAD_INPUT)
+    if args.new_device:
+        return await peer_enroll_new_device(args)
     return await peer_init(args)
 
 
@@ -234,6 +238,7 @@ def _lan_lines(lan: dict[str, Any] | None) -> list[str]:
 async def peer_status(args: argparse.Namespace) -> int:
     async with await Till.open(args.dir, readonly=True) as till:
         status = await till.status()
+        status["stopped"] = await stopped_at(till)
     lan = read_status(Path(args.dir))
     if lan is not None:
         lan["age"] = time.time() - lan.get("updated", 0)
@@ -250,6 +255,7 @@ async def peer_status(args: argparse.Namespace) -> int:
             f"log         {status['last_seq']} entries of mine; last ticket "
             f"{status['last_ticket'] or 'none'}",
             f"pending     {status['pending']} not yet acknowledged by the relay",
+            *([f"STOPPED     {describe_stop(status['stopped'])}"] if status["stopped"] else []),
             "relay       none configured (a store of its own)" if status["relay"] is None
             else f"relay       {status['relay']}, last contact "
                  f"{status['last_contact'] or 'never'}"
@@ -311,6 +317,8 @@ async def peer_sync(args: argparse.Namespace) -> int:
         f"synced: pushed {report.pushed} entries, received {report.receipts} receipts "
         f"({report.accepted} accepted, {report.waiting} waiting, {report.rejected} rejected "
         f"of mine), {report.doc_changes} document messages; {report.pending} pending"))
+    if report.stopped is not None:
+        raise CliError(describe_stop(report.stopped), EXIT_RELAY)
     return EXIT_OK
 
 
@@ -804,6 +812,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--code", required=True, help="one-time code from `relay enroll`")
     sub.add_argument("--tls-pin", metavar="SHA256", help="as for `peer init`")
     sub.add_argument("--tls-ca", metavar="FILE", type=os.path.abspath, help="as for `peer init`")
+    sub.add_argument("--new-device", action="store_true",
+                     help="enrolled already, but the relay will not number this device's "
+                          "later entries (revoked, or an entry refused): enroll it as a new "
+                          "device with a new ticket series and record those entries again")
+    sub.add_argument("--name", help="with --new-device: the new device's name (default: "
+                                    "the same)")
+    sub.add_argument("--series", help="with --new-device: its ticket series (default: the "
+                                      "old one + R1)")
 
     sub = verb("sync", peer_sync, "one sync round with the relay: push, receipts, document")
     sub.add_argument("--once", action="store_true", help="run one round and exit")

@@ -41,3 +41,30 @@ def check_hours(hours: float) -> None:
     if not math.isfinite(hours) or hours <= 0:
         raise OpsError(f"--hours must be a number of hours above 0, not {hours:g} (a code "
                        "valid for no time could never be used)", EXIT_BAD_INPUT)
+
+
+async def peer_enroll_new_device(args: argparse.Namespace) -> int:
+    """``peer enroll DIR --relay URL --code CODE --new-device`` (``peer.carry``)."""
+    import json
+    import sys
+
+    from peer.carry import enroll_new_device
+
+    done = await enroll_new_device(Path(args.dir), url=args.relay, code=args.code,
+                                   name=args.name, series=args.series, tls_pin=args.tls_pin,
+                                   tls_ca=args.tls_ca)
+    if args.json:
+        print(json.dumps(vars(done), indent=2, sort_keys=True))
+    else:
+        print(f"enrolled {args.dir} as a new device {done.new_device} (was {done.old_device}), "
+              f"tickets {done.series}-000001, ...\ncarried {len(done.carried)} entries the "
+              "relay could not number; they go up at the next sync\nthen retire the old "
+              f"device at the relay: tillsync relay revoke --store STORE --device "
+              f"{done.old_device}")
+        for row in done.carried:
+            print(f"  seq {row['seq']} {row['kind']} {row['ticket'] or ''} -> seq "
+                  f"{row['new_seq']} {row['new_ticket'] or ''}".rstrip())
+    for row in done.not_carried:
+        print(f"tillsync: not carried: seq {row['seq']} {row['kind']} ({row['client_id']}): "
+              f"{row['reason']}", file=sys.stderr)
+    return 0
