@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from peer.chainstop import STOPPING
-from peer.client import enroll_checked
+from peer.client import SyncError, enroll_checked, sync_once
 from peer.errors import InvalidInput, TillsyncError
 from peer.identity import KEY_FILE, DeviceKey
 from peer.log import Entry
@@ -87,6 +87,7 @@ async def _rotate(till: Till, *, url: str, code: str, name: str, series: str | N
     pending_key = key.write(root, f"{KEY_FILE}.{device_id}.new")
     meta = {"device_id": device_id, "name": name, "series": series,
             "public_key": key.public_bytes.hex(), "relay_url": url,
+            "previous_device": till.device_id, "previous_public_key": till.public_key.hex(),
             "relay_key": enrolled.relay_key.hex()}
     meta.update({k: v for k, v in (("relay_tls_pin", tls_pin), ("relay_tls_ca", tls_ca)) if v})
     cert = (device_id, key.public_bytes, name, enrolled.cert)
@@ -104,22 +105,23 @@ async def _rotate(till: Till, *, url: str, code: str, name: str, series: str | N
 
 
 async def _unnumbered(till: Till, device_id: str) -> list[Entry]:
-    """The old device's entries the relay has not numbered and never will: from the
-    first refused in a way that stops its chain (or, with none, every entry with no
-    receipt yet: the relay refuses the device itself)."""
-    receipts = {r["client_id"]: r for r in await till.receipts()}
-    stops = [int(r.get("seq") or 0) for r in receipts.values()
-             if r.get("device_id") == device_id and r["status"] == "rejected"
+    """The old device's entries the relay has not numbered and never will, as far as
+    this till knows after a sync: those after its revocation (``upto``), and those
+    from the first one refused in a way that stops its chain.  Nothing else: an entry
+    the relay may still number (or has, and the receipt is not here yet) is never
+    carried, so no sale is numbered twice."""
+    stops = [int(r.get("seq") or 0) for r in await till.receipts("rejected")
+             if r.get("device_id") == device_id
              and r.get("error", {}).get("code") in STOPPING]
-    first = min(stops, default=None)
-    out = []
-    for entry in await till.entries():
-        if entry.device_id != device_id:
-            continue
-        if first is not None and entry.seq >= first or first is None and \
-                entry.client_id not in receipts:
-            out.append(entry)
-    return sorted(out, key=lambda e: e.seq)
+    limits = [*stops, *((upto + 1,) if (upto := till.revoked_upto(device_id)) is not None
+                         else ())]
+    if not limits:
+        return []
+    first = min(limits)
+    numbered = {r["client_id"] for r in await till.receipts("accepted")}
+    return sorted((e for e in await till.entries() if e.device_id == device_id
+                   and e.seq >= first and e.client_id not in numbered),
+                  key=lambda e: e.seq)
 
 
 async def carry(till: Till, old_device: str, old_key: bytes
@@ -167,7 +169,30 @@ async def enroll_new_device(path: Path, *, url: str, code: str, name: str | None
                                     series=series, tls_pin=tls_pin, tls_ca=tls_ca)
     finally:
         await till.close()
+    result = Carried(old, new, series)
     async with await Till.open(path, wait=10.0) as till:
-        result = Carried(old, new, series)
+        # What the relay refused and the revocations: known only after a round.
+        try:
+            await sync_once(till)
+        except SyncError as exc:
+            raise SyncError(f"{path} is enrolled as the new device {new}, but the relay "
+                            f"could not be reached to say what it refused ({exc}); nothing "
+                            f"was carried yet: run `tillsync peer enroll {path} --carry` "
+                            "once it can be") from None
+        result.carried, result.not_carried = await carry(till, old, old_key)
+    return result
+
+
+async def carry_again(path: Path) -> Carried:
+    """``peer enroll DIR --carry``: carry after a ``--new-device`` whose round with the
+    relay failed (or again: nothing is recorded twice)."""
+    async with await Till.open(path, wait=10.0) as till:
+        old = await till._db.meta("previous_device")
+        if not old:
+            raise InvalidInput(f"{path} has not been enrolled as a new device: nothing to "
+                               "carry (see `peer enroll --new-device`)")
+        old_key = bytes.fromhex(await till._db.meta("previous_public_key") or "")
+        await sync_once(till)
+        result = Carried(old, till.device_id, till.series)
         result.carried, result.not_carried = await carry(till, old, old_key)
     return result

@@ -120,8 +120,11 @@ async def peer_enroll(args: argparse.Namespace) -> int:
     if not holds_store(Path(args.dir)):
         raise CliError(f"no tillsync store in {args.dir}: `tillsync peer init {args.dir} "
                        "--name NAME --relay URL --code CODE` makes one", EXIT_BAD_INPUT)
-    if args.new_device:
+    if args.new_device or args.carry:
         return await peer_enroll_new_device(args)
+    if not (args.relay and args.code):
+        raise CliError("peer enroll needs --relay URL and --code CODE (from `tillsync relay "
+                       "enroll`)", EXIT_BAD_INPUT)
     return await peer_init(args)
 
 
@@ -808,14 +811,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = verb("enroll", peer_enroll, "enroll a store that exists (a till that sold on its "
                "own) at a relay: its log, tickets and master data are kept and go up")
-    sub.add_argument("--relay", required=True, metavar="URL", help="relay, ws://host:port")
-    sub.add_argument("--code", required=True, help="one-time code from `relay enroll`")
+    sub.add_argument("--relay", metavar="URL", help="relay, ws://host:port")
+    sub.add_argument("--code", help="one-time code from `relay enroll`")
     sub.add_argument("--tls-pin", metavar="SHA256", help="as for `peer init`")
     sub.add_argument("--tls-ca", metavar="FILE", type=os.path.abspath, help="as for `peer init`")
     sub.add_argument("--new-device", action="store_true",
                      help="enrolled already, but the relay will not number this device's "
                           "later entries (revoked, or an entry refused): enroll it as a new "
                           "device with a new ticket series and record those entries again")
+    sub.add_argument("--carry", action="store_true",
+                     help="after --new-device could not reach the relay: carry now")
     sub.add_argument("--name", help="with --new-device: the new device's name (default: "
                                     "the same)")
     sub.add_argument("--series", help="with --new-device: its ticket series (default: the "

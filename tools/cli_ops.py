@@ -48,15 +48,21 @@ async def peer_enroll_new_device(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from peer.carry import enroll_new_device
+    from peer.carry import carry_again, enroll_new_device
 
-    done = await enroll_new_device(Path(args.dir), url=args.relay, code=args.code,
-                                   name=args.name, series=args.series, tls_pin=args.tls_pin,
-                                   tls_ca=args.tls_ca)
+    if args.carry:
+        done = await carry_again(Path(args.dir))
+    else:
+        if not (args.relay and args.code):
+            raise OpsError("--new-device needs --relay URL and --code CODE (a new code from "
+                           "`tillsync relay enroll`)", EXIT_BAD_INPUT)
+        done = await enroll_new_device(Path(args.dir), url=args.relay, code=args.code,
+                                       name=args.name, series=args.series,
+                                       tls_pin=args.tls_pin, tls_ca=args.tls_ca)
     if args.json:
         print(json.dumps(vars(done), indent=2, sort_keys=True))
     else:
-        print(f"enrolled {args.dir} as a new device {done.new_device} (was {done.old_device}), "
+        print(f"{args.dir} is the new device {done.new_device} (was {done.old_device}), "
               f"tickets {done.series}-000001, ...\ncarried {len(done.carried)} entries the "
               "relay could not number; they go up at the next sync\nthen retire the old "
               f"device at the relay: tillsync relay revoke --store STORE --device "
