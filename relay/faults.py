@@ -10,6 +10,7 @@ and tries again later.
 from __future__ import annotations
 
 import errno
+import logging
 import sqlite3
 from dataclasses import dataclass
 
@@ -48,8 +49,12 @@ def _code_of(exc: BaseException) -> str | None:
             return "storage_full"
         if sqlstate == "25006":
             return "storage_read_only"
-        if sqlstate.startswith(("08", "57P")):
-            return "storage_unavailable"  # connection lost, database shut down
+        if sqlstate.startswith(("08", "57P", "28")) or sqlstate in ("53300", "3D000"):
+            # connection lost or refused, database shutting down, login refused, too many
+            # connections, no such database
+            return "storage_unavailable"
+        if sqlstate == "55000" and "accepting connections" in str(exc):
+            return "storage_unavailable"  # ALLOW_CONNECTIONS false
         return None
     if isinstance(exc, OSError):
         if exc.errno in _ERRNO:
@@ -75,3 +80,23 @@ def storage_fault(exc: BaseException) -> StorageFault | None:
             return StorageFault(code, _MESSAGES[code], f"{type(current).__name__}: {current}")
         current = current.__cause__ or current.__context__
     return None
+
+
+class _OneLine(logging.Filter):
+    """A library's log record of a storage fault: its cause on the line, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            fault = storage_fault(record.exc_info[1])
+            if fault is not None:
+                record.msg = f"{record.getMessage()}: {fault.code}: {fault.cause}"
+                record.args = None
+                record.exc_info = None
+                record.exc_text = None
+        return True
+
+
+def quiet_library_tracebacks() -> None:
+    """The database driver's pool logs each failed reconnection with a traceback: a known
+    storage fault becomes one line there too."""
+    logging.getLogger("asyncpg.pool").addFilter(_OneLine())

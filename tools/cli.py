@@ -27,6 +27,7 @@ from peer.errors import InvalidInput, StoreCorrupt, StoreError, TillsyncError
 from peer.lan import api as lan_api
 from peer.lan.node import LAN_PORT, Node, NodeConfig, read_status
 from peer.store import Till, is_locked
+from relay.faults import quiet_library_tracebacks
 from relay.server import DB_FILE, Relay, RelayConfig, die_with_parent, running, tune_gc
 from relay.storage import is_postgres
 from relay.storage.postgres import describe
@@ -371,6 +372,7 @@ def _relay_logging(worker: bool) -> None:
     # One line per device session comes from tillsync.relay; the library's own
     # open/close lines would double them.
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    quiet_library_tracebacks()
 
 
 def _check_db(args: argparse.Namespace) -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from relay.faults import storage_fault
 from tests.disks import Disk, tiny_disk
+from tests.relay.databases import pg_query
 from tests.relay.processes import RelayProcess, Relays, TillDir, run_cli
 
 
@@ -134,3 +135,28 @@ def test_storage_faults_are_told_apart(tmp_path: Path) -> None:
     fault = storage_fault(wrapped)
     assert fault is not None and fault.code == "storage_full"
     assert storage_fault(ValueError("a bug")) is None
+
+
+@pytest.mark.postgres
+def test_a_database_out_of_reach_is_named_to_the_till_and_in_the_log(tmp_path: Path,
+                                                                     pg_db: str) -> None:
+    with Relays(tmp_path, pg_db) as relays:
+        relay = relays.start()
+        till = TillDir(tmp_path / "till", "Till 1")
+        shift = shop(relay, till)
+        assert till.sync_json()["pending"] == 0
+        name = pg_db.rsplit("/", 1)[1]
+        admin = pg_db.rsplit("/", 1)[0] + "/postgres"
+        pg_query(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        pg_query(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                        f"datname = '{name}'")
+        try:
+            sell(till, shift)
+            result = till.sync(check=False)
+            assert result.returncode == 4, (result.stdout, result.stderr)
+            assert "cannot reach its database" in result.stderr, relay.stderr()[-1500:]
+            assert relay.wait_log("storage_unavailable")
+            assert "Traceback" not in relay.stderr(), relay.stderr()[-3000:]
+        finally:
+            pg_query(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        assert till.sync_json()["pending"] == 0  # back: nothing was lost
