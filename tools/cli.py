@@ -35,7 +35,7 @@ from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from relay.workers import serve_workers
 from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, UnknownCollection, UnknownKind
 from tools import demo as demo_module
-from tools.cli_ops import OpsError, before_serve, check_hours, peer_enroll_new_device
+from tools.cli_ops import OpsError, add_peer_enroll, before_serve, check_hours
 
 LOCK_WAIT = 5.0  # seconds a writing verb waits for `peer run` to finish its round
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_STORE, EXIT_RELAY = 0, 1, 2, 3, 4
@@ -115,18 +115,6 @@ async def peer_init(args: argparse.Namespace) -> int:
         f"  key      {args.dir}/device.key (owner-only; keep it secret, back it up)"
     ))
     return EXIT_OK
-
-
-async def peer_enroll(args: argparse.Namespace) -> int:
-    if not holds_store(Path(args.dir)):
-        raise CliError(f"no tillsync store in {args.dir}: `tillsync peer init {args.dir} "
-                       "--name NAME --relay URL --code CODE` makes one", EXIT_BAD_INPUT)
-    if args.new_device or args.carry:
-        return await peer_enroll_new_device(args)
-    if not (args.relay and args.code):
-        raise CliError("peer enroll needs --relay URL and --code CODE (from `tillsync relay "
-                       "enroll`)", EXIT_BAD_INPUT)
-    return await peer_init(args)
 
 
 async def _through_daemon(path: str, request: dict[str, Any]) -> dict[str, Any]:
@@ -811,23 +799,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--tls-ca", metavar="FILE", type=os.path.abspath,  # for the daemon
                      help="wss:// relay: trust the CA certificates in this PEM file")
 
-    sub = verb("enroll", peer_enroll, "enroll a store that exists (a till that sold on its "
-               "own) at a relay: its log, tickets and master data are kept and go up")
-    sub.add_argument("--relay", metavar="URL", help="relay, ws://host:port")
-    sub.add_argument("--code", help="one-time code from `relay enroll`")
-    sub.add_argument("--tls-pin", metavar="SHA256", help="as for `peer init`")
-    sub.add_argument("--tls-ca", metavar="FILE", type=os.path.abspath, help="as for `peer init`")
-    sub.add_argument("--new-device", action="store_true",
-                     help="enrolled already, but the relay will not number this device's "
-                          "later entries (revoked, or an entry refused): enroll it as a new "
-                          "device with a new ticket series and record those entries again")
-    sub.add_argument("--carry", action="store_true",
-                     help="after --new-device could not reach the relay: carry now")
-    sub.add_argument("--name", help="with --new-device: the new device's name (default: "
-                                    "the same)")
-    sub.add_argument("--series", help="with --new-device: its ticket series (default: the "
-                                      "old one + R1)")
-
     sub = verb("sync", peer_sync, "one sync round with the relay: push, receipts, document")
     sub.add_argument("--once", action="store_true", help="run one round and exit")
     sub.add_argument("--relay", metavar="URL", help="relay url (default: the enrolled one)")
@@ -877,6 +848,7 @@ def build_parser() -> argparse.ArgumentParser:
     verb("status", peer_status, "device, pending entries, open shifts and expected cash")
     verb("verify", peer_verify, "re-check every chain link and signature; exit 1 if broken")
     verb("balances", peer_balances, "what each customer owes")
+    add_peer_enroll(verb, peer_init)
     sub = verb("log", peer_log, "list log entries")
     sub.add_argument("--kind", help="only this kind")
     return parser

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
+from peer.enrollment import holds_store
 from relay.startup import DataLock, StartRefused, check_port, check_writable
 
 EXIT_BAD_INPUT, EXIT_STORE = 2, 3
@@ -74,3 +78,41 @@ async def peer_enroll_new_device(args: argparse.Namespace) -> int:
         print(f"tillsync: not carried: seq {row['seq']} {row['kind']} ({row['client_id']}): "
               f"{row['reason']}", file=sys.stderr)
     return 0
+
+
+Verb = Callable[..., argparse.ArgumentParser]
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def add_peer_enroll(verb: Verb, peer_init: Handler) -> None:
+    """Register ``peer enroll`` with the parser's ``verb`` helper; enrolling a store as
+    it is goes through ``peer_init`` (which enrolls a directory holding a store)."""
+
+    async def peer_enroll(args: argparse.Namespace) -> int:
+        if not holds_store(Path(args.dir)):
+            raise OpsError(f"no tillsync store in {args.dir}: `tillsync peer init "
+                           f"{args.dir} --name NAME --relay URL --code CODE` makes one",
+                           EXIT_BAD_INPUT)
+        if args.new_device or args.carry:
+            return await peer_enroll_new_device(args)
+        if not (args.relay and args.code):
+            raise OpsError("peer enroll needs --relay URL and --code CODE (from `tillsync "
+                           "relay enroll`)", EXIT_BAD_INPUT)
+        return await peer_init(args)
+
+    sub = verb("enroll", peer_enroll, "enroll a store that exists (a till that sold on its "
+               "own) at a relay: its log, tickets and master data are kept and go up")
+    sub.add_argument("--relay", metavar="URL", help="relay, ws://host:port")
+    sub.add_argument("--code", help="one-time code from `relay enroll`")
+    sub.add_argument("--tls-pin", metavar="SHA256", help="as for `peer init`")
+    sub.add_argument("--tls-ca", metavar="FILE", type=os.path.abspath, help="as for `peer init`")
+    sub.add_argument("--new-device", action="store_true",
+                     help="enrolled already, but the relay will not number this device's "
+                          "later entries (revoked, or an entry refused): enroll it as a new "
+                          "device with a new ticket series and record those entries again")
+    sub.add_argument("--carry", action="store_true",
+                     help="after --new-device could not reach the relay: carry now")
+    sub.add_argument("--name", help="with --new-device: the new device's name (default: "
+                                    "the same)")
+    sub.add_argument("--series", help="with --new-device: its ticket series (default: the "
+                                      "old one + R1)")
