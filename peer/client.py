@@ -17,12 +17,14 @@ import random
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import automerge.core as am
 import websockets
 from websockets.asyncio.client import ClientConnection
 
 from peer.cert import Certificate, CertificateError
+from peer.chainstop import describe, stopped_at
 from peer.errors import InvalidInput, TillsyncError
 from peer.identity import DeviceKey
 from peer.store import Till, utc_timestamp
@@ -49,6 +51,11 @@ BATCH = 500
 # runs of the relay without and with its window: +7% on average).
 PUSH_WINDOW = 2
 DOC_WAIT = 2.0  # seconds to wait for the document exchange before pushing anyway
+# The longest wait between two attempts to reach the relay.  After an outage a till is
+# back within this many seconds of the relay; the full jitter below keeps a relay that
+# serves thousands of tills from getting all of them at once (on average one every
+# RELAY_MAX_BACKOFF / 2 seconds from each till while it is down).
+RELAY_MAX_BACKOFF = 10.0
 
 
 class SyncError(TillsyncError):
@@ -69,6 +76,7 @@ class SyncReport:
     doc_changes: int = 0
     pending: int = 0
     errors: list[str] = field(default_factory=list)
+    stopped: dict[str, Any] | None = None  # see peer.chainstop
 
 
 async def enroll(url: str, code: str, name: str, key: DeviceKey, device_id: str,
@@ -97,15 +105,11 @@ async def enroll(url: str, code: str, name: str, key: DeviceKey, device_id: str,
     raise SyncError("the relay closed the connection during enrollment")
 
 
-async def init_enrolled(path: Path, *, name: str, url: str, code: str,
-                        series: str | None = None, tls_pin: str | None = None,
-                        tls_ca: str | None = None) -> dict[str, str]:
-    """``peer init --relay URL --code CODE``: enroll first, then create the store, so a
-    refused code leaves nothing behind."""
-    Till.check_new(path, name, series)
-    if tls_pin:
-        tls_pin = normalise_pin(tls_pin)
-    key, device_id = DeviceKey.generate(), str(uuid.uuid4())
+async def enroll_checked(url: str, code: str, name: str, key: DeviceKey, device_id: str,
+                         *, tls_pin: str | None = None, tls_ca: str | None = None
+                         ) -> Enrolled:
+    """``enroll``, and check that the certificate the relay issued is for this very
+    device and key, signed by the key the relay says signs for the store."""
     enrolled = await enroll(url, code, name, key, device_id, tls_pin=tls_pin, tls_ca=tls_ca)
     try:
         cert = Certificate.load(enrolled.cert, enrolled.relay_key, store=enrolled.store)
@@ -115,6 +119,20 @@ async def init_enrolled(path: Path, *, name: str, url: str, code: str,
     if (cert.device, cert.public_key) != (device_id, key.public_bytes):
         raise SyncError("the relay certified another device or key than this one",
                         "bad_certificate")
+    return enrolled
+
+
+async def init_enrolled(path: Path, *, name: str, url: str, code: str,
+                        series: str | None = None, tls_pin: str | None = None,
+                        tls_ca: str | None = None) -> dict[str, str]:
+    """``peer init --relay URL --code CODE``: enroll first, then create the store, so a
+    refused code leaves nothing behind."""
+    Till.check_new(path, name, series)
+    if tls_pin:
+        tls_pin = normalise_pin(tls_pin)
+    key, device_id = DeviceKey.generate(), str(uuid.uuid4())
+    enrolled = await enroll_checked(url, code, name, key, device_id, tls_pin=tls_pin,
+                                    tls_ca=tls_ca)
     return await Till.init(path, name=name, series=series, store_id=enrolled.store, key=key,
                            device_id=device_id, relay_url=url, relay_key=enrolled.relay_key,
                            cert=enrolled.cert, tls_pin=tls_pin, tls_ca=tls_ca)
@@ -145,6 +163,9 @@ async def sync_once(till: Till, url: str | None = None, *, within: float = 30.0,
     # A completed round; clears the last error, or notes what the relay refused in it.
     await till.note_contact(utc_timestamp(), "; ".join(report.errors))
     report.pending = (await till.pending(limit=0))[0]
+    report.stopped = await stopped_at(till)
+    if report.stopped is not None:
+        log.error("%s", describe(report.stopped))
     return report
 
 
@@ -267,8 +288,15 @@ async def _round(till: Till, ws: ClientConnection,
             raise SyncError("the relay closed the link")
 
 
+def retry_delay(failures: int, interval: float,
+                max_backoff: float = RELAY_MAX_BACKOFF) -> float:
+    """Seconds to wait after ``failures`` failed rounds in a row: exponential backoff
+    from ``interval``, capped at ``max_backoff``, with full jitter."""
+    return random.uniform(0, min(max_backoff, interval * 2 ** min(failures, 32)))
+
+
 async def run(path: Path, *, url: str | None = None, interval: float = 5.0,
-              max_backoff: float = 60.0, rounds: int | None = None) -> None:
+              max_backoff: float = RELAY_MAX_BACKOFF, rounds: int | None = None) -> None:
     """The daemon: sync every ``interval`` seconds; on failure back off exponentially
     (with full jitter, so a shop's tills do not all retry at once) up to ``max_backoff``.
 
@@ -286,7 +314,7 @@ async def run(path: Path, *, url: str | None = None, interval: float = 5.0,
             delay = interval
         except SyncError as exc:
             failures += 1
-            delay = random.uniform(0, min(max_backoff, interval * 2 ** failures))
+            delay = retry_delay(failures, interval, max_backoff)
             log.warning("sync failed (%s); retrying in %.1f s", exc, delay)
         done += 1
         if rounds is None or done < rounds:

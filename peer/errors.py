@@ -7,6 +7,8 @@ One root, so an integrator can catch everything tillsync raises on purpose::
     │   ├── StoreNotFound          no store at that path (run `peer init`)
     │   ├── StoreExists            `peer init` on a directory that already holds one
     │   ├── StoreLocked            another process is writing the same store
+    │   ├── StoreFull              the disk holding the store is full (nothing damaged)
+    │   ├── StoreReadOnly          the disk holding the store is read-only
     │   └── StoreCorrupt           the database or a file in it is damaged
     ├── EntryRefused               a peer forwarded entries that do not verify
     └── InvalidInput               the caller asked for something that cannot be stored
@@ -44,6 +46,16 @@ class StoreLocked(StoreError):
 
 class StoreCorrupt(StoreError):
     pass
+
+
+class StoreFull(StoreError):
+    """The disk holding the store is full: nothing is damaged, and the store works
+    again once space is freed."""
+
+
+class StoreReadOnly(StoreError):
+    """The disk holding the store is read-only (or the store's files cannot be
+    written)."""
 
 
 class EntryRefused(TillsyncError):

@@ -19,6 +19,8 @@ from typing import Any
 
 import aiosqlite
 
+from peer.diskfault import disk_fault as disk_fault  # also for peer.store
+from peer.diskfault import open_lock_file as open_lock_file  # for peer.store
 from peer.errors import StoreCorrupt
 from peer.log.entry import Entry
 from peer.views import Effect, from_stored, to_stored
@@ -115,7 +117,8 @@ class TillDB:
         try:
             conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
         except sqlite3.Error as exc:
-            raise StoreCorrupt(f"{path}: cannot open the database: {exc}") from None
+            raise disk_fault(path, exc) or StoreCorrupt(
+                f"{path}: cannot open the database: {exc}") from None
         db = cls(conn, path)
         try:
             if not readonly:
@@ -137,7 +140,7 @@ class TillDB:
                 version = str(SCHEMA_VERSION)
         except sqlite3.DatabaseError as exc:
             await conn.close()
-            raise StoreCorrupt(
+            raise disk_fault(path, exc) or StoreCorrupt(
                 f"{path} is damaged or is not a tillsync store ({exc}); "
                 "nothing was changed: keep the file for recovery"
             ) from None
@@ -345,9 +348,13 @@ class TillDB:
         return int(row[0]) if row else 0
 
     async def pending(self, limit: int) -> tuple[int, list[Entry]]:
-        """Entries with no receipt yet: how many, and the oldest ``limit`` of them."""
+        """Entries with no receipt yet: how many, and the oldest ``limit`` of them.  A
+        revoked device's entries after its revocation are not pending: no till passes
+        them on and the relay refuses them (``peer enroll --new-device`` carries this
+        till's own over)."""
         unacked = "FROM entries e WHERE NOT EXISTS " \
-            "(SELECT 1 FROM receipts r WHERE r.client_id = e.client_id)"
+            "(SELECT 1 FROM receipts r WHERE r.client_id = e.client_id) AND NOT EXISTS " \
+            "(SELECT 1 FROM revocations v WHERE v.device_id = e.device_id AND e.seq > v.upto)"
         async with self._conn.execute(f"SELECT count(*) {unacked}") as cur:
             row = await cur.fetchone()
         count = int(row[0]) if row else 0

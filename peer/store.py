@@ -50,7 +50,7 @@ from peer.identity import KEY_FILE, DeviceKey
 from peer.log import GENESIS_PREV, ChainBreak, Entry, canonical_body, seal_bytes, verify_chain
 from peer.master import MasterData
 from peer.master.roles import MANAGING_ROLES, guarded_edit
-from peer.storage import TillDB
+from peer.storage import TillDB, disk_fault, open_lock_file
 from peer.views import Effect, effects, fold, order_of, stamped, stock_row
 from schemas import SchemaViolation, validate_entry
 
@@ -97,7 +97,7 @@ def is_locked(path: Path) -> bool:
 
 async def _lock(path: Path, wait: float) -> IO[str]:
     """Take the store's write lock, waiting up to ``wait`` seconds for another process."""
-    handle = open(path / LOCK_FILE, "a+")  # noqa: SIM115, ASYNC230 - held for the store's life
+    handle = open_lock_file(path / LOCK_FILE)  # held for the store's life
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -294,7 +294,7 @@ class Till:
         if not re.fullmatch(r"[A-Z0-9]{1,12}", series):
             raise InvalidInput(f"ticket series {series!r}: use 1-12 capital letters or digits")
         if (root / DB_FILE).exists():
-            raise StoreExists(f"{root} already holds a store; nothing was changed")
+            raise StoreExists(f"{root} already holds a store; nothing was changed (to enroll it at a relay: `tillsync peer enroll {root} --relay URL --code CODE`)")  # noqa: E501
         if (root / KEY_FILE).exists():
             raise StoreExists(
                 f"{root} holds a device key but no database (an interrupted init?); "
@@ -430,7 +430,7 @@ class Till:
             # Nothing of this batch is on disk: bring memory back to what is.
             await self._db.rollback()
             await self._reload()
-            failure = StoreError(f"{self.path}: write failed, nothing was stored: {exc}")
+            failure = disk_fault(self.path, exc) or StoreError(f"{self.path}: write failed, nothing was stored: {exc}")  # noqa: E501
             for _, future in ops:
                 if not future.done():
                     future.set_exception(failure)

@@ -52,6 +52,7 @@ from peer.sync.receipts import relay_behind
 from peer.tls import server_context
 from relay import metrics
 from relay.documents import Hubs, StoreHub
+from relay.faults import storage_fault
 from relay.http import handler as api_handler
 from relay.http import new_token
 from relay.ingest import (
@@ -294,8 +295,10 @@ class Relay:
                         elif device.revoked:
                             log.warning("%s: revoked device %s (%s) of store %s refused",
                                         peer, event.device, device.name, event.store)
-                            link.fail("revoked", "this device has been revoked; enroll it "
-                                      "again with a new code if it is back in safe hands")
+                            link.fail("revoked", "this device has been revoked; if it is "
+                                      "back in safe hands, enroll it as a new device with "
+                                      "a new code: tillsync peer enroll DIR --relay URL "
+                                      "--code CODE --new-device")
                         else:
                             state["device"] = device
                             link.challenge(device.public_key,
@@ -357,8 +360,8 @@ class Relay:
                     break
         except websockets.ConnectionClosed:
             pass
-        except Exception:
-            await self._internal_error(ws, link, sending, peer)
+        except Exception as exc:
+            await self._internal_error(ws, link, sending, peer, exc)
         finally:
             await watch.end()
             if answering is not None:
@@ -382,10 +385,17 @@ class Relay:
                 await ws.send(shared)
 
     async def _internal_error(self, ws: ServerConnection, link: RelayLink,
-                              sending: asyncio.Lock, peer: str) -> None:
-        """A bug of ours, not the device's: log it, tell the device only that much."""
-        log.exception("%s: internal error", peer)
-        link.fail("internal", "the relay hit an internal error; try again later")
+                              sending: asyncio.Lock, peer: str, exc: BaseException) -> None:
+        """A fault of the relay's storage: one line naming it, and its own code to the
+        device (``relay.faults``).  Anything else is a bug of ours, not the device's: log
+        it, tell the device only that much."""
+        fault = storage_fault(exc)
+        if fault is not None:
+            log.error("%s: %s: %s", peer, fault.code, fault.cause)
+            link.fail(fault.code, fault.message)
+        else:
+            log.exception("%s: internal error", peer)
+            link.fail("internal", "the relay hit an internal error; try again later")
         with contextlib.suppress(websockets.ConnectionClosed):
             await self._flush(ws, link, sending)
 
@@ -396,8 +406,8 @@ class Relay:
             job = await queued.get()
             try:
                 result = await job.done
-            except Exception:
-                await self._internal_error(ws, link, sending, peer)
+            except Exception as exc:
+                await self._internal_error(ws, link, sending, peer, exc)
                 await ws.close()
                 return
             link.send_ingested(result.heads, len(job.batch.entries), result.position)
@@ -456,8 +466,14 @@ class Relay:
                     self.storage, f"ingest of {len(jobs)} batches",
                     partial(self._commit, jobs, tries)))
             except Exception as exc:  # nothing of these batches was stored
-                log.exception("ingest of %d batches failed", len(jobs))
-                outcomes = await self._isolate(jobs, exc, tries)
+                fault = storage_fault(exc)
+                if fault is None:  # something in a batch's content, maybe: try them alone
+                    log.exception("ingest of %d batches failed", len(jobs))
+                    outcomes = await self._isolate(jobs, exc, tries)
+                else:
+                    log.error("ingest of %d batches failed, nothing stored: %s: %s",
+                              len(jobs), fault.code, fault.cause)
+                    outcomes = [exc] * len(jobs)
             for job, outcome in zip(jobs, outcomes, strict=True):
                 if isinstance(outcome, Exception):
                     if not job.done.done():
@@ -495,7 +511,8 @@ class Relay:
         alone is stored with each new entry rejected as ``undecidable``
         (``ingest_all(decide=False)``), and only if that fails too is its link told of
         an internal error."""
-        if self.storage.retryable(failure) or isinstance(failure, OSError):
+        if self.storage.retryable(failure) or isinstance(failure, OSError) \
+                or storage_fault(failure) is not None:
             return [failure] * len(jobs)  # the database or the disk, not a batch's content
         outcomes: list[IngestResult | Exception] = []
         for job in jobs:
@@ -511,7 +528,8 @@ class Relay:
                     log.exception("ingest of a batch of store %s failed%s", job.batch.store,
                                   "" if decide else ", even undecided")
                     outcome = exc
-                    if isinstance(exc, OSError) or self.storage.retryable(exc):
+                    if isinstance(exc, OSError) or self.storage.retryable(exc) \
+                            or storage_fault(exc) is not None:
                         break  # not the batch's content: its entries are not refused
             outcomes.append(outcome)
         return outcomes

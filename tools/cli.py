@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from peer import client, logfmt
+from peer.chainstop import describe as describe_stop
+from peer.chainstop import stopped_at
+from peer.enrollment import enroll_existing, holds_store
 from peer.errors import InvalidInput, StoreCorrupt, StoreError, TillsyncError
 from peer.lan import api as lan_api
 from peer.lan.node import LAN_PORT, Node, NodeConfig, read_status
@@ -30,6 +33,7 @@ from peer.sync.deadlines import (
     CLOSE_IDLE,
     HANDSHAKE_TIMEOUT,
 )
+from relay.faults import quiet_library_tracebacks
 from relay.limits import IDLE_TIMEOUT, MAX_HANDSHAKES, Limits
 from relay.server import DB_FILE, Relay, RelayConfig, die_with_parent, running, tune_gc
 from relay.storage import is_postgres
@@ -39,6 +43,7 @@ from relay.workers import serve_workers
 from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, UnknownCollection, UnknownKind
 from tools import backup
 from tools import demo as demo_module
+from tools.cli_ops import OpsError, add_peer_enroll, before_serve, check_hours
 
 LOCK_WAIT = 5.0  # seconds a writing verb waits for `peer run` to finish its round
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_STORE, EXIT_RELAY = 0, 1, 2, 3, 4
@@ -111,7 +116,11 @@ async def peer_init(args: argparse.Namespace) -> int:
     if bool(args.relay) != bool(args.code):
         raise CliError("--relay and --code go together (get a code from `tillsync relay "
                        "enroll`)", EXIT_BAD_INPUT)
-    if args.relay:
+    kept = bool(args.relay) and holds_store(Path(args.dir))  # a till that sold on its own
+    if kept:
+        info = await enroll_existing(Path(args.dir), url=args.relay, code=args.code,
+                                     tls_pin=args.tls_pin, tls_ca=args.tls_ca)
+    elif args.relay:
         info = await client.init_enrolled(Path(args.dir), name=args.name, url=args.relay,
                                           tls_pin=args.tls_pin, tls_ca=args.tls_ca,
                                           code=args.code, series=args.series)
@@ -120,7 +129,8 @@ async def peer_init(args: argparse.Namespace) -> int:
                                store_id=args.store)
     public = {k: info[k] for k in ("device_id", "name", "series", "store_id", "public_key")}
     _emit(args, public, lambda: (
-        f"initialised store in {args.dir}\n"
+        (f"enrolled the store in {args.dir}, its log and master data kept\n" if kept
+         else f"initialised store in {args.dir}\n") +
         f"  device   {info['device_id']} ({info['name']})\n"
         f"  store    {info['store_id']}"
         + (f", enrolled at {info['relay_url']}\n  store key {info['relay_key']} (pinned: "
@@ -244,6 +254,7 @@ def _lan_lines(lan: dict[str, Any] | None) -> list[str]:
 async def peer_status(args: argparse.Namespace) -> int:
     async with await Till.open(args.dir, readonly=True) as till:
         status = await till.status()
+        status["stopped"] = await stopped_at(till)
     lan = read_status(Path(args.dir))
     if lan is not None:
         lan["age"] = time.time() - lan.get("updated", 0)
@@ -260,6 +271,7 @@ async def peer_status(args: argparse.Namespace) -> int:
             f"log         {status['last_seq']} entries of mine; last ticket "
             f"{status['last_ticket'] or 'none'}",
             f"pending     {status['pending']} not yet acknowledged by the relay",
+            *([f"STOPPED     {describe_stop(status['stopped'])}"] if status["stopped"] else []),
             "relay       none configured (a store of its own)" if status["relay"] is None
             else f"relay       {status['relay']}, last contact "
                  f"{status['last_contact'] or 'never'}"
@@ -318,6 +330,8 @@ async def peer_sync(args: argparse.Namespace) -> int:
         f"synced: pushed {report.pushed} entries, received {report.receipts} receipts "
         f"({report.accepted} accepted, {report.waiting} waiting, {report.rejected} rejected "
         f"of mine), {report.doc_changes} document messages; {report.pending} pending"))
+    if report.stopped is not None:
+        raise CliError(describe_stop(report.stopped), EXIT_RELAY)
     return EXIT_OK
 
 
@@ -371,6 +385,7 @@ def _relay_logging(worker: bool, log_format: str = "text") -> None:
     # One line per device session comes from tillsync.relay; the library's own
     # open/close lines would double them.
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    quiet_library_tracebacks()
 
 
 def _check_db(args: argparse.Namespace) -> None:
@@ -392,6 +407,7 @@ def relay_serve_workers(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
     limits = _limits(args)
+    before_serve(args)
     _relay_logging(worker=True, log_format=args.log_format)
     asyncio.run(migrate(args.db, args.db_wait))  # once, before the workers start
     extra = ["--cert-days", str(args.cert_days), "--log-format", args.log_format,
@@ -412,6 +428,7 @@ async def relay_serve(args: argparse.Namespace) -> int:
         die_with_parent(args.worker_of)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
+    lock = before_serve(args)  # noqa: F841 - held while the relay runs
     config = RelayConfig(Path(args.data), args.host, args.port, db=args.db,
                          reuse_port=args.reuse_port, db_wait=args.db_wait,
                          tls_cert=args.tls_cert, tls_key=args.tls_key,
@@ -460,6 +477,7 @@ async def relay_migrate(args: argparse.Namespace) -> int:
 
 async def relay_enroll(args: argparse.Namespace) -> int:
     _check_db(args)
+    check_hours(args.hours)
     relay = await Relay.open(Path(args.data), args.db)
     try:
         code = await relay.new_code(args.store, args.name, args.role,
@@ -851,7 +869,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--relay", metavar="URL", help="relay url (default: the enrolled one)")
     sub.add_argument("--interval", type=float, default=5.0,
                      help="seconds between relay rounds when nothing new is stored (new "
-                          "entries go up at once); failures back off up to 60 s")
+                          "entries go up at once); failures back off up to 10 s")
     sub.add_argument("--lan-port", type=_port, default=LAN_PORT, metavar="P",
                      help=f"port to listen on for the other tills (default {LAN_PORT}; "
                           "0 picks a free one)")
@@ -896,6 +914,7 @@ def build_parser() -> argparse.ArgumentParser:
     verb("status", peer_status, "device, pending entries, open shifts and expected cash")
     verb("verify", peer_verify, "re-check every chain link and signature; exit 1 if broken")
     verb("balances", peer_balances, "what each customer owes")
+    add_peer_enroll(verb, peer_init)
     sub = verb("log", peer_log, "list log entries")
     sub.add_argument("--kind", help="only this kind")
     backup.add_peer_verb(verb)
@@ -909,7 +928,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return relay_serve_workers(args)
         code: int = asyncio.run(args.func(args))
         return code
-    except CliError as exc:
+    except (CliError, OpsError) as exc:
         print(f"tillsync: {exc}", file=sys.stderr)
         return exc.code
     except (InvalidInput, SchemaViolation, UnknownKind, UnknownCollection) as exc:

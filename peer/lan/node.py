@@ -52,7 +52,7 @@ class NodeConfig:
     peers: list[str] = field(default_factory=list)  # static ws:// URLs of other tills
     mdns: bool = True
     interval: float = 5.0
-    max_backoff: float = 60.0
+    max_backoff: float = client.RELAY_MAX_BACKOFF
     relay_enabled: bool = True
     handshake_timeout: float = HANDSHAKE_TIMEOUT  # seconds an accepted link has to log in
 
@@ -227,8 +227,7 @@ class Node:
                              report.receipts, report.pending)
             except client.SyncError as exc:
                 failures += 1
-                delay = random.uniform(0, min(config.max_backoff,
-                                              config.interval * 2 ** failures))
+                delay = client.retry_delay(failures, config.interval, config.max_backoff)
                 self.relay_state = {"ok": False, "at": time.time(), "error": str(exc)}
                 log.warning("relay sync failed (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
