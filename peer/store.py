@@ -839,8 +839,8 @@ class Till:
                 for b in await self._db.stream_after(after_seq, limit)]
 
     async def store_receipts(self, receipts: list[dict[str, Any]], seq: int, head: bytes,
-                             contact: str) -> None:
-        """Keep verified receipts and the new stream position, in one commit."""
+                             contact: str, *, rewind: bool = False) -> None:
+        """Keep verified receipts and the stream position (``rewind``: even an earlier one)."""
 
         async def op(batch: _Batch) -> None:
             for r in receipts:
@@ -849,7 +849,7 @@ class Till:
                 batch.stream.append((r["server_seq"], body))
             # Two links (the relay's, a LAN peer's) may bring the same receipts at once;
             # the stream is one chain, so the further position is the right one.
-            if seq > self.receipts_position()[0]:
+            if seq > self.receipts_position()[0] or rewind:
                 batch.meta.update(receipts_seq=str(seq), receipts_hash=head.hex())
             if contact:
                 batch.meta["last_contact"] = contact
