@@ -80,6 +80,14 @@ def test_the_owner_token_is_owner_only_and_the_api_refuses_requests_without_it(
     assert shop.api.call("GET", "/api/sync").body["pending"] == before  # nothing stored
 
 
+def test_unknown_routes_and_the_event_stream_answer_in_the_error_shape(shop: Shop) -> None:
+    for api in (shop.api, shop.api.with_token(None)):
+        lost = api.call("GET", "/api/nothing-here")
+        assert lost.status in (401, 404) and set(lost.body["error"]) == {
+            "code", "message", "details"}
+    assert shop.api.with_token("wrong").call("GET", "/api/events").status == 401
+
+
 def test_issued_tokens_work_until_revoked(shop: Shop) -> None:
     path = str(shop.office.path)
     token = run_cli("peer", "token", path, "--issue", "handheld").stdout.strip()
@@ -238,6 +246,11 @@ def test_a_sale_gets_its_invoice_number_live_and_prints(shop: Shop) -> None:
         wait_until(lambda: any(e["client_id"] == recorded["entry"]["client_id"]
                                for e in events.of("entry")), "an entry event")
         wait_until(lambda: events.of("sync"), "a sync event")
+        # A master-data edit made at the other till reaches this one over the LAN.
+        assert shop.till_api.call("PUT", RECORD, {"name": "ACME Corp"}, collection="customers",
+                                  id="acme").status == 200
+        wait_until(lambda: any(e["collection"] == "customers" and "acme" in e["changed"]
+                               for e in events.of("master")), "a master event from the LAN")
     finally:
         events.close()
     one = api.call("GET", TICKET, ticket=ticket).body
