@@ -21,6 +21,11 @@ API_HOST = "127.0.0.1"
 API_PORT = 8767
 URL_FILE = "api.json"  # where the daemon says it serves, for the CLI
 MAX_BODY = 4 * 1024 * 1024
+STATIC = Path(__file__).parent / "static"
+
+
+async def _page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html")
 
 
 def build(ctx: ApiContext, gate: Gate) -> web.Application:
@@ -28,6 +33,10 @@ def build(ctx: ApiContext, gate: Gate) -> web.Application:
                           client_max_size=MAX_BODY)
     app[KEY] = ctx
     app.router.add_get("/openapi.json", openapi.handler)
+    # The reference till page: static files, no token needed to load them (the page asks
+    # for the token, and every call it makes sends it).
+    app.router.add_get("/", _page)
+    app.router.add_static("/static/", STATIC)
 
     async def events(request: web.Request) -> web.StreamResponse:
         return await stream(request, ctx.events)
@@ -41,9 +50,9 @@ def build(ctx: ApiContext, gate: Gate) -> web.Application:
 async def serve(path: Path, ctx: ApiContext, host: str, port: int
                 ) -> tuple[web.AppRunner, str]:
     """Start serving; returns the runner (``cleanup()`` stops it) and the base URL."""
-    runner = web.AppRunner(build(ctx, Gate(path)), access_log=None)
+    runner = web.AppRunner(build(ctx, Gate(path)), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
+    site = web.TCPSite(runner, host, port)
     try:
         await site.start()
     except OSError as exc:

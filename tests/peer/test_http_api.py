@@ -303,6 +303,23 @@ def test_the_cli_writes_through_the_api_while_the_daemon_runs(shop: Shop) -> Non
     assert refused.returncode == 2 and "body.lines" in refused.stderr
 
 
+def test_the_reference_page_shows_products_prices_sync_state_and_tickets(shop: Shop) -> None:
+    from tests.relay.test_dashboard import chromium
+
+    page = shop.api.call("GET", "/")
+    assert page.status == 200 and "till.js" in page.body
+    for name in ("till.js", "till.css"):
+        text = shop.api.with_token(None).call("GET", "/static/" + name).body
+        assert "http://" not in text and "https://" not in text  # nothing from a CDN
+    ticket = shop.api.call("POST", "/api/entries", {"kind": "sale", "body": sale()}).body
+    dom = chromium("--dump-dom", f"{shop.api.base}/#token={shop.api.token}").stdout
+    price = shop.api.call("GET", RECORD, collection="products", id="bread").body["record"]
+    shown = f"Bread<span>{price['price'] // 100}.{price['price'] % 100:02d}</span>"
+    assert 'data-product="bread"' in dom and shown in dom, dom[-3000:]
+    assert ticket["ticket"] in dom  # the ticket history
+    assert "last contact" in dom and "Reprint" in dom
+
+
 def test_every_route_is_in_the_openapi_document_and_was_checked(shop: Shop) -> None:
     documented = {(m.upper(), p) for p, ops in shop.api.document["paths"].items()
                   for m in ops}
