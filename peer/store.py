@@ -46,7 +46,7 @@ from peer.errors import (
     TillsyncError,
 )
 from peer.identity import KEY_FILE, DeviceKey
-from peer.log import GENESIS_PREV, ChainBreak, Entry, canonical_body, seal_bytes, verify_chain
+from peer.log import GENESIS_PREV, ChainBreak, Entry, entry_bytes, seal_bytes, verify_chain
 from peer.master import MasterData
 from peer.master.roles import MANAGING_ROLES, guarded_edit
 from peer.storage import TillDB
@@ -558,7 +558,7 @@ class Till:
         after a crash returns the entry already stored instead of a duplicate.
         """
         validate_entry(kind, body)
-        body_bytes = canonical_body(body)  # refuses floats and odd types before queueing
+        body_bytes = entry_bytes(body)  # refuses floats, huge ints, odd types before queueing
         if client_id is not None:
             try:
                 client_id = str(uuid.UUID(client_id))

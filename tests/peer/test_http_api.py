@@ -211,6 +211,9 @@ def test_bad_entries_are_refused_with_every_violation_and_its_path(shop: Shop) -
     ghost = api.call("POST", "/api/entries", {"kind": "sale", "body": sale(
         customer_id="nobody")})
     assert ghost.status == 422
+    huge = api.call("POST", "/api/entries", {"kind": "shift_open", "body": {
+        "cashier_id": "ann", "opening_cash": 10**30}})
+    assert huge.status == 422 and "body.opening_cash" in huge.body["error"]["message"]
     assert api.call("GET", "/api/sync").body["pending"] == before  # nothing stored
 
 

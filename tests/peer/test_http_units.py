@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import automerge.core as am
+import pytest
 
+from peer.errors import InvalidInput
 from peer.http import auth, delta
 from peer.http.events import QUEUE, EventBus
 from peer.store import Till
@@ -75,3 +77,12 @@ async def test_a_delta_read_lists_a_record_deleted_since_the_cursor(tmp_path: Pa
         assert answer["deleted_ids"] == ["a"] and list(answer["records"]) == ["b"]
         assert answer["records"]["b"]["price"] == 3
         assert delta.read(till, "customers", cursor)["records"] == {}
+
+
+async def test_an_integer_too_big_to_store_is_bad_input_naming_its_path(tmp_path: Path) -> None:
+    await Till.init(tmp_path / "t", name="T1")
+    async with await Till.open(tmp_path / "t") as till:
+        await till.put("cashiers", "ann", {"name": "Ann", "role": "cashier", "pin": "1234"})
+        with pytest.raises(InvalidInput, match=r"body\.opening_cash"):
+            await till.record("shift_open", {"cashier_id": "ann", "opening_cash": 10**30})
+        assert await till.entries() == []
