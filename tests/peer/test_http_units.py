@@ -3,6 +3,7 @@ event bus's LAN peer events, and delta reads of deleted records."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,3 +87,15 @@ async def test_an_integer_too_big_to_store_is_bad_input_naming_its_path(tmp_path
         with pytest.raises(InvalidInput, match=r"body\.opening_cash"):
             await till.record("shift_open", {"cashier_id": "ann", "opening_cash": 10**30})
         assert await till.entries() == []
+
+
+async def test_a_put_with_an_integer_too_big_is_refused_alone_not_with_its_batch(
+        tmp_path: Path) -> None:
+    await Till.init(tmp_path / "t", name="T1")
+    async with await Till.open(tmp_path / "t") as till:
+        good = till.put("products", "a", {"name": "A", "sku": "a", "price": 1})
+        bad = till.put("products", "b", {"name": "B", "sku": "b", "price": 10**30})
+        results = await asyncio.gather(good, bad, return_exceptions=True)
+        assert results[0] == till.get("products", "a")
+        assert isinstance(results[1], InvalidInput) and "price" in str(results[1])
+        assert till.get("products", "b") is None
