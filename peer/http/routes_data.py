@@ -27,9 +27,9 @@ def _collection(request: web.Request) -> str:
 
 @routes.get("/api/master/{collection}")
 async def master_read(request: web.Request) -> web.Response:
-    till = context(request).till
-    return web.json_response(delta.read(till, _collection(request),
-                                        request.query.get("since")))
+    ctx = context(request)
+    return web.json_response(delta.read(ctx.till, _collection(request),
+                                        request.query.get("since"), ctx.events.history))
 
 
 @routes.get("/api/master/{collection}/{id}")

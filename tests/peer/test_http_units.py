@@ -99,3 +99,26 @@ async def test_a_put_with_an_integer_too_big_is_refused_alone_not_with_its_batch
         assert results[0] == till.get("products", "a")
         assert isinstance(results[1], InvalidInput) and "price" in str(results[1])
         assert till.get("products", "b") is None
+
+
+async def test_a_delta_read_from_the_history_equals_one_from_a_diff(tmp_path: Path) -> None:
+    await Till.init(tmp_path / "t", name="T1")
+    async with await Till.open(tmp_path / "t") as till:
+        history = delta.History()
+        start = till.master.heads()
+        edits = [("products", "a", {"name": "A", "sku": "a", "price": 1}),
+                 ("customers", "c", {"name": "C"}),
+                 ("products", "b", {"name": "B", "sku": "b", "price": 2}),
+                 ("products", "a", {"price": 5})]
+        cursors = [delta.cursor_of(start)]
+        for collection, record_id, body in edits:
+            before = till.master.heads()
+            await till.put(collection, record_id, body)
+            history.add(before, till.master.heads(), delta.changes_all(till, before))
+            cursors.append(delta.cursor_of(till.master.heads()))
+        for cursor in cursors:
+            for collection in ("products", "customers"):
+                assert delta.read(till, collection, cursor, history) == \
+                    delta.read(till, collection, cursor)
+        assert set(delta.read(till, "products", cursors[1], history)["records"]) == {"a", "b"}
+        assert history.since("products", [b"\0" * 32], till.master.heads()) is None
