@@ -6,8 +6,8 @@
   when something new is stored, else every ``interval`` seconds; exponential backoff
   with jitter while the relay cannot be reached), carrying every device's entries up
   and bringing the relay's receipts down for the LAN to spread;
-- serves the local API on ``DIR/api.sock`` so the front end and the CLI can record and
-  edit while the daemon holds the store (see ``peer.lan.api``);
+- serves the local socket API on ``DIR/api.sock`` for processes on this machine to
+  record and edit while the daemon holds the store (see ``peer.lan.api``);
 - writes what it sees of its LAN peers to ``DIR/lan.json`` for ``peer status``;
 - serves the till's HTTP API for front ends (``peer.http``) and publishes what changes
   on its event bus.

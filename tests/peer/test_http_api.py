@@ -293,6 +293,17 @@ def test_sync_status_and_manual_controls(shop: Shop) -> None:
     assert full["receipts"] >= held and full["receipts_position"] >= held
 
 
+def test_a_manual_round_without_the_relay_is_a_502_naming_why(shop: Shop) -> None:
+    shop.relay.kill()
+    try:
+        failed = shop.api.call("POST", "/api/sync/push")
+        assert failed.status == 502 and failed.body["error"]["code"] == "unreachable"
+        assert "cannot sync with the relay" in failed.body["error"]["message"]
+        assert shop.api.call("GET", "/api/sync").body["last_error"]
+    finally:
+        shop.relay.start()
+
+
 def test_the_cli_writes_through_the_api_while_the_daemon_runs(shop: Shop) -> None:
     entry = shop.office.record("sale", sale())
     assert entry["ticket"]
