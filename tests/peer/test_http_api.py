@@ -70,14 +70,14 @@ def test_the_owner_token_is_owner_only_and_the_api_refuses_requests_without_it(
     assert mode == 0o600
     printed = run_cli("peer", "token", str(shop.office.path)).stdout.strip()
     assert printed == shop.api.token
-    before = shop.api.call("GET", "/api/sync").body["pending"]
+    before = shop.office.status()["last_seq"]
     for token in (None, "wrong", ""):
         answer = shop.api.with_token(token).call("POST", "/api/entries",
                                                  {"kind": "sale", "body": sale()})
         assert answer.status == 401
         assert answer.body["error"]["code"] == "unauthorized"
     assert shop.api.with_token(None).call("GET", "/api/stock").status == 401
-    assert shop.api.call("GET", "/api/sync").body["pending"] == before  # nothing stored
+    assert shop.office.status()["last_seq"] == before  # nothing stored
 
 
 def test_unknown_routes_and_the_event_stream_answer_in_the_error_shape(shop: Shop) -> None:
@@ -190,7 +190,7 @@ def test_recording_with_a_client_id_replays_and_conflicts(shop: Shop) -> None:
 
 def test_bad_entries_are_refused_with_every_violation_and_its_path(shop: Shop) -> None:
     api = shop.api
-    before = api.call("GET", "/api/sync").body["pending"]
+    before = shop.office.status()["last_seq"]
     bad_json = api.call("POST", "/api/entries", raw=b'{"kind": ')
     assert bad_json.status == 400 and bad_json.body["error"]["code"] == "bad_json"
     not_object = api.call("POST", "/api/entries", [1, 2])
@@ -214,7 +214,7 @@ def test_bad_entries_are_refused_with_every_violation_and_its_path(shop: Shop) -
     huge = api.call("POST", "/api/entries", {"kind": "shift_open", "body": {
         "cashier_id": "ann", "opening_cash": 10**30}})
     assert huge.status == 422 and "body.opening_cash" in huge.body["error"]["message"]
-    assert api.call("GET", "/api/sync").body["pending"] == before  # nothing stored
+    assert shop.office.status()["last_seq"] == before  # nothing stored
 
 
 def test_views_stock_shifts_held_sales_balances(shop: Shop) -> None:
@@ -334,7 +334,30 @@ def test_the_reference_page_shows_products_prices_sync_state_and_tickets(shop: S
     assert "last contact" in dom and "Reprint" in dom
 
 
+def test_the_event_stream_says_when_a_lan_peer_leaves_and_comes_back(shop: Shop) -> None:
+    # The daemon's status loop writes lan.json and tells the bus in one step: once the
+    # file shows the link, the bus has seen it too (a link made and lost between two
+    # looks of the loop is no event).
+    wait_until(lambda: [p for p in shop.office.lan()["peers"] if p["connected"]],
+               "the office's LAN link")
+    events = Events(shop.api)
+    try:
+        shop.till.stop()
+
+        def seen(connected: bool) -> bool:  # the office has one LAN peer: this till
+            return any(e["connected"] is connected for e in events.of("peer"))
+
+        wait_until(lambda: seen(False), "a peer-left event")
+        shop.till.start([shop.office])
+        shop.till_api = Api.of(shop.till.path)
+        wait_until(lambda: seen(True), "a peer-joined event")
+    finally:
+        events.close()
+
+
 def test_every_route_is_in_the_openapi_document_and_was_checked(shop: Shop) -> None:
+    """The module's tests together called every documented route (run the module whole:
+    alone, this test sees only its own calls)."""
     documented = {(m.upper(), p) for p, ops in shop.api.document["paths"].items()
                   for m in ops}
     answered = {(m, p) for m, p, _ in shop.api.checked} | {("GET", "/api/events")}
