@@ -42,7 +42,7 @@ KEEPALIVE = 15.0  # seconds between SSE comments, so proxies keep the stream ope
 class EventBus:
     def __init__(self) -> None:
         self._subscribers: set[asyncio.Queue[tuple[str, dict[str, Any]] | None]] = set()
-        self._peers: dict[str, bool] = {}
+        self._peers: dict[str, tuple[bool, float]] = {}  # device -> (connected, since)
         self.history = History()
 
     def publish(self, kind: str, data: Mapping[str, Any]) -> None:
@@ -65,14 +65,19 @@ class EventBus:
     def peers_seen(self, peers: Mapping[str, Any]) -> None:
         """Publish the LAN peers that joined or left since the last call (``peers``: the
         daemon's ``PeerInfo`` by device id)."""
-        now = {device: bool(info.connected) for device, info in peers.items()}
-        for device, connected in now.items():
-            if self._peers.get(device, False) != connected:
-                info = peers[device]
-                self.publish("peer", {"device_id": device, "name": info.name,
-                                      "address": info.address, "connected": connected})
+        now = {device: (bool(info.connected), float(getattr(info, "since", 0.0)))
+               for device, info in peers.items()}
+        for device, (connected, since) in now.items():
+            was, was_since = self._peers.get(device, (False, 0.0))
+            info = peers[device]
+            about = {"device_id": device, "name": info.name, "address": info.address}
+            if not connected and not was and since != was_since:  # joined and left
+                self.publish("peer", {**about, "connected": True})
+                self.publish("peer", {**about, "connected": False})
+            elif connected != was or (connected and since != was_since):
+                self.publish("peer", {**about, "connected": connected})
         for device in self._peers.keys() - now.keys():
-            if self._peers[device]:
+            if self._peers[device][0]:
                 self.publish("peer", {"device_id": device, "connected": False})
         self._peers = now
 

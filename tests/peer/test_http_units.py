@@ -40,6 +40,7 @@ class Info:
     name: str
     address: str
     connected: bool
+    since: float = 1.0
 
 
 def test_the_bus_says_when_a_peer_joins_and_leaves_and_cuts_off_a_slow_reader() -> None:
@@ -49,9 +50,13 @@ def test_the_bus_says_when_a_peer_joins_and_leaves_and_cuts_off_a_slow_reader() 
     bus.peers_seen({"d1": Info("Till 1", "10.0.0.1:8766", True)})  # no change, no event
     bus.peers_seen({"d1": Info("Till 1", "10.0.0.1:8766", False)})
     bus.peers_seen({"d2": Info("Till 2", "10.0.0.2:8766", True)})
+    # A link made and lost between two looks (a newer "since") is still both events.
+    bus.peers_seen({"d2": Info("Till 2", "10.0.0.2:8766", False),
+                    "d1": Info("Till 1", "10.0.0.1:8766", False, since=2.0)})
     seen = [queue.get_nowait() for _ in range(queue.qsize())]
     assert [(k, d["device_id"], d["connected"]) for k, d in seen] == [
-        ("peer", "d1", True), ("peer", "d1", False), ("peer", "d2", True)]
+        ("peer", "d1", True), ("peer", "d1", False), ("peer", "d2", True),
+        ("peer", "d2", False), ("peer", "d1", True), ("peer", "d1", False)]
     for i in range(QUEUE + 1):
         bus.publish("entry", {"n": i})
     items = [queue.get_nowait() for _ in range(queue.qsize())]
