@@ -47,7 +47,7 @@ from peer.errors import (
     TillsyncError,
 )
 from peer.identity import KEY_FILE, DeviceKey
-from peer.log import GENESIS_PREV, ChainBreak, Entry, canonical_body, seal_bytes, verify_chain
+from peer.log import GENESIS_PREV, ChainBreak, Entry, entry_bytes, seal_bytes, verify_chain
 from peer.master import MasterData
 from peer.master.roles import MANAGING_ROLES, guarded_edit
 from peer.storage import TillDB, disk_fault, open_lock_file
@@ -560,7 +560,7 @@ class Till:
         after a crash returns the entry already stored instead of a duplicate.
         """
         validate_entry(kind, body)
-        body_bytes = canonical_body(body)  # refuses floats and odd types before queueing
+        body_bytes = entry_bytes(body)  # refuses floats, huge ints, odd types before queueing
         if client_id is not None and (problem := client_id_problem(  # uppercase taken lowercase
                 client_id := str(client_id).lower())):
             raise InvalidInput(problem[1])
@@ -838,8 +838,8 @@ class Till:
                 for b in await self._db.stream_after(after_seq, limit)]
 
     async def store_receipts(self, receipts: list[dict[str, Any]], seq: int, head: bytes,
-                             contact: str) -> None:
-        """Keep verified receipts and the new stream position, in one commit."""
+                             contact: str, *, rewind: bool = False) -> None:
+        """Keep verified receipts and the stream position (``rewind``: even an earlier one)."""
 
         async def op(batch: _Batch) -> None:
             for r in receipts:
@@ -848,7 +848,7 @@ class Till:
                 batch.stream.append((r["server_seq"], body))
             # Two links (the relay's, a LAN peer's) may bring the same receipts at once;
             # the stream is one chain, so the further position is the right one.
-            if seq > self.receipts_position()[0]:
+            if seq > self.receipts_position()[0] or rewind:
                 batch.meta.update(receipts_seq=str(seq), receipts_hash=head.hex())
             if contact:
                 batch.meta["last_contact"] = contact

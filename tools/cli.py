@@ -18,13 +18,14 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from peer import client, logfmt
 from peer.chainstop import describe as describe_stop
 from peer.chainstop import stopped_at
 from peer.enrollment import enroll_existing, holds_store
 from peer.errors import InvalidInput, StoreCorrupt, StoreError, TillsyncError
-from peer.lan import api as lan_api
+from peer.http.auth import owner_token
 from peer.lan.node import LAN_PORT, Node, NodeConfig, read_status
 from peer.store import Till, is_locked
 from peer.sync.deadlines import (
@@ -41,7 +42,7 @@ from relay.storage.postgres import describe
 from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from relay.workers import serve_workers
 from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, UnknownCollection, UnknownKind
-from tools import backup
+from tools import api_cli, backup
 from tools import demo as demo_module
 from tools.cli_ops import OpsError, add_peer_enroll, before_serve, check_hours
 
@@ -127,6 +128,7 @@ async def peer_init(args: argparse.Namespace) -> int:
     else:
         info = await Till.init(args.dir, name=args.name, series=args.series,
                                store_id=args.store)
+    owner_token(Path(args.dir))  # the HTTP API's token, owner-only beside the key
     public = {k: info[k] for k in ("device_id", "name", "series", "store_id", "public_key")}
     _emit(args, public, lambda: (
         (f"enrolled the store in {args.dir}, its log and master data kept\n" if kept
@@ -141,16 +143,14 @@ async def peer_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _through_daemon(path: str, request: dict[str, Any]) -> dict[str, Any]:
-    """Write through the local API of the ``peer run`` holding the store."""
-    answer = await lan_api.call(Path(path), request)
-    if not answer.get("ok"):
-        kind = answer.get("type", "")
-        code = EXIT_BAD_INPUT if kind in ("InvalidInput", "SchemaViolation", "UnknownKind",
-                                          "UnknownCollection", "UnknownReference",
-                                          "DuplicateEntry", "Forbidden") else EXIT_STORE
-        raise CliError(f"{answer.get('error')}" + ("\nnothing was stored."
-                                                   if code == EXIT_BAD_INPUT else ""), code)
+async def _through_daemon(path: str, method: str, route: str, body: dict[str, Any]
+                          ) -> dict[str, Any]:
+    """Write through the HTTP API of the ``peer run`` holding the store."""
+    status, answer = await api_cli.call(Path(path), method, route, body)
+    if status >= 400:
+        code = EXIT_BAD_INPUT if status < 500 and status != 401 else EXIT_STORE
+        raise CliError(api_cli.refusal(answer) + ("\nnothing was stored."
+                                                  if code == EXIT_BAD_INPUT else ""), code)
     return answer
 
 
@@ -159,8 +159,8 @@ async def peer_put(args: argparse.Namespace) -> int:
     if not isinstance(body, dict):
         raise CliError("--body must be a JSON object", EXIT_BAD_INPUT)
     if await _daemon_serves(args.dir):
-        record = (await _through_daemon(args.dir, {"op": "put", "collection": args.collection,
-                                                   "id": args.id, "body": body}))["record"]
+        record = (await _through_daemon(args.dir, "PUT", f"/api/master/{args.collection}/"
+                                        f"{quote(args.id, safe='')}", body))["record"]
     else:
         async with await Till.open(args.dir, wait=LOCK_WAIT) as till:
             record = await till.put(args.collection, args.id, body)
@@ -184,9 +184,9 @@ async def peer_get(args: argparse.Namespace) -> int:
 async def peer_record(args: argparse.Namespace) -> int:
     body = _read_body(args.body)
     if await _daemon_serves(args.dir):
-        data = (await _through_daemon(args.dir, {"op": "record", "kind": args.kind,
-                                                 "body": body,
-                                                 "client_id": args.client_id}))["entry"]
+        data = (await _through_daemon(args.dir, "POST", "/api/entries",
+                                      {"kind": args.kind, "body": body,
+                                       "client_id": args.client_id}))["entry"]
     else:
         async with await Till.open(args.dir, wait=LOCK_WAIT) as till:
             data = (await till.record(args.kind, body, client_id=args.client_id)).to_json()
@@ -222,12 +222,12 @@ def _held(path: str) -> bool:
 
 
 async def _daemon_serves(path: str) -> bool:
-    """True if writes should go through the daemon's local API: it holds the store and
-    serves the socket.  A daemon that has just taken the store opens its socket a moment
-    later: wait for it (or for the lock to go) up to ``LOCK_WAIT`` seconds."""
+    """True if writes should go through the daemon's HTTP API: it holds the store and
+    serves the API.  A daemon that has just taken the store serves it a moment later:
+    wait for it (or for the lock to go) up to ``LOCK_WAIT`` seconds."""
     deadline = time.monotonic() + LOCK_WAIT
     while _held(path):
-        if lan_api.available(Path(path)):
+        if api_cli.serving(Path(path)):
             return True
         if time.monotonic() > deadline:
             return False  # Till.open reports who holds the store
@@ -346,7 +346,8 @@ async def peer_run(args: argparse.Namespace) -> int:
     config = NodeConfig(Path(args.dir), relay=args.relay, lan_host=args.lan_host,
                         lan_port=args.lan_port, peers=args.peer, mdns=not args.no_mdns,
                         interval=args.interval, relay_enabled=not args.no_relay,
-                        handshake_timeout=args.lan_handshake_timeout)
+                        handshake_timeout=args.lan_handshake_timeout,
+                        api_host=args.api_host, api_port=None if args.no_api else args.api_port)
     node = Node(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -890,6 +891,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--no-relay", action="store_true",
                      help="LAN only: never contact the relay")
     _log_format_flag(sub)
+    api_cli.add_run_arguments(sub, _port)
+    api_cli.add_token_verb(verb("token", api_cli.peer_token, "print the token of the till's "
+                                "HTTP API, or issue, revoke and list tokens for other "
+                                "machines"))
 
     sub = verb("receipts", peer_receipts, "the relay's answers: ticket -> invoice number, "
                "waiting and rejected entries")

@@ -1,8 +1,9 @@
 """The local API of a running daemon: ``DIR/api.sock``, one JSON object per line.
 
-While ``peer run`` holds a store, it is the only process that may write it; the front
-end and the CLI record and edit through this socket instead (the CLI does so by itself
-when it finds the store held).  The socket is created owner-only, like the key.
+While ``peer run`` holds a store, it is the only process that may write it; a process
+on this machine may record and edit through this socket instead (``tools/bench_lan``
+does).  Front ends and the CLI use the HTTP API (``peer.http``).  The socket is created
+owner-only, like the key.
 
 Requests and answers::
 

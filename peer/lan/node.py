@@ -6,9 +6,11 @@
   when something new is stored, else every ``interval`` seconds; exponential backoff
   with jitter while the relay cannot be reached), carrying every device's entries up
   and bringing the relay's receipts down for the LAN to spread;
-- serves the local API on ``DIR/api.sock`` so the front end and the CLI can record and
-  edit while the daemon holds the store (see ``peer.lan.api``);
-- writes what it sees of its LAN peers to ``DIR/lan.json`` for ``peer status``.
+- serves the local socket API on ``DIR/api.sock`` for processes on this machine to
+  record and edit while the daemon holds the store (see ``peer.lan.api``);
+- writes what it sees of its LAN peers to ``DIR/lan.json`` for ``peer status``;
+- serves the till's HTTP API for front ends (``peer.http``) and publishes what changes
+  on its event bus.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from peer import client
 from peer.errors import InvalidInput, StoreError
+from peer.http import daemon as http_api
+from peer.http.app import API_HOST
+from peer.http.events import EventBus
 from peer.lan import api
 from peer.lan.session import PeerInfo, PeerSession
 from peer.store import Till
@@ -55,6 +60,8 @@ class NodeConfig:
     max_backoff: float = client.RELAY_MAX_BACKOFF
     relay_enabled: bool = True
     handshake_timeout: float = HANDSHAKE_TIMEOUT  # seconds an accepted link has to log in
+    api_host: str = API_HOST
+    api_port: int | None = None  # the HTTP API's port (0: any); None: no API
 
 
 class Node:
@@ -68,6 +75,7 @@ class Node:
         self._status_dirty = asyncio.Event()
         self._stop = asyncio.Event()
         self.relay_state: dict[str, Any] = {}
+        self.events = EventBus()
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -83,6 +91,8 @@ class Node:
                 stack.push_async_callback(self._cancel_tasks)
                 api_server = await api.serve(config.path, till)
                 stack.push_async_callback(_close_server, api_server)
+                if config.api_port is not None:
+                    await http_api.start(self, stack, config.api_host, config.api_port)
                 if config.lan_port is not None and till.cert is None:
                     log.warning("no certificate yet: LAN links start after the first sync "
                                 "with the relay")
@@ -222,6 +232,7 @@ class Node:
                 failures = 0
                 self.relay_state = {"ok": True, "at": time.time(), "pushed": report.pushed,
                                     "receipts": report.receipts, "pending": report.pending}
+                self.events.publish("sync", self.relay_state)
                 if report.pushed or report.receipts:
                     log.info("relay: pushed %d, %d receipts, %d pending", report.pushed,
                              report.receipts, report.pending)
@@ -229,6 +240,7 @@ class Node:
                 failures += 1
                 delay = client.retry_delay(failures, config.interval, config.max_backoff)
                 self.relay_state = {"ok": False, "at": time.time(), "error": str(exc)}
+                self.events.publish("sync", self.relay_state)
                 log.warning("relay sync failed (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 continue
@@ -260,6 +272,7 @@ class Node:
         path = self.config.path / STATUS_FILE
         while True:
             _write_json(path, self.status())
+            self.events.peers_seen(self.peers)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._status_dirty.wait(), 2.0)
             self._status_dirty.clear()

@@ -1,8 +1,9 @@
 """The append-only log: entries, their canonical bytes, hashes, signatures, chains."""
 
 from peer.log.chain import ChainBreak, verify_chain
-from peer.log.entry import GENESIS_PREV, Entry, canonical_body, seal, seal_bytes
+from peer.log.entry import GENESIS_PREV, Entry, canonical_body, entry_bytes, seal, seal_bytes
 
 __all__ = [
-    "GENESIS_PREV", "ChainBreak", "Entry", "canonical_body", "seal", "seal_bytes", "verify_chain",
+    "GENESIS_PREV", "ChainBreak", "Entry", "canonical_body", "entry_bytes", "seal", "seal_bytes",
+    "verify_chain",
 ]

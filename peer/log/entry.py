@@ -22,6 +22,7 @@ from typing import Any
 
 import msgpack
 
+from peer.errors import InvalidInput
 from peer.identity import DeviceKey, verify_signature
 
 FORMAT_VERSION = 1
@@ -41,6 +42,9 @@ def _canonical(value: object, path: str) -> object:
         return [_canonical(v, f"{path}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, float):
         raise TypeError(f"{path}: floats are not allowed (money is integer minor units)")
+    if isinstance(value, int) and not isinstance(value, bool) \
+            and not -2**63 <= value < 2**64:
+        raise TypeError(f"{path}: {value} is out of range (64-bit integers)")
     if value is None or isinstance(value, str | int | bool | bytes):
         return value
     raise TypeError(f"{path}: {type(value).__name__} cannot be stored")
@@ -69,9 +73,18 @@ def canonical_body(body: Mapping[str, object]) -> bytes:
         if type(body) is not dict:
             raise TypeError
         packed: bytes = msgpack.packb(plain, use_bin_type=True)
-    except TypeError:  # a float, a non-string key, an odd type: name it
+    except (TypeError, OverflowError):  # a float, a huge integer, an odd type: name it
         packed = msgpack.packb(_canonical(body, "body"), use_bin_type=True)
     return packed
+
+
+def entry_bytes(body: Mapping[str, object]) -> bytes:
+    """``canonical_body`` of a body a caller gives to be recorded: what it cannot hold
+    is ``InvalidInput`` naming the offending path (nothing is stored)."""
+    try:
+        return canonical_body(body)
+    except TypeError as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,19 @@ def genesis() -> am.Document:
     return doc
 
 
+def _check_range(value: object, path: str) -> None:
+    """Automerge holds 64-bit integers: a bigger one is refused before any change."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_range(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_range(v, f"{path}[{i}]")
+    elif isinstance(value, int) and not isinstance(value, bool) \
+            and not -2**63 <= value < 2**63:
+        raise InvalidInput(f"{path}: {value} is out of range (64-bit integers)")
+
+
 def _scalar(value: object) -> tuple[Any, object]:
     if isinstance(value, bool):
         return am.ScalarType.Boolean, value
@@ -207,6 +220,7 @@ class MasterData:
             if existing is None and "pin" not in patch:
                 raise InvalidInput(f"cashiers record {record_id!r}: a new cashier needs a 'pin'")
         validate_record(collection, merged, record_id)
+        _check_range(merged, "record")
         if "pin" in merged:
             merged["pin_hash"] = hash_pin(str(merged.pop("pin")))
 

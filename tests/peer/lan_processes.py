@@ -56,7 +56,8 @@ class LanTill(TillDir):
         assert self.daemon is None or self.daemon.poll() is not None
         self.runs += 1
         args = [sys.executable, "-m", "tools.cli", "peer", "run", str(self.path),
-                "--lan-host", "127.0.0.1", "--lan-port", str(self.port), "--interval", "0.5"]
+                "--lan-host", "127.0.0.1", "--lan-port", str(self.port), "--interval", "0.5",
+                "--api-port", "0"]
         if not mdns:
             args.append("--no-mdns")
         for peer in peers:
@@ -68,7 +69,7 @@ class LanTill(TillDir):
         self.daemon = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=ENV,
                                        start_new_session=True)
         log.close()
-        wait_until(lambda: (self.path / "api.sock").exists() and self._listening(),
+        wait_until(lambda: (self.path / "api.json").exists() and self._listening(),
                    f"{self.name}'s daemon to start")
 
     def _listening(self) -> bool:

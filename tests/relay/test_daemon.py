@@ -47,14 +47,14 @@ def test_the_daemon_syncs_backs_off_while_the_relay_is_down_and_catches_up(
         log = open(tmp_path / "run.log", "wb")  # noqa: SIM115 - closed below
         daemon = subprocess.Popen(
             [sys.executable, "-m", "tools.cli", "peer", "run", str(till.path), "--interval",
-             "0.3", "--lan-port", "0", "--no-mdns"],
+             "0.3", "--lan-port", "0", "--no-mdns", "--api-port", "0"],
             stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
         try:
             # Sales recorded through the CLI while the daemon runs: the daemon holds the
-            # store, so the CLI records through its local API (DIR/api.sock), once the
-            # daemon serves it (between taking the store and serving its API, a CLI
+            # store, so the CLI records through its HTTP API (DIR/api.json says where), once
+            # the daemon serves it (between taking the store and serving its API, a CLI
             # write is refused: a loaded machine widens that window to seconds).
-            wait_until(lambda: (till.path / "api.sock").exists(), "the daemon's local API")
+            wait_until(lambda: (till.path / "api.json").exists(), "the daemon's HTTP API")
             online = [till.record("sale", sale())["client_id"] for _ in range(3)]
             wait_until(lambda: {r["client_id"] for r in till.receipts(mine=True)
                                 if r["status"] == "accepted"} >= set(online),

@@ -30,7 +30,7 @@ def test_a_till_and_a_relay_backed_up_while_running_restore_with_nothing_lost(
         # relay serves while both copies are taken.
         daemon = subprocess.Popen(
             [sys.executable, "-m", "tools.cli", "peer", "run", str(till.path), "--no-relay",
-             "--lan-port", "0", "--no-mdns"], stdout=subprocess.DEVNULL,
+             "--api-port", "0", "--lan-port", "0", "--no-mdns"], stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
         try:
             wait_until(lambda: (till.path / "api.sock").exists(), "the daemon to hold the store")
