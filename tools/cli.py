@@ -184,16 +184,26 @@ async def peer_get(args: argparse.Namespace) -> int:
 async def peer_record(args: argparse.Namespace) -> int:
     body = _read_body(args.body)
     if await _daemon_serves(args.dir):
-        data = (await _through_daemon(args.dir, "POST", "/api/entries",
-                                      {"kind": args.kind, "body": body,
-                                       "client_id": args.client_id}))["entry"]
+        answer = await _through_daemon(args.dir, "POST", "/api/entries",
+                                       {"kind": args.kind, "body": body,
+                                        "client_id": args.client_id})
+        data, replay = answer["entry"], bool(answer.get("replay"))
     else:
         async with await Till.open(args.dir, wait=LOCK_WAIT) as till:
+            replay = args.client_id is not None and \
+                await till.entry(str(args.client_id).lower()) is not None
             data = (await till.record(args.kind, body, client_id=args.client_id)).to_json()
-    _emit(args, data, lambda: (
-        f"recorded {data['kind']} seq {data['seq']} client_id {data['client_id']}"
-        + (f" ticket {data['ticket']}" if data.get("ticket") else "")
-    ))
+
+    def human() -> str:
+        what = f"{data['kind']} seq {data['seq']} client_id {data['client_id']}" + (
+            f" ticket {data['ticket']}" if data.get("ticket") else "")
+        if replay:
+            return f"already recorded (a retry with the same --client-id): {what}"
+        if data["kind"] == "sale":
+            what += "; its official invoice number comes with the relay's receipt at sync"
+        return f"recorded {what}"
+
+    _emit(args, data, human)
     return EXIT_OK
 
 

@@ -105,3 +105,17 @@ def test_demo_numbers_every_sale_after_the_outage(tmp_path: Path) -> None:
     milk = json.loads(cli("peer", "get", str(tmp_path / "demo" / "till3"), "products",
                           "milk").stdout)
     assert milk["price"] == 129
+
+
+def test_a_sale_says_its_number_comes_at_sync_and_a_retry_says_it_is_one(
+        till: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    retry = "6a0f3c1e-2b4d-4e5f-8a7b-9c0d1e2f3a4b"
+    assert main(["peer", "record", str(till), "sale", "--client-id", retry, "--body",
+                 SALE]) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("recorded sale seq 2") and "ticket TILL1-000001" in first
+    assert "official invoice number comes with the relay's receipt at sync" in first
+    assert main(["peer", "record", str(till), "sale", "--client-id", retry, "--body",
+                 SALE]) == 0
+    again = capsys.readouterr().out
+    assert again.startswith("already recorded (a retry") and "seq 2" in again
