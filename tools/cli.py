@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -26,6 +25,7 @@ from peer.enrollment import enroll_existing, holds_store
 from peer.errors import InvalidInput, StoreCorrupt, StoreError, TillsyncError
 from peer.lan import api as lan_api
 from peer.lan.node import LAN_PORT, Node, NodeConfig, read_status
+from peer.shutdown import SHUTDOWN_GRACE, SHUTDOWN_HELP, Deadlines, Shutdown, run_until_signal
 from peer.store import Till, is_locked
 from peer.sync.deadlines import (
     CLOSE_BUSY,
@@ -340,19 +340,29 @@ async def peer_run(args: argparse.Namespace) -> int:
     if args.log_format == "json":  # every line of this daemon is about its own till
         async with await Till.open(args.dir, readonly=True) as till:
             logfmt.bind(store=till.store_id, device=till.device_id)
+    deadlines = _deadlines(args)
     if args.no_lan:
-        await client.run(Path(args.dir), url=args.relay, interval=args.interval)
+        await run_until_signal(f"the daemon of {args.dir}", deadlines, client.run(
+            Path(args.dir), url=args.relay, interval=args.interval))
         return EXIT_OK
     config = NodeConfig(Path(args.dir), relay=args.relay, lan_host=args.lan_host,
                         lan_port=args.lan_port, peers=args.peer, mdns=not args.no_mdns,
                         interval=args.interval, relay_enabled=not args.no_relay,
-                        handshake_timeout=args.lan_handshake_timeout)
+                        handshake_timeout=args.lan_handshake_timeout,
+                        deadlines=deadlines)
     node = Node(config)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, node.stop)
+    shutdown = Shutdown(f"the daemon of {args.dir}", node.stop, deadlines)
+    shutdown.install(asyncio.get_running_loop())
     await node.run()
+    shutdown.done()
     return EXIT_OK
+
+
+def _deadlines(args: argparse.Namespace) -> Deadlines:
+    if not args.shutdown_grace > 0:
+        raise CliError(f"--shutdown-grace must be more than 0 seconds, not "
+                       f"{args.shutdown_grace}", EXIT_BAD_INPUT)
+    return Deadlines.within(args.shutdown_grace)
 
 
 async def peer_receipts(args: argparse.Namespace) -> int:
@@ -432,13 +442,18 @@ async def relay_serve(args: argparse.Namespace) -> int:
     config = RelayConfig(Path(args.data), args.host, args.port, db=args.db,
                          reuse_port=args.reuse_port, db_wait=args.db_wait,
                          tls_cert=args.tls_cert, tls_key=args.tls_key,
-                         cert_days=args.cert_days, limits=_limits(args))
+                         cert_days=args.cert_days, limits=_limits(args),
+                         deadlines=_deadlines(args))
+    stopping = asyncio.Event()
+    shutdown = Shutdown("the relay", stopping.set, config.deadlines)
+    shutdown.install(asyncio.get_running_loop())
     async with running(config) as (_, port):
         tune_gc()
         where = f"database {describe(args.db)}" if args.db else f"data in {args.data}"
         scheme = "wss" if args.tls_cert else "ws"
         print(f"relay listening on {scheme}://{args.host}:{port} ({where})", flush=True)
-        await asyncio.Event().wait()
+        await stopping.wait()
+    shutdown.done()
     return EXIT_OK
 
 
@@ -737,6 +752,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="connections of one relay process that may be logging in at once; "
                      f"more are closed at once with code {CLOSE_BUSY} (default "
                      f"{MAX_HANDSHAKES})")
+    sub.add_argument("--shutdown-grace", type=float, default=SHUTDOWN_GRACE, metavar="SECONDS",
+                     help=SHUTDOWN_HELP)
     sub.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     sub.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
     sub.set_defaults(func=relay_serve)
@@ -890,6 +907,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--no-relay", action="store_true",
                      help="LAN only: never contact the relay")
     _log_format_flag(sub)
+    sub.add_argument("--shutdown-grace", type=float, default=SHUTDOWN_GRACE, metavar="SECONDS",
+                     help=SHUTDOWN_HELP)
 
     sub = verb("receipts", peer_receipts, "the relay's answers: ticket -> invoice number, "
                "waiting and rejected entries")
