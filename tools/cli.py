@@ -417,6 +417,7 @@ def relay_serve_workers(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
     limits = _limits(args)
+    grace = _deadlines(args).exit
     before_serve(args)
     _relay_logging(worker=True, log_format=args.log_format)
     asyncio.run(migrate(args.db, args.db_wait))  # once, before the workers start
@@ -428,7 +429,8 @@ def relay_serve_workers(args: argparse.Namespace) -> int:
         extra += ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key]
     return serve_workers(workers=args.workers, data=Path(args.data), db=args.db,
                          host=args.host, port=args.port, db_wait=args.db_wait, extra=extra,
-                         scheme="wss" if args.tls_cert else "ws")
+                         scheme="wss" if args.tls_cert else "ws",
+                         grace=grace)
 
 
 async def relay_serve(args: argparse.Namespace) -> int:

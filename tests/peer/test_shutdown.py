@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,12 +20,11 @@ import pytest
 from websockets.exceptions import ConnectionClosedError
 
 from peer.lan.session import PeerSession
-from peer.store import Till
 from tests.doubles import SHIFT, sale
 from tests.peer.lan_processes import LanTill, wait_until
-from tests.relay.processes import RelayProcess, Relays, cli_json, in_thread, run_cli
+from tests.relay.processes import RelayProcess, Relays
+from tests.relay.stops import STOP_BOUND, intact, record_sales, stopped
 
-STOP_BOUND = 10.0  # seconds: a stop that takes longer is a hang
 PRODUCTS = [("products", "bread", {"name": "Bread", "sku": "B1", "price": 320}),
             ("cashiers", "ann", {"name": "Ann", "role": "cashier", "pin": "1234"})]
 
@@ -71,47 +69,9 @@ async def test_a_link_ending_while_its_task_is_cancelled_passes_the_cancellation
 # -- real processes -------------------------------------------------------------------
 
 
-def record_sales(till: LanTill, n: int) -> list[str]:
-    """``n`` sales recorded in this process (the daemon not running): their client ids."""
-    async def record() -> list[str]:
-        async with await Till.open(till.path, wait=10.0) as opened:
-            return [(await opened.record("sale", sale(("bread", 1, 320)))).client_id
-                    for _ in range(n)]
-    return in_thread(record)
-
-
 def stop(till: LanTill, signum: int = signal.SIGTERM) -> int:
-    """Signal the daemon; its exit status, which must come within ``STOP_BOUND``."""
-    daemon = till.daemon
-    assert daemon is not None
-    daemon.send_signal(signum)
-    try:
-        return daemon.wait(timeout=STOP_BOUND)
-    except subprocess.TimeoutExpired:
-        till.kill()
-        raise AssertionError(f"{till.name}'s daemon did not exit within {STOP_BOUND} s of "
-                             f"{signal.Signals(signum).name}:\n{till.log()[-3000:]}") from None
-
-
-def intact(till: LanTill, relay: RelayProcess, recorded: list[str]) -> None:
-    """The till's chain verifies and holds every sale recorded; what the till holds
-    receipts for is at the relay with the same number; after one more round, every sale
-    is numbered, once each, with no gap."""
-    run_cli("peer", "verify", str(till.path))
-    assert till.entry_counts()["sale"] == len(recorded)
-    before = {r["client_id"]: r["invoice_no"] for r in till.receipts(mine=True)
-              if r["status"] == "accepted" and "invoice_no" in r}
-    if not relay.alive:
-        relay.start()
-    till.sync()
-    register = cli_json("report", "invoices", "--data", str(relay.data), "--store", "shop")
-    assert all(not s["missing"] for s in register["series"]), register["series"]
-    numbers = {r["client_id"]: r["invoice_no"] for r in till.receipts(mine=True)
-               if r["status"] == "accepted" and "invoice_no" in r}
-    assert set(numbers) == set(recorded)  # every sale numbered, none twice
-    assert sorted(numbers.values()) == list(range(1, len(recorded) + 1))
-    assert {c: numbers[c] for c in before} == before  # nothing acknowledged changed
-    assert till.status()["pending"] == 0
+    assert till.daemon is not None
+    return stopped(till.daemon, signum, f"{till.name}'s daemon", till.log)
 
 
 @pytest.fixture
@@ -167,7 +127,7 @@ def test_the_daemon_stops_while_its_lan_peer_goes_away_and_the_relay_is_down(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_the_daemon_stops_in_the_middle_of_pushing_sales_and_loses_none(
     shop: tuple[Relays, RelayProcess, LanTill, LanTill], signum: int
 ) -> None:
