@@ -63,6 +63,7 @@ def test_the_relay_stops_in_the_middle_of_an_ingest_and_loses_nothing(
         finally:
             if pushing.poll() is None:
                 pushing.kill()
+                pushing.wait()
         log = relay.stderr()
         for phase in PHASES:
             assert phase.replace("SIGTERM", signal.Signals(signum).name) in log, log[-3000:]
