@@ -67,7 +67,7 @@ from relay.ingest import (
     prepare_packed,
 )
 from relay.limits import Gate, Limits, LinkWatch
-from relay.shutdown import InFlight, prepare_worker, stop_serving
+from relay.shutdown import InFlight, close_bounded, prepare_worker, stop_serving
 from relay.storage import RelayStorage, open_storage, with_retries
 from relay.storage.base import DeviceRow
 from relay.storekeys import seal, unseal
@@ -618,4 +618,4 @@ async def running(config: RelayConfig) -> AsyncIterator[tuple[Relay, int]]:
             finally:
                 await stop_serving(server, relay.batches, relay.closing, config.deadlines)
     finally:
-        await relay.close()
+        await close_bounded(relay.close, config.deadlines)

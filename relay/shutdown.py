@@ -3,8 +3,7 @@
 In order, each phase logged and bounded: stop accepting connections; stop taking in
 entries frames (one that arrives now is not stored: its till sends it again) and let the
 batches already taken in commit and be answered; close every link with code 1001 (going
-away); cancel the connection handlers still running.  ``running`` in ``relay/server.py``
-then closes the storage.
+away); cancel the connection handlers still running; close the storage.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from peer.shutdown import Deadlines, cancel_and_wait
@@ -67,6 +67,21 @@ async def stop_serving(server: Any, batches: InFlight, closing: asyncio.Event,
         log.warning("shutdown: cancelling %d connection handlers still running after %.1f s",
                     len(handlers), deadlines.close)
         await cancel_and_wait(handlers, deadlines.cancel, "connection handlers")
+
+
+async def close_bounded(close: Callable[[], Awaitable[None]], deadlines: Deadlines) -> None:
+    """The relay's last phase: its storage closed (``Relay.close``) within
+    ``deadlines.cancel`` seconds.  A PostgreSQL pool waits for every connection to be
+    given back; one that is not by then is dropped (the pool terminates when its close
+    is cancelled): nothing uncommitted was ever acknowledged."""
+    try:
+        async with asyncio.timeout(deadlines.cancel):
+            await close()
+    except TimeoutError:
+        log.warning("shutdown: the storage did not close within %.1f s: its connections "
+                    "are dropped", deadlines.cancel)
+    else:
+        log.info("shutdown: storage closed")
 
 
 def prepare_worker(parent: int) -> None:
