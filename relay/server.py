@@ -36,7 +36,7 @@ from peer.errors import InvalidInput
 from peer.identity import DeviceKey
 from peer.log import Entry
 from peer.master.roles import forbidden_changes, refusal
-from peer.shutdown import Deadlines
+from peer.shutdown import Deadlines, cancel_and_wait
 from peer.store import utc_timestamp
 from peer.sync.engine import (
     Authenticated,
@@ -188,10 +188,8 @@ class Relay:
     async def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+        if self._writer is not None:  # cancel_and_wait: never eats a cancellation of ours
+            await cancel_and_wait([self._writer], Deadlines().cancel, "relay writer")
         await self.storage.close()
 
     async def new_code(self, store: str, name: str, role: str = "till",
