@@ -27,6 +27,7 @@ from peer.cert import Certificate, CertificateError
 from peer.chainstop import describe, stopped_at
 from peer.errors import InvalidInput, TillsyncError
 from peer.identity import DeviceKey
+from peer.shutdown import Deadlines
 from peer.store import Till, utc_timestamp
 from peer.sync.engine import (
     ClientLink,
@@ -51,6 +52,7 @@ BATCH = 500
 # runs of the relay without and with its window: +7% on average).
 PUSH_WINDOW = 2
 DOC_WAIT = 2.0  # seconds to wait for the document exchange before pushing anyway
+CLOSE_TIMEOUT = Deadlines().close  # seconds for the relay to answer our closing frame
 # The longest wait between two attempts to reach the relay.  After an outage a till is
 # back within this many seconds of the relay; the full jitter below keeps a relay that
 # serves thousands of tills from getting all of them at once (on average one every
@@ -151,8 +153,13 @@ async def sync_once(till: Till, url: str | None = None, *, within: float = 30.0,
             async with relay_connection(url, pin=till.meta.get("relay_tls_pin") or None,
                                         ca=till.meta.get("relay_tls_ca") or None,
                                         max_size=TRANSPORT_MAX, compression=None,
-                                        open_timeout=min(within, 10)) as ws:
-                await _round(till, ws, report, settle)
+                                        open_timeout=min(within, 10),
+                                        close_timeout=CLOSE_TIMEOUT) as ws:
+                try:
+                    await _round(till, ws, report, settle)
+                except asyncio.CancelledError:  # the daemon is stopping: tell the relay
+                    await ws.close(1001, "till shutting down")
+                    raise
     except (OSError, TimeoutError, websockets.WebSocketException) as exc:
         error = f"cannot sync with the relay at {url}: {exc or type(exc).__name__}"
         await till.note_contact("", error)
@@ -222,7 +229,8 @@ async def _round(till: Till, ws: ClientConnection,
         done = pushed_all and in_flight == 0 and seq >= relay_head
         wait = settle if done else (DOC_WAIT if not pushing and relay_head >= 0 else None)
         try:
-            frame = await asyncio.wait_for(ws.recv(), wait)
+            async with asyncio.timeout(wait):  # not wait_for: it can eat a cancellation
+                frame = await ws.recv()
         except TimeoutError:
             if done:
                 return  # everything pushed and answered, and the relay has gone quiet

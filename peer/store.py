@@ -15,6 +15,7 @@ write a store (an exclusive lock on ``DIR/lock``); readers open it ``readonly``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -460,11 +461,10 @@ class Till:
     async def wait_changed(self, seen: int, within: float | None = None) -> int:
         """Wait until something was committed after version ``seen`` (or ``within``
         seconds); returns the version now.  Links use it to push what is new."""
-        if self.version == seen:
-            try:
-                await asyncio.wait_for(self._changed.wait(), within)
-            except TimeoutError:
-                pass
+        if self.version == seen:  # not wait_for: it can eat a cancellation (Python 3.11)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(within):
+                    await self._changed.wait()
         return self.version
 
     async def _write(self, batch: _Batch) -> None:

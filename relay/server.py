@@ -36,6 +36,7 @@ from peer.errors import InvalidInput
 from peer.identity import DeviceKey
 from peer.log import Entry
 from peer.master.roles import forbidden_changes, refusal
+from peer.shutdown import Deadlines, cancel_and_wait
 from peer.store import utc_timestamp
 from peer.sync.engine import (
     Authenticated,
@@ -66,6 +67,7 @@ from relay.ingest import (
     prepare_packed,
 )
 from relay.limits import Gate, Limits, LinkWatch
+from relay.shutdown import InFlight, close_bounded, prepare_worker, stop_serving
 from relay.storage import RelayStorage, open_storage, with_retries
 from relay.storage.base import DeviceRow
 from relay.storekeys import seal, unseal
@@ -156,6 +158,7 @@ class RelayConfig:
     tls_key: str | None = None
     cert_days: float = CERT_VALIDITY / 86400  # validity of the device certificates issued
     limits: Limits = field(default_factory=Limits)  # handshake and idle timeouts (limits.py)
+    deadlines: Deadlines = field(default_factory=Deadlines)  # of a graceful stop
 
 
 class Relay:
@@ -171,6 +174,8 @@ class Relay:
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._pool: ProcessPoolExecutor | None = None
+        self.batches = InFlight()  # taken in, not yet answered
+        self.closing = asyncio.Event()  # stopping: take in no more entries frames
 
     @classmethod
     async def open(cls, data: Path, db: str | None = None, *, db_wait: float = 60.0
@@ -183,10 +188,8 @@ class Relay:
     async def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+        if self._writer is not None:  # cancel_and_wait: never eats a cancellation of ours
+            await cancel_and_wait([self._writer], Deadlines().cancel, "relay writer")
         await self.storage.close()
 
     async def new_code(self, store: str, name: str, role: str = "till",
@@ -278,6 +281,7 @@ class Relay:
         # Batches queued for the writer, answered in order by ``answering``.
         queued: asyncio.Queue[_Job] = asyncio.Queue(INGEST_WINDOW)
         answering: asyncio.Task[None] | None = None
+        state["taken"] = state["answered"] = 0  # entries frames of this link
         try:
             async for frame in ws:
                 watch.heard()
@@ -345,11 +349,15 @@ class Relay:
                         log.info("%s: device %s of store %s connected", peer, event.device,
                                  event.store)
                     elif isinstance(event, EntriesReceived):
+                        if self.closing.is_set():
+                            continue  # not taken in, so not stored: its till sends it again
+                        self.batches.taken()
+                        state["taken"] += 1
                         job = await self._ingest(state["hub"], event, link.device)
                         await queued.put(job)  # waits while the window is full
                         if answering is None:
                             answering = asyncio.create_task(
-                                self._answer(ws, link, queued, sending, peer))
+                                self._answer(ws, link, queued, sending, peer, state))
                     elif isinstance(event, DocMessage):
                         await self._doc(link, state["hub"], state["sync"], event.data)
                         wake.set()  # the pump answers
@@ -368,6 +376,7 @@ class Relay:
                 answering.cancel()
             if pump is not None:
                 pump.cancel()
+            self.batches.settled(state["taken"] - state["answered"])  # given up
             if "hub" in state:
                 state["hub"].unwatch(wake)
                 metrics.CONNECTED.dec()
@@ -399,8 +408,8 @@ class Relay:
         with contextlib.suppress(websockets.ConnectionClosed):
             await self._flush(ws, link, sending)
 
-    async def _answer(self, ws: ServerConnection, link: RelayLink,
-                      queued: asyncio.Queue[_Job], sending: asyncio.Lock, peer: str) -> None:
+    async def _answer(self, ws: ServerConnection, link: RelayLink, queued: asyncio.Queue[_Job],
+                      sending: asyncio.Lock, peer: str, state: dict[str, Any]) -> None:
         """Answer a connection's batches as their commits land, in the order they came."""
         while True:
             job = await queued.get()
@@ -413,6 +422,8 @@ class Relay:
             link.send_ingested(result.heads, len(job.batch.entries), result.position)
             with contextlib.suppress(websockets.ConnectionClosed):
                 await self._flush(ws, link, sending)
+            state["answered"] += 1
+            self.batches.settled()
 
     async def _ingest(self, hub: StoreHub, event: EntriesReceived, sender: str) -> _Job:
         """Prepare a batch and queue it for the writer; its job's future has the result."""
@@ -446,7 +457,7 @@ class Relay:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=die_with_parent, initargs=(os.getpid(),))
+                initializer=prepare_worker, initargs=(os.getpid(),))
         loop = asyncio.get_running_loop()
         packed = await loop.run_in_executor(self._pool, prepare_packed,
                                             pack_for_worker(entries))
@@ -600,6 +611,9 @@ async def running(config: RelayConfig) -> AsyncIterator[tuple[Relay, int]]:
                          reuse_port=config.reuse_port or None,
                          ssl=tls, process_request=api_handler(relay.storage)) as server:
             port = next(iter(server.sockets)).getsockname()[1]
-            yield relay, port
+            try:
+                yield relay, port
+            finally:
+                await stop_serving(server, relay.batches, relay.closing, config.deadlines)
     finally:
-        await relay.close()
+        await close_bounded(relay.close, config.deadlines)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from peer.shutdown import SHUTDOWN_GRACE, force_exit
 from relay import metrics
 
 log = logging.getLogger("tillsync.relay")
@@ -55,8 +56,11 @@ class Worker:
     def start(self) -> None:
         self.ready.clear()
         self.started_at = time.monotonic()
+        # A process group of its own: a Ctrl-C at the terminal reaches the parent alone,
+        # which passes the stop on once (a second signal would make the worker exit at
+        # once instead of gracefully).
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                     env=self.env)
+                                     env=self.env, process_group=0)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True,
                          name=f"worker-{self.number}-out").start()
 
@@ -72,14 +76,19 @@ class Worker:
 
 
 def serve_workers(*, workers: int, data: Path, db: str, host: str, port: int,
-                  db_wait: float, extra: Sequence[str] = (), scheme: str = "ws") -> int:
+                  db_wait: float, extra: Sequence[str] = (), scheme: str = "ws",
+                  grace: float = SHUTDOWN_GRACE) -> int:
     """Run ``workers`` relay processes until SIGINT/SIGTERM; restart any that dies.
-    ``extra``: more ``relay serve`` arguments for each (TLS, certificate validity)."""
+    ``extra``: more ``relay serve`` arguments for each (TLS, certificate validity).
+    A signal is passed on to the workers as SIGTERM: each stops gracefully within
+    ``grace`` seconds (``peer/shutdown.py``); one still there a second later is killed.
+    A second signal kills them and exits at once."""
     reserved = reserve_port(host, port)
     port = reserved.getsockname()[1]
     base = [sys.executable, "-m", "tools.cli", "relay", "serve", "--data", str(data),
             "--db", db, "--host", host, "--port", str(port), "--reuse-port",
-            "--db-wait", str(db_wait), "--worker-of", str(os.getpid()), *extra]
+            "--db-wait", str(db_wait), "--worker-of", str(os.getpid()),
+            "--shutdown-grace", str(grace), *extra]
     # Every worker writes its metrics to files in one folder; a scrape on any of them
     # adds up all of them (relay/metrics.py).
     folder = metrics.fresh_folder(data)
@@ -88,6 +97,16 @@ def serve_workers(*, workers: int, data: Path, db: str, host: str, port: int,
     stopping = threading.Event()
 
     def stop(signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if stopping.is_set():
+            log.warning("shutdown: second signal (%s): killing the relay workers, exiting now",
+                        name)
+            for worker in pool:
+                if worker.proc is not None and worker.proc.poll() is None:
+                    worker.proc.kill()
+            force_exit(128 + signum)
+        log.info("shutdown: %s received: stopping %d relay workers within %.1f s (a second "
+                 "signal exits at once)", name, len(pool), grace)
         stopping.set()
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -129,13 +148,18 @@ def serve_workers(*, workers: int, data: Path, db: str, host: str, port: int,
         for worker in pool:
             if worker.proc is not None and worker.proc.poll() is None:
                 worker.proc.terminate()
+        deadline = time.monotonic() + grace + 1.0
         for worker in pool:
             if worker.proc is not None:
                 try:
-                    worker.proc.wait(timeout=10)
+                    worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
+                    log.warning("shutdown: relay worker %d (pid %d) still running: killed",
+                                worker.number, worker.proc.pid)
                     worker.proc.kill()
                     worker.proc.wait()
+        if stopping.is_set():
+            log.info("shutdown: the relay workers stopped")
         for signum, handler in old.items():
             signal.signal(signum, handler)
         reserved.close()

@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -27,6 +26,7 @@ from peer.enrollment import enroll_existing, holds_store
 from peer.errors import InvalidInput, StoreCorrupt, StoreError, TillsyncError
 from peer.http.auth import owner_token
 from peer.lan.node import LAN_PORT, Node, NodeConfig, read_status
+from peer.shutdown import SHUTDOWN_GRACE, SHUTDOWN_HELP, Deadlines, Shutdown, run_until_signal
 from peer.store import Till, is_locked
 from peer.sync.deadlines import (
     CLOSE_BUSY,
@@ -350,20 +350,30 @@ async def peer_run(args: argparse.Namespace) -> int:
     if args.log_format == "json":  # every line of this daemon is about its own till
         async with await Till.open(args.dir, readonly=True) as till:
             logfmt.bind(store=till.store_id, device=till.device_id)
+    deadlines = _deadlines(args)
     if args.no_lan:
-        await client.run(Path(args.dir), url=args.relay, interval=args.interval)
+        await run_until_signal(f"the daemon of {args.dir}", deadlines, client.run(
+            Path(args.dir), url=args.relay, interval=args.interval))
         return EXIT_OK
     config = NodeConfig(Path(args.dir), relay=args.relay, lan_host=args.lan_host,
                         lan_port=args.lan_port, peers=args.peer, mdns=not args.no_mdns,
                         interval=args.interval, relay_enabled=not args.no_relay,
                         handshake_timeout=args.lan_handshake_timeout,
-                        api_host=args.api_host, api_port=None if args.no_api else args.api_port)
+                        api_host=args.api_host, api_port=None if args.no_api else args.api_port,
+                        deadlines=deadlines)
     node = Node(config)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, node.stop)
+    shutdown = Shutdown(f"the daemon of {args.dir}", node.stop, deadlines)
+    shutdown.install(asyncio.get_running_loop())
     await node.run()
+    shutdown.done()
     return EXIT_OK
+
+
+def _deadlines(args: argparse.Namespace) -> Deadlines:
+    if not args.shutdown_grace > 0:
+        raise CliError(f"--shutdown-grace must be more than 0 seconds, not "
+                       f"{args.shutdown_grace}", EXIT_BAD_INPUT)
+    return Deadlines.within(args.shutdown_grace)
 
 
 async def peer_receipts(args: argparse.Namespace) -> int:
@@ -418,6 +428,7 @@ def relay_serve_workers(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
     limits = _limits(args)
+    grace = _deadlines(args).exit
     before_serve(args)
     _relay_logging(worker=True, log_format=args.log_format)
     asyncio.run(migrate(args.db, args.db_wait))  # once, before the workers start
@@ -429,7 +440,8 @@ def relay_serve_workers(args: argparse.Namespace) -> int:
         extra += ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key]
     return serve_workers(workers=args.workers, data=Path(args.data), db=args.db,
                          host=args.host, port=args.port, db_wait=args.db_wait, extra=extra,
-                         scheme="wss" if args.tls_cert else "ws")
+                         scheme="wss" if args.tls_cert else "ws",
+                         grace=grace)
 
 
 async def relay_serve(args: argparse.Namespace) -> int:
@@ -443,13 +455,18 @@ async def relay_serve(args: argparse.Namespace) -> int:
     config = RelayConfig(Path(args.data), args.host, args.port, db=args.db,
                          reuse_port=args.reuse_port, db_wait=args.db_wait,
                          tls_cert=args.tls_cert, tls_key=args.tls_key,
-                         cert_days=args.cert_days, limits=_limits(args))
+                         cert_days=args.cert_days, limits=_limits(args),
+                         deadlines=_deadlines(args))
+    stopping = asyncio.Event()
+    shutdown = Shutdown("the relay", stopping.set, config.deadlines)
+    shutdown.install(asyncio.get_running_loop())
     async with running(config) as (_, port):
         tune_gc()
         where = f"database {describe(args.db)}" if args.db else f"data in {args.data}"
         scheme = "wss" if args.tls_cert else "ws"
         print(f"relay listening on {scheme}://{args.host}:{port} ({where})", flush=True)
-        await asyncio.Event().wait()
+        await stopping.wait()
+    shutdown.done()
     return EXIT_OK
 
 
@@ -748,6 +765,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="connections of one relay process that may be logging in at once; "
                      f"more are closed at once with code {CLOSE_BUSY} (default "
                      f"{MAX_HANDSHAKES})")
+    sub.add_argument("--shutdown-grace", type=float, default=SHUTDOWN_GRACE, metavar="SECONDS",
+                     help=SHUTDOWN_HELP)
     sub.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     sub.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
     sub.set_defaults(func=relay_serve)
@@ -901,6 +920,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--no-relay", action="store_true",
                      help="LAN only: never contact the relay")
     _log_format_flag(sub)
+    sub.add_argument("--shutdown-grace", type=float, default=SHUTDOWN_GRACE, metavar="SECONDS",
+                     help=SHUTDOWN_HELP)
     api_cli.add_run_arguments(sub, _port)
     api_cli.add_token_verb(verb("token", api_cli.peer_token, "print the token of the till's "
                                 "HTTP API, or issue, revoke and list tokens for other "

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from peer.http.app import serve, stop
 from peer.http.context import ApiContext
 from peer.http.controls import Controls
+from peer.shutdown import cancel_and_wait
 
 if TYPE_CHECKING:
     from peer.lan.node import Node
@@ -33,6 +34,6 @@ async def start(node: Node, stack: contextlib.AsyncExitStack, host: str, port: i
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    # Not ``cancel(); suppress(CancelledError): await``: that can eat a cancellation of
+    # the daemon's own stop (``peer.shutdown``).
+    await cancel_and_wait([task], 1.0, "the API's event watcher")

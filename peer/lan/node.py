@@ -37,6 +37,7 @@ from peer.http.app import API_HOST
 from peer.http.events import EventBus
 from peer.lan import api
 from peer.lan.session import PeerInfo, PeerSession
+from peer.shutdown import Deadlines, cancel_and_wait
 from peer.store import Till
 from peer.sync.deadlines import HANDSHAKE_TIMEOUT, close_unless_authenticated
 from peer.sync.engine import PeerLink
@@ -62,6 +63,7 @@ class NodeConfig:
     handshake_timeout: float = HANDSHAKE_TIMEOUT  # seconds an accepted link has to log in
     api_host: str = API_HOST
     api_port: int | None = None  # the HTTP API's port (0: any); None: no API
+    deadlines: Deadlines = field(default_factory=Deadlines)  # of a graceful stop
 
 
 class Node:
@@ -74,6 +76,7 @@ class Node:
         self._tasks: set[asyncio.Task[None]] = set()
         self._status_dirty = asyncio.Event()
         self._stop = asyncio.Event()
+        self._dialled: set[Any] = set()  # open links this node dialled
         self.relay_state: dict[str, Any] = {}
         self.events = EventBus()
 
@@ -91,6 +94,7 @@ class Node:
                 stack.push_async_callback(self._cancel_tasks)
                 api_server = await api.serve(config.path, till)
                 stack.push_async_callback(_close_server, api_server)
+                stack.callback(log.info, "shutdown: local API closed")
                 if config.api_port is not None:
                     await http_api.start(self, stack, config.api_host, config.api_port)
                 if config.lan_port is not None and till.cert is None:
@@ -99,13 +103,14 @@ class Node:
                 if config.lan_port is not None:
                     try:
                         server = await serve(self._accept, config.lan_host, config.lan_port,
-                                             max_size=TRANSPORT_MAX, compression=None)
+                                             max_size=TRANSPORT_MAX, compression=None,
+                                             close_timeout=config.deadlines.close)
                     except OSError as exc:
                         raise InvalidInput(
                             f"cannot listen for LAN peers on {config.lan_host}:"
                             f"{config.lan_port}: {exc.strerror}; pick another --lan-port"
                         ) from None
-                    stack.push_async_callback(_close_ws_server, server)
+                    stack.push_async_callback(self._close_lan, server)
                     port = next(iter(server.sockets)).getsockname()[1]
                     host = "127.0.0.1" if config.lan_host in ("0.0.0.0", "") \
                         else config.lan_host
@@ -119,9 +124,13 @@ class Node:
                     self._spawn(self._relay_loop(), "relay")
                 self._spawn(self._status_loop(), "status")
                 await self._stop.wait()
+                # The exit stack unwinds in reverse: stop listening and close the links,
+                # close the local API, cancel the loops; the store closes last.
+                log.info("shutdown: stopping the daemon of %s", config.path)
         finally:
             self.till = None
             await till.close()
+            log.info("shutdown: store closed")
 
     def stop(self) -> None:
         self._stop.set()
@@ -133,11 +142,28 @@ class Node:
 
     async def _cancel_tasks(self) -> None:
         tasks = list(self._tasks)
-        for task in tasks:
+        log.info("shutdown: cancelling %d tasks (relay sync, LAN dialling, status)",
+                 len(tasks))
+        await cancel_and_wait(tasks, self.config.deadlines.cancel, "tasks")
+
+    async def _close_lan(self, server: Any) -> None:
+        """Stop accepting LAN peers and close every LAN link, those accepted and those
+        dialled, with code 1001 (going away), giving them ``deadlines.close`` seconds
+        for the closing handshake; a link still open then is cancelled with the rest."""
+        dialled = list(self._dialled)
+        log.info("shutdown: no longer accepting LAN peers; closing %d LAN links (going "
+                 "away, up to %.1f s)", len(server.connections) + len(dialled),
+                 self.config.deadlines.close)
+        server.close()  # stops listening, closes the accepted links with 1001
+        closing = [asyncio.ensure_future(server.wait_closed())]
+        closing += [asyncio.ensure_future(ws.close(1001, "till shutting down"))
+                    for ws in dialled]
+        _, late = await asyncio.wait(closing, timeout=self.config.deadlines.close)
+        if late:
+            log.warning("shutdown: LAN links still closing after %.1f s: cancelled",
+                        self.config.deadlines.close)
+        for task in late:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
 
     async def _start_mdns(self, stack: contextlib.AsyncExitStack, port: int) -> None:
         from peer.lan.discovery import Discovery
@@ -173,20 +199,25 @@ class Node:
 
     async def _dial_loop(self, url: str) -> None:
         failures = 0
-        while True:
+        while not self._stop.is_set():
             till = self.till
             assert till is not None
             started = time.monotonic()
             if till.cert is not None:
                 try:
                     async with connect(url, max_size=TRANSPORT_MAX, compression=None,
-                                       open_timeout=5) as ws:
-                        link = self._link(dialer=True)
-                        link.start()
-                        session = PeerSession(till, link, ws, url, self.peers)
-                        self._status_dirty.set()
-                        await session.flush()
-                        await session.run()
+                                       open_timeout=5,
+                                       close_timeout=self.config.deadlines.close) as ws:
+                        self._dialled.add(ws)
+                        try:
+                            link = self._link(dialer=True)
+                            link.start()
+                            session = PeerSession(till, link, ws, url, self.peers)
+                            self._status_dirty.set()
+                            await session.flush()
+                            await session.run()
+                        finally:
+                            self._dialled.discard(ws)
                 except (OSError, TimeoutError, websockets.WebSocketException) as exc:
                     log.debug("LAN peer %s: %s", url, exc)
                 finally:
@@ -211,10 +242,14 @@ class Node:
         deadline = asyncio.create_task(close_unless_authenticated(
             ws, session.authenticated, self.config.handshake_timeout, f"LAN peer {address}"))
         self._status_dirty.set()
+        task = asyncio.current_task()
+        if task is not None:  # cancelled with the rest if it outlives its link's closing
+            self._tasks.add(task)
         try:
             await session.run()
         finally:
             deadline.cancel()
+            self._tasks.discard(task)
             self._status_dirty.set()
 
     # -- the relay ---------------------------------------------------------------------
@@ -274,7 +309,8 @@ class Node:
             _write_json(path, self.status())
             self.events.peers_seen(self.peers)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._status_dirty.wait(), 2.0)
+                async with asyncio.timeout(2.0):  # wait_for could eat a cancellation
+                    await self._status_dirty.wait()
             self._status_dirty.clear()
 
 
@@ -303,10 +339,5 @@ def _lan_addresses() -> list[str]:
 
 
 async def _close_server(server: asyncio.Server) -> None:
-    server.close()
-    await server.wait_closed()
-
-
-async def _close_ws_server(server: Any) -> None:
     server.close()
     await server.wait_closed()

@@ -13,7 +13,6 @@ batch is stored.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from peer.errors import EntryRefused
 from peer.master.roles import forbidden_changes, refusal
+from peer.shutdown import Deadlines, cancel_and_wait
 from peer.store import Till
 from peer.sync.engine import (
     CertsReceived,
@@ -104,11 +104,10 @@ class PeerSession:
                     self._note_error(f"{type(exc).__name__}: {exc}")
                     log.warning("LAN link %s: %s", self.address, exc)
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
+            # Not `with suppress(BaseException): await task`: that ate the cancellation
+            # of the task running this session, so a daemon told to stop while a link
+            # was ending went on redialling forever.
+            await cancel_and_wait(tasks, Deadlines().cancel, f"tasks of LAN link {self.address}")
             if self.info is not None:
                 self.info.connected = False
 

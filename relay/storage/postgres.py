@@ -48,6 +48,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from peer.errors import StoreError
 from peer.log import Entry
+from peer.shutdown import Deadlines, cancel_and_wait
 from relay import tallies
 from relay.storage.base import ALL_HEADS, DeviceRow, code_refusal
 
@@ -467,12 +468,8 @@ class PostgresStorage:
         return cls(pool, url)
 
     async def close(self) -> None:
-        if self._listen_task is not None:
-            self._listen_task.cancel()
-            try:
-                await self._listen_task
-            except asyncio.CancelledError:
-                pass
+        if self._listen_task is not None:  # cancel_and_wait: never eats a cancellation of ours
+            await cancel_and_wait([self._listen_task], Deadlines().cancel, "database listener")
         await self._pool.close()
 
     def retryable(self, exc: BaseException) -> bool:
