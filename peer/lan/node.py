@@ -47,6 +47,7 @@ log = logging.getLogger("tillsync.lan")
 STATUS_FILE = "lan.json"
 LAN_PORT = 8766
 LAN_MAX_BACKOFF = 10.0  # seconds between attempts to reach a LAN peer, at most
+LAN_REFUSED_BACKOFF = 300.0  # seconds before dialling again a peer that refused us for good
 
 
 @dataclass
@@ -199,6 +200,7 @@ class Node:
 
     async def _dial_loop(self, url: str) -> None:
         failures = 0
+        refused: str | None = None
         while not self._stop.is_set():
             till = self.till
             assert till is not None
@@ -216,12 +218,21 @@ class Node:
                             self._status_dirty.set()
                             await session.flush()
                             await session.run()
+                            refused = session.refused
                         finally:
                             self._dialled.discard(ws)
                 except (OSError, TimeoutError, websockets.WebSocketException) as exc:
                     log.debug("LAN peer %s: %s", url, exc)
                 finally:
                     self._status_dirty.set()
+            if refused is not None:
+                # Another store's till, say: it would refuse again. Try again rarely (it
+                # may be enrolled anew), and say so once a try.
+                log.warning("LAN peer %s refuses this till: %s; trying again in %.0f s",
+                            url, refused, LAN_REFUSED_BACKOFF)
+                refused = None
+                await asyncio.sleep(LAN_REFUSED_BACKOFF)
+                continue
             failures = 0 if time.monotonic() - started > LAN_MAX_BACKOFF else failures + 1
             await asyncio.sleep(random.uniform(0.5, min(LAN_MAX_BACKOFF, 0.25 * 2 ** failures)))
 

@@ -68,6 +68,10 @@ class PeerInfo:
     last_error: str = ""
 
 
+# Refusals that another try will meet again: the dialer waits long before the next.
+LASTING_REFUSALS = frozenset({"wrong_store", "bad_certificate", "revoked", "self", "version"})
+
+
 class PeerSession:
     """Drives one ``PeerLink`` over one socket until either end closes it."""
 
@@ -76,6 +80,9 @@ class PeerSession:
         self.till, self.link, self.ws, self.address = till, link, ws, address
         self._peers = peers
         self.info: PeerInfo | None = None
+        # Why the link was refused for good (another store, a certificate that will not
+        # do, a revoked device), if it was: no point dialling again soon.
+        self.refused: str | None = None
         self.authenticated = asyncio.Event()  # set once the handshake has completed
         self._sync = am.SyncState()
         self._send_lock = asyncio.Lock()
@@ -209,6 +216,8 @@ class PeerSession:
         elif isinstance(event, RemoteError | LinkFailed):
             log.warning("LAN link %s: %s (%s)", self.address, event.message, event.code)
             self._note_error(f"{event.code}: {event.message}")
+            if event.code in LASTING_REFUSALS:
+                self.refused = f"{event.message} ({event.code})"
             if isinstance(event, RemoteError) and not event.fatal:
                 # A refused frame (e.g. too_large) is not answered by 'ingested': do not
                 # wait for it; what the peer lacks is sent again from its heads.

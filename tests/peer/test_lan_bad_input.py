@@ -152,6 +152,13 @@ def test_a_till_of_another_store_is_refused_and_logged(tmp_path: Path) -> None:
             assert "the certificate is not signed by this store's key (bad_certificate)" in log
             assert ours.lan()["peers"] == [] and theirs.lan()["peers"] == []
             assert state(ours) == before  # not even the stranger's certificate was kept
+            # Refused for good: the other daemon says so and does not dial again soon
+            # (it used to come back every second or so, forever).
+            wait_until(lambda: "refuses this till" in theirs.log(), "the dialer to back off")
+            assert "trying again in 300 s" in theirs.log()
+            refusals = ours.log().count("(wrong_store)")
+            time.sleep(3)
+            assert ours.log().count("(wrong_store)") == refusals
         finally:
             ours.stop()
             theirs.stop()
