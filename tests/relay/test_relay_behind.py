@@ -14,6 +14,7 @@ from pathlib import Path
 
 from peer.sync.engine import Ready, RemoteError
 from peer.sync.receipts import RELAY_BEHIND
+from schemas.limits import INTEGER_MAX
 from tests.relay.processes import (
     RawSession,
     RelayProcess,
@@ -35,7 +36,8 @@ async def test_receipts_after_beyond_the_relays_head_gets_relay_behind(
         relay = relays.start()
         store, chain, session = await selling(relay)  # the stream is at 2
         await session.close()
-        for beyond in (1, 2 ** 64 - 1 - 3):  # head + 1, then 2^64 - 1 (the head is 3 then)
+        # head + 1, then the largest integer a frame may carry (the head is 3 then)
+        for beyond in (1, INTEGER_MAX - 3):
             head = stream_position(relay, store)
             after = head + beyond
             session = await RawSession.open(relay.url, store, chain.device_id, chain.key,
@@ -53,7 +55,7 @@ async def test_receipts_after_beyond_the_relays_head_gets_relay_behind(
                 assert ingested.heads == {chain.device_id: chain.seq}
             finally:
                 await session.close()
-        assert after == 2 ** 64 - 1
+        assert after == INTEGER_MAX
         # Up to the relay's head exactly is fine: no error.
         session = await RawSession.open(relay.url, store, chain.device_id, chain.key,
                                         receipts_after=stream_position(relay, store))
@@ -61,7 +63,7 @@ async def test_receipts_after_beyond_the_relays_head_gets_relay_behind(
             assert not [e for e in await session.quiet(0.3) if isinstance(e, RemoteError)]
         finally:
             await session.close()
-        assert f"holds receipts up to {2 ** 64 - 1}, the relay only up to 3" in relay.stderr()
+        assert f"holds receipts up to {INTEGER_MAX}, the relay only up to 3" in relay.stderr()
 
 
 def restore(relay: RelayProcess, backup: Path) -> None:
