@@ -195,6 +195,7 @@ async function refreshHistory() {
     row.insertCell().textContent = money(t.total);
     const button = document.createElement("button");
     button.textContent = "Reprint";
+    button.dataset.reprint = t.ticket;
     button.addEventListener("click", () => showTicket(t.ticket));
     row.insertCell().append(button);
   }
