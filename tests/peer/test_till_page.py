@@ -10,7 +10,6 @@ Set TILLSYNC_TILL_PAGE_SCREENSHOT=docs/till-page.png to keep the screenshot (the
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any, cast
 import pytest
 
 from tests.browser import Browser, Page
-from tests.peer.lan_processes import LanTill, linked
+from tests.peer.http_client import Api
+from tests.peer.lan_processes import LanTill, linked, wait_until
 from tests.peer.test_http_api import MASTER
 from tests.relay.processes import RelayProcess, Relays
 
@@ -35,11 +35,6 @@ SYNC = ("Object.fromEntries([...document.querySelectorAll('#sync-state dt')]"
 class Shop:
     def __init__(self, relay: RelayProcess, office: LanTill, till: LanTill) -> None:
         self.relay, self.office, self.till = relay, office, till
-
-    def url(self, till: LanTill) -> str:
-        """The till's page with its owner's token in the fragment."""
-        base = json.loads((till.path / "api.json").read_text())["url"]
-        return f"{base}/#token={(till.path / 'api.token').read_text().strip()}"
 
 
 @pytest.fixture
@@ -58,9 +53,11 @@ def shop(tmp_path: Path) -> Iterator[Shop]:
             yield Shop(relay, office, till)
 
 
-def open_page(browser: Browser, shop: Shop, till: LanTill) -> Page:
+def open_page(browser: Browser, till: LanTill) -> Page:
+    """The till's page, opened with its owner's token in the fragment."""
+    api = Api.of(till.path)
     page = browser.page()
-    page.navigate(shop.url(till))
+    page.navigate(f"{api.base}/#token={api.token}")
     page.wait_for("document.querySelector('#live').textContent === 'live'",
                   "the page's live event stream", WAIT)
     page.wait_for("document.querySelector('#shift').textContent.startsWith('shift open')",
@@ -83,6 +80,19 @@ def history(page: Page) -> dict[str, str]:
     return rows
 
 
+def open_shifts(till: LanTill, count: int) -> list[dict[str, Any]]:
+    """The till's open shifts (from its API), once there are ``count`` of them."""
+    api = Api.of(till.path)
+
+    def seen() -> list[dict[str, Any]] | None:
+        rows: list[dict[str, Any]] = api.call("GET", "/api/shifts", query="open=true"
+                                              ).body["shifts"]
+        return rows if len(rows) == count else None
+
+    found: list[dict[str, Any]] = wait_until(seen, f"{count} open shifts at {till.name}")
+    return found
+
+
 def note_shown(page: Page) -> bool:
     shown: bool = page.evaluate("!document.querySelector('#pending-note').hidden")
     return shown
@@ -93,7 +103,7 @@ def test_a_cashier_sells_offline_and_the_page_shows_the_official_numbers_later(
         shop: Shop, tmp_path: Path) -> None:
     shop.relay.kill()  # the relay goes down: the till keeps selling
     with Browser.launch(tmp_path / "chromium") as browser:
-        page = open_page(browser, shop, shop.till)
+        page = open_page(browser, shop.till)
         assert page.text('#grid [data-product="milk"] span') == "1.10"
 
         first = sell(page, ["bread", "milk"], "TILL1-000001")
@@ -144,3 +154,38 @@ def test_a_cashier_sells_offline_and_the_page_shows_the_official_numbers_later(
         reprinted = page.text("#receipt")
         assert "TILL1-000001" in reprinted and "Bread" in reprinted
         assert not note_shown(page)
+
+
+@pytest.mark.slow
+def test_a_sale_on_one_tills_page_shows_on_the_others_when_its_receipt_arrives(
+        tmp_path: Path) -> None:
+    """Two tills on the LAN, each with its page open: each page sells in its own till's
+    shift (the other till's shift, known here over the LAN, is not one this till may
+    use), and each sees the other's sale with its official number."""
+    with Relays(tmp_path, None) as relays:
+        relay = relays.start()
+        office = LanTill(tmp_path / "office", "Office")
+        one, two = LanTill(tmp_path / "one", "Till 1"), LanTill(tmp_path / "two", "Till 2")
+        office.init(relay, STORE)
+        office.put_many(cast(list[tuple[str, str, dict[str, Any]]], MASTER))
+        office.sync()
+        # Till 2's shift id sorts first: the first open shift Till 1 hears of is not its own.
+        shifts = [(one, "f" + SHIFT[1:]), (two, "0" + SHIFT[1:])]
+        for till, shift in shifts:
+            till.init(relay, STORE, role="till")
+            till.sync()
+            till.record("shift_open", {"cashier_id": "ann", "opening_cash": 1000}, shift)
+            till.sync()
+        with linked(office, one, two), Browser.launch(tmp_path / "chromium") as browser:
+            for till, own in shifts:  # each knows both shifts (over the LAN)
+                mine = {s["shift_client_id"]: s["mine"] for s in open_shifts(till, 2)}
+                assert mine == {shift: shift == own for _, shift in shifts}
+            pages = [open_page(browser, till) for till in (one, two)]
+            sell(pages[0], ["bread"], "TILL1-000001")
+            sell(pages[1], ["milk"], "TILL2-000001")
+            for seller, buyer, ticket in ((0, 1, "TILL1-000001"), (1, 0, "TILL2-000001")):
+                rows: dict[str, str] = pages[buyer].wait_for(
+                    f"(() => {{ const h = {HISTORY}; return (h['{ticket}'] || '')"
+                    ".startsWith('INV-') ? h : null; })()",
+                    f"Till {seller + 1}'s sale with its number on Till {buyer + 1}'s page", WAIT)
+                assert history(pages[seller])[ticket] == rows[ticket]

@@ -128,7 +128,8 @@ async function showTicket(ticket) {
 }
 
 async function ensureShift() {
-  const open = (await api("GET", "/api/shifts?open=true")).shifts;
+  // Its LAN peers' shifts are here too: a till sells only in a shift it opened.
+  const open = (await api("GET", "/api/shifts?open=true")).shifts.filter((s) => s.mine);
   state.shift = open.length ? open[0].shift_client_id : null;
   const span = $("#shift");
   span.replaceChildren();
