@@ -189,3 +189,26 @@ def test_a_sale_on_one_tills_page_shows_on_the_others_when_its_receipt_arrives(
                     ".startsWith('INV-') ? h : null; })()",
                     f"Till {seller + 1}'s sale with its number on Till {buyer + 1}'s page", WAIT)
                 assert history(pages[seller])[ticket] == rows[ticket]
+
+
+@pytest.mark.slow
+def test_the_sync_panel_counts_a_sale_as_pending_at_once(tmp_path: Path) -> None:
+    """A till whose daemon does not talk to the relay (``--no-relay``: no sync events to
+    wake the page) still shows each sale it makes in its pending count."""
+    with Relays(tmp_path, None) as relays:
+        till = LanTill(tmp_path / "till", "Till 1")
+        till.init(relays.start(), STORE)
+        till.put_many(cast(list[tuple[str, str, dict[str, Any]]], MASTER))
+        till.record("shift_open", {"cashier_id": "ann", "opening_cash": 1000}, SHIFT)
+        till.sync()
+    till.start([], relay=False)
+    try:
+        with Browser.launch(tmp_path / "chromium") as browser:
+            page = open_page(browser, till)
+            assert page.evaluate(SYNC)["pending"] == "0"
+            for n in (1, 2):
+                sell(page, ["bread"], f"TILL1-00000{n}")
+                page.wait_for(f"{SYNC}.pending === '{n}'", f"{n} pending in the sync panel",
+                              WAIT)
+    finally:
+        till.stop()

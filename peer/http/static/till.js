@@ -118,6 +118,7 @@ async function pay(method) {
   say(`recorded ticket ${answer.ticket}`);
   await showTicket(answer.ticket);
   refreshHistory();
+  refreshSync();  // one more pending, even with no relay round to say so
 }
 
 async function showTicket(ticket) {
