@@ -54,8 +54,8 @@ SCHEMAS: dict[str, Any] = {
         volatile=BOOL, qty=STR, reorder_level=STR, low=BOOL, suggested_price=INT)}),
     "HeldSales": _obj(["held_sales"], held_sales={"type": "array", "items": STR}),
     "Shifts": _obj(["shifts"], shifts={"type": "array", "items": _obj(
-        ["shift_client_id", "open", "expected_cash"], shift_client_id=STR, open=BOOL,
-        expected_cash=INT)}),
+        ["shift_client_id", "open", "expected_cash", "device_id", "mine"],
+        shift_client_id=STR, open=BOOL, expected_cash=INT, device_id=NSTR, mine=BOOL)}),
     "Balances": _obj(["balances"], balances={"type": "object",
                                              "additionalProperties": INT}),
     "Balance": _obj(["customer_id", "balance"], customer_id=STR, balance=INT),

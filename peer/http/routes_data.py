@@ -106,9 +106,16 @@ async def held(request: web.Request) -> web.Response:
 
 @routes.get("/api/shifts")
 async def shifts(request: web.Request) -> web.Response:
-    rows = await context(request).till.shifts()
+    """Shifts with their expected cash, who opened each, and whether this till did: a
+    till records only in a shift it opened itself, and it holds its LAN peers' too."""
+    till = context(request).till
+    rows = await till.shifts()
     if request.query.get("open") in ("1", "true"):
         rows = [s for s in rows if s["open"]]
+    for row in rows:
+        opened = await till.entry(row["shift_client_id"])
+        row["device_id"] = opened.device_id if opened else None
+        row["mine"] = opened is not None and opened.device_id == till.device_id
     return web.json_response({"shifts": rows})
 
 

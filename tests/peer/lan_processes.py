@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,3 +111,15 @@ class LanTill(TillDir):
     def lan(self) -> dict[str, Any]:
         lan: dict[str, Any] = self.status()["lan"] or {"peers": []}
         return lan
+
+
+@contextmanager
+def linked(*tills: LanTill) -> Iterator[None]:
+    """Run the tills' daemons, each linked to all the others; stop them all on exit."""
+    try:
+        for till in tills:
+            till.start([other for other in tills if other is not till])
+        yield
+    finally:
+        for till in tills:
+            till.stop()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.peer.http_client import Api, Events
-from tests.peer.lan_processes import LanTill, wait_until
+from tests.peer.lan_processes import LanTill, linked, wait_until
 from tests.relay.processes import RelayProcess, Relays, run_cli
 
 STORE = "shop-api"
@@ -55,13 +55,8 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
         office.record("shift_open", {"cashier_id": "ann", "opening_cash": 1000}, SHIFT)
         office.sync()
         till.sync()
-        office.start([till])
-        till.start([office])
-        try:
+        with linked(office, till):
             yield Shop(relay, office, till)
-        finally:
-            office.stop()
-            till.stop()
 
 
 def test_the_owner_token_is_owner_only_and_the_api_refuses_requests_without_it(

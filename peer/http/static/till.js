@@ -118,6 +118,7 @@ async function pay(method) {
   say(`recorded ticket ${answer.ticket}`);
   await showTicket(answer.ticket);
   refreshHistory();
+  refreshSync();  // one more pending, even with no relay round to say so
 }
 
 async function showTicket(ticket) {
@@ -128,7 +129,8 @@ async function showTicket(ticket) {
 }
 
 async function ensureShift() {
-  const open = (await api("GET", "/api/shifts?open=true")).shifts;
+  // Its LAN peers' shifts are here too: a till sells only in a shift it opened.
+  const open = (await api("GET", "/api/shifts?open=true")).shifts.filter((s) => s.mine);
   state.shift = open.length ? open[0].shift_client_id : null;
   const span = $("#shift");
   span.replaceChildren();
@@ -195,6 +197,7 @@ async function refreshHistory() {
     row.insertCell().textContent = money(t.total);
     const button = document.createElement("button");
     button.textContent = "Reprint";
+    button.dataset.reprint = t.ticket;
     button.addEventListener("click", () => showTicket(t.ticket));
     row.insertCell().append(button);
   }
