@@ -540,8 +540,8 @@ async def check_relay_db(path: Path, loads: Sequence[TillLoad], db: str | None =
         problems.append(f"receipts: {dict(statuses)} for {total_entries} entries")
     if rejected:
         problems.append(f"{rejected} rejected entries")
-    # Low-stock alerts are the relay doing its job (the load sells stock down, and since
-    # session 4 a product's first movement below its level warns too); any other
+    # Low-stock alerts are the relay doing its job (the load sells stock down, and a
+    # product's first movement below its level warns too); any other
     # warning (a total that does not add up, say) means the load or the relay is wrong.
     unexpected = {code: n for code, n in warnings.items() if code != "low_stock"}
     if unexpected:
