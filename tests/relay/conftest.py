@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.relay.databases import create_database, drop_database
+from tests.relay.processes import RelayProcess, Relays
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -43,3 +44,13 @@ def pg_db() -> Iterator[str]:
         yield url
     finally:
         drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def relay(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          module_relay_db: str | None) -> Iterator[RelayProcess]:
+    """One relay process for a whole module, on each backend in turn (a module whose
+    tests need their own relay starts it itself)."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    with Relays(tmp_path_factory.mktemp(name), module_relay_db) as relays:
+        yield relays.start()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from relay.ingest import Batch, IngestResult, ingest_all
 from relay.storage.sqlite import SQLiteStorage
 from schemas import ENTRY_KINDS
 from tests.doubles import sale
-from tests.relay.processes import Chain, RawSession, RelayProcess, Relays, now, run_cli
+from tests.relay.processes import Chain, RawSession, RelayProcess, now, run_cli
 from tests.relay.test_bad_input import enrolled
 from tests.relay.test_postgres_storage import enrolled as enroll_in  # any storage
 from tests.schemas.strategies import bodies
@@ -128,12 +127,6 @@ def test_any_schema_valid_entry_is_decided_and_the_store_goes_on(
 
 # -- against a running relay ----------------------------------------------------------
 
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory, module_relay_db: str | None
-          ) -> Iterator[RelayProcess]:
-    with Relays(tmp_path_factory.mktemp("any-body-relay"), module_relay_db) as relays:
-        yield relays.start()
 
 
 async def pushed(relay: RelayProcess, drawn: list[tuple[str, dict[str, Any]]]) -> str:

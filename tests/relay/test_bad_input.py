@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -25,7 +25,6 @@ from tests.relay.processes import (
     Chain,
     RawSession,
     RelayProcess,
-    Relays,
     hello,
     invoices,
     query,
@@ -37,13 +36,6 @@ from tests.relay.processes import (
 
 PRODUCT_SALE = (("bread", 2, 320),)
 
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory, module_relay_db: str | None
-          ) -> Iterator[RelayProcess]:
-    """One relay process for the module, on each backend in turn."""
-    with Relays(tmp_path_factory.mktemp("bad-input"), module_relay_db) as relays:
-        yield relays.start()
 
 
 def new_store() -> str:

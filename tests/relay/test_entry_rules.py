@@ -8,7 +8,6 @@ before changes.  The same rules at the till: ``tests/peer/test_entry_rules.py``.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -21,7 +20,6 @@ from tests.relay.processes import (
     Chain,
     RawSession,
     RelayProcess,
-    Relays,
     invoices,
     now,
     snapshot,
@@ -34,14 +32,6 @@ from tests.relay.test_bad_input import (
     selling,
     unchanged,
 )
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory, module_relay_db: str | None
-          ) -> Iterator[RelayProcess]:
-    """One relay process for the module, on each backend in turn."""
-    with Relays(tmp_path_factory.mktemp("entry-rules"), module_relay_db) as relays:
-        yield relays.start()
 
 
 async def rejected_with(session: RawSession, chain: Chain, entry: Entry, code: str,

@@ -9,7 +9,6 @@ every report still runs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +19,6 @@ from tests.doubles import sale
 from tests.relay.processes import (
     RawSession,
     RelayProcess,
-    Relays,
     invoices,
     run_cli,
 )
@@ -28,13 +26,6 @@ from tests.relay.test_bad_input import enrolled, new_store, selling, still_servi
 
 HUGE_QTY = 999_999_999  # the largest integer quantity: times the largest price, far out
 
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory, module_relay_db: str | None
-          ) -> Iterator[RelayProcess]:
-    """One relay process for the module, on each backend in turn."""
-    with Relays(tmp_path_factory.mktemp("integer-range"), module_relay_db) as relays:
-        yield relays.start()
 
 
 def status(receipt: dict[str, Any]) -> tuple[str, str | None]:

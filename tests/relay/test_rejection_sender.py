@@ -7,10 +7,7 @@ and across the upgrade of a database from before senders were recorded."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from peer.identity import DeviceKey
 from tests.relay.databases import REJECTED_BEFORE_SCHEMA_7
@@ -18,19 +15,11 @@ from tests.relay.processes import (
     Chain,
     RawSession,
     RelayProcess,
-    Relays,
     cli_json,
     query,
     run_cli,
 )
 from tests.relay.test_bad_input import enrolled, selling
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory, module_relay_db: str | None
-          ) -> Iterator[RelayProcess]:
-    with Relays(tmp_path_factory.mktemp("sender"), module_relay_db) as relays:
-        yield relays.start()
 
 
 def devices(relay: RelayProcess, store: str) -> dict[str, dict[str, Any]]:

@@ -12,7 +12,6 @@ import os
 import random
 import sqlite3
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -49,13 +48,6 @@ from tests.relay.processes import (
 )
 from tests.relay.test_acceptance import _record_sales
 from tests.relay.test_bad_input import frame, new_store, selling, still_serving, unchanged
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory, module_relay_db: str | None
-          ) -> Iterator[RelayProcess]:
-    with Relays(tmp_path_factory.mktemp("trust"), module_relay_db) as relays:
-        yield relays.start()
 
 
 def devices(relay: RelayProcess) -> list[tuple[object, ...]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +14,12 @@ import pytest
 from peer.log import canonical_body
 from tests.relay.processes import (
     RelayProcess,
-    Relays,
     TillDir,
     enroll_code,
     invoices,
     run_cli,
 )
 from tests.relay.test_ops import sell
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory, module_relay_db: str | None
-          ) -> Iterator[RelayProcess]:
-    with Relays(tmp_path_factory.mktemp("way-back"), module_relay_db) as relays:
-        yield relays.start()
 
 
 def standalone(path: Path) -> tuple[TillDir, list[str]]:
