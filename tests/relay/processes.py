@@ -161,6 +161,18 @@ class Relays:
             relay.kill()
 
 
+def stop(proc: subprocess.Popen[bytes], signum: int = signal.SIGTERM,
+         timeout: float = 30.0) -> None:
+    """Ask a process to stop with ``signum``; SIGKILL it if it has not within
+    ``timeout`` seconds (what a test's clean-up does, whatever the test found)."""
+    proc.send_signal(signum)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def refused_url() -> str:
     """A websocket url on a local port that nothing listens on."""
     with socket.socket() as s:

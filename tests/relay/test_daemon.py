@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.doubles import REPO
-from tests.relay.processes import Relays, TillDir
+from tests.relay.processes import Relays, TillDir, stop
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 PRODUCTS = [("products", "bread", {"name": "Bread", "sku": "B1", "price": 320}),
@@ -75,12 +75,7 @@ def test_the_daemon_syncs_backs_off_while_the_relay_is_down_and_catches_up(
             status = till.status()
             assert status["last_contact"] and status["relay"] == relay.url
         finally:
-            daemon.send_signal(signal.SIGINT)
-            try:
-                daemon.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            stop(daemon, signal.SIGINT, timeout=10)
             log.close()
         output = (tmp_path / "run.log").read_text()
         assert "sync failed" in output and "retrying in" in output, output[-2000:]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.doubles import REPO
+from tests.relay.processes import stop
 
 
 def test_readme_opens_with_run_and_test_commands_and_ci_runs_the_test_one() -> None:
@@ -81,12 +81,7 @@ def test_the_shop_walkthrough_runs_as_written_and_numbers_the_sale(tmp_path: Pat
         shell([line.replace("TILL1-000042", "TILL1-000001") for line in reports], tmp_path,
               env)
     finally:
-        relay.send_signal(signal.SIGTERM)
-        try:
-            relay.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            relay.kill()
-            relay.wait()
+        stop(relay)
         log.close()
 
 
