@@ -23,22 +23,15 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
 
-import msgpack
-
 from peer import rules
-from peer.cert import Certificate, CertificateError, Revocation
-from peer.entry_rules import client_id_problem, entry_problem
+from peer.entry_rules import client_id_problem
 from peer.errors import (
     DuplicateEntry,
-    EntryRefused,
-    Forbidden,
     InvalidInput,
     StoreCorrupt,
     StoreError,
@@ -48,11 +41,12 @@ from peer.errors import (
     TillsyncError,
 )
 from peer.identity import KEY_FILE, DeviceKey
-from peer.log import GENESIS_PREV, ChainBreak, Entry, entry_bytes, seal_bytes, verify_chain
+from peer.log import GENESIS_PREV, Entry, entry_bytes, seal_bytes
 from peer.master import MasterData
-from peer.master.roles import MANAGING_ROLES, guarded_edit
 from peer.storage import TillDB, disk_fault, open_lock_file
-from peer.views import Effect, effects, fold, order_of, stamped, stock_row
+from peer.store_base import _Batch, _stamped_effects
+from peer.store_inbound import Inbound
+from peer.store_reads import Reads, VerifyReport
 from schemas import SchemaViolation, validate_entry
 
 log = logging.getLogger(__name__)
@@ -63,6 +57,8 @@ META_KEYS = ("device_id", "name", "series", "store_id", "public_key", "relay_url
              "relay_tls_ca")
 LOCK_FILE = "lock"
 T = TypeVar("T")
+__all__ = ["DB_FILE", "LOCK_FILE", "Till", "VerifyReport", "default_series", "is_locked",
+           "utc_timestamp"]
 Clock = Callable[[], datetime]
 
 
@@ -121,68 +117,7 @@ async def _lock(path: Path, wait: float) -> IO[str]:
     return handle
 
 
-@dataclass
-class _Batch:
-    """Rows of one group commit, gathered before the single transaction that writes them."""
-
-    entries: list[Entry] = field(default_factory=list)
-    effects: list[Effect] = field(default_factory=list)
-    chunks: list[bytes] = field(default_factory=list)
-    by_client_id: dict[str, Entry] = field(default_factory=dict)
-    receipts: list[tuple[str, int, str, bytes]] = field(default_factory=list)
-    stream: list[tuple[int, bytes]] = field(default_factory=list)
-    certs: list[tuple[str, bytes, str, bytes]] = field(default_factory=list)
-    revocations: list[tuple[str, int, bytes]] = field(default_factory=list)
-    meta: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class VerifyReport:
-    """What ``Till.verify`` found.  ``ok`` is False if anything at all is wrong."""
-
-    entries: int = 0
-    devices: int = 0
-    first_break: ChainBreak | None = None
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.first_break is None and not self.problems
-
-    def to_json(self) -> dict[str, Any]:
-        brk = self.first_break
-        return {
-            "ok": self.ok,
-            "entries_checked": self.entries,
-            "devices": self.devices,
-            "first_break": None if brk is None else {
-                "device_id": brk.device_id, "seq": brk.seq,
-                "client_id": brk.client_id, "reason": brk.reason,
-            },
-            "problems": self.problems,
-        }
-
-
-def _effects_of(entry: Entry) -> list[Effect]:
-    """What an entry does to the views.  An entry another till forwarded may be one the
-    relay will reject (unknown kind, a body that is not a valid map): it is kept as
-    signed, with no effect, here and when the views are rebuilt alike."""
-    try:
-        body = entry.body
-    except Exception:  # a body that is not msgpack
-        return []
-    if entry_problem(entry.client_id, entry.kind, entry.body_bytes, body) is not None:
-        return []  # what the relay rejects on its own (entry_rules): no effect anywhere
-    return _stamped_effects(entry, body)
-
-
-def _stamped_effects(entry: Entry, body: Mapping[str, Any]) -> list[Effect]:
-    """An entry's effects, its "set" ones carrying its place (``order_of``)."""
-    return stamped(effects(entry.kind, entry.client_id, body),
-                   order_of(entry.client_created_at, entry.device_id, entry.seq))
-
-
-class Till:
+class Till(Inbound, Reads):
     """One device's store: master document, signed log, derived views."""
 
     def __init__(
@@ -669,348 +604,3 @@ class Till:
         if self._head[0]:
             heads[self.device_id] = self._head[0]
         return heads
-
-    @property
-    def cert(self) -> bytes | None:
-        """This device's certificate from the relay, once it has one."""
-        return self._certs.get(self.device_id)
-
-    def certs(self) -> dict[str, bytes]:
-        return dict(self._certs)
-
-    def _may_edit(self, collection: str, record_id: str, body: Mapping[str, object]) -> None:
-        role = self.role_of(self.device_id)
-        if role is None or role in MANAGING_ROLES:  # a store of its own has no roles
-            return
-        # The price alone, read in microseconds (``get`` copies the whole record).
-        what = guarded_edit(collection, record_id,
-                            self.master.fields(collection, record_id, ("price",)), body)
-        if what is not None:
-            raise Forbidden(f"{what} may be changed only from a back-office or admin "
-                            f"device; this device is enrolled as {role!r} (keep the "
-                            "catalogue on a device enrolled with `tillsync relay enroll "
-                            "--role backoffice`)")
-
-    def role_of(self, device_id: str) -> str | None:
-        """The role in a device's certificate (None if this till holds none for it)."""
-        cert = self._certs.get(device_id)
-        if cert is None or self.relay_key is None:
-            return None
-        cached = self._roles.get(device_id)
-        if cached is None or cached[0] != cert:
-            cached = self._roles[device_id] = (
-                cert, Certificate.load(cert, self.relay_key).role)
-        return cached[1]
-
-    def device_name(self, device_id: str) -> str | None:
-        cert = self._certs.get(device_id)
-        if cert is None or self.relay_key is None:
-            return None
-        return Certificate.load(cert, self.relay_key).name
-
-    async def add_certs(self, raws: list[bytes]) -> list[str]:
-        """Keep certificates the relay issued (checked against its key and this store);
-        returns the problems of those refused.  A certificate never replaces the key of a
-        device already known, nor a certificate that runs out later (a peer may forward
-        an older one; the relay issues a fresh one on every sync)."""
-        if self.relay_key is None:
-            return ["this store is not enrolled at a relay: it cannot check certificates"]
-        problems: list[str] = []
-        fresh: dict[str, Certificate] = {}
-        for raw in raws:
-            try:
-                cert = Certificate.load(raw, self.relay_key, store=self.store_id)
-            except CertificateError as exc:
-                problems.append(str(exc))
-                continue
-            known = self._keys.get(cert.device)
-            if known is not None and known != cert.public_key:
-                problems.append(f"certificate of {cert.device} names another key than the "
-                                "one this store knows")
-            elif self._certs.get(cert.device) != raw and _later(cert, self._certs.get(
-                    cert.device), self.relay_key):
-                fresh[cert.device] = cert
-        if fresh:
-            async def op(batch: _Batch) -> None:
-                for c in fresh.values():
-                    batch.certs.append((c.device, c.public_key, c.name, c.raw))
-                    self._keys.setdefault(c.device, c.public_key)
-                    self._certs[c.device] = c.raw
-
-            await self._submit(op)
-        return problems
-
-    def revoked_upto(self, device_id: str) -> int | None:
-        """The seq after which ``device_id``'s entries are refused, if it is revoked."""
-        known = self._revoked.get(device_id)
-        return None if known is None else known[0]
-
-    def revocations(self) -> list[bytes]:
-        """The relay's signed revocations this till holds, to forward on the LAN."""
-        return [record for _, record in sorted(self._revoked.values())]
-
-    async def add_revocations(self, raws: list[bytes]) -> list[str]:
-        """Keep revocations the relay signed for this store; returns the problems of
-        those refused.  From now on the revoked devices cannot link with this till and
-        their entries after ``upto`` are neither taken nor passed on."""
-        if self.relay_key is None:
-            return ["this store is not enrolled at a relay: it cannot check revocations"]
-        problems: list[str] = []
-        fresh: dict[str, Revocation] = {}
-        for raw in raws:
-            try:
-                revocation = Revocation.load(raw, self.relay_key, store=self.store_id)
-            except CertificateError as exc:
-                problems.append(str(exc))
-                continue
-            if revocation.device not in self._revoked:
-                fresh[revocation.device] = revocation
-        if fresh:
-            async def op(batch: _Batch) -> None:
-                for r in fresh.values():
-                    batch.revocations.append((r.device, r.upto, r.raw))
-                    self._revoked.setdefault(r.device, (r.upto, r.raw))
-                    log.warning("device %s is revoked: its entries after seq %d are refused",
-                                r.device, r.upto)
-
-            await self._submit(op)
-        return problems
-
-    async def receive_entries(self, entries: list[Entry]) -> int:
-        """Store other devices' entries forwarded by a peer, after checking them: each
-        device's run must continue the chain held here, and every entry's signature must
-        verify with the device's certified key.  Entries already held are skipped; a run
-        that starts beyond the head held here is left for later.  Returns how many were
-        stored.
-
-        Raises ``EntryRefused`` (nothing stored) if any run is broken or forged, or an
-        entry reuses the client_id of another."""
-        by_device: dict[str, list[Entry]] = {}
-        for entry in entries:
-            by_device.setdefault(entry.device_id, []).append(entry)
-
-        async def op(batch: _Batch) -> int:
-            stored: list[Entry] = []
-            heads: dict[str, tuple[int, bytes]] = {}
-            for device, run in by_device.items():
-                if device == self.device_id:
-                    continue  # this till is the authority on its own log
-                key = self._keys.get(device)
-                if key is None or device not in self._certs:
-                    raise EntryRefused(f"entries of device {device}, whose certificate "
-                                       "this store has not been given")
-                seq, prev = self._others.get(device, (0, GENESIS_PREV))
-                upto = self.revoked_upto(device)
-                run = sorted((e for e in run if e.seq > seq), key=lambda e: e.seq)
-                if upto is not None and run and run[-1].seq > upto:
-                    log.warning("entries of revoked device %s after seq %d refused", device,
-                                upto)
-                    run = [e for e in run if e.seq <= upto]
-                if not run or run[0].seq != seq + 1:
-                    continue  # nothing new, or a gap: the peer resends from our head
-                # Every signature, not just the head's: the head vouches for the content
-                # of the run, but not for the signature bytes of the entries before it,
-                # and this till keeps and forwards them as they came.
-                brk = verify_chain(run, key, after_seq=seq, after_hash=prev)
-                if brk is not None:
-                    raise EntryRefused(f"forwarded entries do not verify: {brk}")
-                stored += run
-                heads[device] = (run[-1].seq, run[-1].hash)
-            held = await self._db.holders([e.client_id for e in stored])
-            for entry in stored:
-                taken = batch.by_client_id.get(entry.client_id)
-                holder = (taken.device_id, taken.seq) if taken else held.get(entry.client_id)
-                if holder is not None:
-                    raise EntryRefused(
-                        f"forwarded entry {entry.device_id} seq {entry.seq} reuses client_id "
-                        f"{entry.client_id} of device {holder[0]} seq {holder[1]}")
-                batch.by_client_id[entry.client_id] = entry
-                batch.effects.extend(_effects_of(entry))
-            batch.entries.extend(stored)
-            self._others.update(heads)
-            return len(stored)
-
-        return await self._submit(op)
-
-    async def stream_after(self, after_seq: int, limit: int) -> list[dict[str, Any]]:
-        """The relay's receipts after ``after_seq``, in stream order, as held here."""
-        return [msgpack.unpackb(b, raw=False)
-                for b in await self._db.stream_after(after_seq, limit)]
-
-    async def store_receipts(self, receipts: list[dict[str, Any]], seq: int, head: bytes,
-                             contact: str, *, rewind: bool = False) -> None:
-        """Keep verified receipts and the stream position (``rewind``: even an earlier one)."""
-
-        async def op(batch: _Batch) -> None:
-            for r in receipts:
-                body = msgpack.packb(r, use_bin_type=True)
-                batch.receipts.append((r["client_id"], r["server_seq"], r["status"], body))
-                batch.stream.append((r["server_seq"], body))
-            # Two links (the relay's, a LAN peer's) may bring the same receipts at once;
-            # the stream is one chain, so the further position is the right one.
-            if seq > self.receipts_position()[0] or rewind:
-                batch.meta.update(receipts_seq=str(seq), receipts_hash=head.hex())
-            if contact:
-                batch.meta["last_contact"] = contact
-
-        await self._submit(op)
-
-    async def note_contact(self, contact: str, error: str = "") -> None:
-        async def op(batch: _Batch) -> None:
-            batch.meta["last_error"] = error
-            if contact:
-                batch.meta["last_contact"] = contact
-
-        await self._submit(op)
-
-    async def receive_document(self, sync_state: Any, message: bytes | None = None,
-                               snapshot: bytes | None = None) -> None:
-        """Merge a peer's document sync message or snapshot, durably."""
-
-        async def op(batch: _Batch) -> None:
-            if snapshot is not None:
-                batch.chunks.extend(self.master.apply(snapshot))
-            if message is not None:
-                batch.chunks.extend(self.master.receive_sync(sync_state, message))
-
-        await self._submit(op)
-
-    async def receipts(self, status: str | None = None) -> list[dict[str, Any]]:
-        """The latest receipt of every entry the relay has answered (any device)."""
-        return [msgpack.unpackb(b, raw=False) for b in await self._db.receipts(status)]
-
-    # -- derived views -----------------------------------------------------------------
-
-    async def stock(self) -> list[dict[str, Any]]:
-        """Stock of every tracked product; suggested price of every volatile one."""
-        levels = await self._db.view("stock")
-        last_price = await self._db.view("last_price")
-        return [stock_row(product_id, product, levels.get(product_id, Decimal(0)),
-                          last_price.get(product_id))
-                for product_id, product in sorted(self.master.all("products").items())]
-
-    async def expected_cash(self, shift_client_id: str) -> int:
-        """Cash that should be in the drawer of a shift, in minor units."""
-        if await self._shift_state(shift_client_id) is None:
-            raise InvalidInput(f"no shift {shift_client_id} on this till")
-        return int(await self._db.view_value("cash", shift_client_id) or 0)
-
-    async def shifts(self) -> list[dict[str, Any]]:
-        opened = await self._db.view("shift_opened")
-        closed = await self._db.view("shift_closed")
-        cash = await self._db.view("cash")
-        return [
-            {"shift_client_id": s, "open": s not in closed, "expected_cash": int(cash.get(s, 0))}
-            for s in sorted(opened)
-        ]
-
-    async def balances(self) -> dict[str, int]:
-        """What each customer owes (sales on account minus payments), minor units."""
-        return {k: int(v) for k, v in sorted((await self._db.view("balance")).items())}
-
-    async def balance(self, customer_id: str) -> int:
-        if not self.master.has("customers", customer_id):
-            raise InvalidInput(f"no customers record {customer_id!r}")
-        return int(await self._db.view_value("balance", customer_id) or 0)
-
-    async def held_sales(self) -> list[str]:
-        """Held sales not yet resumed."""
-        return sorted(k for k, v in (await self._db.view("held")).items() if v)
-
-    async def pending(self, limit: int = 100) -> tuple[int, list[Entry]]:
-        """Entries the relay has not acknowledged yet: the count and the oldest few."""
-        return await self._db.pending(limit)
-
-    async def status(self) -> dict[str, Any]:
-        pending, _ = await self.pending(limit=0)
-        counts = await self._db.count_entries()
-        return {
-            "path": str(self.path),
-            "device_id": self.device_id,
-            "name": self.name,
-            "series": self.series,
-            "store_id": self.store_id,
-            "store_key": self.meta.get("relay_key") or None,  # pinned on enrollment
-            "last_seq": self._head[0],
-            "last_ticket": f"{self.series}-{self._tickets:06d}" if self._tickets else None,
-            "entries": counts,
-            "devices": {d: {"name": self.device_name(d), "last_seq": seq}
-                        for d, seq in sorted(self.heads().items())},
-            "pending": pending,
-            "relay": self.meta.get("relay_url") or None,
-            "last_contact": self.meta.get("last_contact") or None,
-            "last_error": self.meta.get("last_error") or None,
-            "receipts_position": self.receipts_position()[0],
-            "revoked": {d: upto for d, (upto, _) in sorted(self._revoked.items())},
-            "rejected": [{"client_id": r["client_id"], "kind": r.get("kind"),
-                          "seq": r.get("seq"), "device_id": r.get("device_id"),
-                          **r.get("error", {})}
-                         for r in await self.receipts("rejected")],
-            "waiting": await self._db.count_receipts("waiting"),
-            "open_shifts": [s for s in await self.shifts() if s["open"]],
-            "held_sales": await self.held_sales(),
-            "master": {c: len(self.master.ids(c)) for c in ("products", "customers",
-                                                            "suppliers", "cashiers")},
-        }
-
-    async def rebuild_views(self) -> dict[tuple[str, str], Decimal]:
-        """The views folded afresh from the whole log (for checks and repair)."""
-        views: dict[tuple[str, str], Decimal] = {}
-        ats: dict[tuple[str, str], str] = {}
-        async for entry, _ in self._db.entries():
-            for effect in _effects_of(entry):
-                fold(views, effect, ats)
-        return views
-
-    # -- verification ------------------------------------------------------------------
-
-    async def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
-        """Re-check the database pages, every chain link and every signature."""
-        report = VerifyReport()
-        report.problems.extend(f"sqlite: {p}" for p in await self._db.integrity_check())
-        devices = await self._db.devices()
-        report.devices = len(devices)
-        expected: dict[str, tuple[int, bytes]] = {}
-        async for entry, stored_hash in self._db.entries():
-            report.entries += 1
-            if progress is not None and report.entries % 10_000 == 0:
-                progress(report.entries)
-            if report.first_break is not None:
-                continue
-            seq, prev = expected.get(entry.device_id, (0, GENESIS_PREV))
-            known = devices.get(entry.device_id)
-            reason = None
-            if known is None:
-                reason = "entry of a device this store does not know"
-            elif entry.seq != seq + 1:
-                reason = f"expected seq {seq + 1}: the log has a gap"
-            elif entry.prev != prev:
-                reason = "prev does not match the hash of the entry before it"
-            elif entry.hash != stored_hash:
-                reason = "content does not match its stored hash (the entry was altered)"
-            elif not entry.signature_valid(known[0]):
-                reason = "signature does not match the entry's content"
-            if reason is not None:
-                report.first_break = ChainBreak(entry.device_id, entry.seq, entry.client_id,
-                                                reason)
-            expected[entry.device_id] = (entry.seq, entry.hash)
-        stored_views = {(v, k): x for v in ("stock", "cash", "balance", "last_price",
-                                               "shift_opened", "shift_closed", "held")
-                        for k, x in (await self._db.view(v)).items()}
-        if report.first_break is None and stored_views != await self.rebuild_views():
-            report.problems.append("derived views differ from the log (run a rebuild)")
-        return report
-
-
-def _later(cert: Certificate, known: bytes | None, relay_key: bytes) -> bool:
-    """Whether ``cert`` should replace the certificate ``known`` of the same device: it
-    runs out later (one without limits, from before certificates had them, counts as
-    the oldest)."""
-    if known is None:
-        return True
-    try:
-        old = Certificate.load(known, relay_key)
-    except CertificateError:
-        return True
-    rank = -1 if cert.not_after is None else cert.not_after
-    return rank > (-1 if old.not_after is None else old.not_after)
