@@ -159,6 +159,8 @@ class Till(Inbound, Reads):
         self.version = 0  # bumped on every commit; see ``wait_changed``
         self.data_version = 0  # bumped on commits that add entries or document changes
         self._changed = asyncio.Event()
+        # Told (seconds, entries) after each group commit that wrote something (metrics).
+        self.on_commit: Callable[[float, int], None] | None = None
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -286,6 +288,11 @@ class Till(Inbound, Reads):
             till._writer = asyncio.create_task(till._write_loop(), name=f"tillsync-writer {root}")
         return till
 
+    @property
+    def closing(self) -> bool:
+        """True once ``close`` has begun (or the writer has stopped): no more writes."""
+        return self._closing
+
     async def close(self) -> None:
         """Finish queued writes, then close the database and release the lock."""
         if self._writer is not None:
@@ -343,6 +350,7 @@ class Till(Inbound, Reads):
         rows go in with one statement per table: a batch costs five trips to the
         database thread and one fsync, however many sales it holds."""
         batch = _Batch()
+        started = time.perf_counter()
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             for op, future in ops:
@@ -358,6 +366,8 @@ class Till(Inbound, Reads):
                     await self._db.commit_changes(batch.chunks)  # one statement, one trip
                 else:
                     await self._write(batch)
+                if self.on_commit is not None:
+                    self.on_commit(time.perf_counter() - started, len(batch.entries))
                 self.meta.update(batch.meta)
                 if batch.entries or batch.chunks:
                     self.data_version += 1

@@ -16,6 +16,7 @@ from peer.http.auth import Gate
 from peer.http.context import KEY, ApiContext
 from peer.http.errors import errors_middleware
 from peer.http.events import stream
+from peer.http.ops import TillOps
 
 API_HOST = "127.0.0.1"
 API_PORT = 8767
@@ -28,10 +29,12 @@ async def _page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
 
-def build(ctx: ApiContext, gate: Gate) -> web.Application:
+def build(ctx: ApiContext, gate: Gate, ops: TillOps | None = None) -> web.Application:
     app = web.Application(middlewares=[errors_middleware, gate.middleware],
                           client_max_size=MAX_BODY)
     app[KEY] = ctx
+    if ops is not None:  # /healthz, /readyz, /metrics: for operators, no token
+        ops.add_routes(app)
     app.router.add_get("/openapi.json", openapi.handler)
     # The reference till page: static files, no token needed to load them (the page asks
     # for the token, and every call it makes sends it).
@@ -47,10 +50,11 @@ def build(ctx: ApiContext, gate: Gate) -> web.Application:
     return app
 
 
-async def serve(path: Path, ctx: ApiContext, host: str, port: int
-                ) -> tuple[web.AppRunner, str]:
+async def serve(path: Path, ctx: ApiContext, host: str, port: int,
+                ops: TillOps | None = None) -> tuple[web.AppRunner, str]:
     """Start serving; returns the runner (``cleanup()`` stops it) and the base URL."""
-    runner = web.AppRunner(build(ctx, Gate(path)), access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(build(ctx, Gate(path), ops), access_log=None,
+                           shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

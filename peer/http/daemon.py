@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from peer.http.app import serve, stop
 from peer.http.context import ApiContext
 from peer.http.controls import Controls
+from peer.http.ops import TillOps
 from peer.shutdown import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -27,7 +28,8 @@ async def start(node: Node, stack: contextlib.AsyncExitStack, host: str, port: i
                      sync_round=controls.round)
     watcher = asyncio.create_task(node.events.watch(till), name="tillsync events")
     stack.push_async_callback(_cancel, watcher)
-    runner, url = await serve(node.config.path, ctx, host, port)
+    ops = TillOps(till, node.status, lambda: node.last_sync_ok)
+    runner, url = await serve(node.config.path, ctx, host, port, ops)
     stack.push_async_callback(stop, node.config.path, runner)
     log.info("serving the till's API on %s", url)
     return url

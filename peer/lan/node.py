@@ -79,6 +79,7 @@ class Node:
         self._stop = asyncio.Event()
         self._dialled: set[Any] = set()  # open links this node dialled
         self.relay_state: dict[str, Any] = {}
+        self.last_sync_ok: float | None = None  # unix time of the last good relay round
         self.events = EventBus()
 
     # -- life cycle --------------------------------------------------------------------
@@ -276,7 +277,9 @@ class Node:
             try:
                 report = await client.sync_once(till, config.relay)
                 failures = 0
-                self.relay_state = {"ok": True, "at": time.time(), "pushed": report.pushed,
+                self.last_sync_ok = time.time()
+                self.relay_state = {"ok": True, "at": self.last_sync_ok,
+                                    "pushed": report.pushed,
                                     "receipts": report.receipts, "pending": report.pending}
                 self.events.publish("sync", self.relay_state)
                 if report.pushed or report.receipts:
