@@ -1,4 +1,7 @@
-"""The ``tillsync`` command line.
+"""The ``tillsync`` command line: ``main``, the parser, and the ``peer`` verbs.  The
+``relay`` verbs are in ``tools/cli_relay.py``, ``report`` in ``tools/cli_report.py``,
+``peer enroll`` and the relay's start checks in ``tools/cli_ops.py``, and what they all
+share (exit codes, argument types, output) in ``tools/cli_common.py``.
 
 Every verb that reports has ``--json``.  Exit status: 0 done, 1 a check failed
 (``peer verify``), 2 bad input (nothing was stored), 3 the store cannot be used.
@@ -9,14 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 from peer import client, logfmt
@@ -26,89 +27,34 @@ from peer.enrollment import enroll_existing, holds_store
 from peer.errors import InvalidInput, StoreCorrupt, StoreError, TillsyncError
 from peer.http.auth import owner_token
 from peer.lan.node import LAN_PORT, Node, NodeConfig, read_status
-from peer.shutdown import SHUTDOWN_GRACE, SHUTDOWN_HELP, Deadlines, Shutdown, run_until_signal
+from peer.shutdown import SHUTDOWN_GRACE, SHUTDOWN_HELP, Shutdown, run_until_signal
 from peer.store import Till, is_locked
 from peer.sync.deadlines import (
-    CLOSE_BUSY,
     CLOSE_HANDSHAKE_TIMEOUT,
-    CLOSE_IDLE,
     HANDSHAKE_TIMEOUT,
 )
-from relay.faults import quiet_library_tracebacks
-from relay.limits import IDLE_TIMEOUT, MAX_HANDSHAKES, Limits
-from relay.server import DB_FILE, Relay, RelayConfig, die_with_parent, running, tune_gc
-from relay.storage import is_postgres
-from relay.storage.postgres import describe
-from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
-from relay.workers import serve_workers
 from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, UnknownCollection, UnknownKind
 from tools import api_cli, backup
 from tools import demo as demo_module
-from tools.cli_ops import OpsError, add_peer_enroll, before_serve, check_hours
-
-LOCK_WAIT = 5.0  # seconds a writing verb waits for `peer run` to finish its round
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_STORE, EXIT_RELAY = 0, 1, 2, 3, 4
-
-EPILOG = """\
-exit status: 0 done, 1 a check failed, 2 bad input (nothing stored), 3 store unusable,
-4 the relay could not be reached or refused.
-money is integer minor units (1250 = 12.50); quantities are integers or decimal strings
-("0.75"); --body takes JSON, @FILE to read it from a file, or - for standard input."""
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
-    return port
-
-
-Number = TypeVar("Number", int, float)
-
-
-def _above_zero(convert: Callable[[str], Number]) -> Callable[[str], Number]:
-    """An argparse type: ``convert``'s number, refused unless it is more than 0."""
-    def parse(text: str) -> Number:
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{text}: must be more than 0")
-        return value
-    return parse
-
-
-class CliError(Exception):
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _read_body(text: str) -> Any:
-    if text == "-":
-        text = sys.stdin.read()
-    elif text.startswith("@"):
-        try:
-            with open(text[1:], encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as exc:
-            raise CliError(f"--body {text}: {exc.strerror}", EXIT_BAD_INPUT) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CliError(f"--body is not valid JSON: {exc}", EXIT_BAD_INPUT) from None
-
-
-def _emit(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        print(human())
-
+from tools.cli_common import (
+    EPILOG,
+    EXIT_BAD_INPUT,
+    EXIT_CHECK_FAILED,
+    EXIT_OK,
+    EXIT_RELAY,
+    EXIT_STORE,
+    LOCK_WAIT,
+    CliError,
+    above_zero,
+    add_log_format_flag,
+    emit,
+    port_arg,
+    read_body,
+    shutdown_deadlines,
+)
+from tools.cli_ops import OpsError, add_peer_enroll
+from tools.cli_relay import add_relay, relay_serve, relay_serve_workers
+from tools.cli_report import add_report
 
 # -- peer verbs ------------------------------------------------------------------------
 
@@ -130,7 +76,7 @@ async def peer_init(args: argparse.Namespace) -> int:
                                store_id=args.store)
     owner_token(Path(args.dir))  # the HTTP API's token, owner-only beside the key
     public = {k: info[k] for k in ("device_id", "name", "series", "store_id", "public_key")}
-    _emit(args, public, lambda: (
+    emit(args, public, lambda: (
         (f"enrolled the store in {args.dir}, its log and master data kept\n" if kept
          else f"initialised store in {args.dir}\n") +
         f"  device   {info['device_id']} ({info['name']})\n"
@@ -155,7 +101,7 @@ async def _through_daemon(path: str, method: str, route: str, body: dict[str, An
 
 
 async def peer_put(args: argparse.Namespace) -> int:
-    body = _read_body(args.body)
+    body = read_body(args.body)
     if not isinstance(body, dict):
         raise CliError("--body must be a JSON object", EXIT_BAD_INPUT)
     if await _daemon_serves(args.dir):
@@ -164,7 +110,7 @@ async def peer_put(args: argparse.Namespace) -> int:
     else:
         async with await Till.open(args.dir, wait=LOCK_WAIT) as till:
             record = await till.put(args.collection, args.id, body)
-    _emit(args, {"id": args.id, **record}, lambda: json.dumps({"id": args.id, **record},
+    emit(args, {"id": args.id, **record}, lambda: json.dumps({"id": args.id, **record},
                                                               sort_keys=True))
     return EXIT_OK
 
@@ -182,7 +128,7 @@ async def peer_get(args: argparse.Namespace) -> int:
 
 
 async def peer_record(args: argparse.Namespace) -> int:
-    body = _read_body(args.body)
+    body = read_body(args.body)
     if await _daemon_serves(args.dir):
         answer = await _through_daemon(args.dir, "POST", "/api/entries",
                                        {"kind": args.kind, "body": body,
@@ -203,7 +149,7 @@ async def peer_record(args: argparse.Namespace) -> int:
             what += "; its official invoice number comes with the relay's receipt at sync"
         return f"recorded {what}"
 
-    _emit(args, data, human)
+    emit(args, data, human)
     return EXIT_OK
 
 
@@ -222,7 +168,7 @@ async def peer_stock(args: argparse.Namespace) -> int:
             lines.append(f"{str(r['name'])[:24]:<24} {str(r['sku'])[:12]:<12} {value:>10}  {note}")
         return "\n".join(lines) if rows else "no products"
 
-    _emit(args, rows, human)
+    emit(args, rows, human)
     return EXIT_OK
 
 
@@ -298,7 +244,7 @@ async def peer_status(args: argparse.Namespace) -> int:
             *_lan_lines(lan),
         ])
 
-    _emit(args, status, human)
+    emit(args, status, human)
     return EXIT_OK
 
 
@@ -307,7 +253,7 @@ async def peer_verify(args: argparse.Namespace) -> int:
         till = await Till.open(args.dir, readonly=True)
     except StoreCorrupt as exc:  # damage found before the chain walk: still a failed check
         damage = str(exc)
-        _emit(args, {"ok": False, "first_break": None, "problems": [damage]},
+        emit(args, {"ok": False, "first_break": None, "problems": [damage]},
               lambda: f"FAILED: {damage}")
         return EXIT_CHECK_FAILED
     async with till:
@@ -328,7 +274,7 @@ async def peer_verify(args: argparse.Namespace) -> int:
         lines.extend(f"  {p}" for p in report.problems)
         return "\n".join(lines)
 
-    _emit(args, data, human)
+    emit(args, data, human)
     return EXIT_OK if report.ok else EXIT_CHECK_FAILED
 
 
@@ -336,7 +282,7 @@ async def peer_sync(args: argparse.Namespace) -> int:
     async with await Till.open(args.dir, wait=10.0) as till:
         report = await client.sync_once(till, args.relay)
     data = vars(report)
-    _emit(args, data, lambda: (
+    emit(args, data, lambda: (
         f"synced: pushed {report.pushed} entries, received {report.receipts} receipts "
         f"({report.accepted} accepted, {report.waiting} waiting, {report.rejected} rejected "
         f"of mine), {report.doc_changes} document messages; {report.pending} pending"))
@@ -350,7 +296,7 @@ async def peer_run(args: argparse.Namespace) -> int:
     if args.log_format == "json":  # every line of this daemon is about its own till
         async with await Till.open(args.dir, readonly=True) as till:
             logfmt.bind(store=till.store_id, device=till.device_id)
-    deadlines = _deadlines(args)
+    deadlines = shutdown_deadlines(args)
     if args.no_lan:
         await run_until_signal(f"the daemon of {args.dir}", deadlines, client.run(
             Path(args.dir), url=args.relay, interval=args.interval))
@@ -367,13 +313,6 @@ async def peer_run(args: argparse.Namespace) -> int:
     await node.run()
     shutdown.done()
     return EXIT_OK
-
-
-def _deadlines(args: argparse.Namespace) -> Deadlines:
-    if not args.shutdown_grace > 0:
-        raise CliError(f"--shutdown-grace must be more than 0 seconds, not "
-                       f"{args.shutdown_grace}", EXIT_BAD_INPUT)
-    return Deadlines.within(args.shutdown_grace)
 
 
 async def peer_receipts(args: argparse.Namespace) -> int:
@@ -395,308 +334,15 @@ async def peer_receipts(args: argparse.Namespace) -> int:
                          f"{total:>9}  {r.get('kind', '')} {r.get('server_id', '')} {note}")
         return "\n".join(lines) if receipts else "no receipts yet: run `tillsync peer sync`"
 
-    _emit(args, rows, human)
+    emit(args, rows, human)
     return EXIT_OK
-
-
-def _relay_logging(worker: bool, log_format: str = "text") -> None:
-    fmt = "%(asctime)s [%(process)d] %(name)s %(message)s" if worker else \
-        "%(asctime)s %(name)s %(message)s"
-    logfmt.configure(log_format, fmt, pid=worker)
-    # One line per device session comes from tillsync.relay; the library's own
-    # open/close lines would double them.
-    logging.getLogger("websockets").setLevel(logging.WARNING)
-    quiet_library_tracebacks()
-
-
-def _check_db(args: argparse.Namespace) -> None:
-    if args.db is not None and not is_postgres(args.db):
-        raise CliError(f"--db takes a postgresql://user@host:port/database URL, not "
-                       f"{args.db!r}", EXIT_BAD_INPUT)
-    if getattr(args, "cert_days", 1) <= 0:
-        raise CliError(f"--cert-days must be more than 0, not {args.cert_days}",
-                       EXIT_BAD_INPUT)
-
-
-def relay_serve_workers(args: argparse.Namespace) -> int:
-    """``relay serve --workers N``: this process supervises N relay processes (run from
-    the main thread, outside any event loop: it handles the signals)."""
-    _check_db(args)
-    if args.db is None:
-        raise CliError("--workers needs --db postgresql://...: relay processes share "
-                       "one PostgreSQL database (SQLite serves one process)", EXIT_BAD_INPUT)
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise CliError("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
-    limits = _limits(args)
-    grace = _deadlines(args).exit
-    before_serve(args)
-    _relay_logging(worker=True, log_format=args.log_format)
-    asyncio.run(migrate(args.db, args.db_wait))  # once, before the workers start
-    extra = ["--cert-days", str(args.cert_days), "--log-format", args.log_format,
-             "--handshake-timeout", str(limits.handshake_timeout),
-             "--idle-timeout", str(limits.idle_timeout),
-             "--max-handshakes", str(limits.max_handshakes)]
-    if args.tls_cert:
-        extra += ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key]
-    return serve_workers(workers=args.workers, data=Path(args.data), db=args.db,
-                         host=args.host, port=args.port, db_wait=args.db_wait, extra=extra,
-                         scheme="wss" if args.tls_cert else "ws",
-                         grace=grace)
-
-
-async def relay_serve(args: argparse.Namespace) -> int:
-    _check_db(args)
-    _relay_logging(worker=args.worker_of is not None, log_format=args.log_format)
-    if args.worker_of is not None:
-        die_with_parent(args.worker_of)
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise CliError("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
-    lock = before_serve(args)  # noqa: F841 - held while the relay runs
-    config = RelayConfig(Path(args.data), args.host, args.port, db=args.db,
-                         reuse_port=args.reuse_port, db_wait=args.db_wait,
-                         tls_cert=args.tls_cert, tls_key=args.tls_key,
-                         cert_days=args.cert_days, limits=_limits(args),
-                         deadlines=_deadlines(args))
-    stopping = asyncio.Event()
-    shutdown = Shutdown("the relay", stopping.set, config.deadlines)
-    shutdown.install(asyncio.get_running_loop())
-    async with running(config) as (_, port):
-        tune_gc()
-        where = f"database {describe(args.db)}" if args.db else f"data in {args.data}"
-        scheme = "wss" if args.tls_cert else "ws"
-        print(f"relay listening on {scheme}://{args.host}:{port} ({where})", flush=True)
-        await stopping.wait()
-    shutdown.done()
-    return EXIT_OK
-
-
-def _limits(args: argparse.Namespace) -> Limits:
-    return Limits(args.handshake_timeout, args.idle_timeout, args.max_handshakes)
-
-
-async def migrate(db: str, wait: float) -> int:
-    from relay.storage import postgres
-
-    conn = await postgres.connect_retrying(db, wait)
-    try:
-        return await postgres.migrate_schema(conn)
-    finally:
-        await conn.close()
-
-
-async def relay_migrate(args: argparse.Namespace) -> int:
-    """Create or upgrade the relay's schema in the database (the relay also does it when
-    it starts)."""
-    _check_db(args)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.db is None and args.data is None:
-        raise CliError("relay migrate needs --db URL (PostgreSQL) or --data DIR (SQLite)",
-                       EXIT_BAD_INPUT)
-    if args.db is None:
-        relay = await Relay.open(Path(args.data))  # SQLite: made up to date on opening
-        await relay.close()
-        version, where = SQLITE_SCHEMA_VERSION, str(Path(args.data) / DB_FILE)
-    else:
-        version, where = await migrate(args.db, args.db_wait), describe(args.db)
-    _emit(args, {"schema_version": version, "database": where},
-          lambda: f"relay schema at version {version} in {where}")
-    return EXIT_OK
-
-
-async def relay_enroll(args: argparse.Namespace) -> int:
-    _check_db(args)
-    check_hours(args.hours)
-    relay = await Relay.open(Path(args.data), args.db)
-    try:
-        code = await relay.new_code(args.store, args.name, args.role,
-                                    timedelta(hours=args.hours))
-        store_key = (await relay.store_key(args.store)).public_bytes.hex()
-    finally:
-        await relay.close()
-    data = {"code": code, "store": args.store, "name": args.name,
-            "expires_in_hours": args.hours, "store_key": store_key}
-    if not args.json:  # the code alone on stdout, so that CODE=$(tillsync relay enroll ...)
-        print(f"one-time code for '{args.name}' in store {args.store}, valid {args.hours} h: "
-              f"tillsync peer init DIR --name '{args.name}' --relay URL --code {code}\n"
-              f"store key {store_key} (the till shows the key it pinned in `peer status`)",
-              file=sys.stderr)
-    _emit(args, data, lambda: code)
-    return EXIT_OK
-
-
-async def relay_token(args: argparse.Namespace) -> int:
-    _check_db(args)
-    relay = await Relay.open(Path(args.data), args.db)
-    try:
-        token = await relay.new_token(args.store)
-    finally:
-        await relay.close()
-    _emit(args, {"store": args.store, "token": token}, lambda: (
-        f"{token}\n(reporting API token for store {args.store}; shown once, the relay keeps "
-        f"only its hash: curl -H 'Authorization: Bearer {token}' "
-        f"http://RELAY/api/v1/stores/{args.store}/reports/sales)"))
-    return EXIT_OK
-
-
-async def relay_revoke(args: argparse.Namespace) -> int:
-    _check_db(args)
-    relay = await Relay.open(Path(args.data), args.db)
-    try:
-        row = await relay.revoke(args.store, args.device)
-    finally:
-        await relay.close()
-    _emit(args, {"store": row.store, "device": row.device_id, "name": row.name,
-                 "revoked_at": row.revoked_at, "upto": row.revoked_upto}, lambda: (
-        f"revoked {row.name} ({row.device_id}) of store {row.store} at {row.revoked_at}: "
-        f"its entries up to seq {row.revoked_upto} stay valid, later ones are refused; "
-        "every till learns it on its next contact with the relay or a till that has"))
-    return EXIT_OK
-
-
-# -- reports ---------------------------------------------------------------------------
-
-
-def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    """Rows as aligned text columns (numbers right-aligned)."""
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(r.get(c), int | float) or r.get(c) is None for r in rows)
-               for c in columns]
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if n else v.ljust(w)
-                         for v, w, n in zip(values, widths, numeric, strict=True)).rstrip()
-    return "\n".join([line(columns), *(line(row) for row in cells)])
-
-
-def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    import csv
-    import io
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore",
-                            lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue().rstrip("\n")
-
-
-async def _report_storage(args: argparse.Namespace) -> Any:
-    from relay.storage import open_storage
-    if args.db is None:
-        if args.data is None:
-            raise CliError("report needs --data DIR (SQLite) or --db URL (PostgreSQL)",
-                           EXIT_BAD_INPUT)
-        if not (Path(args.data) / DB_FILE).exists():
-            raise CliError(f"no relay database in {args.data} ({DB_FILE} is missing)",
-                           EXIT_BAD_INPUT)
-    return await open_storage(args.db, Path(args.data or ".") / DB_FILE, wait=args.db_wait)
-
-
-async def report_sales(args: argparse.Namespace) -> int:
-    from relay import reports
-    within = reports.Range.parse(args.start, args.end)
-    if args.product is not None and args.by != "product":
-        raise CliError("--product goes with --by product", EXIT_BAD_INPUT)
-    storage = await _report_storage(args)
-    try:
-        if args.by == "product":
-            rows = await reports.sales_by_product(storage, args.store, within, args.product)
-            columns: Sequence[str] = ("product_id", "qty", "revenue", "sales",
-                                      "avg_unit_price")
-        elif args.by == "cashier":
-            rows = await reports.sales_by_cashier(storage, args.store, within)
-            columns = ("cashier_id", "sales", "revenue")
-        elif args.by == "till":
-            rows = await reports.sales_by_till(storage, args.store, within)
-            columns = ("device_id", "name", "sales", "revenue")
-        else:
-            rows = await reports.sales_by_period(storage, args.store, args.period, within)
-            columns = ("period", "sales", "revenue")
-    finally:
-        await storage.close()
-    _report_out(args, rows, columns, "no numbered sales in this range")
-    return EXIT_OK
-
-
-async def report_invoices(args: argparse.Namespace) -> int:
-    from relay import reports
-    within = reports.Range.parse(args.start, args.end)
-    storage = await _report_storage(args)
-    try:
-        if args.ticket is not None:
-            found = await reports.invoice_of_ticket(storage, args.store, args.ticket)
-            if found is None:
-                raise CliError(f"ticket {args.ticket} has no invoice number at the relay "
-                               "(not synced yet, rejected, or no such ticket)", EXIT_BAD_INPUT)
-            rows = [found]
-            register = None
-        else:
-            register = await reports.invoice_register(storage, args.store, within,
-                                                      args.limit)
-            rows = register["invoices"]
-    finally:
-        await storage.close()
-    columns = ("series", "invoice_no", "ticket", "device_id", "total", "client_created_at",
-               "issued_at")
-    if register is None or args.csv:
-        _report_out(args, rows, columns, "")
-    elif args.json:
-        print(json.dumps(register, indent=2, sort_keys=True))
-    else:
-        print(_table(rows, columns) if rows else "no invoices in this range")
-        if args.limit is not None and len(rows) < register["count"]:
-            print(f"the {len(rows)} sold last of {register['count']} invoices in this range")
-        print(f"{register['count']} invoices in this range, total {register['total']}")
-        for series in register["series"]:
-            missing = series["missing"]
-            print(f"series {series['series']}: {series['issued']} issued, 1..{series['highest']}"
-                  + (f", MISSING {missing}" if missing else ", no gap"))
-    return EXIT_OK
-
-
-async def report_state(args: argparse.Namespace) -> int:
-    """shifts, stock, alerts, devices: one list each."""
-    from relay import reports
-    within = reports.Range.parse(getattr(args, "start", None), getattr(args, "end", None))
-    storage = await _report_storage(args)
-    try:
-        if args.verb == "stock":
-            rows = await reports.stock(storage, args.store)
-            columns: Sequence[str] = ("product_id", "name", "qty", "reorder_level", "low",
-                                      "suggested_price")
-        elif args.verb == "shifts":
-            rows = await reports.shifts(storage, args.store, within)
-            columns = ("opened_at", "till", "cashier_id", "server_id", "opening_cash",
-                       "cash_sales", "cash_refunds", "cash_in", "cash_out", "other_cash",
-                       "expected_cash", "counted_cash", "variance", "variance_reason")
-        elif args.verb == "alerts":
-            rows = await reports.alerts(storage, args.store, within)
-            columns = ("at", "product_id", "qty", "reorder_level", "client_id")
-        else:
-            rows = await reports.devices(storage, args.store)
-            columns = ("name", "device_id", "role", "last_seen", "entries", "lag_s",
-                       "waiting", "rejected", "last_rejection", "rejected_in_its_name",
-                       "revoked_at")
-    finally:
-        await storage.close()
-    _report_out(args, rows, columns, f"no {args.verb} for store {args.store}")
-    return EXIT_OK
-
-
-def _report_out(args: argparse.Namespace, rows: list[dict[str, Any]], columns: Sequence[str],
-                empty: str) -> None:
-    if args.json:
-        print(json.dumps(rows, indent=2, sort_keys=True))
-    elif args.csv:
-        print(_csv(rows, columns))
-    else:
-        print(_table(rows, columns) if rows else empty)
 
 
 async def peer_log(args: argparse.Namespace) -> int:
     async with await Till.open(args.dir, readonly=True) as till:
         entries = await till.entries(kind=args.kind)
     data = [e.to_json() for e in entries]
-    _emit(args, data, lambda: "\n".join(
+    emit(args, data, lambda: "\n".join(
         f"{e.seq:>6} {e.client_created_at} {e.kind:<16} {e.ticket or '':<16} {e.client_id}"
         for e in entries
     ) or "the log is empty")
@@ -706,18 +352,12 @@ async def peer_log(args: argparse.Namespace) -> int:
 async def peer_balances(args: argparse.Namespace) -> int:
     async with await Till.open(args.dir, readonly=True) as till:
         balances = await till.balances()
-    _emit(args, balances, lambda: "\n".join(f"{c:<36} {b:>12}" for c, b in balances.items())
+    emit(args, balances, lambda: "\n".join(f"{c:<36} {b:>12}" for c, b in balances.items())
           or "no customer owes anything")
     return EXIT_OK
 
 
 # -- parser ----------------------------------------------------------------------------
-
-
-def _log_format_flag(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--log-format", choices=logfmt.FORMATS, default="text",
-                     help="text lines (default), or one JSON object a line with time, "
-                          "level, logger, message, store, device and connection")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -729,133 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     areas = parser.add_subparsers(dest="area", required=True,
                                   metavar="{peer,relay,report,demo}")
-    relay = areas.add_parser("relay", help="the relay server", epilog=EPILOG,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    relay_verbs = relay.add_subparsers(dest="verb", required=True)
-    sub = relay_verbs.add_parser("serve", help="serve devices over websockets",
-                                 description="serve devices over websockets")
-    sub.add_argument("--data", required=True, metavar="DIR", help="the relay's data folder")
-    sub.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    sub.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
-    db_help = ("PostgreSQL database shared by relay processes, postgresql://user@host:port/"
-               "db (default: SQLite in DIR)")
-    sub.add_argument("--db", metavar="URL", help=db_help)
-    sub.add_argument("--workers", type=int, default=1, metavar="N",
-                     help="start N relay processes sharing the port (needs --db)")
-    sub.add_argument("--db-wait", type=float, default=60.0, metavar="SECONDS",
-                     help="how long to keep retrying an unreachable database (default 60)")
-    sub.add_argument("--tls-cert", metavar="FILE",
-                     help="serve wss://: the relay's certificate (chain), PEM")
-    sub.add_argument("--tls-key", metavar="FILE", help="its private key, PEM")
-    sub.add_argument("--cert-days", type=float, default=90.0, metavar="DAYS",
-                     help="validity of the device certificates the relay issues (default "
-                     "90; each contact renews a device's): a till that stays away "
-                     "longer is refused by the other tills until it syncs again")
-    _log_format_flag(sub)
-    sub.add_argument("--handshake-timeout", type=_above_zero(float), default=HANDSHAKE_TIMEOUT,
-                     metavar="SECONDS", help="close a connection that has not logged in "
-                     f"this long after opening (default {HANDSHAKE_TIMEOUT:g}; close code "
-                     f"{CLOSE_HANDSHAKE_TIMEOUT})")
-    sub.add_argument("--idle-timeout", type=_above_zero(float), default=IDLE_TIMEOUT,
-                     metavar="SECONDS",
-                     help="close a logged-in link on which no frame has passed either way "
-                     f"this long; websocket pings do not count (default {IDLE_TIMEOUT:g}; "
-                     f"close code {CLOSE_IDLE})")
-    sub.add_argument("--max-handshakes", type=_above_zero(int), default=MAX_HANDSHAKES, metavar="N",
-                     help="connections of one relay process that may be logging in at once; "
-                     f"more are closed at once with code {CLOSE_BUSY} (default "
-                     f"{MAX_HANDSHAKES})")
-    sub.add_argument("--shutdown-grace", type=float, default=SHUTDOWN_GRACE, metavar="SECONDS",
-                     help=SHUTDOWN_HELP)
-    sub.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
-    sub.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
-    sub.set_defaults(func=relay_serve)
-    sub = relay_verbs.add_parser("migrate", help="create or upgrade the relay's schema",
-                                 description="create or upgrade the relay's schema (serve "
-                                 "does it too on start)")
-    sub.add_argument("--data", metavar="DIR", help="the relay's data folder (SQLite)")
-    sub.add_argument("--db", metavar="URL", help=db_help)
-    sub.add_argument("--db-wait", type=float, default=60.0, metavar="SECONDS",
-                     help="how long to keep retrying an unreachable database (default 60)")
-    sub.add_argument("--json", action="store_true", help="print JSON")
-    sub.set_defaults(func=relay_migrate)
-    sub = relay_verbs.add_parser("enroll", help="make a one-time code to enroll a device",
-                                 description="make a one-time code to enroll a device")
-    sub.add_argument("--data", required=True, metavar="DIR", help="the relay's data folder")
-    sub.add_argument("--db", metavar="URL", help=db_help)
-    sub.add_argument("--store", required=True, help="store id (created on first use)")
-    sub.add_argument("--name", required=True, help="the device's name")
-    sub.add_argument("--role", default="till", choices=["till", "backoffice", "admin"])
-    sub.add_argument("--hours", type=float, default=24.0, help="validity (default 24)")
-    sub.add_argument("--json", action="store_true", help="print JSON")
-    sub.set_defaults(func=relay_enroll)
-    sub = relay_verbs.add_parser("token", help="make a token of the reporting API",
-                                 description="make a token of the relay's reporting API "
-                                 "for one store (GET /api/v1/stores/STORE/reports/NAME)")
-    sub.add_argument("--data", required=True, metavar="DIR", help="the relay's data folder")
-    sub.add_argument("--db", metavar="URL", help=db_help)
-    sub.add_argument("--store", required=True, help="store id")
-    sub.add_argument("--json", action="store_true", help="print JSON")
-    sub.set_defaults(func=relay_token)
-    sub = relay_verbs.add_parser("revoke", help="cut a device off (a stolen till)",
-                                 description="revoke a device: it can no longer connect, and "
-                                 "its entries after the last one the relay holds are refused "
-                                 "by the relay and, once they learn it, by every till")
-    sub.add_argument("--data", required=True, metavar="DIR", help="the relay's data folder")
-    sub.add_argument("--db", metavar="URL", help=db_help)
-    sub.add_argument("--store", required=True, help="store id")
-    sub.add_argument("--device", required=True, metavar="ID_OR_NAME",
-                     help="the device's id, or its name if unique in the store")
-    sub.add_argument("--json", action="store_true", help="print JSON")
-    sub.set_defaults(func=relay_revoke)
-    backup.add_relay_verb(relay_verbs)
-    report = areas.add_parser("report", help="central reports from the relay's data",
-                              description="reports computed from what the relay has "
-                              "ingested, one store at a time (numbered sales only)",
-                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    report_verbs = report.add_subparsers(dest="verb", required=True)
-    for name, help_text, func in (
-            ("sales", "sales by day/week/month, by product, till or cashier", report_sales),
-            ("invoices", "the invoice register with its gap check, or one ticket's invoice",
-             report_invoices),
-            ("shifts", "shift (Z) reports: opening, cash sales, in/out, expected vs counted",
-             report_state),
-            ("stock", "current stock per product, reorder levels, low ones", report_state),
-            ("alerts", "low-stock alerts: which entry took a product below its level",
-             report_state),
-            ("devices", "every device: last contact, entries held, lag of the latest, entries "
-                        "waiting, rejections (of the entries it sent, and of entries in its "
-                        "name sent by others), revocation",
-             report_state)):
-        sub = report_verbs.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--data", metavar="DIR", help="the relay's data folder (SQLite)")
-        sub.add_argument("--db", metavar="URL", help=db_help)
-        sub.add_argument("--db-wait", type=float, default=5.0, metavar="SECONDS",
-                         help="how long to keep retrying an unreachable database (default 5)")
-        sub.add_argument("--store", required=True, help="store id")
-        if name not in ("stock", "devices"):
-            sub.add_argument("--from", dest="start", metavar="YYYY-MM-DD",
-                             help="first day (UTC; client time for sales)")
-            sub.add_argument("--to", dest="end", metavar="YYYY-MM-DD",
-                             help="last day, included")
-        out = sub.add_mutually_exclusive_group()
-        out.add_argument("--json", action="store_true", help="print JSON")
-        out.add_argument("--csv", action="store_true", help="print CSV")
-        sub.set_defaults(func=func)
-        if name == "sales":
-            sub.add_argument("--by", choices=("period", "product", "till", "cashier"),
-                             default="period",
-                             help="group by period (default), product, till or cashier")
-            sub.add_argument("--period", choices=("day", "week", "month"), default="day",
-                             help="with --by period: day (default), week or month")
-            sub.add_argument("--product", metavar="ID",
-                             help="with --by product: only this product")
-        elif name == "invoices":
-            sub.add_argument("--ticket", help="only the invoice this provisional ticket became")
-            sub.add_argument("--limit", type=int, metavar="N",
-                             help="only the N invoices of the range sold last (by the till's "
-                                  "sale time; the count, total and gap check still cover all "
-                                  "of them)")
+    add_relay(areas)
+    add_report(areas)
     demo_parser = areas.add_parser("demo", help="a relay and three tills through an outage, "
                                    "end to end",
                                    description=demo_module.__doc__,
@@ -900,12 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--interval", type=float, default=5.0,
                      help="seconds between relay rounds when nothing new is stored (new "
                           "entries go up at once); failures back off up to 10 s")
-    sub.add_argument("--lan-port", type=_port, default=LAN_PORT, metavar="P",
+    sub.add_argument("--lan-port", type=port_arg, default=LAN_PORT, metavar="P",
                      help=f"port to listen on for the other tills (default {LAN_PORT}; "
                           "0 picks a free one)")
     sub.add_argument("--lan-host", default="0.0.0.0", metavar="H",
                      help="address to listen on (default all)")
-    sub.add_argument("--lan-handshake-timeout", type=_above_zero(float), default=HANDSHAKE_TIMEOUT,
+    sub.add_argument("--lan-handshake-timeout", type=above_zero(float), default=HANDSHAKE_TIMEOUT,
                      metavar="SECONDS", help="close a LAN connection that has not completed "
                      f"the handshake this long after opening (default {HANDSHAKE_TIMEOUT:g}; "
                      f"close code {CLOSE_HANDSHAKE_TIMEOUT})")
@@ -919,10 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "per round)")
     sub.add_argument("--no-relay", action="store_true",
                      help="LAN only: never contact the relay")
-    _log_format_flag(sub)
+    add_log_format_flag(sub)
     sub.add_argument("--shutdown-grace", type=float, default=SHUTDOWN_GRACE, metavar="SECONDS",
                      help=SHUTDOWN_HELP)
-    api_cli.add_run_arguments(sub, _port)
+    api_cli.add_run_arguments(sub, port_arg)
     api_cli.add_token_verb(verb("token", api_cli.peer_token, "print the token of the till's "
                                 "HTTP API, or issue, revoke and list tokens for other "
                                 "machines"))
