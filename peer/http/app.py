@@ -22,7 +22,7 @@ API_HOST = "127.0.0.1"
 API_PORT = 8767
 URL_FILE = "api.json"  # where the daemon says it serves, for the CLI
 MAX_BODY = 4 * 1024 * 1024
-STATIC = Path(__file__).parent / "static"
+STATIC = Path(__file__).resolve().parent / "static"  # resolved: aiohttp serves no symlinks
 
 
 async def _page(request: web.Request) -> web.FileResponse:
