@@ -28,9 +28,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
 
-from peer import rules
-from peer.entry_rules import client_id_problem
-from peer.errors import (
+from tillsync.peer import rules
+from tillsync.peer.entry_rules import client_id_problem
+from tillsync.peer.errors import (
     DuplicateEntry,
     InvalidInput,
     StoreCorrupt,
@@ -40,14 +40,14 @@ from peer.errors import (
     StoreNotFound,
     TillsyncError,
 )
-from peer.identity import KEY_FILE, DeviceKey
-from peer.log import GENESIS_PREV, Entry, entry_bytes, seal_bytes
-from peer.master import MasterData
-from peer.storage import TillDB, disk_fault, open_lock_file
-from peer.store_base import _Batch, _stamped_effects
-from peer.store_inbound import Inbound
-from peer.store_reads import Reads, VerifyReport
-from schemas import SchemaViolation, validate_entry
+from tillsync.peer.identity import KEY_FILE, DeviceKey
+from tillsync.peer.log import GENESIS_PREV, Entry, entry_bytes, seal_bytes
+from tillsync.peer.master import MasterData
+from tillsync.peer.storage import TillDB, disk_fault, open_lock_file
+from tillsync.peer.store_base import _Batch, _stamped_effects
+from tillsync.peer.store_inbound import Inbound
+from tillsync.peer.store_reads import Reads, VerifyReport
+from tillsync.schemas import SchemaViolation, validate_entry
 
 log = logging.getLogger(__name__)
 
@@ -489,7 +489,7 @@ class Till(Inbound, Reads):
         return await self._submit(op)
 
     def check_pin(self, cashier_id: str, pin: str) -> bool:
-        from peer.master import check_pin
+        from tillsync.peer.master import check_pin
 
         record = self.master.get("cashiers", cashier_id)
         return bool(record and "pin_hash" in record and check_pin(pin, record["pin_hash"]))

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from peer.entry_rules import entry_problem
-from peer.log import Entry
-from peer.master import MasterData
-from peer.storage import TillDB
-from peer.views import Effect, effects, order_of, stamped
+from tillsync.peer.entry_rules import entry_problem
+from tillsync.peer.log import Entry
+from tillsync.peer.master import MasterData
+from tillsync.peer.storage import TillDB
+from tillsync.peer.views import Effect, effects, order_of, stamped
 
 T = TypeVar("T")
 

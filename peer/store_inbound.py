@@ -10,11 +10,11 @@ from typing import Any
 
 import msgpack
 
-from peer.cert import Certificate, CertificateError, Revocation
-from peer.errors import EntryRefused, Forbidden
-from peer.log import GENESIS_PREV, Entry, verify_chain
-from peer.master.roles import MANAGING_ROLES, guarded_edit
-from peer.store_base import TillBase, _Batch, _effects_of
+from tillsync.peer.cert import Certificate, CertificateError, Revocation
+from tillsync.peer.errors import EntryRefused, Forbidden
+from tillsync.peer.log import GENESIS_PREV, Entry, verify_chain
+from tillsync.peer.master.roles import MANAGING_ROLES, guarded_edit
+from tillsync.peer.store_base import TillBase, _Batch, _effects_of
 
 log = logging.getLogger("peer.store")
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import msgpack
 
-from peer.errors import InvalidInput
-from peer.log import GENESIS_PREV, ChainBreak, Entry
-from peer.store_base import TillBase, _effects_of
-from peer.views import fold, stock_row
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.log import GENESIS_PREV, ChainBreak, Entry
+from tillsync.peer.store_base import TillBase, _effects_of
+from tillsync.peer.views import fold, stock_row
 
 
 @dataclass

@@ -20,23 +20,29 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from peer import client, logfmt
-from peer.chainstop import describe as describe_stop
-from peer.chainstop import stopped_at
-from peer.enrollment import enroll_existing, holds_store
-from peer.errors import InvalidInput, StoreCorrupt, StoreError, TillsyncError
-from peer.http.auth import owner_token
-from peer.lan.node import LAN_PORT, Node, NodeConfig, read_status
-from peer.shutdown import SHUTDOWN_GRACE, SHUTDOWN_HELP, Shutdown, run_until_signal
-from peer.store import Till, is_locked
-from peer.sync.deadlines import (
+from tillsync.peer import client, logfmt
+from tillsync.peer.chainstop import describe as describe_stop
+from tillsync.peer.chainstop import stopped_at
+from tillsync.peer.enrollment import enroll_existing, holds_store
+from tillsync.peer.errors import InvalidInput, StoreCorrupt, StoreError, TillsyncError
+from tillsync.peer.http.auth import owner_token
+from tillsync.peer.lan.node import LAN_PORT, Node, NodeConfig, read_status
+from tillsync.peer.shutdown import SHUTDOWN_GRACE, SHUTDOWN_HELP, Shutdown, run_until_signal
+from tillsync.peer.store import Till, is_locked
+from tillsync.peer.sync.deadlines import (
     CLOSE_HANDSHAKE_TIMEOUT,
     HANDSHAKE_TIMEOUT,
 )
-from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, UnknownCollection, UnknownKind
-from tools import api_cli, backup
-from tools import demo as demo_module
-from tools.cli_common import (
+from tillsync.schemas import (
+    COLLECTIONS,
+    ENTRY_KINDS,
+    SchemaViolation,
+    UnknownCollection,
+    UnknownKind,
+)
+from tillsync.tools import api_cli, backup
+from tillsync.tools import demo as demo_module
+from tillsync.tools.cli_common import (
     EPILOG,
     EXIT_BAD_INPUT,
     EXIT_CHECK_FAILED,
@@ -52,9 +58,9 @@ from tools.cli_common import (
     read_body,
     shutdown_deadlines,
 )
-from tools.cli_ops import OpsError, add_peer_enroll
-from tools.cli_relay import add_relay, relay_serve, relay_serve_workers
-from tools.cli_report import add_report
+from tillsync.tools.cli_ops import OpsError, add_peer_enroll
+from tillsync.tools.cli_relay import add_relay, relay_serve, relay_serve_workers
+from tillsync.tools.cli_report import add_report
 
 # -- peer verbs ------------------------------------------------------------------------
 

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from peer import logfmt
-from peer.shutdown import Deadlines
+from tillsync.peer import logfmt
+from tillsync.peer.shutdown import Deadlines
 
 LOCK_WAIT = 5.0  # seconds a writing verb waits for `peer run` to finish its round
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_STORE, EXIT_RELAY = 0, 1, 2, 3, 4

@@ -10,23 +10,23 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from peer import logfmt
-from peer.shutdown import SHUTDOWN_GRACE, SHUTDOWN_HELP, Shutdown
-from peer.sync.deadlines import (
+from tillsync.peer import logfmt
+from tillsync.peer.shutdown import SHUTDOWN_GRACE, SHUTDOWN_HELP, Shutdown
+from tillsync.peer.sync.deadlines import (
     CLOSE_BUSY,
     CLOSE_HANDSHAKE_TIMEOUT,
     CLOSE_IDLE,
     HANDSHAKE_TIMEOUT,
 )
-from relay.faults import quiet_library_tracebacks
-from relay.limits import IDLE_TIMEOUT, MAX_HANDSHAKES, Limits
-from relay.server import DB_FILE, Relay, RelayConfig, die_with_parent, running, tune_gc
-from relay.storage import is_postgres
-from relay.storage.postgres import describe
-from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
-from relay.workers import serve_workers
-from tools import backup
-from tools.cli_common import (
+from tillsync.relay.faults import quiet_library_tracebacks
+from tillsync.relay.limits import IDLE_TIMEOUT, MAX_HANDSHAKES, Limits
+from tillsync.relay.server import DB_FILE, Relay, RelayConfig, die_with_parent, running, tune_gc
+from tillsync.relay.storage import is_postgres
+from tillsync.relay.storage.postgres import describe
+from tillsync.relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
+from tillsync.relay.workers import serve_workers
+from tillsync.tools import backup
+from tillsync.tools.cli_common import (
     DB_HELP,
     EPILOG,
     EXIT_BAD_INPUT,
@@ -37,7 +37,7 @@ from tools.cli_common import (
     emit,
     shutdown_deadlines,
 )
-from tools.cli_ops import before_serve, check_hours
+from tillsync.tools.cli_ops import before_serve, check_hours
 
 
 def _relay_logging(worker: bool, log_format: str = "text") -> None:
@@ -116,7 +116,7 @@ def _limits(args: argparse.Namespace) -> Limits:
 
 
 async def migrate(db: str, wait: float) -> int:
-    from relay.storage import postgres
+    from tillsync.relay.storage import postgres
 
     conn = await postgres.connect_retrying(db, wait)
     try:

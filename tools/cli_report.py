@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from relay.server import DB_FILE
-from tools.cli_common import (
+from tillsync.relay.server import DB_FILE
+from tillsync.tools.cli_common import (
     DB_HELP,
     EPILOG,
     EXIT_BAD_INPUT,
@@ -43,7 +43,7 @@ def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 async def _report_storage(args: argparse.Namespace) -> Any:
-    from relay.storage import open_storage
+    from tillsync.relay.storage import open_storage
     if args.db is None:
         if args.data is None:
             raise CliError("report needs --data DIR (SQLite) or --db URL (PostgreSQL)",
@@ -55,7 +55,7 @@ async def _report_storage(args: argparse.Namespace) -> Any:
 
 
 async def report_sales(args: argparse.Namespace) -> int:
-    from relay import reports
+    from tillsync.relay import reports
     within = reports.Range.parse(args.start, args.end)
     if args.product is not None and args.by != "product":
         raise CliError("--product goes with --by product", EXIT_BAD_INPUT)
@@ -81,7 +81,7 @@ async def report_sales(args: argparse.Namespace) -> int:
 
 
 async def report_invoices(args: argparse.Namespace) -> int:
-    from relay import reports
+    from tillsync.relay import reports
     within = reports.Range.parse(args.start, args.end)
     storage = await _report_storage(args)
     try:
@@ -118,7 +118,7 @@ async def report_invoices(args: argparse.Namespace) -> int:
 
 async def report_state(args: argparse.Namespace) -> int:
     """shifts, stock, alerts, devices: one list each."""
-    from relay import reports
+    from tillsync.relay import reports
     within = reports.Range.parse(getattr(args, "start", None), getattr(args, "end", None))
     storage = await _report_storage(args)
     try:

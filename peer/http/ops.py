@@ -39,7 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
-from peer.store import Till
+from tillsync.peer.store import Till
 
 log = logging.getLogger("tillsync.http")
 

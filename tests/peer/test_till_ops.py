@@ -13,11 +13,11 @@ from typing import Any, cast
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from peer.http.ops import TillOps
-from peer.store import Till
 from tests.peer.http_client import Api
 from tests.peer.lan_processes import LanTill, linked, wait_until
 from tests.relay.processes import Relays
+from tillsync.peer.http.ops import TillOps
+from tillsync.peer.store import Till
 
 STORE = "shop-ops"
 SHIFT = "2f1d0c5e-8a7b-4c3d-9e2f-1a0b9c8d7e6f"
