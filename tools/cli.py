@@ -44,6 +44,7 @@ from relay.workers import serve_workers
 from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, UnknownCollection, UnknownKind
 from tools import api_cli, backup
 from tools import demo as demo_module
+from tools.cli_invoice import add_peer_invoice
 from tools.cli_ops import OpsError, add_peer_enroll, before_serve, check_hours
 
 LOCK_WAIT = 5.0  # seconds a writing verb waits for `peer run` to finish its round
@@ -200,7 +201,8 @@ async def peer_record(args: argparse.Namespace) -> int:
         if replay:
             return f"already recorded (a retry with the same --client-id): {what}"
         if data["kind"] == "sale":
-            what += "; its official invoice number comes with the relay's receipt at sync"
+            what += ("; official invoice number: assigned at sync (reprint: tillsync peer "
+                     "invoice DIR TICKET)")
         return f"recorded {what}"
 
     _emit(args, data, human)
@@ -951,6 +953,7 @@ def build_parser() -> argparse.ArgumentParser:
     verb("verify", peer_verify, "re-check every chain link and signature; exit 1 if broken")
     verb("balances", peer_balances, "what each customer owes")
     add_peer_enroll(verb, peer_init)
+    add_peer_invoice(verb)
     sub = verb("log", peer_log, "list log entries")
     sub.add_argument("--kind", help="only this kind")
     backup.add_peer_verb(verb)

@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from peer.http.delta import History, changes_all, cursor_of
-from peer.http.invoice import official_number
+from peer.invoice import official_number
 from peer.master.document import COLLECTIONS
 from peer.store import Till
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from peer.http import delta
 from peer.http.context import context
 from peer.http.errors import ApiError, json_body
-from peer.http.invoice import PENDING_NOTE
+from peer.invoice import PENDING_NOTE
 from peer.master.document import COLLECTIONS
 
 routes = web.RouteTableDef()
