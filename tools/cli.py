@@ -42,10 +42,13 @@ from relay.storage.postgres import describe
 from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from relay.workers import serve_workers
 from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, UnknownCollection, UnknownKind
-from tools import api_cli, backup
+from tools import api_cli, backup, cli_reports
 from tools import demo as demo_module
 from tools.cli_invoice import add_peer_invoice
 from tools.cli_ops import OpsError, add_peer_enroll, before_serve, check_hours
+from tools.cli_reports import report_out as _report_out
+from tools.cli_reports import report_storage as _report_storage
+from tools.cli_reports import table as _table
 
 LOCK_WAIT = 5.0  # seconds a writing verb waits for `peer run` to finish its round
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_STORE, EXIT_RELAY = 0, 1, 2, 3, 4
@@ -558,61 +561,32 @@ async def relay_revoke(args: argparse.Namespace) -> int:
 # -- reports ---------------------------------------------------------------------------
 
 
-def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    """Rows as aligned text columns (numbers right-aligned)."""
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(r.get(c), int | float) or r.get(c) is None for r in rows)
-               for c in columns]
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if n else v.ljust(w)
-                         for v, w, n in zip(values, widths, numeric, strict=True)).rstrip()
-    return "\n".join([line(columns), *(line(row) for row in cells)])
-
-
-def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    import csv
-    import io
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore",
-                            lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue().rstrip("\n")
-
-
-async def _report_storage(args: argparse.Namespace) -> Any:
-    from relay.storage import open_storage
-    if args.db is None:
-        if args.data is None:
-            raise CliError("report needs --data DIR (SQLite) or --db URL (PostgreSQL)",
-                           EXIT_BAD_INPUT)
-        if not (Path(args.data) / DB_FILE).exists():
-            raise CliError(f"no relay database in {args.data} ({DB_FILE} is missing)",
-                           EXIT_BAD_INPUT)
-    return await open_storage(args.db, Path(args.data or ".") / DB_FILE, wait=args.db_wait)
-
-
 async def report_sales(args: argparse.Namespace) -> int:
     from relay import reports
     within = reports.Range.parse(args.start, args.end)
     if args.product is not None and args.by != "product":
         raise CliError("--product goes with --by product", EXIT_BAD_INPUT)
+    if args.period is not None and args.by not in ("period", "product"):
+        raise CliError("--period goes with --by period or --by product", EXIT_BAD_INPUT)
     storage = await _report_storage(args)
+    money = ("gross", "refunds", "revenue")
     try:
         if args.by == "product":
-            rows = await reports.sales_by_product(storage, args.store, within, args.product)
-            columns: Sequence[str] = ("product_id", "qty", "revenue", "sales",
+            rows = await reports.sales_by_product(storage, args.store, within, args.product,
+                                                  args.period)
+            columns: Sequence[str] = (*(("period",) if args.period else ()), "product_id",
+                                      "name", "qty", "refunded_qty", "sales", *money,
                                       "avg_unit_price")
         elif args.by == "cashier":
             rows = await reports.sales_by_cashier(storage, args.store, within)
-            columns = ("cashier_id", "sales", "revenue")
+            columns = ("cashier_id", "name", "sales", *money)
         elif args.by == "till":
             rows = await reports.sales_by_till(storage, args.store, within)
-            columns = ("device_id", "name", "sales", "revenue")
+            columns = ("device_id", "name", "sales", *money)
         else:
-            rows = await reports.sales_by_period(storage, args.store, args.period, within)
-            columns = ("period", "sales", "revenue")
+            rows = await reports.sales_by_period(storage, args.store, args.period or "day",
+                                                 within)
+            columns = ("period", "sales", *money)
     finally:
         await storage.close()
     _report_out(args, rows, columns, "no numbered sales in this range")
@@ -682,16 +656,6 @@ async def report_state(args: argparse.Namespace) -> int:
         await storage.close()
     _report_out(args, rows, columns, f"no {args.verb} for store {args.store}")
     return EXIT_OK
-
-
-def _report_out(args: argparse.Namespace, rows: list[dict[str, Any]], columns: Sequence[str],
-                empty: str) -> None:
-    if args.json:
-        print(json.dumps(rows, indent=2, sort_keys=True))
-    elif args.csv:
-        print(_csv(rows, columns))
-    else:
-        print(_table(rows, columns) if rows else empty)
 
 
 async def peer_log(args: argparse.Namespace) -> int:
@@ -828,14 +792,14 @@ def build_parser() -> argparse.ArgumentParser:
             ("devices", "every device: last contact, entries held, lag of the latest, entries "
                         "waiting, rejections (of the entries it sent, and of entries in its "
                         "name sent by others), revocation",
-             report_state)):
+             report_state), *((n, h, cli_reports.report_more) for n, h in cli_reports.VERBS)):
         sub = report_verbs.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--data", metavar="DIR", help="the relay's data folder (SQLite)")
         sub.add_argument("--db", metavar="URL", help=db_help)
         sub.add_argument("--db-wait", type=float, default=5.0, metavar="SECONDS",
                          help="how long to keep retrying an unreachable database (default 5)")
         sub.add_argument("--store", required=True, help="store id")
-        if name not in ("stock", "devices"):
+        if name not in ("stock", "devices", *cli_reports.NO_RANGE):
             sub.add_argument("--from", dest="start", metavar="YYYY-MM-DD",
                              help="first day (UTC; client time for sales)")
             sub.add_argument("--to", dest="end", metavar="YYYY-MM-DD",
@@ -844,12 +808,14 @@ def build_parser() -> argparse.ArgumentParser:
         out.add_argument("--json", action="store_true", help="print JSON")
         out.add_argument("--csv", action="store_true", help="print CSV")
         sub.set_defaults(func=func)
+        cli_reports.add_arguments(sub, name)
         if name == "sales":
             sub.add_argument("--by", choices=("period", "product", "till", "cashier"),
                              default="period",
                              help="group by period (default), product, till or cashier")
-            sub.add_argument("--period", choices=("day", "week", "month"), default="day",
-                             help="with --by period: day (default), week or month")
+            sub.add_argument("--period", choices=("day", "week", "month"),
+                             help="with --by period: day (default), week or month; with "
+                                  "--by product: a row per period and product")
             sub.add_argument("--product", metavar="ID",
                              help="with --by product: only this product")
         elif name == "invoices":
