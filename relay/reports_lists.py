@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from peer.errors import InvalidInput
-from relay import reports
-from relay.reports import Range
-from relay.storage import RelayStorage
+from tillsync.peer.errors import InvalidInput
+from tillsync.relay import reports
+from tillsync.relay.reports import Range
+from tillsync.relay.storage import RelayStorage
 
 EVERY_DAY = Range()  # no bound either side
 LISTS = ("mismatches", "held", "drafts", "waiting")

@@ -13,10 +13,10 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from peer.errors import InvalidInput
-from relay import reports
-from relay.reports import Range, _days, _joined, _sum, check_period, period_of
-from relay.storage import RelayStorage
+from tillsync.peer.errors import InvalidInput
+from tillsync.relay import reports
+from tillsync.relay.reports import Range, _days, _joined, _sum, check_period, period_of
+from tillsync.relay.storage import RelayStorage
 
 EVERY_DAY = Range()  # no bound either side
 

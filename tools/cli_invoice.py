@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from peer.invoice import invoice_of_ticket, render_text
-from peer.store import Till
-from tools.cli_ops import EXIT_BAD_INPUT, OpsError, Verb
+from tillsync.peer.invoice import invoice_of_ticket, render_text
+from tillsync.peer.store import Till
+from tillsync.tools.cli_ops import EXIT_BAD_INPUT, OpsError, Verb
 
 
 async def peer_invoice(args: argparse.Namespace) -> int:

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from relay.server import DB_FILE
-from tools.cli_ops import EXIT_BAD_INPUT, OpsError
+from tillsync.relay.server import DB_FILE
+from tillsync.tools.cli_ops import EXIT_BAD_INPUT, OpsError
 
 
 def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -42,7 +42,7 @@ def as_csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 
 async def report_storage(args: argparse.Namespace) -> Any:
     """The relay's storage named by ``--data`` or ``--db``; never creates a database."""
-    from relay.storage import open_storage
+    from tillsync.relay.storage import open_storage
     if args.db is None:
         if args.data is None:
             raise OpsError("report needs --data DIR (SQLite) or --db URL (PostgreSQL)",
@@ -85,7 +85,7 @@ _SHOWN: dict[str, tuple[tuple[str, ...], str]] = {
 
 async def report_more(args: argparse.Namespace) -> int:
     """The reports of ``VERBS``."""
-    from relay import reports, reports_lists, reports_money
+    from tillsync.relay import reports, reports_lists, reports_money
     within = reports.Range.parse(getattr(args, "start", None), getattr(args, "end", None))
     storage = await report_storage(args)
     columns, empty = _SHOWN[args.verb]

@@ -7,9 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
-from peer.http.context import context
-from peer.http.errors import ApiError
-from peer.invoice import (
+from tillsync.peer.http.context import context
+from tillsync.peer.http.errors import ApiError
+from tillsync.peer.invoice import (
     invoice,
     receipt_json,
     receipts_by_client_id,
@@ -18,8 +18,8 @@ from peer.invoice import (
     sales,
     ticket_row,
 )
-from peer.log import Entry
-from peer.store import Till
+from tillsync.peer.log import Entry
+from tillsync.peer.store import Till
 
 routes = web.RouteTableDef()
 HISTORY_LIMIT = 100

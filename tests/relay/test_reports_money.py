@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from peer.store import Till
-from relay.storage.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
-from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from tests.relay.processes import RelayProcess, TillDir, cli_json, in_thread, query, run_cli
 from tests.relay.test_report_api import get
+from tillsync.peer.store import Till
+from tillsync.relay.storage.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
+from tillsync.relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 
 STORE = "store-money"
 PRODUCTS = {"bread": {"name": "Bread", "sku": "B1", "price": 320},

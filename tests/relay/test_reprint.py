@@ -73,7 +73,7 @@ def test_a_reprint_says_assigned_at_sync_then_shows_the_official_number(
     # With a daemon holding the store: the same reprint, read-only beside it.
     log = open(tmp_path / "run.log", "wb")  # noqa: SIM115 - closed below
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "tools.cli", "peer", "run", str(till.path), "--no-relay",
+        [sys.executable, "-m", "tillsync.tools.cli", "peer", "run", str(till.path), "--no-relay",
          "--lan-port", "0", "--no-mdns", "--api-port", "0"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
         start_new_session=True)
