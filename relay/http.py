@@ -3,10 +3,13 @@
     GET /api/v1/stores/STORE/reports/NAME?from=YYYY-MM-DD&to=...&period=...&by=...
     Authorization: Bearer TOKEN            (a token from `tillsync relay token`)
 
-NAME is one of sales, invoices, shifts, stock, alerts, devices (the same reports as
+NAME is one of sales, invoices, shifts, stock, alerts, devices, refunds, expenses,
+cash, product, mismatches, held, drafts, waiting, settings (the same reports as
 `tillsync report`, as JSON); ``invoices`` also takes ``ticket=`` (one ticket's invoice)
 or ``limit=N`` (the N invoices of the range sold last, by sale time);
-``sales?by=product`` takes ``product=ID``.  A token belongs to one store: it
+``sales?by=product`` takes ``product=ID`` and ``period=`` (then one row per period and
+product); ``product`` (one product's analytics) needs ``product=ID``; ``settings`` is
+the store's name and currency from its master data.  A token belongs to one store: it
 reads that store and no other.  Errors are JSON ``{"error": message}`` with 400 (bad parameter), 401
 (missing or wrong token, or a token of another store) or 404 (unknown path or report).
 ``GET /healthz``, ``/readyz`` and ``/metrics`` need no token (``relay.ops``).
@@ -33,7 +36,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from tillsync.peer.errors import InvalidInput
-from tillsync.relay import dashboard, ops, reports
+from tillsync.relay import dashboard, ops, reports, reports_lists, reports_money
 from tillsync.relay.storage import RelayStorage
 
 PREFIX = "/api/v1/stores/"
@@ -56,8 +59,11 @@ async def _report(storage: RelayStorage, store: str, name: str,
         by = query.get("by", "period")
         if "product" in query and by != "product":
             raise InvalidInput("product= goes with by=product")
+        if "period" in query and by not in ("period", "product"):
+            raise InvalidInput("period= goes with by=period or by=product")
         if by == "product":
-            return await reports.sales_by_product(storage, store, within, query.get("product"))
+            return await reports.sales_by_product(storage, store, within, query.get("product"),
+                                                  query.get("period"))
         if by == "till":
             return await reports.sales_by_till(storage, store, within)
         if by == "cashier":
@@ -74,16 +80,26 @@ async def _report(storage: RelayStorage, store: str, name: str,
             raise InvalidInput(f"limit={limit!r}: a number of invoices (those sold last)")
         return await reports.invoice_register(storage, store, within,
                                               None if limit is None else int(limit))
+    period = query.get("period", "day")
     simple: dict[str, Callable[[], Awaitable[Any]]] = {
         "shifts": lambda: reports.shifts(storage, store, within),
         "stock": lambda: reports.stock(storage, store),
         "alerts": lambda: reports.alerts(storage, store, within),
         "devices": lambda: reports.devices(storage, store),
+        "refunds": lambda: reports_money.refunds(storage, store, period, within),
+        "expenses": lambda: reports_money.expenses(storage, store, period, within),
+        "cash": lambda: reports_money.cash_movements(storage, store, period, within),
+        "product": lambda: reports_money.product(storage, store, query.get("product"),
+                                                 period, within),
+        "settings": lambda: reports_money.settings(storage, store),
     }
+    if name in reports_lists.LISTS:
+        return await reports_lists.listing(storage, store, name, within)
     return await simple[name]()
 
 
-REPORTS = ("sales", "invoices", "shifts", "stock", "alerts", "devices")
+REPORTS = ("sales", "invoices", "shifts", "stock", "alerts", "devices", "refunds",
+           "expenses", "cash", "product", "settings", *reports_lists.LISTS)
 
 
 def _json(connection: ServerConnection, status: http.HTTPStatus, data: Any) -> Response:

@@ -401,9 +401,10 @@ def _apply(batch: _Batch, entry: Entry, body: dict[str, Any], lines: Lines | Non
     # Last: the running totals take the entry whole or not at all (``Tallies.add``).
     if kind == "sale":
         batch.tallies.add(kind, entry.client_id, entry.device_id, entry.client_created_at,
-                          body, total, SERIES, lines)
+                          body, total, SERIES, lines, ticket=entry.ticket, receipt=receipt)
     else:
-        batch.tallies.add(kind, entry.client_id, entry.device_id, entry.client_created_at, body)
+        batch.tallies.add(kind, entry.client_id, entry.device_id, entry.client_created_at, body,
+                          receipt=receipt)
     batch.receipts.append(receipt)
 
 

@@ -6,9 +6,13 @@ by store.  A sale counts once the relay has numbered it.
 
 Sales and shift reports read the running totals that ingest keeps per day, product
 and shift (``relay.tallies``), so their cost grows with the days and products of the
-range, not with its sales; the invoice register reads the invoices themselves (ask for
-the ``limit`` sold last of a long range).  ``tools.bench_reports`` times them all on a
-year of a busy shop.
+range, not with its sales.  Sales revenue is net of refunds: each sales row has
+``gross`` (what the numbered sales took), ``refunds`` (money refunded in the same days,
+by refund time; per product, the refunded lines' amounts), ``refund_count`` and
+``revenue`` = gross - refunds.  The refunds, expenses, cash movements and product
+analytics are ``relay.reports_money``, the listed items ``relay.reports_lists``.  The
+invoice register reads the invoices themselves (ask for the ``limit`` sold last of a
+long range).  ``tools.bench_reports`` times them all on a year of a busy shop.
 """
 
 from __future__ import annotations
@@ -107,70 +111,129 @@ def _days(within: Range) -> tuple[str, list[object]]:
     return sql, args
 
 
-async def sales_by_period(storage: RelayStorage, store: str, period: str = "day",
-                          within: Range = Range()) -> list[dict[str, Any]]:
-    """Per day, week or month: number of sales and revenue (minor units)."""
-    await check_store(storage, store)
+def _netted(row: dict[str, Any], gross: int, refunds: tuple[int, int]) -> dict[str, Any]:
+    """``row`` with gross, refund_count, refunds and revenue (gross - refunds)."""
+    count, amount = refunds
+    row.update(gross=gross, refund_count=count, refunds=amount, revenue=gross - amount)
+    return row
+
+
+async def _refunded(storage: RelayStorage, store: str, within: Range, group: str
+                    ) -> dict[Any, tuple[int, int]]:
+    """Refunds of the range (count, money returned) per ``group``: a column of
+    ``tally_refunds`` (``r.day``, ``r.device_id``) or ``s.cashier_id`` (the cashier of
+    the refund's shift; None without a shift or one the relay has not seen opened)."""
+    cond, args = _days(within)
+    rows = await storage.read(
+        f"SELECT {group}, sum(r.refunds), {_sum('r.amount')} FROM tally_refunds r "
+        "LEFT JOIN tally_shifts s ON s.store = r.store AND s.shift_client_id = "
+        f"r.shift_client_id WHERE r.store = ?{cond.replace('day', 'r.day')} GROUP BY {group}",
+        (store, *args))
+    return {key: (int(n), _joined(high, low)) for key, n, high, low in rows}
+
+
+def check_period(period: str) -> None:
     if period not in PERIODS:
         raise InvalidInput(f"unknown period {period!r}: one of {', '.join(PERIODS)}")
+
+
+async def sales_by_period(storage: RelayStorage, store: str, period: str = "day",
+                          within: Range = Range()) -> list[dict[str, Any]]:
+    """Per day, week or month: number of sales, gross, refunds and net revenue (minor
+    units).  A period with refunds and no sale has a row too."""
+    await check_store(storage, store)
+    check_period(period)
     cond, args = _days(within)
     rows = await storage.read(f"SELECT day, sum(sales), {_sum('revenue')} FROM tally_sales "
                               f"WHERE store = ?{cond} GROUP BY day", (store, *args))
-    out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for day, n, high, low in rows:
         bucket = out[period_of(day, period)]
         bucket[0] += int(n)
         bucket[1] += _joined(high, low)
-    return [{"period": key, "sales": n, "revenue": revenue}
-            for key, (n, revenue) in sorted(out.items())]
+    for day, (n, amount) in (await _refunded(storage, store, within, "r.day")).items():
+        bucket = out[period_of(day, period)]
+        bucket[2] += n
+        bucket[3] += amount
+    return [_netted({"period": key, "sales": n}, gross, (count, refunds))
+            for key, (n, gross, count, refunds) in sorted(out.items())]
 
 
 async def sales_by_product(storage: RelayStorage, store: str, within: Range = Range(),
-                           product: str | None = None) -> list[dict[str, Any]]:
-    """Per product (or only ``product``): quantity sold (decimal for weighed products),
-    revenue, number of sales it was in, and average unit price (revenue / quantity,
-    rounded).  A ``product`` the store never had is refused (``InvalidInput``)."""
+                           product: str | None = None, period: str | None = None
+                           ) -> list[dict[str, Any]]:
+    """Per product (or only ``product``), over the whole range or per ``period`` (day,
+    week, month: then one row per period and product, ordered by period): its name,
+    quantity sold (decimal for weighed products) and refunded, number of sales it was
+    in, gross, refunds (the refunded lines' amounts), net revenue, and average unit
+    price (gross / quantity sold, rounded).  A ``product`` the store never had is
+    refused (``InvalidInput``)."""
     await check_store(storage, store)
+    if period is not None:
+        check_period(period)
     cond, args = _days(within)
     if product is not None:
         cond += " AND product_id = ?"
         args.append(product)
-    rows = await storage.read(
-        f"SELECT product_id, {_sum('qty')}, {_sum('revenue')}, sum(sales) FROM tally_products "
-        f"WHERE store = ?{cond} GROUP BY product_id", (store, *args))
+    sold = await storage.read(
+        f"SELECT day, product_id, {_sum('qty')}, {_sum('revenue')}, sum(sales) FROM "
+        f"tally_products WHERE store = ?{cond} GROUP BY day, product_id", (store, *args))
+    back = await storage.read(
+        f"SELECT day, product_id, {_sum('qty')}, {_sum('amount')} FROM tally_product_refunds "
+        f"WHERE store = ?{cond} GROUP BY day, product_id", (store, *args))
+    # (period or None, product) -> qty sold, gross, sales, qty refunded, refunds
+    found: dict[tuple[str | None, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+    for day, pid, qty_high, qty_low, high, low, sales in sold:
+        bucket = found[(period and period_of(day, period), pid)]
+        bucket[0] += _joined(qty_high, qty_low)
+        bucket[1] += _joined(high, low)
+        bucket[2] += int(sales)
+    for day, pid, qty_high, qty_low, high, low in back:
+        bucket = found[(period and period_of(day, period), pid)]
+        bucket[3] += _joined(qty_high, qty_low)
+        bucket[4] += _joined(high, low)
+    catalogue = await _catalogue(storage, store)
     out = []
-    for pid, qty_high, qty_low, high, low, sales in rows:
-        qty = from_millionths(_joined(qty_high, qty_low))
-        revenue = _joined(high, low)
-        out.append({"product_id": pid, "qty": format(qty.normalize(), "f"),
-                    "revenue": revenue, "sales": int(sales),
-                    "avg_unit_price": round(revenue / qty) if qty else None})
-    if product is not None and not out and product not in await _catalogue(storage, store) \
+    for (key, pid), (qty_m, gross, sales, back_m, refunds) in found.items():
+        qty = from_millionths(qty_m)
+        row = {"product_id": pid, "name": catalogue.get(pid, {}).get("name"),
+               "qty": format(qty.normalize(), "f"),
+               "refunded_qty": format(from_millionths(back_m).normalize(), "f"),
+               "sales": sales, "avg_unit_price": round(gross / qty) if qty else None}
+        if period is not None:
+            row = {"period": key, **row}
+        out.append(_netted(row, gross, (0, refunds)))
+        del row["refund_count"]  # per product: lines refunded, not refunds counted
+    if product is not None and not out and product not in catalogue \
             and not await storage.read("SELECT 1 FROM tally_products WHERE store = ? AND "
                                        "product_id = ? LIMIT 1", (store, product)):
         raise InvalidInput(f"the store has no product {product!r} (not in its catalogue, "
                            "never sold)")
-    out.sort(key=lambda r: (-r["revenue"], r["product_id"]))
+    out.sort(key=lambda r: (r.get("period", ""), -r["revenue"], r["product_id"]))
     return out
 
 
 async def sales_by_till(storage: RelayStorage, store: str,
                         within: Range = Range()) -> list[dict[str, Any]]:
-    """Per device: its name, number of sales and revenue."""
+    """Per device: its name, number of sales, gross, refunds it paid, net revenue."""
     await check_store(storage, store)
     cond, args = _days(within)
     rows = await storage.read(
         f"SELECT device_id, sum(sales), {_sum('revenue')} FROM tally_sales "
-        f"WHERE store = ?{cond} GROUP BY device_id ORDER BY device_id", (store, *args))
+        f"WHERE store = ?{cond} GROUP BY device_id", (store, *args))
+    sold = {r[0]: (int(r[1]), _joined(r[2], r[3])) for r in rows}
+    back = await _refunded(storage, store, within, "r.device_id")
     names = {d.device_id: d.name for d in await storage.devices(store)}
-    return [{"device_id": r[0], "name": names.get(r[0]), "sales": int(r[1]),
-             "revenue": _joined(r[2], r[3])} for r in rows]
+    return [_netted({"device_id": d, "name": names.get(d), "sales": sold.get(d, (0, 0))[0]},
+                    sold.get(d, (0, 0))[1], back.get(d, (0, 0)))
+            for d in sorted(set(sold) | set(back))]
 
 
 async def sales_by_cashier(storage: RelayStorage, store: str,
                            within: Range = Range()) -> list[dict[str, Any]]:
-    """Per cashier (the one who opened the sale's shift): number of sales and revenue.
-    A sale whose shift the relay has not seen opened counts under cashier None."""
+    """Per cashier (the one who opened the sale's shift, and their name): number of
+    sales, gross, refunds paid in their shifts, net revenue.  A sale whose shift the
+    relay has not seen opened counts under cashier None."""
     await check_store(storage, store)
     cond, args = _days(within)
     rows = await storage.read(
@@ -179,8 +242,13 @@ async def sales_by_cashier(storage: RelayStorage, store: str,
         "AND s.shift_client_id = t.shift_client_id "
         f"WHERE t.store = ?{cond.replace('day', 't.day')} GROUP BY s.cashier_id",
         (store, *args))
-    return [{"cashier_id": c, "sales": int(n), "revenue": _joined(high, low)}
-            for c, n, high, low in sorted(rows, key=lambda row: (row[0] is None, row[0] or ""))]
+    sold = {c: (int(n), _joined(high, low)) for c, n, high, low in rows}
+    back = await _refunded(storage, store, within, "s.cashier_id")
+    names = await master(storage, store, "cashiers")
+    return [_netted({"cashier_id": c, "name": names.get(c, {}).get("name") if c else None,
+                     "sales": sold.get(c, (0, 0))[0]},
+                    sold.get(c, (0, 0))[1], back.get(c, (0, 0)))
+            for c in sorted(set(sold) | set(back), key=lambda c: (c is None, c or ""))]
 
 
 async def invoice_register(storage: RelayStorage, store: str, within: Range = Range(),
@@ -228,8 +296,9 @@ async def invoice_register(storage: RelayStorage, store: str, within: Range = Ra
         f"SELECT coalesce(sum(sales), 0), {_sum('revenue')} FROM tally_sales "
         f"WHERE store = ?{days}", (store, *day_args)))[0]
     total = _joined(high, low)
-    invoices = [{"series": r[0], "invoice_no": int(r[1]), "ticket": r[2], "device_id": r[3],
-                 "total": int(r[4]), "client_created_at": r[5], "issued_at": r[6]}
+    invoices = [{"series": r[0], "invoice_no": int(r[1]), "invoice": invoice_number(r[0], r[1]),
+                 "ticket": r[2], "device_id": r[3], "total": int(r[4]),
+                 "client_created_at": r[5], "issued_at": r[6]}
                 for r in rows]
     return {"invoices": invoices, "series": series_report, "count": int(count),
             "total": int(total)}
@@ -245,16 +314,32 @@ async def invoice_of_ticket(storage: RelayStorage, store: str, ticket: str
     if not rows:
         return None
     r = rows[0]
-    return {"ticket": ticket, "series": r[0], "invoice_no": int(r[1]), "device_id": r[2],
+    return {"ticket": ticket, "series": r[0], "invoice_no": int(r[1]),
+            "invoice": invoice_number(r[0], r[1]), "device_id": r[2],
             "total": int(r[3]), "client_created_at": r[4], "issued_at": r[5]}
+
+
+def invoice_number(series: str, number: int) -> str:
+    """An official invoice number as every till prints it: ``INV-000009``."""
+    return f"{series}-{int(number):06d}"
+
+
+async def master(storage: RelayStorage, store: str, collection: str
+                 ) -> dict[str, dict[str, Any]]:
+    """One collection of the store's master data (products, cashiers, settings, ...),
+    from the document the relay holds."""
+    data, _ = await storage.document_at(store)
+    if not data:
+        return {}
+    records = MasterData.load(data, bytes(16)).all(collection)
+    for record in records.values():
+        record.pop("pin_hash", None)
+    return records
 
 
 async def _catalogue(storage: RelayStorage, store: str) -> dict[str, dict[str, Any]]:
     """The store's products, from the master document the relay holds."""
-    data, _ = await storage.document_at(store)
-    if not data:
-        return {}
-    return MasterData.load(data, bytes(16)).all("products")
+    return await master(storage, store, "products")
 
 
 async def stock(storage: RelayStorage, store: str) -> list[dict[str, Any]]:

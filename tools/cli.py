@@ -58,6 +58,7 @@ from tillsync.tools.cli_common import (
     read_body,
     shutdown_deadlines,
 )
+from tillsync.tools.cli_invoice import add_peer_invoice
 from tillsync.tools.cli_ops import OpsError, add_peer_enroll
 from tillsync.tools.cli_relay import add_relay, relay_serve, relay_serve_workers
 from tillsync.tools.cli_report import add_report
@@ -152,7 +153,8 @@ async def peer_record(args: argparse.Namespace) -> int:
         if replay:
             return f"already recorded (a retry with the same --client-id): {what}"
         if data["kind"] == "sale":
-            what += "; its official invoice number comes with the relay's receipt at sync"
+            what += ("; official invoice number: assigned at sync (reprint: tillsync peer "
+                     "invoice DIR TICKET)")
         return f"recorded {what}"
 
     emit(args, data, human)
@@ -472,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     verb("verify", peer_verify, "re-check every chain link and signature; exit 1 if broken")
     verb("balances", peer_balances, "what each customer owes")
     add_peer_enroll(verb, peer_init)
+    add_peer_invoice(verb)
     sub = verb("log", peer_log, "list log entries")
     sub.add_argument("--kind", help="only this kind")
     backup.add_peer_verb(verb)

@@ -4,6 +4,8 @@ or CSV."""
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,21 +21,20 @@ from tillsync.tools.cli_common import (
 )
 
 
-def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     """Rows as aligned text columns (numbers right-aligned)."""
     cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     numeric = [all(isinstance(r.get(c), int | float) or r.get(c) is None for r in rows)
                for c in columns]
+
     def line(values: Sequence[str]) -> str:
         return "  ".join(v.rjust(w) if n else v.ljust(w)
                          for v, w, n in zip(values, widths, numeric, strict=True)).rstrip()
     return "\n".join([line(columns), *(line(row) for row in cells)])
 
 
-def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    import csv
-    import io
+def as_csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore",
                             lineterminator="\n")
@@ -42,7 +43,8 @@ def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     return out.getvalue().rstrip("\n")
 
 
-async def _report_storage(args: argparse.Namespace) -> Any:
+async def report_storage(args: argparse.Namespace) -> Any:
+    """The relay's storage named by ``--data`` or ``--db``; never creates a database."""
     from tillsync.relay.storage import open_storage
     if args.db is None:
         if args.data is None:
@@ -54,36 +56,53 @@ async def _report_storage(args: argparse.Namespace) -> Any:
     return await open_storage(args.db, Path(args.data or ".") / DB_FILE, wait=args.db_wait)
 
 
+def report_out(args: argparse.Namespace, rows: list[dict[str, Any]], columns: Sequence[str],
+               empty: str) -> None:
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+    elif args.csv:
+        print(as_csv(rows, columns))
+    else:
+        print(table(rows, columns) if rows else empty)
+
+
+
 async def report_sales(args: argparse.Namespace) -> int:
     from tillsync.relay import reports
     within = reports.Range.parse(args.start, args.end)
     if args.product is not None and args.by != "product":
         raise CliError("--product goes with --by product", EXIT_BAD_INPUT)
-    storage = await _report_storage(args)
+    if args.period is not None and args.by not in ("period", "product"):
+        raise CliError("--period goes with --by period or --by product", EXIT_BAD_INPUT)
+    storage = await report_storage(args)
+    money = ("gross", "refunds", "revenue")
     try:
         if args.by == "product":
-            rows = await reports.sales_by_product(storage, args.store, within, args.product)
-            columns: Sequence[str] = ("product_id", "qty", "revenue", "sales",
+            rows = await reports.sales_by_product(storage, args.store, within, args.product,
+                                                  args.period)
+            columns: Sequence[str] = (*(("period",) if args.period else ()), "product_id",
+                                      "name", "qty", "refunded_qty", "sales", *money,
                                       "avg_unit_price")
         elif args.by == "cashier":
             rows = await reports.sales_by_cashier(storage, args.store, within)
-            columns = ("cashier_id", "sales", "revenue")
+            columns = ("cashier_id", "name", "sales", *money)
         elif args.by == "till":
             rows = await reports.sales_by_till(storage, args.store, within)
-            columns = ("device_id", "name", "sales", "revenue")
+            columns = ("device_id", "name", "sales", *money)
         else:
-            rows = await reports.sales_by_period(storage, args.store, args.period, within)
-            columns = ("period", "sales", "revenue")
+            rows = await reports.sales_by_period(storage, args.store, args.period or "day",
+                                                 within)
+            columns = ("period", "sales", *money)
     finally:
         await storage.close()
-    _report_out(args, rows, columns, "no numbered sales in this range")
+    report_out(args, rows, columns, "no numbered sales in this range")
     return EXIT_OK
 
 
 async def report_invoices(args: argparse.Namespace) -> int:
     from tillsync.relay import reports
     within = reports.Range.parse(args.start, args.end)
-    storage = await _report_storage(args)
+    storage = await report_storage(args)
     try:
         if args.ticket is not None:
             found = await reports.invoice_of_ticket(storage, args.store, args.ticket)
@@ -101,11 +120,11 @@ async def report_invoices(args: argparse.Namespace) -> int:
     columns = ("series", "invoice_no", "ticket", "device_id", "total", "client_created_at",
                "issued_at")
     if register is None or args.csv:
-        _report_out(args, rows, columns, "")
+        report_out(args, rows, columns, "")
     elif args.json:
         print(json.dumps(register, indent=2, sort_keys=True))
     else:
-        print(_table(rows, columns) if rows else "no invoices in this range")
+        print(table(rows, columns) if rows else "no invoices in this range")
         if args.limit is not None and len(rows) < register["count"]:
             print(f"the {len(rows)} sold last of {register['count']} invoices in this range")
         print(f"{register['count']} invoices in this range, total {register['total']}")
@@ -120,7 +139,7 @@ async def report_state(args: argparse.Namespace) -> int:
     """shifts, stock, alerts, devices: one list each."""
     from tillsync.relay import reports
     within = reports.Range.parse(getattr(args, "start", None), getattr(args, "end", None))
-    storage = await _report_storage(args)
+    storage = await report_storage(args)
     try:
         if args.verb == "stock":
             rows = await reports.stock(storage, args.store)
@@ -141,18 +160,8 @@ async def report_state(args: argparse.Namespace) -> int:
                        "revoked_at")
     finally:
         await storage.close()
-    _report_out(args, rows, columns, f"no {args.verb} for store {args.store}")
+    report_out(args, rows, columns, f"no {args.verb} for store {args.store}")
     return EXIT_OK
-
-
-def _report_out(args: argparse.Namespace, rows: list[dict[str, Any]], columns: Sequence[str],
-                empty: str) -> None:
-    if args.json:
-        print(json.dumps(rows, indent=2, sort_keys=True))
-    elif args.csv:
-        print(_csv(rows, columns))
-    else:
-        print(_table(rows, columns) if rows else empty)
 
 
 def add_report(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -174,14 +183,14 @@ def add_report(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             ("devices", "every device: last contact, entries held, lag of the latest, entries "
                         "waiting, rejections (of the entries it sent, and of entries in its "
                         "name sent by others), revocation",
-             report_state)):
+             report_state), *((n, h, report_more) for n, h in VERBS)):
         sub = report_verbs.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--data", metavar="DIR", help="the relay's data folder (SQLite)")
         sub.add_argument("--db", metavar="URL", help=DB_HELP)
         sub.add_argument("--db-wait", type=float, default=5.0, metavar="SECONDS",
                          help="how long to keep retrying an unreachable database (default 5)")
         sub.add_argument("--store", required=True, help="store id")
-        if name not in ("stock", "devices"):
+        if name not in ("stock", "devices", *NO_RANGE):
             sub.add_argument("--from", dest="start", metavar="YYYY-MM-DD",
                              help="first day (UTC; client time for sales)")
             sub.add_argument("--to", dest="end", metavar="YYYY-MM-DD",
@@ -190,12 +199,14 @@ def add_report(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         out.add_argument("--json", action="store_true", help="print JSON")
         out.add_argument("--csv", action="store_true", help="print CSV")
         sub.set_defaults(func=func)
+        add_more_arguments(sub, name)
         if name == "sales":
             sub.add_argument("--by", choices=("period", "product", "till", "cashier"),
                              default="period",
                              help="group by period (default), product, till or cashier")
-            sub.add_argument("--period", choices=("day", "week", "month"), default="day",
-                             help="with --by period: day (default), week or month")
+            sub.add_argument("--period", choices=("day", "week", "month"),
+                             help="with --by period: day (default), week or month; with "
+                                  "--by product: a row per period and product")
             sub.add_argument("--product", metavar="ID",
                              help="with --by product: only this product")
         elif name == "invoices":
@@ -204,3 +215,81 @@ def add_report(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                              help="only the N invoices of the range sold last (by the till's "
                                   "sale time; the count, total and gap check still cover all "
                                   "of them)")
+
+
+# Per verb: the columns of its table and CSV, and what it prints when it finds nothing.
+_SHOWN: dict[str, tuple[tuple[str, ...], str]] = {
+    "refunds": (("period", "refunds", "amount", "by_method"), "no refunds in this range"),
+    "expenses": (("period", "category", "expenses", "amount", "cash"),
+                 "no expenses in this range"),
+    "cash": (("period", "moves_in", "cash_in", "moves_out", "cash_out", "net"),
+             "no cash put in or taken out in this range"),
+    "product": (("period", "qty", "refunded_qty", "sales", "gross", "refunds", "revenue",
+                 "avg_unit_price"), "no sale or refund of it in this range"),
+    "mismatches": (("at", "till", "ticket", "invoice", "client_total", "total", "difference"),
+                   "no sale whose total the till got wrong in this range"),
+    "held": (("at", "till", "server_id", "amount", "note", "state", "resumed_by"),
+             "no held sale in this range"),
+    "drafts": (("at", "kind", "server_id", "till", "amount", "note"),
+               "no purchase order or journal entry in this range"),
+    "waiting": (("at", "kind", "till", "seq", "ticket", "waiting_for", "received_at"),
+                "no entry waiting at the relay"),
+}
+
+
+async def report_more(args: argparse.Namespace) -> int:
+    """The reports of ``VERBS``."""
+    from tillsync.relay import reports, reports_lists, reports_money
+    within = reports.Range.parse(getattr(args, "start", None), getattr(args, "end", None))
+    storage = await report_storage(args)
+    columns, empty = _SHOWN[args.verb]
+    try:
+        if args.verb == "refunds":
+            rows = await reports_money.refunds(storage, args.store, args.period, within)
+        elif args.verb == "expenses":
+            rows = await reports_money.expenses(storage, args.store, args.period, within)
+        elif args.verb == "cash":
+            rows = await reports_money.cash_movements(storage, args.store, args.period, within)
+        elif args.verb == "product":
+            found = await reports_money.product(storage, args.store, args.product,
+                                                args.period, within)
+        else:
+            rows = await reports_lists.listing(storage, args.store, args.verb, within)
+    finally:
+        await storage.close()
+    if args.verb != "product":
+        report_out(args, rows, columns, empty)
+    elif args.json:
+        print(json.dumps(found, indent=2, sort_keys=True))
+    else:
+        report_out(args, found["breakdown"], columns, empty)
+        if not args.csv:
+            print(f"{found['product_id']} ({found['name'] or 'not in the catalogue'}): "
+                  f"{found['qty']} sold, {found['refunded_qty']} refunded, in "
+                  f"{found['sales']} sales; gross {found['gross']}, refunds "
+                  f"{found['refunds']}, revenue {found['revenue']}, average unit price "
+                  f"{found['avg_unit_price']}")
+    return 0
+
+
+VERBS = (
+    ("refunds", "refunds per day/week/month: count, money returned, per method"),
+    ("expenses", "expenses per day/week/month and category: count, amount, paid in cash"),
+    ("cash", "cash movements per day/week/month: put in, taken out, net"),
+    ("product", "one product's analytics: quantity, gross, refunds, net revenue, average "
+                "unit price, per day/week/month"),
+    ("mismatches", "numbered sales whose client total differed from the relay's"),
+    ("held", "held sales: still held, or the sale that resumed them"),
+    ("drafts", "purchase orders and journal entries (drafts, with their server ids)"),
+    ("waiting", "entries waiting at the relay for a shift or held sale not arrived yet"),
+)
+NO_RANGE = ("waiting",)
+
+
+def add_more_arguments(sub: argparse.ArgumentParser, name: str) -> None:
+    """The arguments of one of ``VERBS`` beyond those every report has."""
+    if name in ("refunds", "expenses", "cash", "product"):
+        sub.add_argument("--period", choices=("day", "week", "month"), default="day",
+                         help="group by day (default), ISO week or month")
+    if name == "product":
+        sub.add_argument("--product", metavar="ID", required=True, help="the product")

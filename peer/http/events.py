@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from tillsync.peer.http.delta import History, changes_all, cursor_of
-from tillsync.peer.http.invoice import official_number
+from tillsync.peer.invoice import official_number
 from tillsync.peer.master.document import COLLECTIONS
 from tillsync.peer.store import Till
 

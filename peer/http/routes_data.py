@@ -10,7 +10,7 @@ from aiohttp import web
 from tillsync.peer.http import delta
 from tillsync.peer.http.context import context
 from tillsync.peer.http.errors import ApiError, json_body
-from tillsync.peer.http.invoice import PENDING_NOTE
+from tillsync.peer.invoice import PENDING_NOTE
 from tillsync.peer.master.document import COLLECTIONS
 
 routes = web.RouteTableDef()

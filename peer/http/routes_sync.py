@@ -9,7 +9,15 @@ from aiohttp import web
 
 from tillsync.peer.http.context import context
 from tillsync.peer.http.errors import ApiError
-from tillsync.peer.http.invoice import invoice, receipt_json, render_text, ticket_row
+from tillsync.peer.invoice import (
+    invoice,
+    receipt_json,
+    receipts_by_client_id,
+    render_text,
+    sale_by_ticket,
+    sales,
+    ticket_row,
+)
 from tillsync.peer.log import Entry
 from tillsync.peer.store import Till
 
@@ -56,19 +64,11 @@ async def resync(request: web.Request) -> web.Response:
     return web.json_response(await context(request).sync_round(True))
 
 
-async def _sales(till: Till) -> list[Entry]:
-    return [e for e in await till.entries("sale") if e.ticket]
-
-
-async def _receipts(till: Till) -> dict[str, dict[str, Any]]:
-    return {r["client_id"]: r for r in await till.receipts()}
-
-
 async def _by_ticket(till: Till, ticket: str) -> Entry:
-    for entry in await _sales(till):
-        if entry.ticket == ticket:
-            return entry
-    raise ApiError(404, "not_found", f"no sale with ticket {ticket!r} on this till")
+    entry = await sale_by_ticket(till, ticket)
+    if entry is None:
+        raise ApiError(404, "not_found", f"no sale with ticket {ticket!r} on this till")
+    return entry
 
 
 def _moment(request: web.Request, name: str) -> str | None:
@@ -95,8 +95,8 @@ async def tickets(request: web.Request) -> web.Response:
     if not 1 <= limit <= 10_000:
         raise ApiError(400, "bad_query", "limit is a whole number from 1 to 10000",
                        [{"path": "limit", "message": "out of range"}])
-    receipts = await _receipts(till)
-    rows = [e for e in await _sales(till)
+    receipts = await receipts_by_client_id(till)
+    rows = [e for e in await sales(till)
             if (start is None or e.client_created_at >= start)
             and (end is None or e.client_created_at < end)]
     rows.sort(key=lambda e: (e.client_created_at, e.ticket or ""), reverse=True)
@@ -108,14 +108,14 @@ async def tickets(request: web.Request) -> web.Response:
 async def ticket(request: web.Request) -> web.Response:
     till = context(request).till
     entry = await _by_ticket(till, request.match_info["ticket"])
-    receipt = (await _receipts(till)).get(entry.client_id)
+    receipt = (await receipts_by_client_id(till)).get(entry.client_id)
     return web.json_response({**ticket_row(entry, receipt), "receipt": receipt_json(receipt)})
 
 
 async def _invoice(request: web.Request) -> dict[str, Any]:
     till = context(request).till
     entry = await _by_ticket(till, request.match_info["ticket"])
-    return invoice(entry, (await _receipts(till)).get(entry.client_id), till)
+    return invoice(entry, (await receipts_by_client_id(till)).get(entry.client_id), till)
 
 
 @routes.get("/api/invoices/{ticket}")

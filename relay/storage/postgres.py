@@ -178,6 +178,9 @@ ALTER TABLE invoices DROP CONSTRAINT invoices_store_client_id_key;
         "before: not known)", """
 ALTER TABLE rejected ADD COLUMN sent_by text;
 """),
+    (8, "running totals of refunds, expenses and cash movements, and the listed items of "
+        "the reports (total mismatches, held sales, drafts); every total filled again from "
+        "the entries held", tallies.REPORTS_SCHEMA),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -743,7 +746,8 @@ _ALL_HEADS = _dollars(ALL_HEADS)  # arguments: the store, three times
 
 
 async def _fill_tallies(conn: asyncpg.Connection) -> None:
-    """Migration 4's running totals for a database that already holds sales."""
+    """The running totals (migration 4's, and migration 8's of refunds, expenses, cash
+    movements and listed items) for a database that already holds entries."""
     async def read(sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in await conn.fetch(_dollars(sql), *args)]
 
@@ -773,7 +777,7 @@ async def migrate_schema(conn: asyncpg.Connection) -> int:
             if await schema_version(conn) >= version:
                 continue
             await conn.execute(sql)
-            if version == 4:
+            if version == 8:
                 await _fill_tallies(conn)
             await conn.execute("INSERT INTO schema_version (version, description) "
                                "VALUES ($1, $2)", version, what)

@@ -22,7 +22,7 @@ from tillsync.peer.log import Entry
 from tillsync.relay import tallies
 from tillsync.relay.storage.base import ALL_HEADS, DeviceRow, code_refusal
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # Page cache of each connection, in KiB (SQLite's default is 2 MiB).  Every sale inserts
 # into an index keyed by random UUIDs (entries' client_id): once it outgrows the cache,
 # each insert rereads pages from the OS.
@@ -145,7 +145,7 @@ CREATE TABLE doc_changes (id INTEGER PRIMARY KEY, store TEXT NOT NULL, data BLOB
 CREATE INDEX doc_changes_by_store ON doc_changes (store, id);
 CREATE TABLE admin_tokens (token_hash BLOB PRIMARY KEY, store TEXT NOT NULL,
                            created_at TEXT NOT NULL);
-""" + tallies.SCHEMA + _INVOICES_APPEND_ONLY + _STORE_KEYS
+""" + tallies.SCHEMA + tallies.REPORTS_SCHEMA + _INVOICES_APPEND_ONLY + _STORE_KEYS
 
 
 # Upgrades of an older relay database, each to the next version, in one transaction.
@@ -153,15 +153,17 @@ _MIGRATIONS = {
     "1": "ALTER TABLE devices ADD COLUMN revoked_upto INTEGER;",
     "2": "CREATE TABLE IF NOT EXISTS admin_tokens (token_hash BLOB PRIMARY KEY, "
          "store TEXT NOT NULL, created_at TEXT NOT NULL);",
-    "3": tallies.SCHEMA + _INVOICES_APPEND_ONLY + _PRICES_AT,  # totals: ``_fill_tallies``
+    "3": tallies.SCHEMA + _INVOICES_APPEND_ONLY + _PRICES_AT,  # filled at "7"
     "4": _STORE_KEYS + _KEEP_RELAY_KEY,
     "5": _INVOICES_BY_SEQ,
     "6": _REJECTED_SENT_BY,
+    "7": tallies.REPORTS_SCHEMA,  # every total filled again: ``_fill_tallies``
 }
 
 
 async def _fill_tallies(conn: aiosqlite.Connection) -> None:
-    """Schema 4's running totals for a database that already holds sales."""
+    """The running totals (schema 4's, and schema 8's of refunds, expenses, cash
+    movements and listed items) for a database that already holds entries."""
     async def read(sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in await conn.execute_fetchall(sql, args)]
 
@@ -410,7 +412,7 @@ class SQLiteStorage:
             version = str(rows[0][0]) if rows else ""
             while version in _MIGRATIONS:
                 await conn.executescript(f"BEGIN IMMEDIATE; {_MIGRATIONS[version]}")
-                if version == "3":
+                if version == "7":
                     await _fill_tallies(conn)
                 # execute, not executescript: that would commit what is pending first
                 await conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",

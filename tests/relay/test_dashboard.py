@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.browser import Browser
 from tests.doubles import sale
 from tests.relay.processes import Relays, TillDir, cli_json, in_thread
 from tests.relay.test_report_api import OTHER, shop
@@ -161,7 +162,9 @@ def test_the_dashboard_shows_the_numbers_of_the_sales_recorded(tmp_path: Path,
     a, b = tills["Till A"], tills["Till B"]
     a.put_many([("products", p, body) for p, body in PRODUCTS.items()]
                + [("cashiers", c, {"name": c.title(), "role": "cashier", "pin": "1234"})
-                  for c in CASHIER.values()])
+                  for c in CASHIER.values()]
+               + [("suppliers", "mill", {"name": "The Mill"}),
+                  ("settings", "store", {"store_name": "Dash Shop", "currency": "EUR"})])
     a.sync()
     b.sync()
     now = datetime.now(UTC).replace(microsecond=0)
@@ -173,10 +176,28 @@ def test_the_dashboard_shows_the_numbers_of_the_sales_recorded(tmp_path: Path,
     shifts = {name: record_at(till, start, "shift_open", {"cashier_id": CASHIER[name],
                                                            "opening_cash": OPENING[name]})
               for name, till in tills.items()}
+    made: dict[str, list[str]] = defaultdict(list)
     for name, sales in SALES.items():
         for i, (days_ago, lines) in enumerate(sales):
-            record_at(tills[name], now - timedelta(days=days_ago, minutes=10 - i), "sale",
-                      sale(*lines, shift_client_id=shifts[name]))
+            # Till B's last sale claims a wrong total: invoiced at the relay's, listed.
+            extra = {"client_total": 1} if (name, i) == ("Till B", 1) else {}
+            made[name].append(record_at(tills[name], now - timedelta(days=days_ago,
+                                                                    minutes=10 - i), "sale",
+                                        sale(*lines, shift_client_id=shifts[name], **extra)))
+    # A card refund of one milk in Till A's shift, not restocked; an expense, a held sale
+    # (Till B) and a purchase order (Till A).
+    record_at(a, now - timedelta(minutes=6), "refund", {
+        "original_sale_client_id": made["Till A"][-1], "lines": [
+            {"product_id": "milk", "qty": 1, "unit_price": 110}], "method": "card",
+        "amount": 110, "shift_client_id": shifts["Till A"], "restock": False,
+        "reason": "sour"})
+    record_at(b, now - timedelta(minutes=6), "expense", {
+        "amount": 450, "category": "cleaning", "description": "soap", "method": "card"})
+    record_at(b, now - timedelta(minutes=5), "held_sale", {
+        "lines": [{"product_id": "bread", "qty": 2, "unit_price": 320}],
+        "shift_client_id": shifts["Till B"], "note": "back at five"})
+    record_at(a, now - timedelta(minutes=6), "purchase_order", {
+        "supplier_id": "mill", "lines": [{"product_id": "bread", "qty": 40, "unit_cost": 150}]})
     record_at(a, now - timedelta(minutes=5), "cash_movement", {
         "direction": "out", "amount": 1000, "reason": "bank", "shift_client_id": shifts["Till A"]})
     record_at(a, now - timedelta(minutes=4), "shift_close", {
@@ -203,6 +224,7 @@ def test_the_dashboard_shows_the_numbers_of_the_sales_recorded(tmp_path: Path,
                 qty[product] += Decimal(str(q))
                 revenue[product] += amount(q, p)
     grand = sum(by_till.values())
+    refunded = 110
 
     token = cli_json("relay", "token", "--data", str(relay.data),
                      *(["--db", relay.db] if relay.db else []), "--store", STORE)["token"]
@@ -215,28 +237,67 @@ def test_the_dashboard_shows_the_numbers_of_the_sales_recorded(tmp_path: Path,
 
     page = dump(f"{page_url}#store={STORE}&token={token}")
     assert page.body.get("data-state") == "ready", page.text.get("status")
-    assert money(page.text["kpi-revenue"]) == grand
+    assert money(page.text["kpi-revenue"]) == grand - refunded
+    assert [money(x) for x in page.text["kpi-gross"].split(" / ")] == [grand, refunded]
+    assert page.text["currency"] == "EUR" and "(EUR)" in page.text["t-sales"]
     assert page.text["kpi-sales"] == str(sum(len(s) for s in SALES.values()))
     assert page.text["kpi-open-shifts"] == "1" and page.text["kpi-low"] == "1"
 
+    # Every day of the range (the last 30 by default) has a row, those without sales 0.
     shown_days = page.rows("t-sales", "period")
-    assert {d: [int(r["sales"]), money(r["revenue"])] for d, r in shown_days.items()} == by_day
-    assert money(page.feet["t-sales"]["revenue"]) == grand
+    first = (now - timedelta(days=29)).date()
+    assert list(shown_days) == [(first + timedelta(days=i)).isoformat() for i in range(30)]
+    assert {d: [int(r["sales"]), money(r["gross"])] for d, r in shown_days.items()
+            if r["sales"] != "0"} == by_day
+    assert all(money(r["revenue"]) == 0 for d, r in shown_days.items() if d not in by_day)
+    assert money(shown_days[day[0]]["refunds"]) == refunded
+    assert money(shown_days[day[0]]["revenue"]) == by_day[day[0]][1] - refunded
+    assert money(page.feet["t-sales"]["revenue"]) == grand - refunded
     chart = page.text["sales-chart"]
     assert all(d in chart for d in day.values())  # the SVG's axis labels
 
     products = page.rows("t-products", "product_id")
-    assert {p.split(" (")[1].rstrip(")"): (Decimal(r["qty"]), money(r["revenue"]))
-            for p, r in products.items()} == {p: (qty[p], revenue[p]) for p in qty}
+    net_of = {**revenue, "milk": revenue["milk"] - refunded}  # one milk refunded
+    assert {p.split(" (")[1].rstrip(")"): (Decimal(r["qty"]), money(r["gross"]),
+                                           money(r["revenue"]))
+            for p, r in products.items()} == {p: (qty[p], revenue[p], net_of[p]) for p in qty}
+    assert products["Milk (milk)"]["refunded_qty"] == "1"
     assert [money(r["revenue"]) for r in page.tables["t-products"]] == \
-        sorted(revenue.values(), reverse=True)
+        sorted(net_of.values(), reverse=True)
     assert money(products["Tomatoes (tomato)"]["avg_unit_price"]) == \
         round(revenue["tomato"] / qty["tomato"])
     assert "Cheese" in page.text["products-chart"]
 
-    assert {n: money(r["revenue"]) for n, r in page.rows("t-tills", "name").items()} == by_till
-    assert {c: money(r["revenue"]) for c, r in page.rows("t-cashiers", "cashier_id").items()} \
-        == {CASHIER[n]: t for n, t in by_till.items()}
+    net = {**by_till, "Till A": by_till["Till A"] - refunded}
+    assert {n: money(r["revenue"]) for n, r in page.rows("t-tills", "name").items()} == net
+    assert {c: money(r["revenue"]) for c, r in page.rows("t-cashiers", "name").items()} \
+        == {CASHIER[n].title(): t for n, t in net.items()}  # names, not ids
+
+    # The new reports: refunds, expenses, the wrong total, the held sale, the draft.
+    assert [(r["refunds"], money(r["amount"]), r["by_method"])
+            for r in page.tables["t-refunds"]] == [("1", refunded, "card 1.10")]
+    assert [(r["category"], money(r["amount"])) for r in page.tables["t-expenses"]] == [
+        ("cleaning", 450)]
+    assert [money(r["net"]) for r in page.tables["t-cash"]] == [-1000]
+    wrong = page.tables["t-mismatches"]
+    assert [(r["till"], money(r["client_total"]), money(r["total"])) for r in wrong] == [
+        ("Till B", 1, sum(amount(q, p) for _, q, p in SALES["Till B"][1][1]))]
+    assert wrong[0]["invoice"].startswith("INV-0000")
+    assert [(r["till"], money(r["amount"]), r["note"], r["state"])
+            for r in page.tables["t-held"]] == [("Till B", 640, "back at five", "held")]
+    assert [(r["kind"], money(r["amount"]), r["note"]) for r in page.tables["t-drafts"]] == [
+        ("purchase order", 6000, "mill")]
+    assert page.text["waiting-table"] == "no entry waiting"
+    # One product's analytics: the best seller, by day.
+    top = max(net_of, key=lambda p: net_of[p])
+    assert page.text["product-summary"].startswith(f"{qty[top]} sold, 0 refunded")
+    per_day: dict[str, Decimal] = defaultdict(Decimal)
+    for sales in SALES.values():
+        for ago, lines in sales:
+            for product, q, _ in lines:
+                if product == top:
+                    per_day[day[ago]] += Decimal(str(q))
+    assert {r["period"]: Decimal(r["qty"]) for r in page.tables["t-product"]} == per_day
 
     z = page.rows("t-shifts", "till")
     expected_a = OPENING["Till A"] + paid["Till A"] - 1000
@@ -246,7 +307,8 @@ def test_the_dashboard_shows_the_numbers_of_the_sales_recorded(tmp_path: Path,
             "expected_cash": expected_a, "counted_cash": 9000, "variance": 9000 - expected_a}
     assert z["Till A"]["variance_reason"] == "coins miscounted"
     assert money(z["Till B"]["expected_cash"]) == OPENING["Till B"] + paid["Till B"]
-    assert z["Till B"]["closed_at"] == "open"
+    assert (z["Till B"]["state"], z["Till B"]["closed_at"]) == ("open", "")
+    assert z["Till A"]["state"] == "closed" and z["Till A"]["closed_at"].startswith(day[0])
 
     stock = page.rows("t-stock", "product_id")
     sold = {p: sum((Decimal(str(q)) for s in SALES.values() for _, lines in s
@@ -260,13 +322,13 @@ def test_the_dashboard_shows_the_numbers_of_the_sales_recorded(tmp_path: Path,
 
     devices = page.rows("t-devices", "name")
     assert {n: int(r["entries"]) for n, r in devices.items()} == {
-        "Till A": 2 + 1 + len(SALES["Till A"]) + 2, "Till B": 1 + len(SALES["Till B"])}
+        "Till A": 2 + 1 + len(SALES["Till A"]) + 2 + 2, "Till B": 1 + len(SALES["Till B"]) + 2}
     assert all(r["last_seen"] and r["rejected"] == "0" for r in devices.values())
 
     invoices = page.tables["t-invoices"]
     assert len(invoices) == 6 and page.feet["t-invoices"]["invoice_no"] == "6 in range"
     assert money(page.feet["t-invoices"]["total"]) == grand
-    assert sorted(r["invoice_no"] for r in invoices) == [f"INV-{n}" for n in range(1, 7)]
+    assert sorted(r["invoice_no"] for r in invoices) == [f"INV-{n:06d}" for n in range(1, 7)]
     assert "6 issued, 1..6, no gap" in page.text["invoices-series"]
 
     # The range and the period come from the fragment too: yesterday alone, by month.
@@ -280,10 +342,28 @@ def test_the_dashboard_shows_the_numbers_of_the_sales_recorded(tmp_path: Path,
     assert refused.body.get("data-state") == "error"
     assert "401" in refused.text["status"] and refused.text["kpi-revenue"] == "–"
 
-    shot = tmp_path / "dashboard.png"
-    chromium(f"--screenshot={shot}", "--window-size=1400,1650",
-             f"{page_url}#store={STORE}&token={token}")
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    # Driven over DevTools: the date fields are ISO text (not the browser's mm/dd/yyyy
+    # picker) and refuse anything else; no two date labels under the chart overlap.
+    with Browser.launch(tmp_path / "chromium", width=1400, height=1000) as browser:
+        view = browser.page()
+        view.navigate(f"{page_url}#store={STORE}&token={token}")
+        view.wait_for("document.body.dataset.state === 'ready'", "the dashboard")
+        assert view.evaluate("['from', 'to'].map((id) => [document.getElementById(id).type, "
+                             "document.getElementById(id).value])") == [
+            ["text", first.isoformat()], ["text", day[0]]]
+        labels = view.evaluate(
+            "[...document.querySelectorAll('#sales-chart svg text[text-anchor=middle]')]"
+            ".map((t) => { const b = t.getBBox(); return [t.textContent, b.x, b.x + b.width]; })")
+        assert len(labels) >= 5 and all(label[0] in shown_days for label in labels)
+        assert all(left[2] < right[1]
+                   for left, right in zip(labels, labels[1:], strict=False)), labels
+        shot = tmp_path / "dashboard.png"
+        assert view.screenshot(shot)[:8] == b"\x89PNG\r\n\x1a\n"
+        assert shot.stat().st_size > 20_000
+        view.evaluate("document.getElementById('from').value = '03/02/2026'; "
+                      "document.getElementById('query').requestSubmit()")
+        view.wait_for("document.body.dataset.state === 'error'", "the date refused")
+        assert "03/02/2026 is not a date: write YYYY-MM-DD" in view.text("#status")
     keep = os.environ.get("TILLSYNC_DASHBOARD_SCREENSHOT")
     if keep:
         shutil.copyfile(shot, keep)

@@ -114,7 +114,7 @@ def test_a_sale_says_its_number_comes_at_sync_and_a_retry_says_it_is_one(
                  SALE]) == 0
     first = capsys.readouterr().out
     assert first.startswith("recorded sale seq 2") and "ticket TILL1-000001" in first
-    assert "official invoice number comes with the relay's receipt at sync" in first
+    assert "official invoice number: assigned at sync" in first
     assert main(["peer", "record", str(till), "sale", "--client-id", retry, "--body",
                  SALE]) == 0
     again = capsys.readouterr().out
