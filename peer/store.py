@@ -34,6 +34,7 @@ import msgpack
 
 from peer import rules
 from peer.cert import Certificate, CertificateError, Revocation
+from peer.counter_rules import balance_in, receipt_kind
 from peer.entry_rules import client_id_problem, entry_problem
 from peer.errors import (
     DuplicateEntry,
@@ -543,6 +544,16 @@ class Till:
 
         return await self._submit(op)
 
+    async def delete(self, collection: str, record_id: str) -> None:
+        """Delete a master-data record (``MasterData.delete``: a delete wins over
+        concurrent edits); a product only from a back-office or admin device."""
+
+        async def op(batch: _Batch) -> None:
+            self._may_edit(collection, record_id, None)
+            batch.chunks.extend(self.master.delete(collection, record_id))
+
+        await self._submit(op)
+
     def check_pin(self, cashier_id: str, pin: str) -> bool:
         from peer.master import check_pin
 
@@ -583,8 +594,10 @@ class Till:
                     f"client_id {client_id} is already used by another entry "
                     f"({existing.kind} seq {existing.seq} of device {existing.device_id})"
                 )
-        await rules.check(kind, body, rules.Lookup(self.master.has, self._shift_state, lambda
-                          cid: self._entry_in(batch, cid), self.device_id))
+        await rules.check(kind, body, rules.Lookup(
+            self.master.has, self._shift_state, lambda cid: self._entry_in(batch, cid),
+            self.device_id, fields=self.master.fields, balance=lambda c: balance_in(
+                self._db, batch.effects, c), receipt_kind=lambda c: receipt_kind(self._db, c)))
         seq, prev = self._head[0] + 1, self._head[1]
         ticket = f"{self.series}-{self._tickets + 1:06d}" if kind == "sale" else None
         entry = seal_bytes(
@@ -678,7 +691,8 @@ class Till:
     def certs(self) -> dict[str, bytes]:
         return dict(self._certs)
 
-    def _may_edit(self, collection: str, record_id: str, body: Mapping[str, object]) -> None:
+    def _may_edit(self, collection: str, record_id: str,
+                  body: Mapping[str, object] | None) -> None:
         role = self.role_of(self.device_id)
         if role is None or role in MANAGING_ROLES:  # a store of its own has no roles
             return

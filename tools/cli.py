@@ -44,6 +44,7 @@ from relay.workers import serve_workers
 from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, UnknownCollection, UnknownKind
 from tools import api_cli, backup
 from tools import demo as demo_module
+from tools.cli_master import add_peer_delete
 from tools.cli_ops import OpsError, add_peer_enroll, before_serve, check_hours
 
 LOCK_WAIT = 5.0  # seconds a writing verb waits for `peer run` to finish its round
@@ -935,6 +936,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("collection", choices=COLLECTIONS)
     sub.add_argument("id", metavar="ID", help="record id (UUID recommended; settings: 'store')")
     sub.add_argument("--body", required=True, help="fields as JSON; null removes a field")
+    add_peer_delete(verb)
 
     sub = verb("get", peer_get, "print master data as JSON", json_flag=False)
     sub.add_argument("collection", choices=COLLECTIONS)
