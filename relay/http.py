@@ -3,7 +3,7 @@
     GET /api/v1/stores/STORE/reports/NAME?from=YYYY-MM-DD&to=...&period=...&by=...
     Authorization: Bearer TOKEN            (a token from `tillsync relay token`)
 
-NAME is one of sales, invoices, shifts, stock, alerts, devices (the same reports as
+NAME is one of sales, invoices, shifts, stock, alerts, devices, credit (the same reports as
 `tillsync report`, as JSON); ``invoices`` also takes ``ticket=`` (one ticket's invoice)
 or ``limit=N`` (the N invoices of the range sold last, by sale time);
 ``sales?by=product`` takes ``product=ID``.  A token belongs to one store: it
@@ -33,7 +33,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from peer.errors import InvalidInput
-from relay import dashboard, ops, reports
+from relay import credit, dashboard, ops, reports
 from relay.storage import RelayStorage
 
 PREFIX = "/api/v1/stores/"
@@ -79,11 +79,12 @@ async def _report(storage: RelayStorage, store: str, name: str,
         "stock": lambda: reports.stock(storage, store),
         "alerts": lambda: reports.alerts(storage, store, within),
         "devices": lambda: reports.devices(storage, store),
+        "credit": lambda: credit.over_limit(storage, store),
     }
     return await simple[name]()
 
 
-REPORTS = ("sales", "invoices", "shifts", "stock", "alerts", "devices")
+REPORTS = ("sales", "invoices", "shifts", "stock", "alerts", "devices", "credit")
 
 
 def _json(connection: ServerConnection, status: http.HTTPStatus, data: Any) -> Response:

@@ -44,7 +44,7 @@ from relay.workers import serve_workers
 from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, UnknownCollection, UnknownKind
 from tools import api_cli, backup
 from tools import demo as demo_module
-from tools.cli_master import add_peer_delete
+from tools.cli_counter import add_peer_delete, report_credit
 from tools.cli_ops import OpsError, add_peer_enroll, before_serve, check_hours
 
 LOCK_WAIT = 5.0  # seconds a writing verb waits for `peer run` to finish its round
@@ -822,6 +822,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("shifts", "shift (Z) reports: opening, cash sales, in/out, expected vs counted",
              report_state),
             ("stock", "current stock per product, reorder levels, low ones", report_state),
+            ("credit", "customers above their credit limit (tills that sold apart)",
+             report_credit),
             ("alerts", "low-stock alerts: which entry took a product below its level",
              report_state),
             ("devices", "every device: last contact, entries held, lag of the latest, entries "
@@ -834,7 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--db-wait", type=float, default=5.0, metavar="SECONDS",
                          help="how long to keep retrying an unreachable database (default 5)")
         sub.add_argument("--store", required=True, help="store id")
-        if name not in ("stock", "devices"):
+        if name not in ("stock", "devices", "credit"):
             sub.add_argument("--from", dest="start", metavar="YYYY-MM-DD",
                              help="first day (UTC; client time for sales)")
             sub.add_argument("--to", dest="end", metavar="YYYY-MM-DD",

@@ -41,3 +41,18 @@ def add_peer_delete(verb: Verb) -> None:
                "arrived")
     sub.add_argument("collection", choices=[c for c in COLLECTIONS if c != "settings"])
     sub.add_argument("id", metavar="ID", help="record id")
+
+
+async def report_credit(args: argparse.Namespace) -> int:
+    """``tillsync report credit``: customers above their credit limit."""
+    from relay import credit
+    from tools.cli import EXIT_OK, _report_out, _report_storage
+
+    storage = await _report_storage(args)
+    try:
+        rows = await credit.over_limit(storage, args.store)
+    finally:
+        await storage.close()
+    _report_out(args, rows, ("customer_id", "name", "balance", "credit_limit", "over_by"),
+                f"no customer of store {args.store} is above its credit limit")
+    return EXIT_OK
