@@ -54,13 +54,26 @@ def inactive_problem(kind: str, body: Mapping[str, Any], fields: Fields) -> str 
     return None
 
 
-def raised_balances(kind: str, body: Mapping[str, Any]) -> dict[str, int]:
-    """customer id -> how much the entry adds to what the customer owes (> 0 only)."""
+def balance_changes(kind: str, body: Mapping[str, Any]) -> dict[str, int]:
+    """customer id -> what the entry adds to (negative: takes off) what the customer owes,
+    by the rule of ``peer.views.effects`` (a sale's own path builds no effect: it is on
+    every sale's path, at the till and the relay)."""
+    if kind == "sale":
+        customer = body.get("customer_id")
+        owed = sum(p["amount"] for p in body["payments"] if p["method"] == "account")
+        return {customer: owed} if customer is not None and owed else {}
+    if kind not in ("refund", "customer_payment"):
+        return {}
     out: dict[str, int] = {}
     for effect in effects(kind, "", body):
         if effect.view == "balance":
             out[effect.key] = out.get(effect.key, 0) + int(effect.value)
-    return {k: v for k, v in out.items() if v > 0}
+    return out
+
+
+def raised_balances(kind: str, body: Mapping[str, Any]) -> dict[str, int]:
+    """customer id -> how much the entry adds to what the customer owes (> 0 only)."""
+    return {k: v for k, v in balance_changes(kind, body).items() if v > 0}
 
 
 def credit_message(kind: str, customer_id: str, balance: int, added: int, limit: int,

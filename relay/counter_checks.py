@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from peer.views import effects
+from peer.counter_rules import balance_changes
 from relay.undo import OutOfRange
 from schemas.limits import in_range
 
@@ -36,15 +36,6 @@ PREFIX = "balance:"
 def customers_named(bodies: Iterable[Mapping[str, Any]]) -> set[str]:
     """The customers whose balance deciding these bodies may change."""
     return {b["customer_id"] for b in bodies if isinstance(b.get("customer_id"), str)}
-
-
-def balance_changes(kind: str, body: Mapping[str, Any]) -> dict[str, int]:
-    """customer id -> what the entry adds to (or, negative, takes off) its balance."""
-    out: dict[str, int] = {}
-    for effect in effects(kind, "", body):
-        if effect.view == "balance":
-            out[effect.key] = out.get(effect.key, 0) + int(effect.value)
-    return out
 
 
 def record_warnings(kind: str, body: Mapping[str, Any],
