@@ -22,7 +22,7 @@ invoice counters.  ``tillsync report credit`` lists the customers above their li
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from peer.counter_rules import balance_changes
@@ -39,19 +39,18 @@ def customers_named(bodies: Iterable[Mapping[str, Any]]) -> set[str]:
 
 
 def record_warnings(kind: str, body: Mapping[str, Any],
-                    products: Callable[[str], Mapping[str, Any] | None],
+                    moves: Sequence[tuple[str, int, Mapping[str, Any] | None]],
                     customers: Customers | None) -> list[dict[str, Any]]:
-    """Warnings about the inactive or missing records a sale names."""
+    """Warnings about the inactive or missing records a sale names (``moves``: its lines'
+    products with their catalogue records, as ingest looked them up already)."""
     if kind != "sale":
         return []
     out: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for line in body["lines"]:
-        product_id = line["product_id"]
-        product = products(product_id)
-        if product_id not in seen and product is not None and product.get("active") is False:
-            out.append({"code": "inactive_product", "product_id": product_id})
-        seen.add(product_id)
+    for product_id, _, product in moves:
+        if product is not None and product.get("active") is False:
+            warning = {"code": "inactive_product", "product_id": product_id}
+            if warning not in out:
+                out.append(warning)
     if customers is not None and "customer_id" in body:
         customer = customers(body["customer_id"])
         if customer is None:

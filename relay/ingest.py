@@ -418,7 +418,7 @@ def _apply(batch: _Batch, entry: Entry, body: dict[str, Any], lines: Lines | Non
             batch.maps["shift_device"][entry.client_id] = entry.device_id
     # The counter's rules, noted but never refused (``relay/counter_checks.py``).
     balances = counter_checks.new_balances(kind, body, batch.state.balances)
-    warnings += counter_checks.record_warnings(kind, body, batch.catalogue, batch.customers)
+    warnings += counter_checks.record_warnings(kind, body, moves, batch.customers)
     warnings += counter_checks.credit_warnings(batch.state.balances, balances, batch.customers)
     # Last: the running totals take the entry whole or not at all (``Tallies.add``).
     if kind == "sale":
