@@ -5,6 +5,7 @@ All on a real SQLite store."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from peer.errors import InvalidInput, UnknownReference
 from peer.master.document import MasterData
 from peer.store import Till
-from tests.doubles import SHIFT, sale, stocked_till
+from tests.doubles import SHIFT, cli, sale, stocked_till
 from tests.peer.test_receive_entries import enrolled_till, make_device
 
 
@@ -160,3 +161,16 @@ async def test_post_now_is_accepted_and_ignored(tmp_path: Path) -> None:
         assert entry.body["post_now"] is True
         with pytest.raises(Exception, match="boolean"):
             await till.record("journal_entry", {**body, "post_now": "yes"})
+
+
+async def test_peer_delete_on_a_store_no_daemon_holds(tmp_path: Path) -> None:
+    async with await stocked_till(tmp_path):
+        pass
+    done = cli("peer", "delete", str(tmp_path), "customers", "bob", "--json")
+    assert json.loads(done.stdout) == {"collection": "customers", "id": "bob", "deleted": True}
+    again = cli("peer", "delete", str(tmp_path), "customers", "bob", check=False)
+    assert again.returncode == 2 and "no customers record 'bob'" in again.stderr
+    settings = cli("peer", "delete", str(tmp_path), "settings", "store", check=False)
+    assert settings.returncode == 2 and "invalid choice" in settings.stderr
+    async with await Till.open(tmp_path, readonly=True) as till:
+        assert till.get("customers", "bob") is None and till.get("products", "bread")
