@@ -24,9 +24,9 @@ from typing import Any
 
 import msgpack
 
-from peer.errors import InvalidInput
-from peer.storage import TillDB
-from peer.views import Effect, effects
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.storage import TillDB
+from tillsync.peer.views import Effect, effects
 
 Fields = Callable[[str, str, tuple[str, ...]], Mapping[str, Any] | None]
 Balance = Callable[[str], Awaitable[int]]

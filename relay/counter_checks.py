@@ -25,9 +25,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from peer.counter_rules import balance_changes
-from relay.undo import OutOfRange
-from schemas.limits import in_range
+from tillsync.peer.counter_rules import balance_changes
+from tillsync.relay.undo import OutOfRange
+from tillsync.schemas.limits import in_range
 
 Customers = Callable[[str], Mapping[str, Any] | None]
 PREFIX = "balance:"

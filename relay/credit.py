@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from peer.master import MasterData
-from relay.counter_checks import PREFIX
-from relay.reports import check_store
-from relay.storage import RelayStorage
+from tillsync.peer.master import MasterData
+from tillsync.relay.counter_checks import PREFIX
+from tillsync.relay.reports import check_store
+from tillsync.relay.storage import RelayStorage
 
 
 async def over_limit(storage: RelayStorage, store: str) -> list[dict[str, Any]]:

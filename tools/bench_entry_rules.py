@@ -5,8 +5,8 @@ four weighed), against the whole of ``relay.ingest.prepare`` for the same entrie
 the counter's rules a till adds to ``Till.record`` for a sale (``peer.counter_rules``:
 inactive products read from the master document, the balance a sale raises).
 
-    PYTHONPATH=. python -m tools.bench_entry_rules              # 20,000 sales, best of 15
-    PYTHONPATH=. python -m tools.bench_entry_rules --sales 5000 --json
+    python -m tillsync.tools.bench_entry_rules              # 20,000 sales, best of 15
+    python -m tillsync.tools.bench_entry_rules --sales 5000 --json
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from typing import Any
 
 import msgpack
 
-from peer.counter_rules import inactive_problem, raised_balances
-from peer.entry_rules import client_id_problem, is_canonical, negative_line
-from peer.identity import DeviceKey
-from peer.log import GENESIS_PREV, Entry, seal
-from peer.master import MasterData
-from peer.totals import line_figures
-from relay.ingest import prepare
-from tools.workload import positive_int, products_for_sales, sale_body
+from tillsync.peer.counter_rules import inactive_problem, raised_balances
+from tillsync.peer.entry_rules import client_id_problem, is_canonical, negative_line
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.log import GENESIS_PREV, Entry, seal
+from tillsync.peer.master import MasterData
+from tillsync.peer.totals import line_figures
+from tillsync.relay.ingest import prepare
+from tillsync.tools.workload import positive_int, products_for_sales, sale_body
 
 
 def entries(count: int, seed: int) -> list[Entry]:

@@ -11,13 +11,13 @@ import argparse
 import json
 from urllib.parse import quote
 
-from peer.master.document import COLLECTIONS
-from peer.store import Till
-from tools.cli_ops import Verb
+from tillsync.peer.master.document import COLLECTIONS
+from tillsync.peer.store import Till
+from tillsync.tools.cli_ops import Verb
 
 
 async def peer_delete(args: argparse.Namespace) -> int:
-    from tools.cli import EXIT_OK, LOCK_WAIT, _daemon_serves, _through_daemon
+    from tillsync.tools.cli import EXIT_OK, LOCK_WAIT, _daemon_serves, _through_daemon
 
     if await _daemon_serves(args.dir):
         await _through_daemon(args.dir, "DELETE", f"/api/master/{args.collection}/"
@@ -45,8 +45,8 @@ def add_peer_delete(verb: Verb) -> None:
 
 async def report_credit(args: argparse.Namespace) -> int:
     """``tillsync report credit``: customers above their credit limit."""
-    from relay import credit
-    from tools.cli import EXIT_OK, _report_out, _report_storage
+    from tillsync.relay import credit
+    from tillsync.tools.cli import EXIT_OK, _report_out, _report_storage
 
     storage = await _report_storage(args)
     try:

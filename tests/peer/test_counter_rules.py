@@ -13,11 +13,11 @@ from typing import Any
 import msgpack
 import pytest
 
-from peer.errors import InvalidInput, UnknownReference
-from peer.master.document import MasterData
-from peer.store import Till
 from tests.doubles import SHIFT, cli, sale, stocked_till
 from tests.peer.test_receive_entries import enrolled_till, make_device
+from tillsync.peer.errors import InvalidInput, UnknownReference
+from tillsync.peer.master.document import MasterData
+from tillsync.peer.store import Till
 
 
 def on_account(customer: str, *lines: tuple[str, int | str, int], amount: int) -> dict[str, Any]:
