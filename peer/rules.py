@@ -4,7 +4,8 @@ The schema says an entry is well formed; these rules say it makes sense *here*: 
 products, customers, cashiers and suppliers it names exist in the master document, the
 shift it belongs to is open and was opened by this till, the held sale it resumes was
 held, no line's discount exceeds its amount (the shift and line rules are the relay's
-too: ``peer/entry_rules.py``).  They apply to entries
+too: ``peer/entry_rules.py``), and the counter's rules (inactive records, credit limits:
+``peer/counter_rules.py``).  They apply to entries
 recorded on this till; entries from other devices are accepted on their signature and
 chain (their till checked them when they were made).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from tillsync.peer import counter_rules
 from tillsync.peer.entry_rules import negative_line, shift_problem
 from tillsync.peer.errors import InvalidInput, UnknownReference
 from tillsync.peer.log import Entry
@@ -56,11 +58,19 @@ class Lookup:
         shift_state: Callable[[str], Awaitable[str | None]],
         entry: Callable[[str], Awaitable[Entry | None]],
         device_id: str,
+        *,
+        fields: counter_rules.Fields | None = None,
+        balance: counter_rules.Balance | None = None,
+        receipt_kind: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.has_record = has_record
         self.shift_state = shift_state  # "open", "closed" or None
         self.entry = entry  # an entry held here, by client_id
         self.device_id = device_id  # this till's
+        # For the counter's rules (``peer/counter_rules.py``): scalar fields of a record,
+        # a customer's balance as this till knows it, the kind of entry a receipt held
+        # here answers.  Left out, those rules are not applied.
+        self.fields, self.balance, self.receipt_kind = fields, balance, receipt_kind
 
     async def entry_kind(self, client_id: str) -> str | None:
         entry = await self.entry(client_id)
@@ -85,11 +95,13 @@ async def check(kind: str, body: Mapping[str, Any], lookup: Lookup) -> None:
     """Raise ``UnknownReference`` or ``InvalidInput`` naming the first problem."""
     for field, collection in _RECORD_FIELDS.get(kind, []):
         if field in body and not lookup.has_record(collection, body[field]):
-            raise UnknownReference(f"{kind}: body.{field}: no {collection} record {body[field]!r}")
+            raise UnknownReference(f"{kind}: body.{field}: no {collection} record "
+                                   f"{body[field]!r} (deleted, or never created)")
     for i, line in enumerate(body.get("lines", [])):
         if "product_id" in line and not lookup.has_record("products", line["product_id"]):
             raise UnknownReference(
-                f"{kind}: body.lines[{i}].product_id: unknown product {line['product_id']!r}"
+                f"{kind}: body.lines[{i}].product_id: unknown product {line['product_id']!r} "
+                "(deleted, or never in the catalogue)"
             )
     problem = figures_problem(kind, body)
     if problem is not None:
@@ -117,10 +129,16 @@ async def check(kind: str, body: Mapping[str, Any], lookup: Lookup) -> None:
             )
     if kind == "refund":
         original = await lookup.entry_kind(body["original_sale_client_id"])
+        if original is None and lookup.receipt_kind is not None:
+            # A sale of another till, known here from the relay's receipt only.
+            original = await lookup.receipt_kind(body["original_sale_client_id"])
         if original != "sale":
             raise UnknownReference(
                 f"refund: body.original_sale_client_id: no sale {body['original_sale_client_id']}"
+                " held here (neither its entry nor its receipt)"
             )
+    if lookup.fields is not None and lookup.balance is not None:
+        await counter_rules.check(kind, body, lookup.fields, lookup.balance)
     if kind == "leave_request" and body["end_date"] < body["start_date"]:
         raise InvalidInput("leave_request: body.end_date is before body.start_date")
     if kind == "journal_entry":

@@ -335,6 +335,11 @@ class TillDB:
             out.append(bytes(body))
         return out
 
+    async def receipt(self, client_id: str) -> bytes | None:
+        """The latest receipt of one entry, as stored."""
+        row = await self._one("SELECT body FROM receipts WHERE client_id = ?", (client_id,))
+        return None if row is None else bytes(row[0])
+
     async def receipts(self, status: str | None = None) -> list[bytes]:
         sql = "SELECT body FROM receipts"
         args: tuple[str, ...] = ()

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import IO, Any, TypeVar
 
 from tillsync.peer import rules
+from tillsync.peer.counter_rules import balance_in, receipt_kind
 from tillsync.peer.entry_rules import client_id_problem
 from tillsync.peer.errors import (
     DuplicateEntry,
@@ -488,6 +489,16 @@ class Till(Inbound, Reads):
 
         return await self._submit(op)
 
+    async def delete(self, collection: str, record_id: str) -> None:
+        """Delete a master-data record (``MasterData.delete``: a delete wins over
+        concurrent edits); a product only from a back-office or admin device."""
+
+        async def op(batch: _Batch) -> None:
+            self._may_edit(collection, record_id, None)
+            batch.chunks.extend(self.master.delete(collection, record_id))
+
+        await self._submit(op)
+
     def check_pin(self, cashier_id: str, pin: str) -> bool:
         from tillsync.peer.master import check_pin
 
@@ -528,8 +539,10 @@ class Till(Inbound, Reads):
                     f"client_id {client_id} is already used by another entry "
                     f"({existing.kind} seq {existing.seq} of device {existing.device_id})"
                 )
-        await rules.check(kind, body, rules.Lookup(self.master.has, self._shift_state, lambda
-                          cid: self._entry_in(batch, cid), self.device_id))
+        await rules.check(kind, body, rules.Lookup(
+            self.master.has, self._shift_state, lambda cid: self._entry_in(batch, cid),
+            self.device_id, fields=self.master.fields, balance=lambda c: balance_in(
+                self._db, batch.effects, c), receipt_kind=lambda c: receipt_kind(self._db, c)))
         seq, prev = self._head[0] + 1, self._head[1]
         ticket = f"{self.series}-{self._tickets + 1:06d}" if kind == "sale" else None
         entry = seal_bytes(

@@ -30,7 +30,8 @@ class Inbound(TillBase):
     def certs(self) -> dict[str, bytes]:
         return dict(self._certs)
 
-    def _may_edit(self, collection: str, record_id: str, body: Mapping[str, object]) -> None:
+    def _may_edit(self, collection: str, record_id: str,
+                  body: Mapping[str, object] | None) -> None:
         role = self.role_of(self.device_id)
         if role is None or role in MANAGING_ROLES:  # a store of its own has no roles
             return

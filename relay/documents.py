@@ -38,6 +38,7 @@ class StoreHub:
         # go to every connected till of the store, so they are encoded once, not per till.
         self.recent: deque[tuple[int, int, bytes]] = deque(maxlen=self.RECENT)
         self._products: dict[str, Mapping[str, Any] | None] = {}
+        self._customers: dict[str, Mapping[str, Any] | None] = {}
 
     def notify(self) -> None:
         self.changed.set()
@@ -78,12 +79,24 @@ class StoreHub:
         try:
             return self._products[product_id]
         except KeyError:
-            found = self.doc.fields("products", product_id, ("volatile", "reorder_level"))
+            found = self.doc.fields("products", product_id,
+                                    ("volatile", "reorder_level", "active"))
             self._products[product_id] = found
+            return found
+
+    def customer(self, customer_id: str) -> Mapping[str, Any] | None:
+        """What ingest's counter checks need of a customer (active, credit limit),
+        memoised until the document changes, as ``product``."""
+        try:
+            return self._customers[customer_id]
+        except KeyError:
+            found = self.doc.fields("customers", customer_id, ("active", "credit_limit"))
+            self._customers[customer_id] = found
             return found
 
     def document_changed(self) -> None:
         self._products.clear()
+        self._customers.clear()
         self.notify()
 
 

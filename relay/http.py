@@ -4,7 +4,7 @@
     Authorization: Bearer TOKEN            (a token from `tillsync relay token`)
 
 NAME is one of sales, invoices, shifts, stock, alerts, devices, refunds, expenses,
-cash, product, mismatches, held, drafts, waiting, settings (the same reports as
+cash, product, mismatches, held, drafts, waiting, settings, credit (the same reports as
 `tillsync report`, as JSON); ``invoices`` also takes ``ticket=`` (one ticket's invoice)
 or ``limit=N`` (the N invoices of the range sold last, by sale time);
 ``sales?by=product`` takes ``product=ID`` and ``period=`` (then one row per period and
@@ -36,7 +36,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from tillsync.peer.errors import InvalidInput
-from tillsync.relay import dashboard, ops, reports, reports_lists, reports_money
+from tillsync.relay import credit, dashboard, ops, reports, reports_lists, reports_money
 from tillsync.relay.storage import RelayStorage
 
 PREFIX = "/api/v1/stores/"
@@ -92,6 +92,7 @@ async def _report(storage: RelayStorage, store: str, name: str,
         "product": lambda: reports_money.product(storage, store, query.get("product"),
                                                  period, within),
         "settings": lambda: reports_money.settings(storage, store),
+        "credit": lambda: credit.over_limit(storage, store),
     }
     if name in reports_lists.LISTS:
         return await reports_lists.listing(storage, store, name, within)
@@ -99,7 +100,7 @@ async def _report(storage: RelayStorage, store: str, name: str,
 
 
 REPORTS = ("sales", "invoices", "shifts", "stock", "alerts", "devices", "refunds",
-           "expenses", "cash", "product", "settings", *reports_lists.LISTS)
+           "expenses", "cash", "product", "settings", "credit", *reports_lists.LISTS)
 
 
 def _json(connection: ServerConnection, status: http.HTTPStatus, data: Any) -> Response:

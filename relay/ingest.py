@@ -22,7 +22,9 @@ Then, in ingestion order, each new entry is decided:
 * ``shift_close``, ``cash_movement``, ``sale``: they need their shift (and a resumed held
   sale) to be known; if it has not arrived yet the receipt says ``waiting``, and an
   ``accepted`` receipt follows when it does;
-* ``purchase_order`` / ``journal_entry``: stored as drafts with a server id.
+* ``purchase_order`` / ``journal_entry``: stored as drafts with a server id;
+* every accepted entry: the counter's rules, as warnings (``relay/counter_checks.py``: a
+  sale of an inactive or deleted record, a customer's balance above its credit limit).
 
 Every decision becomes a receipt, numbered in the store's stream and chained; the last
 one of the batch is signed.  Counters (invoice numbers, server ids, stream position)
@@ -52,6 +54,7 @@ from tillsync.peer.sync.frames import entry_to_wire
 from tillsync.peer.sync.receipts import seal_packed
 from tillsync.peer.totals import LINE_KINDS, amounts_problem, figures_problem, line_figures
 from tillsync.peer.views import format_quantity, from_millionths, millionths, order_of
+from tillsync.relay import counter_checks
 from tillsync.relay.storage.base import RelayTxn
 from tillsync.relay.tallies import Tallies
 from tillsync.relay.undo import OutOfRange, Undo
@@ -110,6 +113,9 @@ class _Store:
         self.stock_changed: set[str] = set()
         self.prices: dict[str, tuple[int, str]] = {}  # product -> (price, sale's place)
         self.levels: dict[str, int] = {}  # reorder levels in millionths, read once
+        # Customers' balances (``relay/counter_checks.py``), of those named so far.
+        self.balances: dict[str, int] = {}
+        self.balances_changed: set[str] = set()
         self.tallies = Tallies()
         self.refused_before: set[tuple[str, str]] = set()
         self.heads: dict[str, tuple[int, bytes]] = {}
@@ -137,6 +143,7 @@ class _Store:
         """Fetch in bulk the shifts, held sales and stock these bodies name, that are not
         known yet (memory may be ahead of the database), and the counters."""
         shifts, held, products = set(), set(), set()
+        bodies = list(bodies)
         for body in bodies:
             for key in ("shift_client_id", "open_shift_client_id"):
                 if isinstance(body.get(key), str):
@@ -148,6 +155,7 @@ class _Store:
                     products.add(line["product_id"])
             if isinstance(body.get("product_id"), str):
                 products.add(body["product_id"])
+        customers = counter_checks.customers_named(bodies) - self.balances.keys()
         shifts -= self.maps["shift"].keys()
         held -= self.maps["held"].keys()
         products -= self.stock.keys()
@@ -162,6 +170,11 @@ class _Store:
             self.maps["held"].update(await self.txn.mappings(self.store, "held", held))
         if products:
             self.stock.update(await self.txn.stock(self.store, products))
+        if customers:
+            found = await self.txn.counters(
+                self.store, [counter_checks.PREFIX + c for c in sorted(customers)])
+            self.balances.update((name[len(counter_checks.PREFIX):], value)
+                                 for name, value in found.items())
         if not self.counters:
             self.counters.update(await self.txn.counters(
                 self.store, [f"invoice:{SERIES}", *sorted(set(_SERVER_ID_KINDS.values()))]))
@@ -176,6 +189,9 @@ class _Store:
         if self.tallies:
             await txn.add_tallies(store, self.tallies.writes(store))
         await txn.set_counters(store, self.counters)
+        if self.balances_changed:
+            await txn.set_counters(store, {counter_checks.PREFIX + c: self.balances[c]
+                                           for c in sorted(self.balances_changed)})
         await txn.set_stream_head(store, *self.stream)
 
 
@@ -183,10 +199,12 @@ class _Batch:
     """The decisions of one batch, gathered in memory and written in bulk; the store's
     state (counters, stock, mappings, totals) is the transaction's, shared by its batches."""
 
-    def __init__(self, state: _Store, catalogue: Catalogue, sender: str | None) -> None:
+    def __init__(self, state: _Store, catalogue: Catalogue, sender: str | None,
+                 customers: Catalogue | None = None) -> None:
         self.state, self.txn, self.store = state, state.txn, state.store
         self.sender = sender  # the device whose link carried the batch
         self.catalogue, self.now = catalogue, state.now
+        self.customers = customers
         self.counters, self.maps, self.stock = state.counters, state.maps, state.stock
         self.prices, self.tallies = state.prices, state.tallies
         self.refused_before = state.refused_before
@@ -398,6 +416,10 @@ def _apply(batch: _Batch, entry: Entry, body: dict[str, Any], lines: Lines | Non
             batch.new_maps[prefix][entry.client_id] = receipt["server_id"]
         if kind == "shift_open":
             batch.maps["shift_device"][entry.client_id] = entry.device_id
+    # The counter's rules, noted but never refused (``relay/counter_checks.py``).
+    balances = counter_checks.new_balances(kind, body, batch.state.balances)
+    warnings += counter_checks.record_warnings(kind, body, moves, batch.customers)
+    warnings += counter_checks.credit_warnings(batch.state.balances, balances, batch.customers)
     # Last: the running totals take the entry whole or not at all (``Tallies.add``).
     if kind == "sale":
         batch.tallies.add(kind, entry.client_id, entry.device_id, entry.client_created_at,
@@ -405,6 +427,8 @@ def _apply(batch: _Batch, entry: Entry, body: dict[str, Any], lines: Lines | Non
     else:
         batch.tallies.add(kind, entry.client_id, entry.device_id, entry.client_created_at, body,
                           receipt=receipt)
+    batch.state.balances.update(balances)
+    batch.state.balances_changed.update(balances)
     batch.receipts.append(receipt)
 
 
@@ -512,6 +536,7 @@ class Batch:
     key: DeviceKey
     checked: Checked = field(default_factory=dict)
     sender: str | None = None
+    customers: Catalogue | None = None  # what the counter's checks read of a customer
 
     def __post_init__(self) -> None:
         if not self.checked:
@@ -561,7 +586,7 @@ async def ingest_all(txn: RelayTxn, batches: Sequence[Batch], now: str, *,
 async def _ingest_one(state: _Store, source: Batch, decide: bool = True) -> IngestResult:
     txn, store, checked = state.txn, state.store, source.checked
     result = IngestResult()
-    batch = _Batch(state, source.catalogue, source.sender)
+    batch = _Batch(state, source.catalogue, source.sender, source.customers)
     by_device: dict[str, list[Entry]] = defaultdict(list)
     for entry in source.entries:
         by_device[entry.device_id].append(entry)

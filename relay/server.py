@@ -436,7 +436,7 @@ class Relay:
                 keys[device_id] = device.public_key
         batch = Batch(hub.store, event.entries, keys, hub.product,
                       await self.store_key(hub.store), await self._prepare(event.entries),
-                      sender)
+                      sender, hub.customer)
         job = _Job(hub, batch, asyncio.get_running_loop().create_future())
         await self._jobs.put(job)
         if self._writer is None:

@@ -1,7 +1,9 @@
 """Micro-benchmark of the per-entry rules the relay adds to ``prepare``: the canonical
 form of the body (``peer.entry_rules.is_canonical``), the client_id pattern and a sale's
 negative-line check, on the sales ``tools.bench_relay`` sends (1-5 lines, about one in
-four weighed), against the whole of ``relay.ingest.prepare`` for the same entries.
+four weighed), against the whole of ``relay.ingest.prepare`` for the same entries; and
+the counter's rules a till adds to ``Till.record`` for a sale (``peer.counter_rules``:
+inactive products read from the master document, the balance a sale raises).
 
     python -m tillsync.tools.bench_entry_rules              # 20,000 sales, best of 15
     python -m tillsync.tools.bench_entry_rules --sales 5000 --json
@@ -19,9 +21,11 @@ from typing import Any
 
 import msgpack
 
+from tillsync.peer.counter_rules import inactive_problem, raised_balances
 from tillsync.peer.entry_rules import client_id_problem, is_canonical, negative_line
 from tillsync.peer.identity import DeviceKey
 from tillsync.peer.log import GENESIS_PREV, Entry, seal
+from tillsync.peer.master import MasterData
 from tillsync.peer.totals import line_figures
 from tillsync.relay.ingest import prepare
 from tillsync.tools.workload import positive_int, products_for_sales, sale_body
@@ -67,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     pairs = list(zip(sales, bodies, strict=True))
     figures = [[a for a, _ in line_figures(b["lines"])] for b in bodies]
     n, r = len(sales), args.repeats
+    master = MasterData.new(uuid.uuid4().bytes)
+    for product_id, record in products_for_sales().items():
+        master.put("products", product_id, record)
     result: dict[str, Any] = {
         "sales": n,
         "canonical_us": best_us(lambda: [is_canonical(e.body_bytes, b) for e, b in pairs], n, r),
@@ -75,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             lambda: [negative_line(b["lines"], f) for b, f in zip(bodies, figures,
                                                                    strict=True)], n, r),
         "prepare_us": best_us(lambda: prepare(sales), n, r),
+        "counter_rules_us": best_us(
+            lambda: [(inactive_problem("sale", b, master.fields), raised_balances("sale", b))
+                     for b in bodies], n, r),
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -82,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n} sales, best of {r} runs, µs per entry: canonical form "
               f"{result['canonical_us']:.2f}, client_id {result['client_id_us']:.2f}, "
               f"negative line {result['negative_line_us']:.2f}; the whole prepare "
-              f"{result['prepare_us']:.2f}")
+              f"{result['prepare_us']:.2f}; the till's counter rules "
+              f"{result['counter_rules_us']:.2f}")
     return 0
 
 

@@ -58,6 +58,7 @@ from tillsync.tools.cli_common import (
     read_body,
     shutdown_deadlines,
 )
+from tillsync.tools.cli_counter import add_peer_delete
 from tillsync.tools.cli_invoice import add_peer_invoice
 from tillsync.tools.cli_ops import OpsError, add_peer_enroll
 from tillsync.tools.cli_relay import add_relay, relay_serve, relay_serve_workers
@@ -458,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("collection", choices=COLLECTIONS)
     sub.add_argument("id", metavar="ID", help="record id (UUID recommended; settings: 'store')")
     sub.add_argument("--body", required=True, help="fields as JSON; null removes a field")
+    add_peer_delete(verb)
 
     sub = verb("get", peer_get, "print master data as JSON", json_flag=False)
     sub.add_argument("collection", choices=COLLECTIONS)

@@ -164,6 +164,20 @@ async def report_state(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def report_credit(args: argparse.Namespace) -> int:
+    """``tillsync report credit``: customers above their credit limit."""
+    from tillsync.relay import credit
+
+    storage = await report_storage(args)
+    try:
+        rows = await credit.over_limit(storage, args.store)
+    finally:
+        await storage.close()
+    report_out(args, rows, ("customer_id", "name", "balance", "credit_limit", "over_by"),
+                f"no customer of store {args.store} is above its credit limit")
+    return EXIT_OK
+
+
 def add_report(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The ``report`` area and its verbs."""
     report = areas.add_parser("report", help="central reports from the relay's data",
@@ -178,6 +192,8 @@ def add_report(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             ("shifts", "shift (Z) reports: opening, cash sales, in/out, expected vs counted",
              report_state),
             ("stock", "current stock per product, reorder levels, low ones", report_state),
+            ("credit", "customers above their credit limit (tills that sold apart)",
+             report_credit),
             ("alerts", "low-stock alerts: which entry took a product below its level",
              report_state),
             ("devices", "every device: last contact, entries held, lag of the latest, entries "
@@ -190,7 +206,7 @@ def add_report(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         sub.add_argument("--db-wait", type=float, default=5.0, metavar="SECONDS",
                          help="how long to keep retrying an unreachable database (default 5)")
         sub.add_argument("--store", required=True, help="store id")
-        if name not in ("stock", "devices", *NO_RANGE):
+        if name not in ("stock", "devices", "credit", *NO_RANGE):
             sub.add_argument("--from", dest="start", metavar="YYYY-MM-DD",
                              help="first day (UTC; client time for sales)")
             sub.add_argument("--to", dest="end", metavar="YYYY-MM-DD",

@@ -39,6 +39,7 @@ SCHEMAS: dict[str, Any] = {
                   deleted_ids={"type": "array", "items": STR},
                   sync_cursor=STR, full=BOOL),
     "OneRecord": _obj(["id", "record"], id=STR, record=_ref("Record")),
+    "Deleted": _obj(["id", "deleted"], id=STR, deleted={"const": True}),
     "Entry": _obj(["client_id", "device_id", "seq", "prev", "kind", "client_created_at",
                    "body", "hash", "sig"],
                   client_id=STR, device_id=STR, seq=INT, prev=STR,
@@ -150,7 +151,12 @@ PATHS: dict[str, Any] = {
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": _ref("Record")}}},
                 "responses": {"200": _json("OneRecord", "the record as stored"),
-                              **_errors(400, 403, 404, 422)}}},
+                              **_errors(400, 403, 404, 422)}},
+        "delete": {"summary": "delete a record (a product: back-office or admin device "
+                              "only); delta reads then list its id in deleted_ids",
+                   "parameters": [COLLECTION, _param("id")],
+                   "responses": {"200": _json("Deleted", "deleted"),
+                                 **_errors(403, 404, 422)}}},
     "/api/entries": {"post": {
         "summary": "record an entry; a retry with the same client_id returns the stored "
                    "entry (replay: true), the same client_id with other content is 409",

@@ -49,6 +49,18 @@ async def master_put(request: web.Request) -> web.Response:
     return web.json_response({"id": record_id, "record": record})
 
 
+@routes.delete("/api/master/{collection}/{id}")
+async def master_delete(request: web.Request) -> web.Response:
+    """Delete a record: it leaves every read, and delta reads list its id as deleted."""
+    collection, record_id = _collection(request), request.match_info["id"]
+    till = context(request).till
+    if collection != "settings" and not till.master.has(collection, record_id):
+        raise ApiError(404, "not_found", f"no {collection} record {record_id!r} (deleted "
+                       "already, or never created)")
+    await till.delete(collection, record_id)
+    return web.json_response({"id": record_id, "deleted": True})
+
+
 @routes.post("/api/entries")
 async def record(request: web.Request) -> web.Response:
     """Record one entry; a retry with the same ``client_id`` returns the stored one."""

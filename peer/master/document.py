@@ -19,6 +19,12 @@ different fields of one product both survive and edits of the same field converg
 Known limit: two devices *creating* the same record id concurrently make two maps, and
 Automerge keeps one; use fresh UUIDs for new records.
 
+Deleting a record (``delete``) removes its key from the collection map, an ordinary
+Automerge change that merges and syncs like any edit.  **A delete wins over concurrent
+edits of the record**: an edit of a field made on another device before it knew of the
+delete lands inside the removed map and is not seen after the merge.  A ``put`` made
+after the delete is known creates a new record under that id.
+
 Every edit returns the Automerge change chunks it made, which the storage layer appends
 to disk before the call returns.
 """
@@ -245,6 +251,22 @@ class MasterData:
             record = am.extract(self._doc, fresh[1])
             assert isinstance(record, dict)
             self._cache[collection][record_id] = record
+        return [change.bytes for change in self._doc.get_changes(before)]
+
+    def delete(self, collection: str, record_id: str) -> list[bytes]:
+        """Remove a record; returns the change chunks to persist.  Raises
+        ``InvalidInput`` for the settings record or an id this document does not hold."""
+        coll = self._collection(collection)
+        if collection == "settings":
+            raise InvalidInput("settings cannot be deleted; change its fields instead")
+        if self._doc.get(coll, record_id) is None:
+            raise InvalidInput(f"no {collection} record {record_id!r} (deleted already, or "
+                               "never created)")
+        before = self._doc.get_heads()
+        with self._doc.transaction() as tx:
+            tx.delete(coll, record_id)
+        if collection in self._cache:
+            self._cache[collection].pop(record_id, None)
         return [change.bytes for change in self._doc.get_changes(before)]
 
     # -- persistence and merge ---------------------------------------------------------

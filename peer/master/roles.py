@@ -3,7 +3,8 @@
 A device's role is in its certificate (from its enrollment code).  A ``till`` records
 what happens at the counter and may edit customers, suppliers and cashiers; only a
 ``backoffice`` or ``admin`` device may change prices (``products.<id>.price``, or remove
-a product) and settings (anything under ``settings``).
+a product) and settings (anything under ``settings``).  Deleting a customer, supplier
+or cashier is an edit like any other: a till may.
 
 An Automerge change is attributed to its actor: every device edits with its device id
 (a UUID) as actor id.  Changes are not signed, so an enrolled device could author a
@@ -59,11 +60,14 @@ def guarded(patch: object) -> str | None:
 
 
 def guarded_edit(collection: str, record_id: str, existing: Mapping[str, object] | None,
-                 patch: Mapping[str, object]) -> str | None:
-    """What a ``put`` of ``patch`` would change that only a managing role may change,
-    read from the edit before it is made (the rule of ``guarded``, at the origin)."""
+                 patch: Mapping[str, object] | None) -> str | None:
+    """What a ``put`` of ``patch`` (None: a ``delete`` of the record) would change that
+    only a managing role may change, read from the edit before it is made (the rule of
+    ``guarded``, at the origin)."""
     if collection == "settings":
         return "the store settings"
+    if patch is None:
+        return f"product {record_id!r} (removed)" if collection == "products" else None
     if collection == "products" and "price" in patch and (
             existing is None or existing.get("price") != patch["price"]):
         return f"the price of product {record_id!r}"

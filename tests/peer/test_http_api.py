@@ -160,6 +160,31 @@ def test_master_writes_follow_the_role_rule_and_validate(shop: Shop) -> None:
                          id="milk").status == 400
 
 
+def test_deletes_follow_the_role_rule_and_leave_every_read(shop: Shop) -> None:
+    api, till_api = shop.api, shop.till_api
+    assert api.call("PUT", RECORD, {"name": "Scones", "sku": "S1", "price": 90},
+                    collection="products", id="scones").status == 200
+    assert api.call("PUT", RECORD, {"name": "Old Co"}, collection="customers",
+                    id="oldco").status == 200
+    wait_until(lambda: till_api.call("GET", RECORD, collection="products",
+                                     id="scones").status == 200, "scones on the other till")
+    refused = till_api.call("DELETE", RECORD, collection="products", id="scones")
+    assert refused.status == 403 and refused.body["error"]["code"] == "forbidden"
+    wait_until(lambda: till_api.call("GET", RECORD, collection="customers",
+                                     id="oldco").status == 200, "oldco on the other till")
+    gone = till_api.call("DELETE", RECORD, collection="customers", id="oldco")
+    assert gone.status == 200 and gone.body == {"id": "oldco", "deleted": True}
+    assert api.call("DELETE", RECORD, collection="products", id="scones").status == 200
+    assert api.call("GET", RECORD, collection="products", id="scones").status == 404
+    assert "scones" not in api.call("GET", COLLECTION, collection="products").body["records"]
+    again = api.call("DELETE", RECORD, collection="products", id="scones")
+    assert again.status == 404 and again.body["error"]["code"] == "not_found"
+    settings = api.call("DELETE", RECORD, collection="settings", id="store")
+    assert settings.status == 422 and "cannot be deleted" in settings.body["error"]["message"]
+    wait_until(lambda: api.call("GET", RECORD, collection="customers",
+                                id="oldco").status == 404, "the delete to come back")
+
+
 def test_recording_with_a_client_id_replays_and_conflicts(shop: Shop) -> None:
     api = shop.api
     key = str(uuid.uuid4())

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.sim.network import Network, Scheduler
 from tests.sim.nodes import RelayNode, TillNode, Violation
+from tillsync.peer.errors import InvalidInput
 from tillsync.peer.identity import DeviceKey
 from tillsync.peer.master import MasterData
 from tillsync.peer.store import Till
@@ -67,6 +68,7 @@ PRODUCTS = {  # id -> (name, price, volatile, reorder level)
 }
 CASHIERS = ("c-ann", "c-bob")
 CUSTOMERS = ("k-carl", "k-dora")
+CREDIT_LIMIT = 100000  # each customer's: a till refuses an account sale past it
 SUPPLIERS = ("s-mill",)
 
 
@@ -144,7 +146,8 @@ async def template(n_tills: int) -> Template:
         await till.put("cashiers", cid, {"name": cid[2:].title(), "role": "cashier",
                                          "pin": "1234"})
     for cid in CUSTOMERS:
-        await till.put("customers", cid, {"name": cid[2:].title(), "credit_limit": 100000})
+        await till.put("customers", cid, {"name": cid[2:].title(),
+                                          "credit_limit": CREDIT_LIMIT})
     for sid in SUPPLIERS:
         await till.put("suppliers", sid, {"name": "The Mill"})
     await world.settle()
@@ -513,8 +516,10 @@ class World:
         assert shift is not None
         held = self.model.held[name]
         body: dict[str, Any] = {"shift_client_id": shift}
+        at = hid = None
         if resume and held:
-            hid = held.pop(self.rng.randrange(len(held)))
+            at = self.rng.randrange(len(held))
+            hid = held.pop(at)
             body["held_transaction_client_id"] = hid
             lines = self.model.bodies[hid][1]["lines"]
         else:
@@ -525,8 +530,34 @@ class World:
         if method == "account":
             body["customer_id"] = self.rng.choice(CUSTOMERS)
         body["payments"] = [{"method": method, "amount": total}]
-        cid = await self.record(i, "sale", body)
+        try:
+            cid = await self.record(i, "sale", body)
+        except InvalidInput as exc:
+            if method != "account" or "credit limit exceeded" not in str(exc):
+                raise
+            owed = await self.owed(i, body["customer_id"])
+            if owed + total <= CREDIT_LIMIT:
+                raise Violation(f"{name} refused an account sale within the credit limit "
+                                f"(owes {owed} by its entries, sale {total}): {exc}") from None
+            if hid is not None and at is not None:
+                held.insert(at, hid)  # still held: the sale did not happen
+            self.stats["credit_refused"] += 1
+            return
         self.model.sales[name].append(cid)
+
+    async def owed(self, i: int, customer: str) -> int:
+        """What a customer owes by the entries till ``i`` holds, summed here."""
+        owed = 0
+        for entry in await self.till(i).entries():
+            body = entry.body
+            if body.get("customer_id") != customer:
+                continue
+            if entry.kind == "sale":
+                owed += sum(p["amount"] for p in body["payments"] if p["method"] == "account")
+            elif entry.kind == "customer_payment" or (entry.kind == "refund"
+                                                      and body["method"] == "account"):
+                owed -= body["amount"]
+        return owed
 
     async def hold(self, i: int, n_lines: int) -> None:
         name = self.tills[i].name
