@@ -47,6 +47,7 @@ from peer.errors import (
     StoreNotFound,
     TillsyncError,
 )
+from peer.files import check_entry_files, check_record_files
 from peer.identity import KEY_FILE, DeviceKey
 from peer.log import GENESIS_PREV, ChainBreak, Entry, entry_bytes, seal_bytes, verify_chain
 from peer.master import MasterData
@@ -458,6 +459,11 @@ class Till:
         event, self._changed = self._changed, asyncio.Event()
         event.set()
 
+    def touch_files(self) -> None:
+        """A file came into ``DIR/files`` (``peer.files``): wake the links to offer it."""
+        self.data_version += 1
+        self._notify()
+
     async def wait_changed(self, seen: int, within: float | None = None) -> int:
         """Wait until something was committed after version ``seen`` (or ``within``
         seconds); returns the version now.  Links use it to push what is new."""
@@ -533,6 +539,7 @@ class Till:
         ``Forbidden`` for a price or settings change on a device enrolled as a till: the
         relay and every other till would refuse it, and this till would fall out of
         document sync with them (``peer.master.roles``)."""
+        check_record_files(self.path, collection, body)  # a file it names must be held here
 
         async def op(batch: _Batch) -> dict[str, Any]:
             self._may_edit(collection, record_id, body)
@@ -560,6 +567,7 @@ class Till:
         after a crash returns the entry already stored instead of a duplicate.
         """
         validate_entry(kind, body)
+        check_entry_files(self.path, kind, body)  # a file it names must be held here
         body_bytes = entry_bytes(body)  # refuses floats, huge ints, odd types before queueing
         if client_id is not None and (problem := client_id_problem(  # uppercase taken lowercase
                 client_id := str(client_id).lower())):

@@ -42,7 +42,7 @@ from relay.storage.postgres import describe
 from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from relay.workers import serve_workers
 from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, UnknownCollection, UnknownKind
-from tools import api_cli, backup
+from tools import api_cli, backup, cli_files
 from tools import demo as demo_module
 from tools.cli_ops import OpsError, add_peer_enroll, before_serve, check_hours
 
@@ -954,6 +954,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = verb("log", peer_log, "list log entries")
     sub.add_argument("--kind", help="only this kind")
     backup.add_peer_verb(verb)
+    cli_files.add_peer_verbs(verbs, verb)
     return parser
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from peer.errors import InvalidInput
-from peer.http import openapi, routes_data, routes_sync
+from peer.http import openapi, routes_data, routes_files, routes_sync
 from peer.http.auth import Gate
 from peer.http.context import KEY, ApiContext
 from peer.http.errors import errors_middleware
@@ -44,6 +44,7 @@ def build(ctx: ApiContext, gate: Gate) -> web.Application:
     app.router.add_get("/api/events", events)
     app.router.add_routes(routes_data.routes)
     app.router.add_routes(routes_sync.routes)
+    app.router.add_routes(routes_files.routes)
     return app
 
 
