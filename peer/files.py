@@ -213,24 +213,27 @@ class ContentDir:
             handle.write(data)
             return handle.tell()
 
-    def finish(self, sha256: str, size: int) -> bool:
-        """The file has come in whole: keep it if its bytes hash to ``sha256`` (True),
-        else drop what came (False: it is asked for again from the start)."""
+    def finish(self, sha256: str, size: int, media_type: str) -> str:
+        """The file has come in whole: keep it if its bytes hash to ``sha256`` and are
+        of ``media_type`` ("ok"); else drop what came ("hash": it is asked for again
+        from the start; "type": it is refused)."""
         path = self._partial(sha256)
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
-            total = 0
+            head = handle.read(16)
+            digest.update(head)
+            total = len(head)
             while block := handle.read(CHUNK):
                 digest.update(block)
                 total += len(block)
             ok = total == size and digest.hexdigest() == sha256
             if ok:
                 os.fsync(handle.fileno())
-        if not ok:
+        if not ok or sniff(head) != media_type:
             path.unlink()
-            return False
+            return "type" if ok else "hash"
         self._keep(path, sha256)
-        return True
+        return "ok"
 
 
 class TillFiles(ContentDir):

@@ -435,7 +435,7 @@ def relay_serve_workers(args: argparse.Namespace) -> int:
     extra = ["--cert-days", str(args.cert_days), "--log-format", args.log_format,
              "--handshake-timeout", str(limits.handshake_timeout),
              "--idle-timeout", str(limits.idle_timeout),
-             "--max-handshakes", str(limits.max_handshakes)]
+             "--max-handshakes", str(limits.max_handshakes), *cli_files.worker_flags(args)]
     if args.tls_cert:
         extra += ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key]
     return serve_workers(workers=args.workers, data=Path(args.data), db=args.db,
@@ -456,7 +456,7 @@ async def relay_serve(args: argparse.Namespace) -> int:
                          reuse_port=args.reuse_port, db_wait=args.db_wait,
                          tls_cert=args.tls_cert, tls_key=args.tls_key,
                          cert_days=args.cert_days, limits=_limits(args),
-                         deadlines=_deadlines(args))
+                         deadlines=_deadlines(args), files=cli_files.file_policy(args))
     stopping = asyncio.Event()
     shutdown = Shutdown("the relay", stopping.set, config.deadlines)
     shutdown.install(asyncio.get_running_loop())
@@ -769,6 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=SHUTDOWN_HELP)
     sub.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     sub.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
+    cli_files.add_relay_serve_flags(sub)
     sub.set_defaults(func=relay_serve)
     sub = relay_verbs.add_parser("migrate", help="create or upgrade the relay's schema",
                                  description="create or upgrade the relay's schema (serve "

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from peer.errors import InvalidInput
-from peer.files import ENTRY_FIELDS, RECORD_FIELDS, FileRef, TillFiles, check_hash
+from peer.filelink import FilePolicy
+from peer.files import (
+    ENTRY_FIELDS,
+    MEDIA_TYPES,
+    RECORD_FIELDS,
+    FileRef,
+    TillFiles,
+    check_hash,
+)
 from schemas import SchemaViolation, UnknownCollection, UnknownKind
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_STORE = 0, 2, 3
@@ -186,3 +194,40 @@ def add_peer_verbs(verbs: Any, verb: Callable[..., argparse.ArgumentParser]) -> 
     sub.add_argument("-o", "--output", required=True, metavar="OUT",
                      help="where to write it (- for standard output)")
     verb("files", _caught(peer_files), "the files the till holds, and which the relay has")
+
+
+# -- the relay's settings ----------------------------------------------------------------
+
+
+def add_relay_serve_flags(sub: argparse.ArgumentParser) -> None:
+    """``relay serve --max-file-mib``, ``--file-types``."""
+    from relay.files import FILE_TYPES, MAX_FILE_MIB
+
+    sub.add_argument("--max-file-mib", type=float, default=MAX_FILE_MIB, metavar="MIB",
+                     help="the largest file (expense receipt, product image) the relay "
+                     f"takes from the tills, in MiB (default {MAX_FILE_MIB:g})")
+    sub.add_argument("--file-types", default=",".join(FILE_TYPES), metavar="TYPES",
+                     help="the media types of files the relay takes, comma-separated, of "
+                     f"{', '.join(MEDIA_TYPES)} (default {','.join(FILE_TYPES)})")
+
+
+def file_policy(args: argparse.Namespace) -> FilePolicy:
+    """The relay's file settings from its flags; a bad one is refused before it starts."""
+    from tools.cli import CliError
+
+    mib = args.max_file_mib
+    if not (0 < mib <= 1024):
+        raise CliError(f"--max-file-mib must be above 0 and at most 1024, not {mib:g}",
+                       EXIT_BAD_INPUT)
+    types = tuple(t.strip() for t in args.file_types.split(",") if t.strip())
+    unknown = [t for t in types if t not in MEDIA_TYPES]
+    if unknown or not types:
+        raise CliError(f"--file-types: {', '.join(unknown) or 'none given'}; the types a "
+                       f"file may be are {', '.join(MEDIA_TYPES)}", EXIT_BAD_INPUT)
+    return FilePolicy(int(mib * 1024 * 1024), types)
+
+
+def worker_flags(args: argparse.Namespace) -> list[str]:
+    """The same settings, for each process of ``relay serve --workers``."""
+    file_policy(args)
+    return ["--max-file-mib", str(args.max_file_mib), "--file-types", args.file_types]
