@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from peer.files import MAX_FILE, MEDIA_TYPES, ContentDir, FileRef
 from peer.sync.engine import (
-    Event,
     FileChunk,
     FileHeld,
     FileOffered,
@@ -77,6 +76,14 @@ class FileLink:
     def _send(self, t: str, sha256: bytes, **fields: object) -> None:
         self._link.send_file(t, sha256, **fields)  # type: ignore[attr-defined]
 
+    def offer_held(self) -> int:
+        """Offer every file the store holds that was not offered on this link yet
+        (blocking: a directory scan; run it in a thread)."""
+        known = self.out.known
+        fresh = [self.store.ref(sha) for sha in self.store.hashes()
+                 if bytes.fromhex(sha) not in known]
+        return self.offer(r for r in fresh if r is not None)
+
     def offer(self, refs: Iterable[FileRef]) -> int:
         """Offer files not offered on this link yet; returns how many."""
         count = 0
@@ -97,7 +104,7 @@ class FileLink:
             self._send("file_chunk", sha, offset=offset, data=data)
             self.sent_bytes += length
 
-    async def handle(self, event: Event) -> bool:
+    async def handle(self, event: object) -> bool:
         """Act on a file event; False if ``event`` is no file event."""
         if isinstance(event, FileWanted):
             self.resumed_at.setdefault(event.sha256.hex(), event.offset)

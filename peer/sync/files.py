@@ -49,6 +49,11 @@ class Outgoing:
         """Offers not answered for good yet."""
         return bool(self._offered)
 
+    @property
+    def known(self) -> set[bytes]:
+        """Every file offered on this link, answered or not."""
+        return set(self._offered) | self.done
+
     def offer(self, sha256: bytes, size: int) -> bool:
         """Whether to send an offer for this file now (not offered on this link yet)."""
         if sha256 in self._offered or sha256 in self.done:
