@@ -23,15 +23,15 @@ import automerge.core as am
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from peer.cert import Certificate, CertificateError
-from peer.chainstop import describe, stopped_at
-from peer.errors import InvalidInput, TillsyncError
-from peer.filelink import FileLink
-from peer.files import TillFiles
-from peer.identity import DeviceKey
-from peer.shutdown import Deadlines
-from peer.store import Till, utc_timestamp
-from peer.sync.engine import (
+from tillsync.peer.cert import Certificate, CertificateError
+from tillsync.peer.chainstop import describe, stopped_at
+from tillsync.peer.errors import InvalidInput, TillsyncError
+from tillsync.peer.filelink import FileLink
+from tillsync.peer.files import TillFiles
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.shutdown import Deadlines
+from tillsync.peer.store import Till, utc_timestamp
+from tillsync.peer.sync.engine import (
     ClientLink,
     DocMessage,
     DocSnapshot,
@@ -42,9 +42,9 @@ from peer.sync.engine import (
     ReceiptsReceived,
     RemoteError,
 )
-from peer.sync.frames import TRANSPORT_MAX
-from peer.sync.receipts import RELAY_BEHIND, relay_behind, verify_receipts
-from peer.tls import normalise_pin, relay_connection
+from tillsync.peer.sync.frames import TRANSPORT_MAX
+from tillsync.peer.sync.receipts import RELAY_BEHIND, relay_behind, verify_receipts
+from tillsync.peer.tls import normalise_pin, relay_connection
 
 log = logging.getLogger("tillsync.peer")
 BATCH = 500

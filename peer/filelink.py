@@ -12,15 +12,15 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from peer.files import MAX_FILE, MEDIA_TYPES, ContentDir, FileRef
-from peer.sync.engine import (
+from tillsync.peer.files import MAX_FILE, MEDIA_TYPES, ContentDir, FileRef
+from tillsync.peer.sync.engine import (
     FileChunk,
     FileHeld,
     FileOffered,
     FileRefused,
     FileWanted,
 )
-from peer.sync.files import HASH_MISMATCH, MAX_TRIES, Incoming, Outgoing
+from tillsync.peer.sync.files import HASH_MISMATCH, MAX_TRIES, Incoming, Outgoing
 
 # Codes of ``file_refused`` (schemas/protocol/README.md, "Files").
 TOO_LARGE, WRONG_TYPE, NOT_ASKED = "too_large", "wrong_type", "not_asked"

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from peer.errors import InvalidInput
+from tillsync.peer.errors import InvalidInput
 
 FILES_DIR = "files"
 CHUNK = 256 * 1024  # bytes of a file_chunk frame

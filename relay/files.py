@@ -18,8 +18,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from peer.filelink import FilePolicy
-from peer.files import FILES_DIR, MEDIA_TYPES, ContentDir
+from tillsync.peer.filelink import FilePolicy
+from tillsync.peer.files import FILES_DIR, MEDIA_TYPES, ContentDir
 
 MAX_FILE_MIB = 10.0
 FILE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/pdf")

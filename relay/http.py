@@ -36,11 +36,11 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from peer.errors import InvalidInput
-from peer.files import HASH_RE
-from relay import dashboard, ops, reports
-from relay.files import store_files
-from relay.storage import RelayStorage
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.files import HASH_RE
+from tillsync.relay import dashboard, ops, reports
+from tillsync.relay.files import store_files
+from tillsync.relay.storage import RelayStorage
 
 PREFIX = "/api/v1/stores/"
 

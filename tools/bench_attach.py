@@ -1,8 +1,8 @@
 """Does sending files slow the sale path?  Sales through a till's daemon with and
 without receipt files flowing to the relay, in one run.
 
-    PYTHONPATH=. python -m tools.bench_attach            # human-readable table
-    PYTHONPATH=. python -m tools.bench_attach --json     # one JSON document on stdout
+    python -m tillsync.tools.bench_attach            # human-readable table
+    python -m tillsync.tools.bench_attach --json     # one JSON document on stdout
 
 A relay process (SQLite) and a till's daemon (``peer run``, relay link on, no LAN
 peers) are started.  Then phases alternate, A B A B ...:
@@ -35,13 +35,13 @@ from typing import Any
 
 import aiohttp
 
-from peer.client import init_enrolled
-from peer.files import TillFiles
-from peer.http.app import served_url
-from peer.http.auth import owner_token
-from peer.store import Till
-from tools.bench_store import SHIFT, sale_bodies
-from tools.workload import machine, percentile, products_for_sales, progress
+from tillsync.peer.client import init_enrolled
+from tillsync.peer.files import TillFiles
+from tillsync.peer.http.app import served_url
+from tillsync.peer.http.auth import owner_token
+from tillsync.peer.store import Till
+from tillsync.tools.bench_store import SHIFT, sale_bodies
+from tillsync.tools.workload import machine, percentile, products_for_sales, progress
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -54,7 +54,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _cli(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "tools.cli", *args], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "tillsync.tools.cli", *args], capture_output=True,
                           text=True, env=ENV, check=True, timeout=120)
     return done.stdout
 
@@ -62,7 +62,7 @@ def _cli(*args: str) -> str:
 def _start(log: Path, *args: str) -> subprocess.Popen[bytes]:
     """``tillsync ARGS`` as a child process, its output to ``log``."""
     with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "tools.cli", *args], stdout=out,
+        return subprocess.Popen([sys.executable, "-m", "tillsync.tools.cli", *args], stdout=out,
                                 stderr=subprocess.STDOUT, env=ENV)
 
 

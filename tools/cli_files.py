@@ -18,9 +18,9 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from peer.errors import InvalidInput
-from peer.filelink import FilePolicy
-from peer.files import (
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.filelink import FilePolicy
+from tillsync.peer.files import (
     ENTRY_FIELDS,
     MEDIA_TYPES,
     RECORD_FIELDS,
@@ -28,7 +28,7 @@ from peer.files import (
     TillFiles,
     check_hash,
 )
-from schemas import SchemaViolation, UnknownCollection, UnknownKind
+from tillsync.schemas import SchemaViolation, UnknownCollection, UnknownKind
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_STORE = 0, 2, 3
 Verb = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -44,8 +44,8 @@ async def _upload(store: Path, source: Path) -> FileRef:
     """Add the file through the API of the daemon that holds the store."""
     import aiohttp
 
-    from peer.http import auth
-    from peer.http.app import served_url
+    from tillsync.peer.http import auth
+    from tillsync.peer.http.app import served_url
 
     url = served_url(store)
     if url is None:
@@ -81,7 +81,7 @@ def _with_attach(original: Verb, field_of: Callable[[argparse.Namespace], str | 
     """``original`` (``peer record`` or ``peer put``) with ``--attach FILE``."""
 
     async def run(args: argparse.Namespace) -> int:
-        from tools import cli
+        from tillsync.tools import cli
 
         if args.attach is None:
             try:
@@ -201,7 +201,7 @@ def add_peer_verbs(verbs: Any, verb: Callable[..., argparse.ArgumentParser]) -> 
 
 def add_relay_serve_flags(sub: argparse.ArgumentParser) -> None:
     """``relay serve --max-file-mib``, ``--file-types``."""
-    from relay.files import FILE_TYPES, MAX_FILE_MIB
+    from tillsync.relay.files import FILE_TYPES, MAX_FILE_MIB
 
     sub.add_argument("--max-file-mib", type=float, default=MAX_FILE_MIB, metavar="MIB",
                      help="the largest file (expense receipt, product image) the relay "
@@ -213,7 +213,7 @@ def add_relay_serve_flags(sub: argparse.ArgumentParser) -> None:
 
 def file_policy(args: argparse.Namespace) -> FilePolicy:
     """The relay's file settings from its flags; a bad one is refused before it starts."""
-    from tools.cli import CliError
+    from tillsync.tools.cli import CliError
 
     mib = args.max_file_mib
     if not (0 < mib <= 1024):

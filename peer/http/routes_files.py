@@ -10,10 +10,10 @@ import io
 
 from aiohttp import web
 
-from peer.errors import InvalidInput
-from peer.files import HASH_RE, MAX_FILE, TillFiles
-from peer.http.context import context
-from peer.http.errors import ApiError
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.files import HASH_RE, MAX_FILE, TillFiles
+from tillsync.peer.http.context import context
+from tillsync.peer.http.errors import ApiError
 
 routes = web.RouteTableDef()
 

@@ -21,13 +21,13 @@ from typing import Any, Protocol
 import automerge.core as am
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
-from peer.errors import EntryRefused
-from peer.filelink import FileLink
-from peer.files import TillFiles
-from peer.master.roles import forbidden_changes, refusal
-from peer.shutdown import Deadlines, cancel_and_wait
-from peer.store import Till
-from peer.sync.engine import (
+from tillsync.peer.errors import EntryRefused
+from tillsync.peer.filelink import FileLink
+from tillsync.peer.files import TillFiles
+from tillsync.peer.master.roles import forbidden_changes, refusal
+from tillsync.peer.shutdown import Deadlines, cancel_and_wait
+from tillsync.peer.store import Till
+from tillsync.peer.sync.engine import (
     CertsReceived,
     DocMessage,
     EntriesReceived,
@@ -40,7 +40,7 @@ from peer.sync.engine import (
     RemoteError,
     RevokedReceived,
 )
-from peer.sync.receipts import verify_receipts
+from tillsync.peer.sync.receipts import verify_receipts
 
 log = logging.getLogger("tillsync.lan")
 BATCH = 500

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peer.sync.frames import MAX_CHUNK
+from tillsync.peer.sync.frames import MAX_CHUNK
 
 WINDOW = 4 * MAX_CHUNK  # bytes a sender may have sent beyond the receiver's last want
 MAX_TRIES = 3  # whole transfers of one file that fail its hash before it is refused

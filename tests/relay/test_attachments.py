@@ -32,8 +32,6 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from peer.sync.frames import MAX_CHUNK, TRANSPORT_MAX
-from relay.files import store_files
 from tests.relay.processes import (
     RelayProcess,
     Relays,
@@ -42,6 +40,8 @@ from tests.relay.processes import (
     refused_url,
     run_cli,
 )
+from tillsync.peer.sync.frames import MAX_CHUNK, TRANSPORT_MAX
+from tillsync.relay.files import store_files
 
 STORE = "store-files"
 EXPENSE = {"amount": 1250, "category": "supplies", "description": "paper rolls",
