@@ -26,6 +26,8 @@ from websockets.asyncio.client import ClientConnection
 from tillsync.peer.cert import Certificate, CertificateError
 from tillsync.peer.chainstop import describe, stopped_at
 from tillsync.peer.errors import InvalidInput, TillsyncError
+from tillsync.peer.filelink import FileLink
+from tillsync.peer.files import TillFiles
 from tillsync.peer.identity import DeviceKey
 from tillsync.peer.shutdown import Deadlines
 from tillsync.peer.store import Till, utc_timestamp
@@ -79,6 +81,7 @@ class SyncReport:
     pending: int = 0
     errors: list[str] = field(default_factory=list)
     stopped: dict[str, Any] | None = None  # see peer.chainstop
+    files: int = 0  # files the relay confirmed holding this round (peer.files)
 
 
 async def enroll(url: str, code: str, name: str, key: DeviceKey, device_id: str,
@@ -191,6 +194,25 @@ async def _round(till: Till, ws: ClientConnection,
     pushing = False
     doc_refused = False  # the relay refused this till's document changes this round
     relay_head = -1
+    store = TillFiles(till.path)
+
+    async def file_held(sha256: str) -> None:
+        await asyncio.to_thread(store.mark_at_relay, sha256)
+        report.files += 1
+
+    async def file_refused(sha256: str, code: str, message: str) -> None:
+        log.warning("the relay refused the file %s: %s (%s)", sha256, message, code)
+        report.errors.append(f"file {sha256}: {code}: {message}")
+
+    files = FileLink(link, store, held=file_held, refused=file_refused)
+    files_offered = False
+
+    async def offer_files() -> None:
+        """Files go after the log: once every entry is pushed and answered."""
+        nonlocal files_offered
+        if pushed_all and in_flight == 0 and not files_offered:
+            files_offered = True
+            files.offer(await asyncio.to_thread(store.not_at_relay))
 
     async def flush() -> None:
         for frame in link.data_to_send():
@@ -226,7 +248,8 @@ async def _round(till: Till, ws: ClientConnection,
 
     await flush()
     while True:
-        done = pushed_all and in_flight == 0 and seq >= relay_head
+        done = pushed_all and in_flight == 0 and seq >= relay_head and files_offered \
+            and not files.busy
         wait = settle if done else (DOC_WAIT if not pushing and relay_head >= 0 else None)
         try:
             async with asyncio.timeout(wait):  # not wait_for: it can eat a cancellation
@@ -235,6 +258,7 @@ async def _round(till: Till, ws: ClientConnection,
             if done:
                 return  # everything pushed and answered, and the relay has gone quiet
             await push_more()  # the document exchange stalled: push all the same
+            await offer_files()
             await flush()
             continue
         link.receive_data(frame)
@@ -281,6 +305,8 @@ async def _round(till: Till, ws: ClientConnection,
                 await till.receive_document(sync, message=event.data)
                 report.doc_changes += 1
                 await doc_settled()
+            elif await files.handle(event):
+                pass
             elif isinstance(event, RemoteError) and event.code == "forbidden" \
                     and not event.fatal:
                 # Master-data changes this device may not make (its role): they stay
@@ -291,6 +317,7 @@ async def _round(till: Till, ws: ClientConnection,
                 await doc_settled()
             elif isinstance(event, RemoteError | LinkFailed):
                 raise SyncError(f"the relay refused: {event.message}", event.code)
+        await offer_files()
         await flush()
         if link.closed:
             raise SyncError("the relay closed the link")

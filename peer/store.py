@@ -41,6 +41,7 @@ from tillsync.peer.errors import (
     StoreNotFound,
     TillsyncError,
 )
+from tillsync.peer.files import check_entry_files, check_record_files
 from tillsync.peer.identity import KEY_FILE, DeviceKey
 from tillsync.peer.log import GENESIS_PREV, Entry, entry_bytes, seal_bytes
 from tillsync.peer.master import MasterData
@@ -404,6 +405,11 @@ class Till(Inbound, Reads):
         event, self._changed = self._changed, asyncio.Event()
         event.set()
 
+    def touch_files(self) -> None:
+        """A file came into ``DIR/files`` (``peer.files``): wake the links to offer it."""
+        self.data_version += 1
+        self._notify()
+
     async def wait_changed(self, seen: int, within: float | None = None) -> int:
         """Wait until something was committed after version ``seen`` (or ``within``
         seconds); returns the version now.  Links use it to push what is new."""
@@ -479,6 +485,7 @@ class Till(Inbound, Reads):
         ``Forbidden`` for a price or settings change on a device enrolled as a till: the
         relay and every other till would refuse it, and this till would fall out of
         document sync with them (``peer.master.roles``)."""
+        check_record_files(self.path, collection, body)  # a file it names must be held here
 
         async def op(batch: _Batch) -> dict[str, Any]:
             self._may_edit(collection, record_id, body)
@@ -516,6 +523,7 @@ class Till(Inbound, Reads):
         after a crash returns the entry already stored instead of a duplicate.
         """
         validate_entry(kind, body)
+        check_entry_files(self.path, kind, body)  # a file it names must be held here
         body_bytes = entry_bytes(body)  # refuses floats, huge ints, odd types before queueing
         if client_id is not None and (problem := client_id_problem(  # uppercase taken lowercase
                 client_id := str(client_id).lower())):

@@ -9,7 +9,9 @@ cash, product, mismatches, held, drafts, waiting, settings, credit (the same rep
 or ``limit=N`` (the N invoices of the range sold last, by sale time);
 ``sales?by=product`` takes ``product=ID`` and ``period=`` (then one row per period and
 product); ``product`` (one product's analytics) needs ``product=ID``; ``settings`` is
-the store's name and currency from its master data.  A token belongs to one store: it
+the store's name and currency from its master data.
+``GET /api/v1/stores/STORE/files/SHA256`` serves a file the store's tills sent
+(``relay.files``), with its media type.  A token belongs to one store: it
 reads that store and no other.  Errors are JSON ``{"error": message}`` with 400 (bad parameter), 401
 (missing or wrong token, or a token of another store) or 404 (unknown path or report).
 ``GET /healthz``, ``/readyz`` and ``/metrics`` need no token (``relay.ops``).
@@ -29,14 +31,18 @@ import http
 import json
 import secrets
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from tillsync.peer.errors import InvalidInput
+from tillsync.peer.files import HASH_RE
 from tillsync.relay import credit, dashboard, ops, reports, reports_lists, reports_money
+from tillsync.relay.files import store_files
 from tillsync.relay.storage import RelayStorage
 
 PREFIX = "/api/v1/stores/"
@@ -115,7 +121,23 @@ def _reply(connection: ServerConnection, status: http.HTTPStatus, content_type: 
     return response
 
 
-def handler(storage: RelayStorage
+def _file(connection: ServerConnection, data: Path | None, store: str, sha: str
+          ) -> Response:
+    if not HASH_RE.match(sha):
+        return _json(connection, http.HTTPStatus.BAD_REQUEST,
+                     {"error": f"{sha[:80]!r} is not a SHA-256 (64 lowercase hex digits)"})
+    files = None if data is None else store_files(data, store)
+    ref = None if files is None else files.ref(sha)
+    if files is None or ref is None:
+        return _json(connection, http.HTTPStatus.NOT_FOUND,
+                     {"error": f"store {store!r} has no file {sha} at the relay"})
+    body = files.path_of(sha).read_bytes()
+    headers = Headers([("Content-Type", ref.media_type), ("Content-Length", str(len(body))),
+                       ("Cache-Control", "private, max-age=31536000, immutable")])
+    return Response(http.HTTPStatus.OK.value, "OK", headers, body)
+
+
+def handler(storage: RelayStorage, files_data: Path | None = None
             ) -> Callable[[ServerConnection, Request], Awaitable[Response | None]]:
     """websockets' ``process_request`` hook: answers the API's paths, lets every other
     request go on to the websocket handshake."""
@@ -130,7 +152,9 @@ def handler(storage: RelayStorage
         if not url.path.startswith(PREFIX):
             return None
         parts = [unquote(p) for p in url.path[len(PREFIX):].split("/")]
-        if len(parts) != 3 or parts[1] != "reports" or parts[2] not in REPORTS:
+        is_file = len(parts) == 3 and parts[1] == "files"
+        if not is_file and (len(parts) != 3 or parts[1] != "reports"
+                            or parts[2] not in REPORTS):
             return _json(connection, http.HTTPStatus.NOT_FOUND,
                          {"error": f"no such report: {url.path}; reports are "
                                    f"{PREFIX}STORE/reports/({'|'.join(REPORTS)})"})
@@ -145,6 +169,8 @@ def handler(storage: RelayStorage
         if not rows or not hmac.compare_digest(str(rows[0][0]), store):
             return _json(connection, http.HTTPStatus.UNAUTHORIZED,
                          {"error": f"this token does not open store {store!r}"})
+        if is_file:
+            return _file(connection, files_data, store, parts[2])
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         try:
             data = await _report(storage, store, name, query)

@@ -33,6 +33,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from tillsync.peer import logfmt
 from tillsync.peer.cert import CERT_VALIDITY, Certificate, Revocation
 from tillsync.peer.errors import InvalidInput
+from tillsync.peer.filelink import WRONG_TYPE, FileLink, FilePolicy
 from tillsync.peer.identity import DeviceKey
 from tillsync.peer.log import Entry
 from tillsync.peer.master.roles import forbidden_changes, refusal
@@ -43,6 +44,8 @@ from tillsync.peer.sync.engine import (
     DocMessage,
     EnrollRequested,
     EntriesReceived,
+    FileChunk,
+    FileOffered,
     HelloReceived,
     LinkFailed,
     RelayLink,
@@ -54,6 +57,7 @@ from tillsync.peer.tls import server_context
 from tillsync.relay import metrics
 from tillsync.relay.documents import Hubs, StoreHub
 from tillsync.relay.faults import storage_fault
+from tillsync.relay.files import default_policy, store_files
 from tillsync.relay.http import handler as api_handler
 from tillsync.relay.http import new_token
 from tillsync.relay.ingest import (
@@ -158,14 +162,18 @@ class RelayConfig:
     tls_key: str | None = None
     cert_days: float = CERT_VALIDITY / 86400  # validity of the device certificates issued
     limits: Limits = field(default_factory=Limits)  # handshake and idle timeouts (limits.py)
+    files: FilePolicy = field(default_factory=default_policy)  # size and types taken
     deadlines: Deadlines = field(default_factory=Deadlines)  # of a graceful stop
 
 
 class Relay:
     """Everything one relay process holds: storage, key, hubs."""
 
-    def __init__(self, storage: RelayStorage, key: DeviceKey) -> None:
+    def __init__(self, storage: RelayStorage, key: DeviceKey, data: Path | None = None
+                 ) -> None:
         self.storage = storage
+        self.data = data  # where the files are kept (relay.files); None: no files taken
+        self.files = default_policy()  # ``relay serve --max-file-mib``, ``--file-types``
         self.key = key  # the relay's own key: it seals the store keys
         self._store_keys: dict[str, DeviceKey] = {}  # a store's key never changes
         self.cert_validity = CERT_VALIDITY  # seconds; ``relay serve --cert-days``
@@ -183,7 +191,7 @@ class Relay:
         """The relay on ``data`` (its key, and its SQLite file), or on the PostgreSQL
         database ``db`` shared with other relay processes (the same key in each)."""
         key = relay_key(data)
-        return cls(await open_storage(db, data / DB_FILE, wait=db_wait), key)
+        return cls(await open_storage(db, data / DB_FILE, wait=db_wait), key, data)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -327,6 +335,9 @@ class Relay:
                         state["hub"] = hub
                         metrics.CONNECTED.inc()  # taken off in ``finally``, as is the hub
                         state["sync"] = am.SyncState()
+                        if self.data is not None:
+                            state["files"] = FileLink(
+                                link, store_files(self.data, event.store), self.files)
                         await self.storage.touch(event.store, event.device, utc_timestamp())
                         position = await self.storage.stream_position(event.store)
                         link.welcome(await self.storage.heads(event.store), position,
@@ -361,6 +372,12 @@ class Relay:
                     elif isinstance(event, DocMessage):
                         await self._doc(link, state["hub"], state["sync"], event.data)
                         wake.set()  # the pump answers
+                    elif isinstance(event, FileOffered | FileChunk):
+                        if "files" in state:
+                            await state["files"].handle(event)
+                        else:
+                            link.send_file("file_refused", event.sha256, code=WRONG_TYPE,
+                                           message="this relay takes no files")
                     elif isinstance(event, LinkFailed | RemoteError):
                         log.warning("%s: %s: %s", peer, event.code, event.message)
                 await self._flush(ws, link, sending)
@@ -605,11 +622,13 @@ async def running(config: RelayConfig) -> AsyncIterator[tuple[Relay, int]]:
     relay = await Relay.open(config.data, config.db, db_wait=config.db_wait)
     relay.cert_validity = round(config.cert_days * 86400)
     relay.gate = Gate(config.limits)
+    relay.files = config.files
     try:
         async with serve(relay.handle, config.host, config.port, max_size=TRANSPORT_MAX,
                          open_timeout=config.limits.handshake_timeout, compression=None,
                          reuse_port=config.reuse_port or None,
-                         ssl=tls, process_request=api_handler(relay.storage)) as server:
+                         ssl=tls,
+                         process_request=api_handler(relay.storage, config.data)) as server:
             port = next(iter(server.sockets)).getsockname()[1]
             try:
                 yield relay, port

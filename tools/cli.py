@@ -40,7 +40,7 @@ from tillsync.schemas import (
     UnknownCollection,
     UnknownKind,
 )
-from tillsync.tools import api_cli, backup
+from tillsync.tools import api_cli, backup, cli_files
 from tillsync.tools import demo as demo_module
 from tillsync.tools.cli_common import (
     EPILOG,
@@ -480,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = verb("log", peer_log, "list log entries")
     sub.add_argument("--kind", help="only this kind")
     backup.add_peer_verb(verb)
+    cli_files.add_peer_verbs(verbs, verb)
     return parser
 
 

@@ -25,7 +25,7 @@ from tillsync.relay.storage import is_postgres
 from tillsync.relay.storage.postgres import describe
 from tillsync.relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from tillsync.relay.workers import serve_workers
-from tillsync.tools import backup
+from tillsync.tools import backup, cli_files
 from tillsync.tools.cli_common import (
     DB_HELP,
     EPILOG,
@@ -76,7 +76,7 @@ def relay_serve_workers(args: argparse.Namespace) -> int:
     extra = ["--cert-days", str(args.cert_days), "--log-format", args.log_format,
              "--handshake-timeout", str(limits.handshake_timeout),
              "--idle-timeout", str(limits.idle_timeout),
-             "--max-handshakes", str(limits.max_handshakes)]
+             "--max-handshakes", str(limits.max_handshakes), *cli_files.worker_flags(args)]
     if args.tls_cert:
         extra += ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key]
     return serve_workers(workers=args.workers, data=Path(args.data), db=args.db,
@@ -97,7 +97,7 @@ async def relay_serve(args: argparse.Namespace) -> int:
                          reuse_port=args.reuse_port, db_wait=args.db_wait,
                          tls_cert=args.tls_cert, tls_key=args.tls_key,
                          cert_days=args.cert_days, limits=_limits(args),
-                         deadlines=shutdown_deadlines(args))
+                         deadlines=shutdown_deadlines(args), files=cli_files.file_policy(args))
     stopping = asyncio.Event()
     shutdown = Shutdown("the relay", stopping.set, config.deadlines)
     shutdown.install(asyncio.get_running_loop())
@@ -234,6 +234,7 @@ def add_relay(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                      help=SHUTDOWN_HELP)
     sub.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     sub.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
+    cli_files.add_relay_serve_flags(sub)
     sub.set_defaults(func=relay_serve)
     sub = relay_verbs.add_parser("migrate", help="create or upgrade the relay's schema",
                                  description="create or upgrade the relay's schema (serve "

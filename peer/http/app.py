@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from tillsync.peer.errors import InvalidInput
-from tillsync.peer.http import openapi, routes_data, routes_sync
+from tillsync.peer.http import openapi, routes_data, routes_files, routes_sync
 from tillsync.peer.http.auth import Gate
 from tillsync.peer.http.context import KEY, ApiContext
 from tillsync.peer.http.errors import errors_middleware
@@ -47,6 +47,7 @@ def build(ctx: ApiContext, gate: Gate, ops: TillOps | None = None) -> web.Applic
     app.router.add_get("/api/events", events)
     app.router.add_routes(routes_data.routes)
     app.router.add_routes(routes_sync.routes)
+    app.router.add_routes(routes_files.routes)
     return app
 
 

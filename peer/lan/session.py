@@ -22,6 +22,8 @@ import automerge.core as am
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from tillsync.peer.errors import EntryRefused
+from tillsync.peer.filelink import FileLink
+from tillsync.peer.files import TillFiles
 from tillsync.peer.master.roles import forbidden_changes, refusal
 from tillsync.peer.shutdown import Deadlines, cancel_and_wait
 from tillsync.peer.store import Till
@@ -42,6 +44,7 @@ from tillsync.peer.sync.receipts import verify_receipts
 
 log = logging.getLogger("tillsync.lan")
 BATCH = 500
+FILES_RESCAN = 1.0  # seconds between two looks for new files to offer a peer
 
 
 class Socket(Protocol):
@@ -93,6 +96,10 @@ class PeerSession:
         self._certs_sent: set[str] = set()
         self._revoked_sent: set[bytes] = set()
         self._unvouched: list[dict[str, Any]] = []
+        # Files both ways: each end offers every file it holds, after its entries.
+        self._files = FileLink(link, TillFiles(till.path), received=self._file_in)
+        self._files_scanned = -FILES_RESCAN
+        self._rescan_due = False
 
     async def run(self) -> None:
         """Handshake and sync until the link closes; raises nothing but CancelledError."""
@@ -213,6 +220,8 @@ class PeerSession:
                           fatal=False)
                 return
             self._wake.set()
+        elif await self._files.handle(event):
+            self._wake.set()
         elif isinstance(event, RemoteError | LinkFailed):
             log.warning("LAN link %s: %s (%s)", self.address, event.message, event.code)
             self._note_error(f"{event.code}: {event.message}")
@@ -223,6 +232,24 @@ class PeerSession:
                 # wait for it; what the peer lacks is sent again from its heads.
                 self._in_flight = False
                 self._wake.set()
+
+    async def _file_in(self, sha256: str) -> None:
+        """A file came whole from the peer: the other links and the relay round offer it."""
+        log.info("LAN peer %s sent the file %s", self.address, sha256)
+        self.till.touch_files()
+
+    async def _offer_files(self) -> None:
+        """Offer the files held that this link has not offered yet; the directory is
+        scanned at most every ``FILES_RESCAN`` seconds (a sale wakes this loop too)."""
+        now = time.monotonic()
+        if now - self._files_scanned < FILES_RESCAN:
+            if not self._rescan_due:  # one look later, however many wakes meanwhile
+                self._rescan_due = True
+                asyncio.get_running_loop().call_later(FILES_RESCAN, self._wake.set)
+            return
+        self._rescan_due = False
+        self._files_scanned = now
+        await asyncio.to_thread(self._files.offer_held)
 
     def _note_have(self, heads: dict[str, int], receipts_head: int) -> None:
         if self.info is not None:
@@ -296,6 +323,9 @@ class PeerSession:
                     self._in_flight = True
                     if self.info is not None:
                         self.info.entries_out += len(batch)
+            if not self._in_flight:  # files after the entries, a window at a time
+                await self._offer_files()
+                await self._files.pump()
             position = till.receipts_position()[0]
             if self._peer_receipts < position:
                 receipts = await till.stream_after(self._peer_receipts, BATCH)

@@ -19,8 +19,9 @@ Handshake (both sides prove their keys over the same transcript)::
                       <-  welcome {heads, receipts_head, cert, revoked}
 
 then, in any order: ``entries`` -> / <- ``ingested``, <- ``receipts``, ``doc`` <->,
-<- ``doc_snapshot``, ``error`` <->.  Enrollment is its own short link:
-``enroll`` -> / <- ``enrolled``.
+<- ``doc_snapshot``, ``error`` <->, and files: ``file_offer`` ->, <- ``file_want`` /
+``file_have`` / ``file_refused``, ``file_chunk`` -> (``peer.sync.files``).
+Enrollment is its own short link: ``enroll`` -> / <- ``enrolled``.
 """
 
 from __future__ import annotations
@@ -123,6 +124,56 @@ class DocSnapshot(Event):
 
 
 @dataclass(frozen=True)
+class FileOffered(Event):
+    sha256: bytes
+    size: int
+    media_type: str
+
+
+@dataclass(frozen=True)
+class FileWanted(Event):
+    sha256: bytes
+    offset: int
+
+
+@dataclass(frozen=True)
+class FileChunk(Event):
+    sha256: bytes
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class FileHeld(Event):
+    sha256: bytes
+
+
+@dataclass(frozen=True)
+class FileRefused(Event):
+    sha256: bytes
+    code: str
+    message: str
+
+
+# The file frames each end takes: the sender's answers, the receiver's offers and chunks.
+SENDER_GETS = ("file_want", "file_have", "file_refused")
+RECEIVER_GETS = ("file_offer", "file_chunk")
+
+
+def file_event(message: dict[str, Any]) -> Event:
+    t, sha = message["t"], message["sha256"]
+    if t == "file_offer":
+        return FileOffered(sha, message["size"], message["type"])
+    if t == "file_want":
+        return FileWanted(sha, message["offset"])
+    if t == "file_chunk":
+        return FileChunk(sha, message["offset"], message["data"])
+    if t == "file_have":
+        return FileHeld(sha)
+    return FileRefused(sha, message["code"], message["message"])
+
+
+@dataclass(frozen=True)
 class RemoteError(Event):
     """The other side sent an ``error`` frame."""
 
@@ -179,6 +230,11 @@ class _Link:
 
     def send_doc(self, data: bytes) -> None:
         self._send("doc", m=data)
+
+    def send_file(self, t: str, sha256: bytes, **fields: Any) -> None:
+        """A file frame (``file_offer``, ``file_want``, ``file_chunk``, ``file_have``,
+        ``file_refused``) with its fields."""
+        self._send(t, sha256=sha256, **fields)
 
     def fail(self, code: str, message: str, *, fatal: bool = True) -> None:
         """Tell the other side what is wrong (never internal details); close if fatal."""
@@ -278,6 +334,8 @@ class ClientLink(_Link):
             self._events.append(self._answer(message))
         elif t == "doc_snapshot":
             self._events.append(DocSnapshot(message["data"]))
+        elif t in SENDER_GETS:
+            self._events.append(file_event(message))
         else:
             raise self._unexpected(message)
 
@@ -330,6 +388,8 @@ class RelayLink(_Link):
                                                  for e in message["entries"]]))
         elif t == "doc":
             self._events.append(DocMessage(message["m"]))
+        elif t in RECEIVER_GETS:
+            self._events.append(file_event(message))
         else:
             raise self._unexpected(message)
 
@@ -502,6 +562,8 @@ class PeerLink(_Link):
                                                  for e in message["entries"]]))
         elif t in ("ingested", "receipts", "doc"):
             self._events.append(self._answer(message))
+        elif t in SENDER_GETS or t in RECEIVER_GETS:
+            self._events.append(file_event(message))
         else:
             raise self._unexpected(message)
 

@@ -15,12 +15,13 @@ import msgpack
 
 from tillsync.schemas.limits import INTEGER_MAX
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 MAX_FRAME = 4 * 1024 * 1024  # bytes; a batch of 500 sales is ~250 KB
 # The websocket layer accepts up to twice that, so a frame a little too big gets a
 # 'too_large' error frame and the link goes on; a far bigger one is cut off (close 1009).
 TRANSPORT_MAX = 2 * MAX_FRAME
 MAX_BATCH = 1000  # entries or receipts in one frame
+MAX_CHUNK = 256 * 1024  # bytes of a file in one file_chunk frame
 
 
 class ProtocolError(Exception):
@@ -61,6 +62,10 @@ def _is_map(v: object) -> bool:
     return isinstance(v, dict)
 
 
+def _is_chunk(v: object) -> bool:
+    return isinstance(v, bytes) and 0 < len(v) <= MAX_CHUNK
+
+
 def _is_cert(v: object) -> bool:
     return isinstance(v, bytes) and 0 < len(v) <= 2048
 
@@ -93,6 +98,13 @@ MESSAGES: dict[str, dict[str, Callable[[object], bool]]] = {
     "receipts": {"receipts": _is_list, "head": _is_int},
     "doc": {"m": _is_bytes()},
     "doc_snapshot": {"data": _is_bytes()},
+    # files, on relay and LAN links alike (see schemas/protocol/README.md, "Files")
+    "file_offer": {"sha256": _is_bytes(32), "size": _is_int, "type": _is_str},
+    "file_want": {"sha256": _is_bytes(32), "offset": _is_int},
+    "file_chunk": {"sha256": _is_bytes(32), "offset": _is_int, "data": _is_chunk},
+    "file_have": {"sha256": _is_bytes(32)},
+    "file_refused": {"sha256": _is_bytes(32), "code": _is_str,
+                     "message": lambda v: isinstance(v, str)},
     "error": {"code": _is_str, "message": lambda v: isinstance(v, str),
               "fatal": lambda v: isinstance(v, bool)},
 }

@@ -473,7 +473,7 @@ def test_client_checks_that_each_receipt_is_a_map() -> None:
     assert client.closed
 
 
-@pytest.mark.parametrize("v", [0, 1, 2, 4, 99])
+@pytest.mark.parametrize("v", [0, 1, 2, 3, 5, 99])
 def test_a_hello_of_another_version_is_refused(v: int) -> None:
     relay = RelayLink(nonce=NONCE_R)
     relay.receive_data(_packed(_hello(v=v)))
@@ -710,6 +710,12 @@ def _session_frames() -> list[bytes]:
     pair.relay.send_doc(b"\x42\x01")
     pair.client.send_doc(b"\x42\x02")
     pair.relay.fail("bad_document", "bad document sync message", fatal=False)
+    sha = hashlib.sha256(b"%PDF-1").digest()  # a file, offered, sent and held
+    pair.client.send_file("file_offer", sha, size=6, type="application/pdf")
+    pair.relay.send_file("file_want", sha, offset=0)
+    pair.client.send_file("file_chunk", sha, offset=0, data=b"%PDF-1")
+    pair.relay.send_file("file_have", sha)
+    pair.relay.send_file("file_refused", sha, code="too_large", message="at most 10 MiB")
     pair.pump()
     enroll = Pair(ClientLink(store="", device=DEVICE, key=DEVICE_KEY, nonce=NONCE_D),
                   RelayLink(nonce=NONCE_R))
