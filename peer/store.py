@@ -864,13 +864,18 @@ class Till:
         await self._submit(op)
 
     async def receive_document(self, sync_state: Any, message: bytes | None = None,
-                               snapshot: bytes | None = None) -> None:
-        """Merge a peer's document sync message or snapshot, durably."""
+                               snapshot: bytes | None = None,
+                               check: Callable[[MasterData, bytes], None] | None = None
+                               ) -> None:
+        """Merge a peer's document sync message or snapshot, durably; ``check`` may
+        refuse the message (raising), in the writer, right before it is applied."""
 
         async def op(batch: _Batch) -> None:
             if snapshot is not None:
                 batch.chunks.extend(self.master.apply(snapshot))
             if message is not None:
+                if check is not None:
+                    check(self.master, message)
                 batch.chunks.extend(self.master.receive_sync(sync_state, message))
 
         await self._submit(op)

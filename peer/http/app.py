@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from peer.amrepo import till as amrepo
 from peer.errors import InvalidInput
 from peer.http import openapi, routes_data, routes_sync
 from peer.http.auth import Gate
@@ -44,6 +45,7 @@ def build(ctx: ApiContext, gate: Gate) -> web.Application:
     app.router.add_get("/api/events", events)
     app.router.add_routes(routes_data.routes)
     app.router.add_routes(routes_sync.routes)
+    amrepo.add_routes(app, gate)  # automerge-repo clients, with the same tokens
     return app
 
 
