@@ -51,7 +51,7 @@ from peer.sync.engine import (
 from peer.sync.frames import TRANSPORT_MAX
 from peer.sync.receipts import relay_behind
 from peer.tls import server_context
-from relay import metrics
+from relay import amrepo, metrics
 from relay.documents import Hubs, StoreHub
 from relay.faults import storage_fault
 from relay.http import handler as api_handler
@@ -264,6 +264,9 @@ class Relay:
     # -- one connection ----------------------------------------------------------------
 
     async def handle(self, ws: ServerConnection) -> None:
+        if ws.request is not None and amrepo.wanted(ws.request.path):
+            await amrepo.serve(self, ws)  # an automerge-repo client, not a device
+            return
         link = RelayLink(nonce=os.urandom(32))
         peer = f"{ws.remote_address}"
         logfmt.bind(connection=logfmt.address(ws.remote_address))

@@ -63,9 +63,9 @@ def check_sync(master: MasterData, data: bytes, role_of: Callable[[str], str | N
     except InvalidInput:
         raise
     except BaseException as exc:  # a panic of the binding, on the fork only
-        problems = [f"the binding cannot read this change ({type(exc).__name__}: "
-                    f"{str(exc)[:200]}); write only maps, lists, strings, integers and "
-                    "booleans"]
+        problems = [f"a Counter, or another value the binding cannot read "
+                    f"({type(exc).__name__}: {str(exc)[:200]}); write only maps, lists, "
+                    "strings, integers and booleans"]
     if problems:
         raise Refused(problems)
 
