@@ -34,7 +34,7 @@ _IGNORED = frozenset({"ephemeral", "remote-subscription-change", "remote-heads-c
                       "doc-unavailable"})
 
 
-class ProtocolError(ValueError):
+class FrameError(ValueError):
     """A frame that breaks the protocol; the connection ends with an ``error`` frame."""
 
 
@@ -129,37 +129,37 @@ class RepoSession:
             return []
         try:
             return self._receive(frame)
-        except ProtocolError as exc:
+        except FrameError as exc:
             self.refuse(str(exc))
             return []
 
     def _receive(self, frame: bytes) -> list[Event]:
         if len(frame) > MAX_FRAME:
-            raise ProtocolError(f"frame of {len(frame)} bytes; at most {MAX_FRAME}")
+            raise FrameError(f"frame of {len(frame)} bytes; at most {MAX_FRAME}")
         try:
             message = cbor2.loads(frame)
         except Exception as exc:  # cbor2 raises several kinds for bad bytes
-            raise ProtocolError(f"not a CBOR frame: {exc}") from None
+            raise FrameError(f"not a CBOR frame: {exc}") from None
         if not isinstance(message, dict):
-            raise ProtocolError("a frame is a CBOR map")
+            raise FrameError("a frame is a CBOR map")
         kind, sender = message.get("type"), message.get("senderId")
         if not isinstance(kind, str) or not isinstance(sender, str) or not sender:
-            raise ProtocolError("a frame has a string 'type' and 'senderId'")
+            raise FrameError("a frame has a string 'type' and 'senderId'")
         if kind == "join":
             versions = message.get("supportedProtocolVersions", [PROTOCOL_VERSION])
             if not isinstance(versions, list) or PROTOCOL_VERSION not in versions:
                 self.client_peer = sender
-                raise ProtocolError("unsupported protocol version")
+                raise FrameError("unsupported protocol version")
             self.client_peer = sender
             self._send({"type": "peer", "senderId": self.server_peer, "peerMetadata": {},
                         "selectedProtocolVersion": PROTOCOL_VERSION, "targetId": sender})
             return [Joined(sender)]
         if self.client_peer is None:
-            raise ProtocolError(f"'{kind}' before 'join'")
+            raise FrameError(f"'{kind}' before 'join'")
         if kind in ("request", "sync"):
             doc, data = message.get("documentId"), message.get("data")
             if not isinstance(doc, str) or not isinstance(data, bytes) or not data:
-                raise ProtocolError(f"a '{kind}' frame has a string 'documentId' and bytes "
+                raise FrameError(f"a '{kind}' frame has a string 'documentId' and bytes "
                                     "'data'")
             if doc != self.document_id:
                 self._send({"type": "doc-unavailable", "senderId": self.server_peer,
@@ -170,7 +170,7 @@ class RepoSession:
             self.closed = True  # the client ends the connection
             return []
         if kind not in _IGNORED:
-            raise ProtocolError(f"unknown frame type {kind!r}")
+            raise FrameError(f"unknown frame type {kind!r}")
         return []
 
     def send_sync(self, data: bytes) -> None:
