@@ -22,14 +22,16 @@ const products = Object.keys(handle.doc().products).length
 console.log(JSON.stringify({ first_sync_ms: now() - started, bytes, frames, products }))
 
 let wanted = null
-handle.on("change", ({ doc }) => {
+const check = doc => {
   if (wanted && String(doc.products[wanted[0]]?.price) === wanted[1]) {
     wanted = null
     console.log(JSON.stringify({ seen: now() }))
   }
-})
+}
+handle.on("change", ({ doc }) => check(doc))
 const commands = fs.createReadStream(null, { fd: Number(process.env.PROBE_FD) })
 for await (const line of readline.createInterface({ input: commands })) {
   if (line === "quit") { await repo.shutdown(); process.exit(0) }
   wanted = line.split(" ")
+  check(handle.doc())  // it may have come before this line was read
 }

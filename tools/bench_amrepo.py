@@ -121,6 +121,7 @@ async def edits(api: str, token: str, ws_url: str, doc_url: str, product: str, c
     async with aiohttp.ClientSession(headers=headers) as session:
         for price in range(1000, 1000 + count):
             probe.send(f"{product} {price}")
+            await asyncio.sleep(0.05)  # the probe has read the line before the edit is sent
             sent = time.time() * 1000
             async with session.put(f"{api}/api/master/products/{product}",
                                    json={"price": price}) as answer:
