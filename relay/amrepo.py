@@ -24,15 +24,15 @@ import automerge.core as am
 import websockets
 from websockets.asyncio.server import ServerConnection
 
-from peer.amrepo.checks import check_sync
-from peer.amrepo.protocol import PATH, RepoSession, SyncReceived
-from peer.errors import InvalidInput
-from relay.documents import StoreHub
-from relay.http import store_of
-from relay.storage import with_retries
+from tillsync.peer.amrepo.checks import check_sync
+from tillsync.peer.amrepo.protocol import PATH, RepoSession, SyncReceived
+from tillsync.peer.errors import InvalidInput
+from tillsync.relay.documents import StoreHub
+from tillsync.relay.http import store_of
+from tillsync.relay.storage import with_retries
 
 if TYPE_CHECKING:
-    from relay.server import Relay
+    from tillsync.relay.server import Relay
 
 log = logging.getLogger("tillsync.relay")
 

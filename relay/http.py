@@ -36,10 +36,10 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from peer.amrepo.protocol import PATH as AMREPO_PATH
-from peer.errors import InvalidInput
-from relay import dashboard, ops, reports
-from relay.storage import RelayStorage
+from tillsync.peer.amrepo.protocol import PATH as AMREPO_PATH
+from tillsync.peer.errors import InvalidInput
+from tillsync.relay import dashboard, ops, reports
+from tillsync.relay.storage import RelayStorage
 
 PREFIX = "/api/v1/stores/"
 

@@ -1,8 +1,8 @@
 """Benchmark of the till's automerge-repo endpoint (``peer.amrepo``) beside automerge-repo's
 own Node sync server on the same document, in the same run.
 
-    PYTHONPATH=. python -m tools.bench_amrepo            # human-readable
-    PYTHONPATH=. python -m tools.bench_amrepo --json
+    python -m tillsync.tools.bench_amrepo            # human-readable
+    python -m tillsync.tools.bench_amrepo --json
 
 1. first sync of a 20,000-product store document to a fresh Node automerge-repo client
    (``tools/amrepo_probe.mjs``): bytes the server sent beside the document's snapshot
@@ -33,11 +33,11 @@ from typing import Any
 
 import aiohttp
 
-from peer.amrepo.protocol import document_id
-from peer.http.auth import owner_token
-from peer.store import Till
-from tools.bench_api import build
-from tools.workload import machine, percentile, progress
+from tillsync.peer.amrepo.protocol import document_id
+from tillsync.peer.http.auth import owner_token
+from tillsync.peer.store import Till
+from tillsync.tools.bench_api import build
+from tillsync.tools.workload import machine, percentile, progress
 
 ROOT = Path(__file__).resolve().parent.parent
 JS = ROOT / "tests" / "js"
@@ -97,7 +97,8 @@ def _probe(ws_url: str, doc_url: str) -> _Node:
 
 def _serve(path: Path) -> subprocess.Popen[str]:
     """The till's API application (what ``peer run`` serves) in a child process."""
-    return subprocess.Popen([sys.executable, "-m", "tools.bench_api", "--serve", str(path)],
+    return subprocess.Popen([sys.executable, "-m", "tillsync.tools.bench_api",
+                             "--serve", str(path)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 

@@ -28,12 +28,12 @@ from typing import Any
 
 import automerge.core as am
 
-from peer.errors import InvalidInput
-from peer.master import MasterData
-from peer.master.document import COLLECTIONS
-from peer.master.roles import MANAGING_ROLES, device_of_actor, guarded
-from schemas import validate_record
-from schemas.validate import SchemaViolation
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.master import MasterData
+from tillsync.peer.master.document import COLLECTIONS
+from tillsync.peer.master.roles import MANAGING_ROLES, device_of_actor, guarded
+from tillsync.schemas import validate_record
+from tillsync.schemas.validate import SchemaViolation
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 # In a patch's Debug text (string literals taken out): values the binding cannot read.

@@ -24,13 +24,13 @@ from functools import partial
 import automerge.core as am
 from aiohttp import WSMsgType, web
 
-from peer.amrepo.checks import check_sync
-from peer.amrepo.protocol import MAX_FRAME, PATH, RepoSession, SyncReceived, document_id
-from peer.errors import InvalidInput
-from peer.http.auth import Gate
-from peer.http.context import context
-from peer.http.errors import ApiError
-from peer.store import Till
+from tillsync.peer.amrepo.checks import check_sync
+from tillsync.peer.amrepo.protocol import MAX_FRAME, PATH, RepoSession, SyncReceived, document_id
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.http.auth import Gate
+from tillsync.peer.http.context import context
+from tillsync.peer.http.errors import ApiError
+from tillsync.peer.store import Till
 
 log = logging.getLogger("tillsync.amrepo")
 

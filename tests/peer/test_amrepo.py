@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from peer.amrepo.protocol import document_url
 from tests.js_clients import JsClient, refused_status
 from tests.peer.http_client import Api
 from tests.peer.lan_processes import (
@@ -20,6 +19,7 @@ from tests.peer.lan_processes import (
     wait_until,
 )
 from tests.relay.processes import RelayProcess
+from tillsync.peer.amrepo.protocol import document_url
 
 STORE = "shop-amrepo"
 MASTER = [("products", "bread", {"name": "Bread", "sku": "B1", "price": 320}),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cbor2
 import pytest
 
-from peer.amrepo.protocol import (
+from tillsync.peer.amrepo.protocol import (
     Joined,
     RepoSession,
     SyncReceived,

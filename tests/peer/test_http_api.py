@@ -347,7 +347,7 @@ def test_the_event_stream_says_when_a_lan_peer_leaves_and_comes_back(shop: Shop)
 
 
 def test_the_automerge_document_is_named_alike_on_every_till(shop: Shop) -> None:
-    from peer.amrepo.protocol import document_url
+    from tillsync.peer.amrepo.protocol import document_url
 
     answers = [api.call("GET", "/api/automerge").body for api in (shop.api, shop.till_api)]
     assert answers[0] == answers[1]

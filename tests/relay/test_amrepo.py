@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from peer.amrepo.protocol import document_url
 from tests.js_clients import JsClient, refused_status
 from tests.peer.lan_processes import wait_until
 from tests.relay.processes import RelayProcess, TillDir, cli_json
+from tillsync.peer.amrepo.protocol import document_url
 
 STORE, OTHER = "shop-js", "shop-other"
 
