@@ -5,7 +5,7 @@ signatures checked), the relay's receipts, and document changes."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
@@ -13,6 +13,7 @@ import msgpack
 from tillsync.peer.cert import Certificate, CertificateError, Revocation
 from tillsync.peer.errors import EntryRefused, Forbidden
 from tillsync.peer.log import GENESIS_PREV, Entry, verify_chain
+from tillsync.peer.master import MasterData
 from tillsync.peer.master.roles import MANAGING_ROLES, guarded_edit
 from tillsync.peer.store_base import TillBase, _Batch, _effects_of
 
@@ -217,13 +218,18 @@ class Inbound(TillBase):
         await self._submit(op)
 
     async def receive_document(self, sync_state: Any, message: bytes | None = None,
-                               snapshot: bytes | None = None) -> None:
-        """Merge a peer's document sync message or snapshot, durably."""
+                               snapshot: bytes | None = None,
+                               check: Callable[[MasterData, bytes], None] | None = None
+                               ) -> None:
+        """Merge a peer's document sync message or snapshot, durably; ``check`` may
+        refuse the message (raising), in the writer, right before it is applied."""
 
         async def op(batch: _Batch) -> None:
             if snapshot is not None:
                 batch.chunks.extend(self.master.apply(snapshot))
             if message is not None:
+                if check is not None:
+                    check(self.master, message)
                 batch.chunks.extend(self.master.receive_sync(sync_state, message))
 
         await self._submit(op)

@@ -15,6 +15,9 @@ the store's name and currency from its master data.
 reads that store and no other.  Errors are JSON ``{"error": message}`` with 400 (bad parameter), 401
 (missing or wrong token, or a token of another store) or 404 (unknown path or report).
 ``GET /healthz``, ``/readyz`` and ``/metrics`` need no token (``relay.ops``).
+``/automerge?token=TOKEN`` (the same tokens) is automerge-repo's websocket for the
+store's master document (``relay.amrepo``); a missing or wrong token is refused here,
+with 401, before the websocket handshake.
 ``GET /dashboard`` serves the dashboard, one self-contained page (no CDN) that reads
 the store and token from its URL fragment (``/dashboard#store=S&token=T``: a fragment
 never reaches the server or its logs) or typed in, and draws these reports
@@ -39,6 +42,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from tillsync.peer.amrepo.protocol import PATH as AMREPO_PATH
 from tillsync.peer.errors import InvalidInput
 from tillsync.peer.files import HASH_RE
 from tillsync.relay import credit, dashboard, ops, reports, reports_lists, reports_money
@@ -56,6 +60,19 @@ def new_token() -> tuple[str, bytes]:
 
 def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+async def store_of(storage: RelayStorage, path: str, headers: Headers) -> str | None:
+    """The store a request's token opens (``Authorization: Bearer TOKEN``, else the
+    ``token`` query parameter), or None."""
+    scheme, _, token = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        token = parse_qs(urlsplit(path).query).get("token", [""])[-1]
+    if not token.strip():
+        return None
+    rows = await storage.read("SELECT store FROM admin_tokens WHERE token_hash = ?",
+                              (token_hash(token.strip()),))
+    return str(rows[0][0]) if rows else None
 
 
 async def _report(storage: RelayStorage, store: str, name: str,
@@ -149,6 +166,12 @@ def handler(storage: RelayStorage, files_data: Path | None = None
             return _reply(connection, *await ops.answer(url.path, storage))
         if url.path in (dashboard.PATH, dashboard.PATH + "/"):
             return dashboard.response(connection)
+        if url.path == AMREPO_PATH:
+            if await store_of(storage, request.path, request.headers) is None:
+                return _json(connection, http.HTTPStatus.UNAUTHORIZED,
+                             {"error": f"connect to {AMREPO_PATH}?token=TOKEN with a token "
+                                       "of the store (`tillsync relay token`)"})
+            return None  # on to the handshake: relay.amrepo serves it
         if not url.path.startswith(PREFIX):
             return None
         parts = [unquote(p) for p in url.path[len(PREFIX):].split("/")]
@@ -164,9 +187,8 @@ def handler(storage: RelayStorage, files_data: Path | None = None
             return _json(connection, http.HTTPStatus.UNAUTHORIZED,
                          {"error": "missing token: send Authorization: Bearer TOKEN (from "
                                    "`tillsync relay token`)"})
-        rows = await storage.read("SELECT store FROM admin_tokens WHERE token_hash = ?",
-                                  (token_hash(auth[len("Bearer "):].strip()),))
-        if not rows or not hmac.compare_digest(str(rows[0][0]), store):
+        opens = await store_of(storage, "", request.headers)
+        if opens is None or not hmac.compare_digest(opens, store):
             return _json(connection, http.HTTPStatus.UNAUTHORIZED,
                          {"error": f"this token does not open store {store!r}"})
         if is_file:

@@ -54,7 +54,7 @@ from tillsync.peer.sync.engine import (
 from tillsync.peer.sync.frames import TRANSPORT_MAX
 from tillsync.peer.sync.receipts import relay_behind
 from tillsync.peer.tls import server_context
-from tillsync.relay import metrics
+from tillsync.relay import amrepo, metrics
 from tillsync.relay.documents import Hubs, StoreHub
 from tillsync.relay.faults import storage_fault
 from tillsync.relay.files import default_policy, store_files
@@ -272,6 +272,9 @@ class Relay:
     # -- one connection ----------------------------------------------------------------
 
     async def handle(self, ws: ServerConnection) -> None:
+        if ws.request is not None and amrepo.wanted(ws.request.path):
+            await amrepo.serve(self, ws)  # an automerge-repo client, not a device
+            return
         link = RelayLink(nonce=os.urandom(32))
         peer = f"{ws.remote_address}"
         logfmt.bind(connection=logfmt.address(ws.remote_address))

@@ -105,6 +105,21 @@ _SCALARS: list[object] = [None, True, False, 0, -1, 3, 2**64 - 1, -(2**63), 1.5,
                           "é" * 201, b"", b"\x00" * 32, b"\xff" * 64, [], {}]
 
 
+FILE_FRAMES = frozenset({"file_offer", "file_want", "file_chunk", "file_have", "file_refused"})
+FILE_ANSWERS = frozenset({"file_want", "file_have", "file_refused"})
+
+
+def _frame_type(frame: bytes | str) -> str | None:
+    if isinstance(frame, str):
+        return None
+    try:
+        decoded = msgpack.unpackb(frame, raw=False)
+    except Exception:  # any undecodable frame simply has no type
+        return None
+    t = decoded.get("t") if isinstance(decoded, dict) else None
+    return t if isinstance(t, str) else None
+
+
 def _pack(value: object) -> bytes:
     packed: bytes = msgpack.packb(value, use_bin_type=True)
     return packed
@@ -120,7 +135,8 @@ def _valid_fields(t: str, target: Target, rng: random.Random) -> dict[str, Any]:
         "relay_key": rng.randbytes(32), "sig": rng.randbytes(64), "heads": {target.device: 1},
         "receipts_head": 0, "cert": rng.randbytes(100), "revoked": [], "certs": [],
         "entries": wire, "count": 1, "receipts": [], "head": 0, "m": rng.randbytes(20),
-        "data": rng.randbytes(20), "message": "m", "fatal": True}
+        "data": rng.randbytes(20), "message": "m", "fatal": True,
+        "sha256": rng.randbytes(32), "size": 20, "type": "image/png", "offset": 0}
     return {"t": t, **{name: values[name] for name in MESSAGES[t]}}
 
 
@@ -273,6 +289,8 @@ class _Fuzzer:
         report.outcomes[f"answer:{t}"] += 1
         if t == "ingested" and logged_in or t == "challenge" and not logged_in:
             return bool(t == "ingested")
+        if logged_in and t in FILE_ANSWERS and _frame_type(sent) in FILE_FRAMES:
+            return True  # the file transfer's own answers (file_offer -> file_want, ...)
         report.undefined.append(f"answer {t!r} to {sent[:60]!r} (logged in: {logged_in})")
         return False
 

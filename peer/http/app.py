@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tillsync.peer.amrepo import till as amrepo
 from tillsync.peer.errors import InvalidInput
 from tillsync.peer.http import openapi, routes_data, routes_files, routes_sync
 from tillsync.peer.http.auth import Gate
@@ -48,6 +49,7 @@ def build(ctx: ApiContext, gate: Gate, ops: TillOps | None = None) -> web.Applic
     app.router.add_routes(routes_data.routes)
     app.router.add_routes(routes_sync.routes)
     app.router.add_routes(routes_files.routes)
+    amrepo.add_routes(app, gate)  # automerge-repo clients, with the same tokens
     return app
 
 

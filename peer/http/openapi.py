@@ -53,6 +53,8 @@ SCHEMAS: dict[str, Any] = {
     "Stock": _obj(["stock"], stock={"type": "array", "items": _obj(
         ["product_id", "name", "sku", "volatile"], product_id=STR, name=NSTR, sku=NSTR,
         volatile=BOOL, qty=STR, reorder_level=STR, low=BOOL, suggested_price=INT)}),
+    "AutomergeDocument": _obj(["document_id", "url", "path", "store_id"], document_id=STR,
+                              url=STR, path=STR, store_id=STR),
     "HeldSales": _obj(["held_sales"], held_sales={"type": "array", "items": STR}),
     "Shifts": _obj(["shifts"], shifts={"type": "array", "items": _obj(
         ["shift_client_id", "open", "expected_cash", "device_id", "mine"],
@@ -196,6 +198,10 @@ PATHS: dict[str, Any] = {
     "/api/invoices/{ticket}/text": {"get": {
         "summary": "the invoice as fixed-width text", "parameters": [TICKET],
         "responses": {"200": TEXT, **_errors(404)}}},
+    "/api/automerge": _get(
+        "the store's automerge-repo document: its id (the same on every till and at the "
+        "relay), its automerge: URL, and the websocket path (path?token=TOKEN)",
+        "AutomergeDocument"),
     "/api/events": {"get": {
         "summary": "Server-Sent Events: master, receipt, entry, sync, peer",
         "responses": {"200": {"description": "an event stream", "content": {

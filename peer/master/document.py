@@ -156,7 +156,11 @@ class MasterData:
         out: dict[str, Any] = {}
         for name in names:
             value = self._doc.get(found[1], name)
-            if value is not None and not isinstance(value[0], am.ObjType):
+            if value is None:
+                continue
+            if value[0] == am.ObjType.Text:  # a string written as Text (automerge-repo)
+                out[name] = self._doc.text(value[1])
+            elif not isinstance(value[0], am.ObjType):
                 out[name] = value[0][1]
         return out
 
@@ -304,20 +308,32 @@ class MasterData:
         (applied to a fork, with a throwaway sync state).
 
         Raises ``InvalidInput`` if the message cannot be decoded."""
+        forked = self.fork_sync(data)
+        if forked is None:
+            return []
+        fork, changes = forked
+        return [(bytes(change.actor_id), list(fork.diff(list(change.deps), [change.hash])))
+                for change in changes]
+
+    def fork_sync(self, data: bytes) -> tuple[am.Document, list[Any]] | None:
+        """A fork of the document with a peer's sync message applied (a throwaway sync
+        state), and the changes it brought; None when the message cannot bring any.
+        The live document is not touched, whatever the message holds.
+
+        Raises ``InvalidInput`` if the message cannot be decoded."""
         heads = _message_heads(data)
         if heads is not None and heads <= set(self._doc.get_heads()):
             # The sender holds nothing this document lacks, so the message can bring no
             # new change: the usual case, answered without forking the whole document.
             # (A message that is bad further on is refused when it is received.)
-            return []
+            return None
         fork = self._doc.fork()
         before = fork.get_heads()
         try:
             fork.receive_sync_message(am.SyncState(), am.Message.decode(data))
         except Exception as exc:  # the binding raises plain Exception for bad input
             raise InvalidInput(f"bad document sync message: {exc}") from None
-        return [(bytes(change.actor_id), list(fork.diff(list(change.deps), [change.hash])))
-                for change in fork.get_changes(before)]
+        return fork, list(fork.get_changes(before))
 
     def is_genesis(self) -> bool:
         """True while the document holds nothing but the shared genesis change."""

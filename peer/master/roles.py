@@ -75,8 +75,9 @@ def guarded_edit(collection: str, record_id: str, existing: Mapping[str, object]
 
 
 def device_of_actor(actor: bytes) -> str | None:
-    """The device id behind an actor id (devices edit with their UUID's 16 bytes)."""
-    return str(uuid.UUID(bytes=actor)) if len(actor) == 16 else None
+    """The device id behind an actor id: a device edits with its UUID's 16 bytes, an
+    automerge-repo client of a device with those 16 bytes and 1-16 bytes of its own."""
+    return str(uuid.UUID(bytes=actor[:16])) if 16 <= len(actor) <= 32 else None
 
 
 def forbidden_changes(master: MasterData, message: bytes,

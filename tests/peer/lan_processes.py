@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tests.doubles import REPO
-from tests.relay.processes import TillDir, run_cli
+from tests.relay.processes import RelayProcess, Relays, TillDir, run_cli
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
@@ -123,3 +124,17 @@ def linked(*tills: LanTill) -> Iterator[None]:
     finally:
         for till in tills:
             till.stop()
+
+
+@contextmanager
+def office_and_till(root: Path, store: str, master: Sequence[tuple[str, str, dict[str, Any]]]
+                    ) -> Iterator[tuple[RelayProcess, LanTill, LanTill]]:
+    """A relay, an admin till ("Office", holding ``master``) and a till-role till
+    ("Till 2"), both synced once, their daemons linked on the LAN."""
+    with Relays(root, None) as relays:
+        relay = relays.start()
+        office, till = LanTill(root / "office", "Office"), LanTill(root / "till", "Till 2")
+        office.init(relay, store)
+        till.init(relay, store, role="till")
+        office.put_many(master)
+        yield relay, office, till

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from tests.peer.http_client import Api, Events
-from tests.peer.lan_processes import LanTill, linked, wait_until
-from tests.relay.processes import RelayProcess, Relays, run_cli
+from tests.peer.lan_processes import LanTill, linked, office_and_till, wait_until
+from tests.relay.processes import RelayProcess, run_cli
 
 STORE = "shop-api"
 SHIFT = "6b0e7c1e-2f5d-4a35-9c61-0d6f1e2a3b4c"
@@ -46,12 +46,7 @@ class Shop:
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     root = tmp_path_factory.mktemp("api")
-    with Relays(root, None) as relays:
-        relay = relays.start()
-        office, till = LanTill(root / "office", "Office"), LanTill(root / "till", "Till 2")
-        office.init(relay, STORE)
-        till.init(relay, STORE, role="till")
-        office.put_many(MASTER)
+    with office_and_till(root, STORE, MASTER) as (relay, office, till):
         office.record("shift_open", {"cashier_id": "ann", "opening_cash": 1000}, SHIFT)
         office.sync()
         till.sync()
@@ -376,6 +371,14 @@ def test_the_event_stream_says_when_a_lan_peer_leaves_and_comes_back(shop: Shop)
         events.close()
 
 
+def test_the_automerge_document_is_named_alike_on_every_till(shop: Shop) -> None:
+    from tillsync.peer.amrepo.protocol import document_url
+
+    answers = [api.call("GET", "/api/automerge").body for api in (shop.api, shop.till_api)]
+    assert answers[0] == answers[1]
+    assert answers[0]["url"] == document_url(STORE) and answers[0]["path"] == "/automerge"
+
+
 def test_every_route_is_in_the_openapi_document_and_was_checked(shop: Shop) -> None:
     """The module's tests together called every documented route (run the module whole:
     alone, this test sees only its own calls)."""
@@ -383,3 +386,4 @@ def test_every_route_is_in_the_openapi_document_and_was_checked(shop: Shop) -> N
                   for m in ops}
     answered = {(m, p) for m, p, _ in shop.api.checked} | {("GET", "/api/events")}
     assert documented <= answered, documented - answered
+
