@@ -30,6 +30,10 @@ What it does, in one run:
    request and one SQLite transaction (WAL, synchronous=FULL) per sale, idempotency by
    key; the same number of tills each POSTing its sales one after the other over a
    keep-alive connection; checked the same way.
+6. the CPU per sale of each: the relay's (its process and its prepare worker, read from
+   /proc: event loop, other threads, worker), the load generator's, the baseline
+   server's, and the relay's as a share of the baseline's (targets: at most 35 us, and
+   at most a tenth).
 
 Progress goes to stderr; results to stdout.  Everything is written in a temporary
 directory removed at the end, unless ``--keep DIR`` is given (the relay's log is

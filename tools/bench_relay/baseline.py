@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.bench_relay.load import TillLoad
-from tools.bench_relay.procs import Server, cpu_delta
+from tools.bench_relay.procs import Server, cpu_delta, us_per_sale
 from tools.bench_relay.relay_run import summarise_ms
 from tools.workload import (
     progress,
@@ -88,7 +88,9 @@ async def bench_baseline(root: Path, loads: Sequence[TillLoad]) -> dict[str, Any
         "sales_per_second": round(sales / wall, 1),
         "request_latency_ms": summarise_ms(latencies),
         "server_cpu": cpu_delta(cpu1, cpu0, wall),
+        "server_cpu_us_per_sale": us_per_sale(cpu_delta(cpu1, cpu0, wall), sales),
         "loadgen_cpu_pct": round(100 * (self1 - self0) / wall, 1),
+        "loadgen_cpu_us_per_sale": round(1e6 * (self1 - self0) / sales, 1),
         "server_exit": code,
         "check": check_baseline_db(db, loads),
     }

@@ -17,7 +17,13 @@ from peer.sync.frames import MAX_BATCH
 from tools.bench_relay.baseline import bench_baseline
 from tools.bench_relay.load import generate, till_specs
 from tools.bench_relay.relay_run import bench_relay
-from tools.bench_relay.report import TARGET_RATIO, TARGET_SALES_PER_SECOND, render
+from tools.bench_relay.report import (
+    TARGET_CPU_RATIO,
+    TARGET_CPU_US,
+    TARGET_RATIO,
+    TARGET_SALES_PER_SECOND,
+    render,
+)
 from tools.workload import (
     machine,
     positive_int,
@@ -148,6 +154,9 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     relay, baseline = results.get("relay"), results.get("baseline")
     rate = relay["sales_per_second"] if relay else None
     ratio = rate / baseline["sales_per_second"] if rate and baseline else None
+    cpu = relay["relay_cpu_us_per_sale"] if relay else None
+    base_cpu = baseline["server_cpu_us_per_sale"] if baseline else None
+    cpu_ratio = cpu / base_cpu if cpu is not None and base_cpu else None
     report: dict[str, Any] = {
         "machine": machine(),
         "websockets": _version("websockets"),
@@ -170,6 +179,11 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "rate_met": None if rate is None else rate >= TARGET_SALES_PER_SECOND,
             "ratio": None if ratio is None else round(ratio, 2),
             "ratio_met": None if ratio is None else ratio >= TARGET_RATIO,
+            "cpu_us_per_sale_max": TARGET_CPU_US, "cpu_ratio_max": TARGET_CPU_RATIO,
+            "relay_cpu_us_per_sale": cpu, "baseline_cpu_us_per_sale": base_cpu,
+            "cpu_ratio": None if cpu_ratio is None else round(cpu_ratio, 3),
+            "cpu_met": None if cpu is None else cpu <= TARGET_CPU_US,
+            "cpu_ratio_met": None if cpu_ratio is None else cpu_ratio <= TARGET_CPU_RATIO,
         },
     }
     report["_render"] = render(report)

@@ -152,3 +152,10 @@ def cpu_delta(after: dict[str, float], before: dict[str, float], wall: float
             out[f"{part}_s"] = round(spent, 2)
             out[f"{part}_pct"] = round(100 * spent / wall, 1) if wall else 0.0
     return out
+
+
+def us_per_sale(cpu: dict[str, float], sales: int) -> float:
+    """CPU microseconds per sale of a process and its workers, from ``cpu_delta``'s
+    seconds (event loop, other threads, prepare worker processes)."""
+    spent = sum(cpu.get(f"{part}_s", 0.0) for part in ("main", "threads", "prepare"))
+    return round(1e6 * spent / sales, 1) if sales else 0.0

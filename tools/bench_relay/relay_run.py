@@ -25,7 +25,7 @@ from peer.sync.engine import ClientLink, Ingested, LinkFailed, Ready, ReceiptsRe
 from peer.sync.frames import MAX_FRAME
 from relay.server import DB_FILE, Relay
 from tools.bench_relay.load import CASHIER, TillLoad, TillSpec, device_key
-from tools.bench_relay.procs import Server, cpu_delta, postgres_cpu
+from tools.bench_relay.procs import Server, cpu_delta, postgres_cpu, us_per_sale
 from tools.workload import (
     percentile,
     products_for_sales,
@@ -303,6 +303,8 @@ async def bench_relay(root: Path, loads: Sequence[TillLoad], args: argparse.Name
         "receipt_frames": sum(r.receipt_frames for r in runs),
         "timed_window_s": round(t_end, 3),
         "relay_cpu": relay_cpu,
+        "relay_cpu_us_per_sale": us_per_sale(relay_cpu, sales),
+        "loadgen_cpu_us_per_sale": round(1e6 * (self1 - self0) / sales, 1),
         "loadgen_cpu_s": round(self1 - self0, 2),
         "loadgen_cpu_pct": round(100 * (self1 - self0) / t_end, 1),
         "relay_exit": code,

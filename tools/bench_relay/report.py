@@ -7,6 +7,10 @@ from typing import Any
 RELAY_RUNS = ("relay", "relay_pg", "relay_pg_workers")  # SQLite; PostgreSQL 1 and N processes
 TARGET_SALES_PER_SECOND = 30_000
 TARGET_RATIO = 20.0
+# The relay's own CPU per sale (event loop, threads, prepare worker), and at most this
+# share of the naive REST baseline's CPU per sale, measured in the same run.
+TARGET_CPU_US = 35.0
+TARGET_CPU_RATIO = 0.1
 
 # -- report --------------------------------------------------------------------------------
 
@@ -89,6 +93,8 @@ def render(report: dict[str, Any]) -> str:
             f"p99 {lat['p99']:.2f}  max {lat['max']:.2f}",
             f"  CPU                 server {cpu['main_pct'] + cpu['threads_pct']:.0f}% of a "
             f"core; load generator {b['loadgen_cpu_pct']:.0f}%",
+            f"  CPU per sale        server {b['server_cpu_us_per_sale']:.0f} us; load "
+            f"generator {b['loadgen_cpu_us_per_sale']:.0f} us",
             "  check               " + ("OK: gapless per store, no duplicates"
                                         if b["check"]["ok"]
                                         else "FAILED: " + "; ".join(b["check"]["problems"])),
@@ -103,4 +109,13 @@ def render(report: dict[str, Any]) -> str:
         out.append(f"target: >= {TARGET_RATIO:g}x the baseline: "
                    f"{'MET' if t['ratio_met'] else 'NOT MET'} (relay {t['ratio']:.1f}x "
                    "the naive REST back end)")
+    if t["relay_cpu_us_per_sale"] is not None:
+        out.append(f"target: relay CPU <= {TARGET_CPU_US:g} us a sale: "
+                   f"{'MET' if t['cpu_met'] else 'NOT MET'} "
+                   f"({t['relay_cpu_us_per_sale']:.1f} us)")
+    if t["cpu_ratio"] is not None:
+        out.append(f"target: relay CPU <= {TARGET_CPU_RATIO:g} x the baseline's: "
+                   f"{'MET' if t['cpu_ratio_met'] else 'NOT MET'} (relay "
+                   f"{t['relay_cpu_us_per_sale']:.1f} us / baseline "
+                   f"{t['baseline_cpu_us_per_sale']:.1f} us a sale = {t['cpu_ratio']:.3f})")
     return "\n".join(out)
