@@ -1,13 +1,13 @@
 """Benchmark of the relay: sales ingested per second from many tills at once.
 
-    PYTHONPATH=. python -m tools.bench_relay            # human-readable table
-    PYTHONPATH=. python -m tools.bench_relay --json     # one JSON document on stdout
+    python -m tillsync.tools.bench_relay            # human-readable table
+    python -m tillsync.tools.bench_relay --json     # one JSON document on stdout
 
 What it does, in one run:
 
 1. makes a relay data folder, one-time codes for every till (and one back-office device
    per store) with ``Relay.new_code``, then starts the relay as a separate process
-   (``python -m tools.cli relay serve --port 0``), so the load generator never shares its
+   (``python -m tillsync.tools.cli relay serve --port 0``), so the load generator never shares its
    event loop; devices enroll over the wire (``peer.client.enroll``), and each store's
    back office pushes the product catalogue and a cashier through a real sync round, so
    every product a sale names is in the relay's master document;
@@ -46,9 +46,9 @@ The modules: ``load`` (the workload), ``procs`` (child processes and their CPU),
 
 from __future__ import annotations
 
-from tools.bench_relay.cli import create_database, drop_database, main, parser, run
-from tools.bench_relay.load import TillLoad, TillSpec, build_till, device_key, till_specs
-from tools.bench_relay.procs import PROJECT_ROOT, Server, children, process_cpu
+from tillsync.tools.bench_relay.cli import create_database, drop_database, main, parser, run
+from tillsync.tools.bench_relay.load import TillLoad, TillSpec, build_till, device_key, till_specs
+from tillsync.tools.bench_relay.procs import PROJECT_ROOT, Server, children, process_cpu
 
 __all__ = ["PROJECT_ROOT", "Server", "TillLoad", "TillSpec", "build_till", "children",
            "create_database", "device_key", "drop_database", "main", "parser", "process_cpu",

@@ -1,9 +1,9 @@
-"""``python -m tools.bench_relay``: see the package's docstring."""
+"""``python -m tillsync.tools.bench_relay``: see the package's docstring."""
 
 from __future__ import annotations
 
 import sys
 
-from tools.bench_relay.cli import main
+from tillsync.tools.bench_relay.cli import main
 
 sys.exit(main())

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tools.bench_relay.load import TillLoad
-from tools.bench_relay.procs import Server, cpu_delta, us_per_sale
-from tools.bench_relay.relay_run import summarise_ms
-from tools.workload import (
+from tillsync.tools.bench_relay.load import TillLoad
+from tillsync.tools.bench_relay.procs import Server, cpu_delta, us_per_sale
+from tillsync.tools.bench_relay.relay_run import summarise_ms
+from tillsync.tools.workload import (
     progress,
 )
 
@@ -68,7 +68,7 @@ def check_baseline_db(path: Path, loads: Sequence[TillLoad]) -> dict[str, Any]:
 
 async def bench_baseline(root: Path, loads: Sequence[TillLoad]) -> dict[str, Any]:
     db = root / "naive-rest.db"
-    argv = [sys.executable, "-m", "tools.naive_rest", "--db", str(db), "--port", "0"]
+    argv = [sys.executable, "-m", "tillsync.tools.naive_rest", "--db", str(db), "--port", "0"]
     server = await Server.start(argv, root / "naive-rest.log")
     sales = sum(len(load.requests) for load in loads)
     progress(f"baseline: process {server.proc.pid}, {len(loads)} tills POSTing {sales:,} "

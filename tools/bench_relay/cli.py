@@ -12,19 +12,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from peer.client import PUSH_WINDOW
-from peer.sync.frames import MAX_BATCH
-from tools.bench_relay.baseline import bench_baseline
-from tools.bench_relay.load import generate, till_specs
-from tools.bench_relay.relay_run import bench_relay
-from tools.bench_relay.report import (
+from tillsync.peer.client import PUSH_WINDOW
+from tillsync.peer.sync.frames import MAX_BATCH
+from tillsync.tools.bench_relay.baseline import bench_baseline
+from tillsync.tools.bench_relay.load import generate, till_specs
+from tillsync.tools.bench_relay.relay_run import bench_relay
+from tillsync.tools.bench_relay.report import (
     TARGET_CPU_RATIO,
     TARGET_CPU_US,
     TARGET_RATIO,
     TARGET_SALES_PER_SECOND,
     render,
 )
-from tools.workload import (
+from tillsync.tools.workload import (
     machine,
     positive_int,
     progress,
@@ -44,7 +44,7 @@ def _batch(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m tools.bench_relay",
+        prog="python -m tillsync.tools.bench_relay",
         description="Benchmark the relay on this machine: sales/s ingested from many tills "
         "at once, with a naive one-request-per-sale REST back end as the baseline.",
         epilog="Progress goes to stderr. A default run takes about 1-3 minutes on 2 cores.",
@@ -86,7 +86,7 @@ async def create_database(admin: str, name: str) -> str:
     """A fresh database on the server of ``admin``; returns its URL."""
     import asyncpg
 
-    from relay.storage.postgres import with_database
+    from tillsync.relay.storage.postgres import with_database
 
     database = f"tillsync_bench_{name}_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(admin)

@@ -16,10 +16,10 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from peer.identity import DeviceKey
-from peer.log import GENESIS_PREV, seal
-from peer.sync.frames import MAX_FRAME, encode, entry_to_wire
-from tools.workload import (
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.log import GENESIS_PREV, seal
+from tillsync.peer.sync.frames import MAX_FRAME, encode, entry_to_wire
+from tillsync.tools.workload import (
     products_for_sales,
     progress,
     sale_body,

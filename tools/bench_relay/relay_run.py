@@ -19,14 +19,21 @@ from typing import Any
 import msgpack
 from websockets.asyncio.client import connect
 
-from peer.client import enroll, init_enrolled, sync_once
-from peer.store import Till
-from peer.sync.engine import ClientLink, Ingested, LinkFailed, Ready, ReceiptsReceived, RemoteError
-from peer.sync.frames import MAX_FRAME
-from relay.server import DB_FILE, Relay
-from tools.bench_relay.load import CASHIER, TillLoad, TillSpec, device_key
-from tools.bench_relay.procs import Server, cpu_delta, postgres_cpu, us_per_sale
-from tools.workload import (
+from tillsync.peer.client import enroll, init_enrolled, sync_once
+from tillsync.peer.store import Till
+from tillsync.peer.sync.engine import (
+    ClientLink,
+    Ingested,
+    LinkFailed,
+    Ready,
+    ReceiptsReceived,
+    RemoteError,
+)
+from tillsync.peer.sync.frames import MAX_FRAME
+from tillsync.relay.server import DB_FILE, Relay
+from tillsync.tools.bench_relay.load import CASHIER, TillLoad, TillSpec, device_key
+from tillsync.tools.bench_relay.procs import Server, cpu_delta, postgres_cpu, us_per_sale
+from tillsync.tools.workload import (
     percentile,
     products_for_sales,
     progress,
@@ -238,7 +245,7 @@ async def bench_relay(root: Path, loads: Sequence[TillLoad], args: argparse.Name
     specs = [load.spec for load in loads]
     progress(f"{name}: one-time codes for {len(specs)} tills and {len(stores)} back offices")
     codes, office_codes, store_keys = await make_codes(data, specs, stores, db)
-    argv = [sys.executable, "-m", "tools.cli", "relay", "serve", "--data", str(data),
+    argv = [sys.executable, "-m", "tillsync.tools.cli", "relay", "serve", "--data", str(data),
             "--port", "0", *(("--db", db) if db else ()),
             *(("--workers", str(workers)) if workers > 1 else ())]
     server = await Server.start(argv, root / f"{name}.log")
