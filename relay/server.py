@@ -84,7 +84,14 @@ MAX_JOBS_PER_COMMIT = 32
 # Entries frames of one connection taken in before the first of them is answered: the
 # connection reads, prepares and queues its next batch while the last one is committed.
 INGEST_WINDOW = 4
-POOL_MIN_BATCH = 200  # entries; smaller batches are prepared on the event loop
+# With ``relay serve --prepare-worker N``, batches of N entries or more are prepared in a
+# worker process; 200 is where that starts to pay for the transfer.  By default every
+# batch is prepared on the event loop: the worker decodes each body and the event loop
+# decodes it again, and the transfer costs both processes, so it takes more CPU a sale
+# than it moves off the loop (tools.bench_relay, 2-core VM, other work beside it: relay
+# CPU 70.9 / 73.1 us a sale with a worker, 62.1 / 61.1 without, sales/s no lower).  It is
+# for a machine with an idle core and a relay short of wall time, not of CPU.
+POOL_MIN_BATCH = 200
 
 
 # The cyclic garbage collector's thresholds in a relay process.  Under load the relay
@@ -164,6 +171,7 @@ class RelayConfig:
     limits: Limits = field(default_factory=Limits)  # handshake and idle timeouts (limits.py)
     files: FilePolicy = field(default_factory=default_policy)  # size and types taken
     deadlines: Deadlines = field(default_factory=Deadlines)  # of a graceful stop
+    prepare_worker_min: int | None = None  # batches this large go to a worker process
 
 
 class Relay:
@@ -182,6 +190,7 @@ class Relay:
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._pool: ProcessPoolExecutor | None = None
+        self.prepare_worker_min: int | None = None  # None: prepare on the event loop
         self.batches = InFlight()  # taken in, not yet answered
         self.closing = asyncio.Event()  # stopping: take in no more entries frames
 
@@ -467,12 +476,13 @@ class Relay:
         return job
 
     async def _prepare(self, entries: list[Entry]) -> Checked:
-        """Hashes, bodies and schema checks of a batch.  Large batches go to a worker
-        process, so most of this work (~14 us a sale) runs on another core than the
-        event loop; small ones are cheaper done here than shipped.  The worker answers
-        hashes, problems and line amounts, not bodies: the loop decodes those again
-        (~5 us a sale), cheaper for both processes than pickling them both ways."""
-        if len(entries) < POOL_MIN_BATCH:
+        """Hashes, bodies and schema checks of a batch, here; or, for a batch of at least
+        ``prepare_worker_min`` entries, in a worker process, so most of this work (~14 us
+        a sale) runs on another core than the event loop (``POOL_MIN_BATCH``).  The
+        worker answers hashes, problems and line amounts, not bodies: the loop decodes
+        those again (~5 us a sale), cheaper for both processes than pickling them both
+        ways."""
+        if self.prepare_worker_min is None or len(entries) < self.prepare_worker_min:
             return prepare(entries)
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
@@ -626,6 +636,7 @@ async def running(config: RelayConfig) -> AsyncIterator[tuple[Relay, int]]:
     relay.cert_validity = round(config.cert_days * 86400)
     relay.gate = Gate(config.limits)
     relay.files = config.files
+    relay.prepare_worker_min = config.prepare_worker_min
     try:
         async with serve(relay.handle, config.host, config.port, max_size=TRANSPORT_MAX,
                          open_timeout=config.limits.handshake_timeout, compression=None,

@@ -79,6 +79,8 @@ def relay_serve_workers(args: argparse.Namespace) -> int:
              "--max-handshakes", str(limits.max_handshakes), *cli_files.worker_flags(args)]
     if args.tls_cert:
         extra += ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key]
+    if args.prepare_worker is not None:
+        extra += ["--prepare-worker", str(args.prepare_worker)]
     return serve_workers(workers=args.workers, data=Path(args.data), db=args.db,
                          host=args.host, port=args.port, db_wait=args.db_wait, extra=extra,
                          scheme="wss" if args.tls_cert else "ws",
@@ -97,7 +99,8 @@ async def relay_serve(args: argparse.Namespace) -> int:
                          reuse_port=args.reuse_port, db_wait=args.db_wait,
                          tls_cert=args.tls_cert, tls_key=args.tls_key,
                          cert_days=args.cert_days, limits=_limits(args),
-                         deadlines=shutdown_deadlines(args), files=cli_files.file_policy(args))
+                         deadlines=shutdown_deadlines(args), files=cli_files.file_policy(args),
+                         prepare_worker_min=args.prepare_worker)
     stopping = asyncio.Event()
     shutdown = Shutdown("the relay", stopping.set, config.deadlines)
     shutdown.install(asyncio.get_running_loop())
@@ -232,6 +235,9 @@ def add_relay(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                      f"{MAX_HANDSHAKES})")
     sub.add_argument("--shutdown-grace", type=float, default=SHUTDOWN_GRACE, metavar="SECONDS",
                      help=SHUTDOWN_HELP)
+    sub.add_argument("--prepare-worker", type=above_zero(int), metavar="N", help="prepare "
+                     "batches of N entries or more (hashes, schema checks) in a worker process "
+                     "(default: all on the event loop, the least CPU a sale)")
     sub.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     sub.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
     cli_files.add_relay_serve_flags(sub)

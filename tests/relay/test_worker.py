@@ -86,10 +86,13 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("worker", [True, False], ids=["prepare-worker", "event-loop"])
 def test_a_big_batch_is_prepared_by_a_worker_that_dies_with_the_relay(
-        tmp_path: Path, relay_db: str | None) -> None:
+        tmp_path: Path, relay_db: str | None, worker: bool) -> None:
+    """With ``--prepare-worker 200`` a 301-entry batch goes to a worker process that
+    dies with the relay; without it the relay prepares it itself and starts none."""
     with Relays(tmp_path, relay_db) as relays:
-        relay = relays.start()
+        relay = relays.start(extra=["--prepare-worker", "200"] if worker else [])
         till = TillDir(tmp_path / "till", "Till 1")
         till.init(relay, "shop")
         till.put_many([("products", "bread", {"name": "Bread", "sku": "B1", "price": 320}),
@@ -110,6 +113,9 @@ def test_a_big_batch_is_prepared_by_a_worker_that_dies_with_the_relay(
         assert report["accepted"] == 301 and report["pending"] == 0, report
         assert relay.proc is not None
         workers = set(children(relay.proc.pid, ""))  # every process the relay started
+        if not worker:
+            assert not workers, "a worker process without --prepare-worker"
+            return
         assert workers, "the relay prepared a 301-entry batch without its worker process"
 
         relay.kill()  # SIGKILL: the pool cannot tell its worker
