@@ -111,7 +111,13 @@ def _json(schema: str, description: str) -> dict[str, Any]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    return {str(s): _json("Error", "refused; nothing was stored") for s in (401, *statuses)}
+    """Error answers: 401 (no or a bad token) and 500 (an unexpected failure, logged;
+    nothing the store refused is ever one) on every route, and ``statuses``."""
+    return {str(s): _json("Error", "refused; nothing was stored")
+            for s in sorted({401, 500, *statuses})}
+
+
+BODY_ERRORS = (400, 413)  # a body that is not a JSON object; one over the size limit
 
 
 def _param(name: str, where: str = "path", description: str = "",
@@ -150,7 +156,7 @@ PATHS: dict[str, Any] = {
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": _ref("Record")}}},
                 "responses": {"200": _json("OneRecord", "the record as stored"),
-                              **_errors(400, 403, 404, 422)}}},
+                              **_errors(*BODY_ERRORS, 403, 404, 422)}}},
     "/api/entries": {"post": {
         "summary": "record an entry; a retry with the same client_id returns the stored "
                    "entry (replay: true), the same client_id with other content is 409",
@@ -158,7 +164,7 @@ PATHS: dict[str, Any] = {
             "schema": _ref("NewEntry")}}},
         "responses": {"201": _json("Recorded", "recorded"),
                       "200": _json("Recorded", "a replay: the entry already stored"),
-                      **_errors(400, 409, 422)}}},
+                      **_errors(*BODY_ERRORS, 409, 422)}}},
     "/api/entries/{client_id}": _get("one entry", "OneEntry", 404,
                                      params=[_param("client_id")]),
     "/api/stock": _get("stock of tracked products, suggested price of volatile ones",
