@@ -11,7 +11,15 @@ In one run, on this machine:
    that cursor after one product was edited through the API;
 3. commit-to-event latency: from sending a sale to its ``entry`` event arriving on
    ``/api/events``, beside the time to its answer (the server publishes on commit, so
-   the event usually comes first), p50/p99.
+   the event usually comes first), p50/p99;
+4. the event bus's work per master-data commit (which records it changed, for the
+   ``master`` event and delta reads): CPU per price edit at that catalogue size, read
+   from the commit's own operations, beside one Automerge diff of the whole document
+   (how it was read before), interleaved edit by edit.
+
+CPU time per request in the server process (``time.process_time`` there, read before
+and after each timed phase) is reported beside the wall times, as is the CPU time of
+``Till.record`` in-process: on a loaded machine it is the steadier figure.
 
 The API is served by a child process (the same application ``peer run`` serves, on
 loopback, without the LAN and relay parts), so client and server do not share a
@@ -27,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +44,7 @@ import aiohttp
 from peer.http.app import serve
 from peer.http.auth import owner_token
 from peer.http.context import ApiContext
+from peer.http.delta import changes_all, diff_all
 from peer.http.errors import ApiError
 from peer.http.events import EventBus
 from peer.store import Till
@@ -60,7 +70,9 @@ async def serve_child(path: Path) -> None:
     ctx = ApiContext(till=till, events=bus, daemon_status=dict, sync_round=_no_rounds)
     runner, url = await serve(path, ctx, "127.0.0.1", 0)
     print(url, flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    loop = asyncio.get_running_loop()
+    while await loop.run_in_executor(None, sys.stdin.readline):  # each line: "CPU now?"
+        print(time.process_time(), flush=True)
     await runner.cleanup()
     watcher.cancel()
     await till.close()
@@ -78,27 +90,57 @@ async def build(path: Path, products: int) -> None:
     owner_token(path)
 
 
-async def in_process(path: Path, bodies: list[dict[str, Any]]) -> Latency:
+async def in_process(path: Path, bodies: list[dict[str, Any]]) -> tuple[Latency, float]:
+    """Sequential ``Till.record`` calls: their latency, and CPU ms per call."""
     till = await Till.open(path)
     try:
         samples = []
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for body in bodies:
             t0 = time.perf_counter_ns()
             await till.record("sale", body)
             samples.append(time.perf_counter_ns() - t0)
-        return summarise("Till.record in-process", samples, time.perf_counter() - started)
+        cpu_ms = (time.process_time() - cpu) * 1000 / len(bodies)
+        return (summarise("Till.record in-process", samples, time.perf_counter() - started),
+                round(cpu_ms, 3))
+    finally:
+        await till.close()
+
+
+async def commit_cost(path: Path, edits: int) -> dict[str, Any]:
+    """CPU per price edit of reading which records it changed: from the commit's
+    operations (what the event bus does), and by one whole-document diff (as before),
+    alternating."""
+    till = await Till.open(path)
+    try:
+        ids = sorted(till.master.ids("products"))
+        decoded: list[int] = []
+        diffed: list[int] = []
+        for i in range(edits):
+            before = till.master.heads()
+            await till.put("products", ids[(i * 7919) % len(ids)], {"price": 5000 + i})
+            for way in ("ops", "diff") if i % 2 else ("diff", "ops"):  # alternating
+                t0 = time.process_time_ns()
+                found = changes_all(till, before) if way == "ops" else \
+                    diff_all(till.master, before)
+                (decoded if way == "ops" else diffed).append(time.process_time_ns() - t0)
+                assert len(found["products"].changed) == 1
+        return {"products": len(ids), "edits": edits,
+                "from_operations": summarise("from the commit's ops", decoded, 0).__dict__,
+                "whole_diff": summarise("whole-document diff", diffed, 0).__dict__}
     finally:
         await till.close()
 
 
 async def over_http(url: str, token: str, bodies: list[dict[str, Any]],
-                    events: list[dict[str, Any]]) -> dict[str, Any]:
+                    events: list[dict[str, Any]], server_cpu: Callable[[], Awaitable[float]]
+                    ) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {token}"}
     out: dict[str, Any] = {}
+    # One session: one keep-alive connection for every sequential request.
     async with aiohttp.ClientSession(headers=headers) as session:
         samples = []
-        started = time.perf_counter()
+        started, cpu, mine = time.perf_counter(), await server_cpu(), time.process_time()
         for body in bodies:
             t0 = time.perf_counter_ns()
             async with session.post(url + "/api/entries", json={"kind": "sale",
@@ -107,13 +149,21 @@ async def over_http(url: str, token: str, bodies: list[dict[str, Any]],
                 await r.read()
             samples.append(time.perf_counter_ns() - t0)
         out["record"] = summarise("POST /api/entries", samples, time.perf_counter() - started)
+        out["record_client_cpu_ms"] = round((time.process_time() - mine) * 1000
+                                            / len(bodies), 3)
+        out["record_server_cpu_ms"] = round((await server_cpu() - cpu) * 1000 / len(bodies),
+                                            3)
 
-        begun = time.perf_counter()
+        begun, cpu = time.perf_counter(), await server_cpu()
         async with session.get(url + "/api/master/products") as r:
             raw = await r.read()
+            encoding = r.headers.get("Content-Encoding", "identity")
+            wire = r.content_length or 0
         full = json.loads(raw)
         out["full_read"] = {"ms": round((time.perf_counter() - begun) * 1000, 1),
-                            "records": len(full["records"]), "bytes": len(raw)}
+                            "server_cpu_ms": round((await server_cpu() - cpu) * 1000, 1),
+                            "records": len(full["records"]), "bytes": len(raw),
+                            "encoding": encoding, "wire_bytes": wire or len(raw)}
         async with session.put(url + "/api/master/products/prod-000123",
                                json={"price": 999}) as r:
             assert r.status == 200, await r.text()
@@ -177,22 +227,36 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     await build(path, args.products)
     bodies = sale_bodies(args.sales * 2 + args.events, seed=11)
     progress(f"{args.sales} sales through Till.record in-process")
-    local = await in_process(path, bodies[:args.sales])
+    local, local_cpu = await in_process(path, bodies[:args.sales])
+    progress(f"{args.edits} price edits: which records each changed")
+    commits = await commit_cost(path, args.edits)
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tools.bench_api", "--serve", str(path),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        assert child.stdout is not None and child.stdin is not None
-        url = (await child.stdout.readline()).decode().strip()
+        stdin, stdout = child.stdin, child.stdout
+        assert stdout is not None and stdin is not None
+        url = (await stdout.readline()).decode().strip()
+
+        async def server_cpu() -> float:
+            stdin.write(b"cpu\n")
+            await stdin.drain()
+            return float(await stdout.readline())
+
         progress(f"{args.sales} sales through the HTTP API at {url}")
         remote = await over_http(url, owner_token(path), bodies[args.sales:2 * args.sales],
-                                 bodies[2 * args.sales:])
+                                 bodies[2 * args.sales:], server_cpu)
     finally:
         if child.stdin is not None:
             child.stdin.close()
         await asyncio.wait_for(child.wait(), 30)
-    return {"machine": machine(), "in_process": local.__dict__,
-            **{k: (v.__dict__ if isinstance(v, Latency) else v) for k, v in remote.items()}}
+    report: dict[str, Any] = {
+        "machine": machine(), "in_process": local.__dict__, "in_process_cpu_ms": local_cpu,
+        "commit_cost": commits,
+        **{k: (v.__dict__ if isinstance(v, Latency) else v) for k, v in remote.items()}}
+    report["api_cost_p50_ms"] = round(report["record"]["p50"] - local.p50, 3)
+    report["api_cost_cpu_ms"] = round(report["record_server_cpu_ms"] - local_cpu, 3)
+    return report
 
 
 def render(report: dict[str, Any]) -> str:
@@ -202,14 +266,24 @@ def render(report: dict[str, Any]) -> str:
         return (f"{row['label']:<26} n={row['count']:<5} p50 {row['p50']:.2f} ms  "
                 f"p99 {row['p99']:.2f} ms  max {row['max']:.2f} ms")
 
+    full, commits = report["full_read"], report["commit_cost"]
     return "\n".join([
         f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}",
-        lat(report["in_process"]), lat(report["record"]),
-        f"full read of {report['full_read']['records']} products: "
-        f"{report['full_read']['ms']:.1f} ms, {report['full_read']['bytes']:,} bytes",
+        lat(report["in_process"]) + f"  CPU {report['in_process_cpu_ms']:.3f} ms/call",
+        lat(report["record"]) + f"  server CPU {report['record_server_cpu_ms']:.3f} ms/req"
+        f" (client {report['record_client_cpu_ms']:.3f})",
+        f"API cost over Till.record: p50 {report['api_cost_p50_ms']:.3f} ms wall, "
+        f"{report['api_cost_cpu_ms']:.3f} ms server CPU per request",
+        f"full read of {full['records']} products: {full['ms']:.1f} ms "
+        f"(server CPU {full['server_cpu_ms']:.1f} ms), {full['bytes']:,} bytes of JSON, "
+        f"{full['wire_bytes']:,} on the wire ({full['encoding']})",
         f"delta read after one edit: {report['delta_read']['ms']:.2f} ms, "
         f"{report['delta_read']['records']} record(s), {report['delta_read']['bytes']} bytes",
         lat(report["answer"]), lat(report["event"]), lat(report["after_answer"]),
+        f"records changed by one price edit, {commits['products']} products, CPU p50: "
+        f"{commits['from_operations']['p50']:.3f} ms from its operations, "
+        f"{commits['whole_diff']['p50']:.3f} ms by a whole-document diff "
+        f"({commits['edits']} edits)",
     ])
 
 
@@ -218,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sales", type=int, default=1000, help="sales per side")
     parser.add_argument("--products", type=int, default=20_000, help="catalogue size")
     parser.add_argument("--events", type=int, default=200, help="sales timed to their event")
+    parser.add_argument("--edits", type=int, default=50,
+                        help="price edits timed for the event bus's work per commit")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--serve", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

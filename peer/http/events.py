@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from peer.http.delta import History, changes_all, cursor_of
+from peer.http.delta import changes_all, cursor_of
 from peer.http.invoice import official_number
 from peer.master.document import COLLECTIONS
 from peer.store import Till
@@ -43,7 +43,6 @@ class EventBus:
     def __init__(self) -> None:
         self._subscribers: set[asyncio.Queue[tuple[str, dict[str, Any]] | None]] = set()
         self._peers: dict[str, tuple[bool, float]] = {}  # device -> (connected, since)
-        self.history = History()
 
     def publish(self, kind: str, data: Mapping[str, Any]) -> None:
         for queue in list(self._subscribers):
@@ -101,7 +100,6 @@ class EventBus:
         if set(now) == set(before):
             return before
         deltas = changes_all(till, before)
-        self.history.add(before, now, deltas)
         for collection in COLLECTIONS:
             delta = deltas.get(collection)
             if delta is not None and (delta.changed or delta.deleted):

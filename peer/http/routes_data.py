@@ -27,9 +27,8 @@ def _collection(request: web.Request) -> str:
 
 @routes.get("/api/master/{collection}")
 async def master_read(request: web.Request) -> web.Response:
-    ctx = context(request)
-    return web.json_response(delta.read(ctx.till, _collection(request),
-                                        request.query.get("since"), ctx.events.history))
+    return web.json_response(delta.read(context(request).till, _collection(request),
+                                        request.query.get("since")))
 
 
 @routes.get("/api/master/{collection}/{id}")
