@@ -6,9 +6,11 @@
 In one run, on this machine:
 
 1. a sale recorded through ``POST /api/entries`` (sequential, each answer after its
-   durable commit): p50/p99, beside ``Till.record`` called in-process on the same store;
-2. delta reads of a 20,000-product catalogue: the first full read, then a read since
-   that cursor after one product was edited through the API;
+   durable commit, each with its own ``client_id`` as a front end sends them): p50/p99,
+   beside ``Till.record`` called in-process on the same store, with a ``client_id`` too;
+2. reads of a 20,000-product catalogue: the first full read (JSON parsed by the client
+   included), then rounds of one product edited through the API and a read since the
+   last cursor;
 3. commit-to-event latency: from sending a sale to its ``entry`` event arriving on
    ``/api/events``, beside the time to its answer (the server publishes on commit, so
    the event usually comes first), p50/p99;
@@ -35,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -98,7 +101,7 @@ async def in_process(path: Path, bodies: list[dict[str, Any]]) -> tuple[Latency,
         started, cpu = time.perf_counter(), time.process_time()
         for body in bodies:
             t0 = time.perf_counter_ns()
-            await till.record("sale", body)
+            await till.record("sale", body, client_id=str(uuid.uuid4()))
             samples.append(time.perf_counter_ns() - t0)
         cpu_ms = (time.process_time() - cpu) * 1000 / len(bodies)
         return (summarise("Till.record in-process", samples, time.perf_counter() - started),
@@ -143,8 +146,8 @@ async def over_http(url: str, token: str, bodies: list[dict[str, Any]],
         started, cpu, mine = time.perf_counter(), await server_cpu(), time.process_time()
         for body in bodies:
             t0 = time.perf_counter_ns()
-            async with session.post(url + "/api/entries", json={"kind": "sale",
-                                                                "body": body}) as r:
+            async with session.post(url + "/api/entries", json={
+                    "kind": "sale", "body": body, "client_id": str(uuid.uuid4())}) as r:
                 assert r.status == 201, await r.text()
                 await r.read()
             samples.append(time.perf_counter_ns() - t0)
@@ -164,19 +167,35 @@ async def over_http(url: str, token: str, bodies: list[dict[str, Any]],
                             "server_cpu_ms": round((await server_cpu() - cpu) * 1000, 1),
                             "records": len(full["records"]), "bytes": len(raw),
                             "encoding": encoding, "wire_bytes": wire or len(raw)}
-        async with session.put(url + "/api/master/products/prod-000123",
-                               json={"price": 999}) as r:
-            assert r.status == 200, await r.text()
-        begun = time.perf_counter()
-        async with session.get(url + "/api/master/products",
-                               params={"since": full["sync_cursor"]}) as r:
-            raw = await r.read()
-        delta = json.loads(raw)
-        out["delta_read"] = {"ms": round((time.perf_counter() - begun) * 1000, 2),
-                             "records": len(delta["records"]), "bytes": len(raw)}
+        out["delta_read"] = await _delta_reads(session, url, full["sync_cursor"],
+                                               server_cpu)
         out["answer"], out["event"], out["after_answer"] = await _event_latency(
             session, url, events)
     return out
+
+
+async def _delta_reads(session: aiohttp.ClientSession, url: str, cursor: str,
+                       server_cpu: Callable[[], Awaitable[float]], rounds: int = 20
+                       ) -> dict[str, Any]:
+    """Rounds of: one product edited through the API, then a read since the last
+    cursor (timed: wall, and server CPU)."""
+    samples, cpu_ns, size = [], 0, 0
+    for i in range(rounds):
+        async with session.put(url + f"/api/master/products/prod-{(i * 389) % 20000:06d}",
+                               json={"price": 999 + i}) as r:
+            assert r.status == 200, await r.text()
+        await asyncio.sleep(0.01)  # the event bus's own work on that commit is done
+        before = await server_cpu()
+        t0 = time.perf_counter_ns()
+        async with session.get(url + "/api/master/products", params={"since": cursor}) as r:
+            raw = await r.read()
+        answer = json.loads(raw)
+        samples.append(time.perf_counter_ns() - t0)
+        cpu_ns += int((await server_cpu() - before) * 1e9)
+        assert len(answer["records"]) == 1, answer
+        cursor, size = answer["sync_cursor"], len(raw)
+    row = summarise("delta read after one edit", samples, 0).__dict__
+    return row | {"server_cpu_ms": round(cpu_ns / rounds / 1e6, 3), "bytes": size}
 
 
 async def _event_latency(session: aiohttp.ClientSession, url: str,
@@ -277,8 +296,8 @@ def render(report: dict[str, Any]) -> str:
         f"full read of {full['records']} products: {full['ms']:.1f} ms "
         f"(server CPU {full['server_cpu_ms']:.1f} ms), {full['bytes']:,} bytes of JSON, "
         f"{full['wire_bytes']:,} on the wire ({full['encoding']})",
-        f"delta read after one edit: {report['delta_read']['ms']:.2f} ms, "
-        f"{report['delta_read']['records']} record(s), {report['delta_read']['bytes']} bytes",
+        lat(report["delta_read"]) + f"  server CPU {report['delta_read']['server_cpu_ms']:.3f}"
+        f" ms/read, {report['delta_read']['bytes']} bytes",
         lat(report["answer"]), lat(report["event"]), lat(report["after_answer"]),
         f"records changed by one price edit, {commits['products']} products, CPU p50: "
         f"{commits['from_operations']['p50']:.3f} ms from its operations, "

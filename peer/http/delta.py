@@ -8,17 +8,14 @@ no second copy of the data and no change log of its own.
 
 from __future__ import annotations
 
-import logging
-import weakref
+from collections.abc import Mapping
 from typing import Any
 
 from peer.http.errors import ApiError
-from peer.master.changes import Delta, ObjectIndex, Undecodable
+from peer.master.changes import Delta
 from peer.master.document import MasterData, genesis
 from peer.master.roles import _read_patch
 from peer.store import Till
-
-log = logging.getLogger("tillsync.http")
 
 _GENESIS = genesis().get_heads()
 
@@ -39,19 +36,6 @@ def parse_cursor(text: str) -> list[bytes]:
     return heads
 
 
-DECODE_LIMIT = 1000  # changes since a cursor; past that, one diff costs less
-
-
-def _index(master: MasterData) -> ObjectIndex:
-    index = _INDEXES.get(master)
-    if index is None:
-        index = _INDEXES[master] = ObjectIndex(master)
-    return index
-
-
-_INDEXES: weakref.WeakKeyDictionary[MasterData, ObjectIndex] = weakref.WeakKeyDictionary()
-
-
 def changes_all(till: Till, since: list[bytes]) -> dict[str, Delta]:
     """Per collection, ids changed (created, edited) or deleted after ``since``: read
     from the operations of the changes since (``peer.master.changes``), at a cost that
@@ -70,16 +54,8 @@ def changes_all(till: Till, since: list[bytes]) -> dict[str, Delta]:
         raise ApiError(410, "unknown_cursor", "this till does not know that cursor (from "
                        "another till or a reset store): read the collection in full again",
                        [{"path": "since", "message": "unknown heads"}])
-    if len(changes) <= DECODE_LIMIT:
-        try:
-            found = _index(master).deltas(c.raw_bytes for c in changes)
-        except Undecodable as exc:
-            log.warning("reading the changes since a cursor failed (%s); diffing", exc)
-            found = None
-        if found is not None:
-            return found
-        _INDEXES.pop(master, None)  # built afresh next time, with the objects it missed
-    return diff_all(master, since)
+    found = master.records_changed(changes)
+    return found if found is not None else diff_all(master, since)
 
 
 def diff_all(master: MasterData, since: list[bytes]) -> dict[str, Delta]:
@@ -103,17 +79,20 @@ def read(till: Till, collection: str, since: str | None) -> dict[str, Any]:
     one), the ids deleted since, and the cursor to send next time."""
     heads = till.master.heads()
     if since is None:
-        return {"records": till.all(collection), "deleted_ids": [],
-                "sync_cursor": cursor_of(heads), "full": True}
+        records: Mapping[str, Any] = till.master.view(collection)  # no copy: serialised now
+        if any("pin_hash" in r for r in records.values()):
+            records = till.all(collection)  # which leaves the PIN hashes out
+        return {"records": records, "deleted_ids": [], "sync_cursor": cursor_of(heads),
+                "full": True}
     delta = changes_all(till, parse_cursor(since)).get(collection, Delta())
-    records: dict[str, Any] = {}
+    changed: dict[str, Any] = {}
     deleted = set(delta.deleted)
     for record_id in sorted(delta.changed | delta.deleted):
         record = till.get(collection, record_id)
         if record is None:
             deleted.add(record_id)
         else:
-            records[record_id] = record
+            changed[record_id] = record
             deleted.discard(record_id)
-    return {"records": records, "deleted_ids": sorted(deleted),
+    return {"records": changed, "deleted_ids": sorted(deleted),
             "sync_cursor": cursor_of(heads), "full": False}

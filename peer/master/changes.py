@@ -18,13 +18,13 @@ the settings) makes ``records`` answer None, and the caller diffs instead.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import automerge.core as am
 
-from peer.master.document import COLLECTIONS, MasterData, _Truncated, _uleb
+from peer.master.document import _Truncated, _uleb
 
 T = TypeVar("T")
 ObjKey = tuple[bytes, int]  # (actor, counter): the id of the operation that made it
@@ -32,6 +32,7 @@ _MAGIC = b"\x85\x6f\x4a\x83"
 _CHANGE, _COMPRESSED = 1, 2
 # Operation columns of a change: (column id << 4) | type; bit 3 says "deflated".
 _OBJ_ACTOR, _OBJ_CTR, _KEY_STR, _ACTION = 0x01, 0x02, 0x15, 0x42
+DECODE_LIMIT = 1000  # changes read at once; past that, one diff of the document costs less
 _MAKES = frozenset({0, 2, 4, 6})  # makeMap, makeList, makeText, makeTable
 _DELETE = 3
 
@@ -172,12 +173,10 @@ def _obj_key(obj_id: bytes) -> ObjKey:
 class ObjectIndex:
     """Which record (collection, id) each object of a document is."""
 
-    def __init__(self, master: MasterData) -> None:
-        doc: Any = master._doc  # read-only use of the document
+    def __init__(self, doc: Any, collections: Mapping[str, bytes]) -> None:
         self.collections: dict[ObjKey, str] = {}
         self.records: dict[ObjKey, tuple[str, str]] = {}
-        for name in COLLECTIONS:
-            coll = master._collection(name)
+        for name, coll in collections.items():
             self.collections[_obj_key(coll)] = name
             keys, values = doc.keys(coll), doc.values(coll)
             if len(keys) != len(values):

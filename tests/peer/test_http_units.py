@@ -4,6 +4,8 @@ event bus's LAN peer events, and delta reads of deleted records."""
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 from peer.errors import InvalidInput
 from peer.http import auth, delta
 from peer.http.events import QUEUE, EventBus
+from peer.master import changes
 from peer.master.document import COLLECTIONS, MasterData
 from peer.store import Till
 from schemas import SchemaViolation
@@ -139,6 +142,7 @@ async def test_a_delta_read_from_the_changes_equals_one_from_a_diff(
         for step in steps:
             await step()
             cursors.append(delta.cursor_of(till.master.heads()))
+        till.master.warm()  # merges below refresh what they touch in memory
         elsewhere.apply(till.master.save())
         elsewhere.put("products", "x", {"name": "X", "sku": "x", "price": 9})
         elsewhere.put("products", "b", {"name": "Bee"})
@@ -158,7 +162,7 @@ async def test_a_delta_read_from_the_changes_equals_one_from_a_diff(
 
         decoded = {c: {name: delta.read(till, name, c) for name in COLLECTIONS}
                    for c in cursors}
-        monkeypatch.setattr(delta, "DECODE_LIMIT", 0)  # every read a whole diff
+        monkeypatch.setattr(changes, "DECODE_LIMIT", 0)  # every read a whole diff
         diffed = {c: {name: delta.read(till, name, c) for name in COLLECTIONS}
                   for c in cursors}
         # Everything the diff finds, and nothing stale: a record created and removed
@@ -173,6 +177,9 @@ async def test_a_delta_read_from_the_changes_equals_one_from_a_diff(
         assert set(decoded[cursors[-2]]["products"]["records"]) == {"b"}
         assert set(decoded[cursors[6]]["settings"]["records"]) == {"store"}
         assert set(decoded[cursors[5]]["customers"]["records"]) == {"c"}
+        fresh = MasterData.load(till.master.save(), uuid.uuid4().bytes)
+        for name in COLLECTIONS:
+            assert till.master.all(name) == fresh.all(name), name
 
 
 async def test_an_unexpected_failure_is_a_500_in_the_shape_the_document_declares(
@@ -206,3 +213,43 @@ async def test_an_unexpected_failure_is_a_500_in_the_shape_the_document_declares
               "components": openapi.DOCUMENT["components"]}
     assert not list(Draft202012Validator(schema).iter_errors(body))
     assert "a bug" not in str(body)  # no internals in the answer
+
+
+async def test_a_large_full_read_is_gzipped_for_a_client_that_accepts_it(
+        tmp_path: Path) -> None:
+    from aiohttp import ClientSession
+    from aiohttp.test_utils import TestServer
+
+    from peer.http import app
+    from peer.http.context import ApiContext
+
+    async def no_round(rewind: bool) -> dict[str, object]:
+        return {}
+
+    await Till.init(tmp_path / "t", name="T1")
+    async with await Till.open(tmp_path / "t") as till:
+        await asyncio.gather(*(till.put("products", f"p{i:04d}", {
+            "name": f"Product {i}", "sku": f"S{i}", "price": i}) for i in range(1000)))
+        await till.put("cashiers", "ann", {"name": "Ann", "role": "cashier", "pin": "1234"})
+        ctx = ApiContext(till=till, events=EventBus(), daemon_status=dict,
+                         sync_round=no_round)
+        server = TestServer(app.build(ctx, auth.Gate(till.path)), host="127.0.0.1")
+        await server.start_server()
+        answers = []
+        try:
+            headers = {"Authorization": f"Bearer {auth.owner_token(till.path)}"}
+            async with ClientSession(headers=headers, auto_decompress=False) as session:
+                for route, encoding in (("products", "gzip"), ("products", "identity"),
+                                        ("cashiers", "gzip")):
+                    async with session.get(str(server.make_url(f"/api/master/{route}")),
+                                           headers={"Accept-Encoding": encoding}) as r:
+                        answers.append((r.headers.get("Content-Encoding"), await r.read()))
+        finally:
+            await server.close()
+        (zipped, raw_zipped), (plain, raw_plain), (small, raw_small) = answers
+        assert zipped == "gzip" and plain is None and small is None  # cashiers: small
+        assert len(raw_zipped) < len(raw_plain) / 3
+        assert json.loads(gzip.decompress(raw_zipped)) == json.loads(raw_plain)
+        assert json.loads(raw_plain)["records"] == till.all("products")
+        assert json.loads(raw_small)["records"] == till.all("cashiers")
+        assert "pin_hash" not in raw_small.decode()
