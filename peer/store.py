@@ -630,6 +630,12 @@ class Till:
     async def entries(self, kind: str | None = None) -> list[Entry]:
         return [e async for e, _ in self._db.entries(kind=kind)]
 
+    async def tickets(self, start: str | None = None, end: str | None = None, limit: int = 1,
+                      ticket: str | None = None) -> list[tuple[Entry, dict[str, Any] | None]]:
+        """Ticketed sales, newest first, with their receipts (``TillDB.tickets``)."""
+        return [(e, None if r is None else msgpack.unpackb(r, raw=False))
+                for e, r in await self._db.tickets(start, end, limit, ticket)]
+
     # -- sync with the relay -----------------------------------------------------------
 
     @property

@@ -19,6 +19,11 @@ In one run, on this machine:
    from the commit's own operations, beside one Automerge diff of the whole document
    (how it was read before), interleaved edit by edit.
 
+With ``--history N``, instead: the ticket history (``GET /api/tickets``) of a till
+holding N sales, newest page of 100 and a page within a time range, read through the
+ticket indexes (``Till.tickets``) beside the whole-log scan it replaced (every sale and
+every receipt read, filtered, sorted), alternating, CPU per page.
+
 CPU time per request in the server process (``time.process_time`` there, read before
 and after each timed phase) is reported beside the wall times, as is the CPU time of
 ``Till.record`` in-process: on a loaded machine it is the steadier figure.
@@ -278,6 +283,51 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return report
 
 
+async def history(root: Path, sales: int, rounds: int = 5) -> dict[str, Any]:
+    """The ticket history's newest page and a page within a range: from the ticket
+    indexes, and by the whole-log scan that preceded them."""
+    path = root / "till"
+    till = await sales_store(path)
+    try:
+        bodies = sale_bodies(1000, seed=5)
+        for start in range(0, sales, 1000):
+            await asyncio.gather(*(till.record("sale", bodies[i % 1000])
+                                   for i in range(start, min(sales, start + 1000))))
+            if start % 20_000 == 0:
+                progress(f"history: {start + 1000} sales recorded")
+        newest = await till.tickets(limit=sales)
+        middle = newest[len(newest) // 2][0].client_created_at
+        ranges: dict[str, tuple[str | None, str | None]] = {
+            "newest 100": (None, None), "100 before the middle": (None, middle)}
+
+        async def scan(start: str | None, end: str | None) -> list[str]:
+            receipts = {r["client_id"]: r for r in await till.receipts()}
+            rows = [e for e in await till.entries("sale") if e.ticket
+                    and (start is None or e.client_created_at >= start)
+                    and (end is None or e.client_created_at < end)]
+            rows.sort(key=lambda e: (e.client_created_at, e.ticket or ""), reverse=True)
+            return [f"{e.ticket}{receipts.get(e.client_id)}" for e in rows[:100]]
+
+        async def indexed(start: str | None, end: str | None) -> list[str]:
+            return [f"{e.ticket}{r}" for e, r in await till.tickets(start, end, 100)]
+
+        out: dict[str, Any] = {"sales": len(newest), "cpu_ms_per_page_p50": {}}
+        for label, (since, until) in ranges.items():
+            times: dict[str, list[int]] = {"indexed": [], "scan": []}
+            for i in range(rounds):
+                answers = []
+                for way in ("indexed", "scan") if i % 2 else ("scan", "indexed"):
+                    t0 = time.process_time_ns()
+                    answers.append(await (indexed if way == "indexed" else scan)(since, until))
+                    times[way].append(time.process_time_ns() - t0)
+                assert answers[0] == answers[1] and len(answers[0]) == 100
+            out["cpu_ms_per_page_p50"][label] = {
+                way: round(sorted(ns)[len(ns) // 2] / 1e6, 2) for way, ns in times.items()}
+        return out
+    finally:
+        await till.close()
+
+
 def render(report: dict[str, Any]) -> str:
     m = report["machine"]
 
@@ -314,12 +364,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--edits", type=int, default=50,
                         help="price edits timed for the event bus's work per commit")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--history", type=int, metavar="N",
+                        help="only the ticket history, of a till holding N sales")
     parser.add_argument("--serve", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         asyncio.run(serve_child(Path(args.serve)))
         return 0
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+        if args.history:
+            report = {"machine": machine(),
+                      "history": asyncio.run(history(Path(tmp), args.history))}
+            print(json.dumps(report, indent=2))
+            return 0
         report = asyncio.run(run(args, Path(tmp)))
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0

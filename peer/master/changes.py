@@ -12,7 +12,8 @@ It over-approximates, which is safe for its readers (a delta read and the ``mast
 event send the record as it is now, or its id as deleted): an operation that lost to a
 concurrent one still names its record.  An operation on an object it cannot place
 (created and removed before the index was built, a nested object of a record other than
-the settings) makes ``records`` answer None, and the caller diffs instead.
+the settings) makes ``ObjectIndex.deltas`` answer None: ``MasterData.records_changed``
+then reads the document's objects again, once, and failing that its caller diffs.
 """
 
 from __future__ import annotations
