@@ -174,8 +174,8 @@ async def over_http(url: str, token: str, bodies: list[dict[str, Any]],
                             "encoding": encoding, "wire_bytes": wire or len(raw)}
         out["delta_read"] = await _delta_reads(session, url, full["sync_cursor"],
                                                server_cpu)
-        out["answer"], out["event"], out["after_answer"] = await _event_latency(
-            session, url, events)
+        out["answer"], out["event"], out["after_answer"], out["subscribed_server_cpu_ms"] = \
+            await _event_latency(session, url, events, server_cpu)
     return out
 
 
@@ -204,10 +204,13 @@ async def _delta_reads(session: aiohttp.ClientSession, url: str, cursor: str,
 
 
 async def _event_latency(session: aiohttp.ClientSession, url: str,
-                         bodies: list[dict[str, Any]]) -> tuple[Latency, Latency, Latency]:
+                         bodies: list[dict[str, Any]],
+                         server_cpu: Callable[[], Awaitable[float]]
+                         ) -> tuple[Latency, Latency, Latency, float]:
     """From sending a sale: to its answer, and to its ``entry`` event; and from the
     answer to the event (0 when the event came first: the server publishes on commit,
-    before it writes the answer)."""
+    before it writes the answer); and the server's CPU per sale meanwhile (its events
+    published and streamed too)."""
     arrived: dict[str, int] = {}
     wake = asyncio.Event()
 
@@ -226,10 +229,11 @@ async def _event_latency(session: aiohttp.ClientSession, url: str,
     async with session.get(url + "/api/events") as stream:
         reader = asyncio.create_task(read(stream))
         await asyncio.sleep(0.2)  # the subscription is in place
+        cpu = await server_cpu()
         for body in bodies:
             sent = time.perf_counter_ns()
-            async with session.post(url + "/api/entries", json={"kind": "sale",
-                                                                "body": body}) as r:
+            async with session.post(url + "/api/entries", json={
+                    "kind": "sale", "body": body, "client_id": str(uuid.uuid4())}) as r:
                 client_id = (await r.json())["entry"]["client_id"]
                 answered = time.perf_counter_ns()
             while client_id not in arrived:
@@ -238,11 +242,12 @@ async def _event_latency(session: aiohttp.ClientSession, url: str,
             answers.append(answered - sent)
             events.append(arrived[client_id] - sent)
             after.append(max(0, arrived[client_id] - answered))
+        cpu_ms = (await server_cpu() - cpu) * 1000 / len(bodies)
         reader.cancel()
     seconds = time.perf_counter() - started
     return (summarise("sent -> answer", answers, seconds),
             summarise("sent -> SSE event", events, seconds),
-            summarise("answer -> SSE event", after, seconds))
+            summarise("answer -> SSE event", after, seconds), round(cpu_ms, 3))
 
 
 async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -348,7 +353,8 @@ def render(report: dict[str, Any]) -> str:
         f"{full['wire_bytes']:,} on the wire ({full['encoding']})",
         lat(report["delta_read"]) + f"  server CPU {report['delta_read']['server_cpu_ms']:.3f}"
         f" ms/read, {report['delta_read']['bytes']} bytes",
-        lat(report["answer"]), lat(report["event"]), lat(report["after_answer"]),
+        lat(report["answer"]) + f"  server CPU {report['subscribed_server_cpu_ms']:.3f} "
+        "ms/sale with an event subscriber", lat(report["event"]), lat(report["after_answer"]),
         f"records changed by one price edit, {commits['products']} products, CPU p50: "
         f"{commits['from_operations']['p50']:.3f} ms from its operations, "
         f"{commits['whole_diff']['p50']:.3f} ms by a whole-document diff "
