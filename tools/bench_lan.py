@@ -68,10 +68,12 @@ async def run_node(args: argparse.Namespace) -> None:
             await task  # raises what stopped it
         await asyncio.sleep(0.01)
     till = node.till
-    seen = -1
+    seen, linked = -1, -1
     while not task.done():
-        if till.version != seen:
-            seen = till.version
+        # A line after each commit, and when a LAN link comes or goes (which commits
+        # nothing on a till that already holds everything).
+        if till.version != seen or sum(p.connected for p in node.peers.values()) != linked:
+            seen, linked = till.version, sum(p.connected for p in node.peers.values())
             product = till.master.get("products", PRODUCT) or {}
             peers = node.peers.values()
             line = {"t": time.time(), "price": product.get("price"),
