@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from peer.http.errors import ApiError
-from peer.master.changes import Delta
-from peer.master.document import MasterData, genesis
-from peer.master.roles import _read_patch
-from peer.store import Till
+from tillsync.peer.http.errors import ApiError
+from tillsync.peer.master.changes import Delta
+from tillsync.peer.master.document import MasterData, genesis
+from tillsync.peer.master.roles import _read_patch
+from tillsync.peer.store import Till
 
 _GENESIS = genesis().get_heads()
 

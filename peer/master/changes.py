@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import automerge.core as am
 
-from peer.master.document import _Truncated, _uleb
+from tillsync.peer.master.document import _Truncated, _uleb
 
 T = TypeVar("T")
 ObjKey = tuple[bytes, int]  # (actor, counter): the id of the operation that made it

@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 import automerge.core as am
 
-from peer.errors import InvalidInput
-from peer.master.pins import hash_pin
-from schemas import validate_record
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.master.pins import hash_pin
+from tillsync.schemas import validate_record
 
 if TYPE_CHECKING:
-    from peer.master.changes import Delta, ObjectIndex
+    from tillsync.peer.master.changes import Delta, ObjectIndex
 
 COLLECTIONS = ("cashiers", "customers", "products", "settings", "suppliers")
 SETTINGS_ID = "store"
@@ -196,7 +196,7 @@ class MasterData:
         """Read every collection into memory now (~0.2-0.3 s at 20,000 products), and
         which record each object is (``records_changed``, ~15 ms), so the first full read
         and the first delta read do not pay for them."""
-        from peer.master.changes import ObjectIndex, Undecodable
+        from tillsync.peer.master.changes import ObjectIndex, Undecodable
 
         for name in COLLECTIONS:
             self.view(name)
@@ -209,7 +209,7 @@ class MasterData:
         ``get_changes``) create, edit or delete, read from their operations
         (``peer.master.changes``), or None when they cannot be read so (too many, or an
         object that cannot be placed): then only a diff tells."""
-        from peer.master.changes import DECODE_LIMIT, ObjectIndex, Undecodable
+        from tillsync.peer.master.changes import DECODE_LIMIT, ObjectIndex, Undecodable
 
         if len(changes) > DECODE_LIMIT:
             return None

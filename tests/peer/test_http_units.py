@@ -14,13 +14,13 @@ from typing import Any
 import automerge.core as am
 import pytest
 
-from peer.errors import InvalidInput
-from peer.http import auth, delta
-from peer.http.events import QUEUE, EventBus
-from peer.master import changes
-from peer.master.document import COLLECTIONS, MasterData
-from peer.store import Till
-from schemas import SchemaViolation
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.http import auth, delta
+from tillsync.peer.http.events import QUEUE, EventBus
+from tillsync.peer.master import changes
+from tillsync.peer.master.document import COLLECTIONS, MasterData
+from tillsync.peer.store import Till
+from tillsync.schemas import SchemaViolation
 
 
 def test_the_owner_token_opens_loopback_only_and_issued_tokens_until_revoked(
@@ -188,8 +188,8 @@ async def test_an_unexpected_failure_is_a_500_in_the_shape_the_document_declares
     from aiohttp.test_utils import TestServer
     from jsonschema import Draft202012Validator
 
-    from peer.http import app, openapi
-    from peer.http.context import ApiContext
+    from tillsync.peer.http import app, openapi
+    from tillsync.peer.http.context import ApiContext
 
     async def broken_round(rewind: bool) -> dict[str, object]:
         raise RuntimeError("a bug, not a refusal")
@@ -220,8 +220,8 @@ async def test_a_large_full_read_is_gzipped_for_a_client_that_accepts_it(
     from aiohttp import ClientSession
     from aiohttp.test_utils import TestServer
 
-    from peer.http import app
-    from peer.http.context import ApiContext
+    from tillsync.peer.http import app
+    from tillsync.peer.http.context import ApiContext
 
     async def no_round(rewind: bool) -> dict[str, object]:
         return {}

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from peer.master.changes import Undecodable, operations
-from peer.master.document import MasterData
+from tillsync.peer.master.changes import Undecodable, operations
+from tillsync.peer.master.document import MasterData
 
 
 def test_a_compressed_change_reads_as_its_plain_form() -> None:

@@ -8,8 +8,8 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from peer.store import DB_FILE, Till
-from tools.bench_store import sale_bodies, sales_store
+from tillsync.peer.store import DB_FILE, Till
+from tillsync.tools.bench_store import sale_bodies, sales_store
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from peer.client import init_enrolled, sync_once
-from peer.store import Till
-from peer.sync.engine import RelayLink
-from relay.server import RelayConfig, running
+from tillsync.peer.client import init_enrolled, sync_once
+from tillsync.peer.store import Till
+from tillsync.peer.sync.engine import RelayLink
+from tillsync.relay.server import RelayConfig, running
 
 
 async def test_a_fresh_till_gets_the_catalogue_as_one_snapshot(
