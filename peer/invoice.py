@@ -19,29 +19,12 @@ PENDING_NOTE = "official invoice number assigned at sync"
 WIDTH = 42  # characters per line of an 80 mm receipt printer's standard font
 
 
-async def sales(till: Till) -> list[Entry]:
-    """The sales this till holds (its own and other tills'), those with a ticket."""
-    return [e for e in await till.entries("sale") if e.ticket]
-
-
-async def receipts_by_client_id(till: Till) -> dict[str, dict[str, Any]]:
-    return {r["client_id"]: r for r in await till.receipts()}
-
-
-async def sale_by_ticket(till: Till, ticket: str) -> Entry | None:
-    """The sale printed on provisional ticket ``ticket`` (``T1-000042``), if held here."""
-    for entry in await sales(till):
-        if entry.ticket == ticket:
-            return entry
-    return None
-
-
 async def invoice_of_ticket(till: Till, ticket: str) -> dict[str, Any] | None:
-    """The final invoice (``invoice``) of the sale on ``ticket``; None if no such sale."""
-    entry = await sale_by_ticket(till, ticket)
-    if entry is None:
-        return None
-    return invoice(entry, (await receipts_by_client_id(till)).get(entry.client_id), till)
+    """The final invoice (``invoice``) of the sale on provisional ticket ``ticket``
+    (``T1-000042``), its own till's or another's held here; None if no such sale."""
+    for entry, receipt in await till.tickets(ticket=ticket):
+        return invoice(entry, receipt, till)
+    return None
 
 
 def official_number(receipt: Mapping[str, Any] | None) -> str | None:

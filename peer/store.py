@@ -618,13 +618,13 @@ class Till(Inbound, Reads):
     async def entries_after(self, heads: Mapping[str, int], limit: int) -> list[Entry]:
         """Entries this store holds beyond ``heads`` (device -> seq), oldest first."""
         out: list[Entry] = []
-        for device_id in await self._db.devices():
+        for device_id, held in self.heads().items():
             if len(out) >= limit:
                 break
             upto = self.revoked_upto(device_id)
             after = heads.get(device_id, 0)
-            if upto is not None and after >= upto:
-                continue  # a revoked device's later entries are not passed on
+            if held <= after or (upto is not None and after >= upto):
+                continue  # no query: nothing newer, or a revoked device's (not passed on)
             found = await self._db.entries_after(device_id, after, limit - len(out))
             out += found if upto is None else [e for e in found if e.seq <= upto]
         return out

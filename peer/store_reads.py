@@ -50,6 +50,12 @@ class Reads(TillBase):
         """The latest receipt of every entry the relay has answered (any device)."""
         return [msgpack.unpackb(b, raw=False) for b in await self._db.receipts(status)]
 
+    async def tickets(self, start: str | None = None, end: str | None = None, limit: int = 1,
+                      ticket: str | None = None) -> list[tuple[Entry, dict[str, Any] | None]]:
+        """Ticketed sales, newest first, with their receipts (``TillDB.tickets``)."""
+        return [(e, None if r is None else msgpack.unpackb(r, raw=False))
+                for e, r in await self._db.tickets(start, end, limit, ticket)]
+
     # -- derived views -----------------------------------------------------------------
 
     async def stock(self) -> list[dict[str, Any]]:

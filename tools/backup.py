@@ -31,7 +31,7 @@ from tillsync.peer.store import Till
 TILL_DB = "till.db"
 RELAY_DB = "relay.db"
 # Files of a store directory that are the process's run-time state, not data.
-_RUNTIME = {"lock", "api.sock", "api.json", "api.json.tmp", "lan.json", "relay.lock"}
+_RUNTIME = {"lock", "api.json", "api.json.tmp", "lan.json", "relay.lock"}
 PAGES_PER_STEP = 1024  # SQLite backup step: short write-lock pauses for the live process
 
 

@@ -7,10 +7,10 @@ wall-clock time just after the commit, so delays are measured from commit to com
 across processes (one machine, one clock).
 
 1. propagation: one till edits a product's price (``--edits`` times, one at a time,
-   through its local API); for each edit, the delay from the commit on the editing till
+   through its HTTP API); for each edit, the delay from the commit on the editing till
    to the commit on each of the others.  Bytes: frames sent on all LAN links per edit.
 2. convergence: the relay is down; every till records ``--sales`` sales (through its
-   local API) which spread over the LAN; then the relay starts and one till (the only
+   HTTP API) which spread over the LAN; then the relay starts and one till (the only
    one allowed to reach it) carries everything up; time from the relay listening until
    every till holds every receipt.  Checked: invoice numbers 1..N, each sale once.
 
@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from tillsync.peer.client import init_enrolled, sync_once
-from tillsync.peer.lan import api
 from tillsync.peer.lan.node import Node, NodeConfig
 from tillsync.peer.store import Till
 from tillsync.relay.server import Relay
+from tillsync.tools.api_cli import call
 from tillsync.tools.bench_relay import PROJECT_ROOT, Server
 from tillsync.tools.workload import machine, percentile, positive_int, progress
 
@@ -57,7 +57,7 @@ async def run_node(args: argparse.Namespace) -> None:
     """A daemon plus a watcher printing what it holds after every commit."""
     config = NodeConfig(Path(args.dir), lan_host="127.0.0.1", lan_port=args.port,
                         peers=args.peer, mdns=False, interval=0.2, max_backoff=0.3,
-                        relay_enabled=args.relay)
+                        relay_enabled=args.relay, api_host="127.0.0.1", api_port=0)
     node = Node(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -68,10 +68,12 @@ async def run_node(args: argparse.Namespace) -> None:
             await task  # raises what stopped it
         await asyncio.sleep(0.01)
     till = node.till
-    seen = -1
+    seen, linked = -1, -1
     while not task.done():
-        if till.version != seen:
-            seen = till.version
+        # A line after each commit, and when a LAN link comes or goes (which commits
+        # nothing on a till that already holds everything).
+        if till.version != seen or sum(p.connected for p in node.peers.values()) != linked:
+            seen, linked = till.version, sum(p.connected for p in node.peers.values())
             product = till.master.get("products", PRODUCT) or {}
             peers = node.peers.values()
             line = {"t": time.time(), "price": product.get("price"),
@@ -207,6 +209,12 @@ async def start_relay(data: Path, port: int, log: Path) -> Server:
                                str(data), "--host", "127.0.0.1", "--port", str(port)], log)
 
 
+async def _api(path: Path, method: str, route: str, body: dict[str, Any]) -> None:
+    """One write through the HTTP API of the daemon holding ``path``."""
+    status, answer = await call(path, method, route, body)
+    assert status in (200, 201), answer
+
+
 async def propagation(procs: list[TillProc], edits: int, pause: float = 0.0
                       ) -> dict[str, Any]:
     origin, others = procs[0], procs[1:]
@@ -214,9 +222,7 @@ async def propagation(procs: list[TillProc], edits: int, pause: float = 0.0
     bytes_before = sum(p.last.get("bytes_out", 0) for p in procs)
     for i in range(edits):
         price = 1000 + i
-        answer = await api.call(origin.path, {"op": "put", "collection": "products",
-                                              "id": PRODUCT, "body": {"price": price}})
-        assert answer["ok"], answer
+        await _api(origin.path, "PUT", f"/api/master/products/{PRODUCT}", {"price": price})
         sent = await origin.wait(lambda line, p=price: line["price"] == p, "the edit")
         for other in others:
             got = await other.wait(lambda line, p=price: line["price"] == p,
@@ -241,17 +247,16 @@ async def propagation(procs: list[TillProc], edits: int, pause: float = 0.0
 
 async def record_sales(proc: TillProc, sales: int, rng: random.Random) -> None:
     shift = str(uuid.uuid4())
-    answer = await api.call(proc.path, {"op": "record", "kind": "shift_open", "client_id": shift,
-                                        "body": {"cashier_id": CASHIER, "opening_cash": 0}})
-    assert answer["ok"], answer
+    await _api(proc.path, "POST", "/api/entries", {
+        "kind": "shift_open", "client_id": shift,
+        "body": {"cashier_id": CASHIER, "opening_cash": 0}})
 
     async def one() -> None:
         qty = rng.randint(1, 3)
         body = {"lines": [{"product_id": PRODUCT, "qty": qty, "unit_price": 250}],
                 "payments": [{"method": "cash", "amount": 250 * qty}],
                 "shift_client_id": shift}
-        answer = await api.call(proc.path, {"op": "record", "kind": "sale", "body": body})
-        assert answer["ok"], answer
+        await _api(proc.path, "POST", "/api/entries", {"kind": "sale", "body": body})
 
     for start in range(0, sales, 50):  # 50 at a time: the till's group commit batches them
         await asyncio.gather(*(one() for _ in range(min(50, sales - start))))

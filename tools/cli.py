@@ -306,12 +306,14 @@ async def peer_run(args: argparse.Namespace) -> int:
         async with await Till.open(args.dir, readonly=True) as till:
             logfmt.bind(store=till.store_id, device=till.device_id)
     deadlines = shutdown_deadlines(args)
-    if args.no_lan:
+    if args.no_lan and args.no_api:  # nothing to serve: the store is opened per round
         await run_until_signal(f"the daemon of {args.dir}", deadlines, client.run(
             Path(args.dir), url=args.relay, interval=args.interval))
         return EXIT_OK
     config = NodeConfig(Path(args.dir), relay=args.relay, lan_host=args.lan_host,
-                        lan_port=args.lan_port, peers=args.peer, mdns=not args.no_mdns,
+                        lan_port=None if args.no_lan else args.lan_port,
+                        peers=[] if args.no_lan else args.peer,
+                        mdns=not (args.no_mdns or args.no_lan),
                         interval=args.interval, relay_enabled=not args.no_relay,
                         handshake_timeout=args.lan_handshake_timeout,
                         api_host=args.api_host, api_port=None if args.no_api else args.api_port,
@@ -419,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--relay", metavar="URL", help="relay url (default: the enrolled one)")
 
     sub = verb("run", peer_run, "daemon: sync with the other tills on the LAN and with the "
-               "relay; serve the local API", json_flag=False)
+               "relay; serve the HTTP API", json_flag=False)
     sub.add_argument("--relay", metavar="URL", help="relay url (default: the enrolled one)")
     sub.add_argument("--interval", type=float, default=5.0,
                      help="seconds between relay rounds when nothing new is stored (new "
@@ -439,8 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--no-mdns", action="store_true",
                      help="do not announce or look for tills by mDNS")
     sub.add_argument("--no-lan", action="store_true",
-                     help="relay only: no LAN listener, no local API (the store is opened "
-                          "per round)")
+                     help="relay only: no LAN listener (the HTTP API is still served; "
+                          "with --no-api too, the store is opened per round)")
     sub.add_argument("--no-relay", action="store_true",
                      help="LAN only: never contact the relay")
     add_log_format_flag(sub)

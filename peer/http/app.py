@@ -56,6 +56,9 @@ def build(ctx: ApiContext, gate: Gate, ops: TillOps | None = None) -> web.Applic
 async def serve(path: Path, ctx: ApiContext, host: str, port: int,
                 ops: TillOps | None = None) -> tuple[web.AppRunner, str]:
     """Start serving; returns the runner (``cleanup()`` stops it) and the base URL."""
+    # Master data read into memory once, now: a front end's first full read (the whole
+    # catalogue, at start-up) then costs no Automerge read (~0.2-0.3 s at 20,000 products).
+    ctx.till.master.warm()
     runner = web.AppRunner(build(ctx, Gate(path), ops), access_log=None,
                            shutdown_timeout=1.0)
     await runner.setup()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -97,6 +98,22 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             log.exception("%s %s failed", request.method, request.path)
             error = ApiError(500, "internal", "internal error; nothing was stored")
         return respond(error)
+
+
+COMPRESS_OVER = 64 * 1024  # bytes of JSON; smaller answers go as they are
+
+
+def json_answer(request: web.Request, data: Any) -> web.Response:
+    """A large JSON answer: compact, and gzipped (level 1: ~15 ms for 4 MB, a sixth of
+    the size) when the client accepts it and it is over ``COMPRESS_OVER`` bytes."""
+    body = json.dumps(data, separators=(",", ":")).encode()
+    response = web.Response(body=body, content_type="application/json")
+    if len(body) > COMPRESS_OVER and "gzip" in request.headers.get("Accept-Encoding", ""):
+        gzip = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        response.body = gzip.compress(body) + gzip.flush()
+        response.headers["Content-Encoding"] = "gzip"
+        response.headers["Vary"] = "Accept-Encoding"
+    return response
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tillsync.peer.http.delta import History, changes_all, cursor_of
+from tillsync.peer.http.delta import changes_all, cursor_of
 from tillsync.peer.invoice import official_number
 from tillsync.peer.master.document import COLLECTIONS
 from tillsync.peer.store import Till
@@ -43,7 +43,6 @@ class EventBus:
     def __init__(self) -> None:
         self._subscribers: set[asyncio.Queue[tuple[str, dict[str, Any]] | None]] = set()
         self._peers: dict[str, tuple[bool, float]] = {}  # device -> (connected, since)
-        self.history = History()
 
     def publish(self, kind: str, data: Mapping[str, Any]) -> None:
         for queue in list(self._subscribers):
@@ -89,6 +88,10 @@ class EventBus:
         version = till.version
         while True:
             version = await till.wait_changed(version)
+            if not self._subscribers:  # nobody to tell: only where things stand moves
+                heads, position = till.master.heads(), till.receipts_position()[0]
+                seen_heads = dict(till.heads())
+                continue
             try:
                 heads = self._master(till, heads)
                 position = await self._receipts(till, position)
@@ -101,7 +104,6 @@ class EventBus:
         if set(now) == set(before):
             return before
         deltas = changes_all(till, before)
-        self.history.add(before, now, deltas)
         for collection in COLLECTIONS:
             delta = deltas.get(collection)
             if delta is not None and (delta.changed or delta.deleted):

@@ -114,7 +114,13 @@ def _json(schema: str, description: str) -> dict[str, Any]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    return {str(s): _json("Error", "refused; nothing was stored") for s in (401, *statuses)}
+    """Error answers: 401 (no or a bad token) and 500 (an unexpected failure, logged;
+    nothing the store refused is ever one) on every route, and ``statuses``."""
+    return {str(s): _json("Error", "refused; nothing was stored")
+            for s in sorted({401, 500, *statuses})}
+
+
+BODY_ERRORS = (400, 413)  # a body that is not a JSON object; one over the size limit
 
 
 def _param(name: str, where: str = "path", description: str = "",
@@ -153,7 +159,7 @@ PATHS: dict[str, Any] = {
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": _ref("Record")}}},
                 "responses": {"200": _json("OneRecord", "the record as stored"),
-                              **_errors(400, 403, 404, 422)}},
+                              **_errors(*BODY_ERRORS, 403, 404, 422)}},
         "delete": {"summary": "delete a record (a product: back-office or admin device "
                               "only); delta reads then list its id in deleted_ids",
                    "parameters": [COLLECTION, _param("id")],
@@ -166,7 +172,7 @@ PATHS: dict[str, Any] = {
             "schema": _ref("NewEntry")}}},
         "responses": {"201": _json("Recorded", "recorded"),
                       "200": _json("Recorded", "a replay: the entry already stored"),
-                      **_errors(400, 409, 422)}}},
+                      **_errors(*BODY_ERRORS, 409, 422)}}},
     "/api/entries/{client_id}": _get("one entry", "OneEntry", 404,
                                      params=[_param("client_id")]),
     "/api/stock": _get("stock of tracked products, suggested price of volatile ones",

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from tillsync.peer.http import delta
 from tillsync.peer.http.context import context
-from tillsync.peer.http.errors import ApiError, json_body
+from tillsync.peer.http.errors import ApiError, json_answer, json_body
 from tillsync.peer.invoice import PENDING_NOTE
 from tillsync.peer.master.document import COLLECTIONS
 
@@ -27,9 +27,8 @@ def _collection(request: web.Request) -> str:
 
 @routes.get("/api/master/{collection}")
 async def master_read(request: web.Request) -> web.Response:
-    ctx = context(request)
-    return web.json_response(delta.read(ctx.till, _collection(request),
-                                        request.query.get("since"), ctx.events.history))
+    return json_answer(request, delta.read(context(request).till, _collection(request),
+                                           request.query.get("since")))
 
 
 @routes.get("/api/master/{collection}/{id}")
@@ -85,11 +84,12 @@ async def record(request: web.Request) -> web.Response:
     if client_id is None:
         entry = await ctx.till.record(kind, body)
     else:
-        # One request per key at a time, so "replay" is exact even for retries that race.
+        # One request per key at a time, so "replay" is exact even for retries that race:
+        # a new entry gets a seq past this till's head now, a stored one has one within it.
         async with ctx.client_ids.hold(client_id):
-            before = await ctx.till.entry(client_id)
+            head = ctx.till.heads().get(ctx.till.device_id, 0)
             entry = await ctx.till.record(kind, body, client_id=client_id)
-            replay = before is not None
+            replay = entry.seq <= head
     answer: dict[str, Any] = {"entry": entry.to_json(), "replay": replay}
     if entry.ticket is not None:
         answer.update(ticket=entry.ticket, provisional=True, invoice=None,

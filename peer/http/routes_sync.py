@@ -9,15 +9,7 @@ from aiohttp import web
 
 from tillsync.peer.http.context import context
 from tillsync.peer.http.errors import ApiError
-from tillsync.peer.invoice import (
-    invoice,
-    receipt_json,
-    receipts_by_client_id,
-    render_text,
-    sale_by_ticket,
-    sales,
-    ticket_row,
-)
+from tillsync.peer.invoice import invoice, receipt_json, render_text, ticket_row
 from tillsync.peer.log import Entry
 from tillsync.peer.store import Till
 
@@ -64,11 +56,11 @@ async def resync(request: web.Request) -> web.Response:
     return web.json_response(await context(request).sync_round(True))
 
 
-async def _by_ticket(till: Till, ticket: str) -> Entry:
-    entry = await sale_by_ticket(till, ticket)
-    if entry is None:
-        raise ApiError(404, "not_found", f"no sale with ticket {ticket!r} on this till")
-    return entry
+async def _by_ticket(till: Till, ticket: str) -> tuple[Entry, dict[str, Any] | None]:
+    """The sale with that ticket and its receipt, if any."""
+    for found in await till.tickets(ticket=ticket):
+        return found
+    raise ApiError(404, "not_found", f"no sale with ticket {ticket!r} on this till")
 
 
 def _moment(request: web.Request, name: str) -> str | None:
@@ -95,27 +87,20 @@ async def tickets(request: web.Request) -> web.Response:
     if not 1 <= limit <= 10_000:
         raise ApiError(400, "bad_query", "limit is a whole number from 1 to 10000",
                        [{"path": "limit", "message": "out of range"}])
-    receipts = await receipts_by_client_id(till)
-    rows = [e for e in await sales(till)
-            if (start is None or e.client_created_at >= start)
-            and (end is None or e.client_created_at < end)]
-    rows.sort(key=lambda e: (e.client_created_at, e.ticket or ""), reverse=True)
-    return web.json_response({"tickets": [ticket_row(e, receipts.get(e.client_id))
-                                          for e in rows[:limit]]})
+    rows = await till.tickets(start, end, limit)
+    return web.json_response({"tickets": [ticket_row(e, r) for e, r in rows]})
 
 
 @routes.get("/api/tickets/{ticket}")
 async def ticket(request: web.Request) -> web.Response:
-    till = context(request).till
-    entry = await _by_ticket(till, request.match_info["ticket"])
-    receipt = (await receipts_by_client_id(till)).get(entry.client_id)
+    entry, receipt = await _by_ticket(context(request).till, request.match_info["ticket"])
     return web.json_response({**ticket_row(entry, receipt), "receipt": receipt_json(receipt)})
 
 
 async def _invoice(request: web.Request) -> dict[str, Any]:
     till = context(request).till
-    entry = await _by_ticket(till, request.match_info["ticket"])
-    return invoice(entry, (await receipts_by_client_id(till)).get(entry.client_id), till)
+    entry, receipt = await _by_ticket(till, request.match_info["ticket"])
+    return invoice(entry, receipt, till)
 
 
 @routes.get("/api/invoices/{ticket}")

@@ -2,5 +2,5 @@
 
 ``session`` drives one authenticated link between two tills (``peer.sync.PeerLink``);
 ``discovery`` finds the store's other tills by mDNS; ``node`` is the daemon holding the
-store: LAN listener and dialers, the relay loop, the local API (``api``).
+store: LAN listener and dialers, the relay loop, and the HTTP API (``peer.http``).
 """

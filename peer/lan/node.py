@@ -6,11 +6,10 @@
   when something new is stored, else every ``interval`` seconds; exponential backoff
   with jitter while the relay cannot be reached), carrying every device's entries up
   and bringing the relay's receipts down for the LAN to spread;
-- serves the local socket API on ``DIR/api.sock`` for processes on this machine to
-  record and edit while the daemon holds the store (see ``peer.lan.api``);
 - writes what it sees of its LAN peers to ``DIR/lan.json`` for ``peer status``;
-- serves the till's HTTP API for front ends (``peer.http``) and publishes what changes
-  on its event bus.
+- serves the till's HTTP API for front ends (``peer.http``), through which processes
+  on this machine record and edit while the daemon holds the store (``peer record``,
+  ``peer put``), and publishes what changes on its event bus.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ from tillsync.peer.errors import InvalidInput, StoreError
 from tillsync.peer.http import daemon as http_api
 from tillsync.peer.http.app import API_HOST
 from tillsync.peer.http.events import EventBus
-from tillsync.peer.lan import api
 from tillsync.peer.lan.session import PeerInfo, PeerSession
 from tillsync.peer.shutdown import Deadlines, cancel_and_wait
 from tillsync.peer.store import Till
@@ -94,9 +92,6 @@ class Node:
                                  "relay sync need `peer init --relay URL --code CODE`")
             async with contextlib.AsyncExitStack() as stack:
                 stack.push_async_callback(self._cancel_tasks)
-                api_server = await api.serve(config.path, till)
-                stack.push_async_callback(_close_server, api_server)
-                stack.callback(log.info, "shutdown: local API closed")
                 if config.api_port is not None:
                     await http_api.start(self, stack, config.api_host, config.api_port)
                 if config.lan_port is not None and till.cert is None:
@@ -127,7 +122,7 @@ class Node:
                 self._spawn(self._status_loop(), "status")
                 await self._stop.wait()
                 # The exit stack unwinds in reverse: stop listening and close the links,
-                # close the local API, cancel the loops; the store closes last.
+                # stop the HTTP API, cancel the loops; the store closes last.
                 log.info("shutdown: stopping the daemon of %s", config.path)
         finally:
             self.till = None
@@ -350,8 +345,3 @@ def _lan_addresses() -> list[str]:
     out = [ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips
            if isinstance(ip.ip, str) and not ip.ip.startswith("127.")]
     return out or ["127.0.0.1"]
-
-
-async def _close_server(server: asyncio.Server) -> None:
-    server.close()
-    await server.wait_closed()

@@ -31,16 +31,20 @@ to disk before the call returns.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import automerge.core as am
 
 from tillsync.peer.errors import InvalidInput
 from tillsync.peer.master.pins import hash_pin
 from tillsync.schemas import validate_record
+
+if TYPE_CHECKING:
+    from tillsync.peer.master.changes import Delta, ObjectIndex
 
 COLLECTIONS = ("cashiers", "customers", "products", "settings", "suppliers")
 SETTINGS_ID = "store"
@@ -121,6 +125,7 @@ class MasterData:
         # Plain-Python copies of whole collections, made on the first ``all`` and kept in
         # step by ``put``: reading 20k products from Automerge costs ~300 ms each time.
         self._cache: dict[str, dict[str, dict[str, Any]]] = {}
+        self._index: ObjectIndex | None = None  # see ``records_changed``
         for name in COLLECTIONS:
             found = doc.get(am.ROOT, name)
             if found is None or found[0] != am.ObjType.Map:
@@ -179,6 +184,15 @@ class MasterData:
 
     def all(self, collection: str) -> dict[str, dict[str, Any]]:
         """Every record of a collection, by id."""
+        return {k: copy.deepcopy(v) if _nested(v) else dict(v)
+                for k, v in self._records(collection).items()}
+
+    def view(self, collection: str) -> Mapping[str, Mapping[str, Any]]:
+        """Every record of a collection as kept in memory, without a copy: for
+        serialising at once, never to change or keep."""
+        return self._records(collection)
+
+    def _records(self, collection: str) -> dict[str, dict[str, Any]]:
         cached = self._cache.get(collection)
         if cached is None:
             records = am.extract(self._doc, self._collection(collection))
@@ -186,7 +200,62 @@ class MasterData:
             cached = self._cache[collection] = {
                 k: v for k, v in records.items() if isinstance(v, dict)
             }
-        return {k: copy.deepcopy(v) if _nested(v) else dict(v) for k, v in cached.items()}
+        return cached
+
+    def warm(self) -> None:
+        """Read every collection into memory now (~0.2-0.3 s at 20,000 products), and
+        which record each object is (``records_changed``, ~15 ms), so the first full read
+        and the first delta read do not pay for them."""
+        from tillsync.peer.master.changes import ObjectIndex, Undecodable
+
+        for name in COLLECTIONS:
+            self.view(name)
+        if self._index is None:
+            with contextlib.suppress(Undecodable):  # then the first delta read builds it
+                self._index = ObjectIndex(self._doc, self._collections)
+
+    def records_changed(self, changes: list[Any]) -> dict[str, Delta] | None:
+        """Per collection, the records that these changes of this document (from
+        ``get_changes``) create, edit or delete, read from their operations
+        (``peer.master.changes``), or None when they cannot be read so (too many, or an
+        object that cannot be placed): then only a diff tells."""
+        from tillsync.peer.master.changes import DECODE_LIMIT, ObjectIndex, Undecodable
+
+        if len(changes) > DECODE_LIMIT:
+            return None
+        raws = [change.raw_bytes for change in changes]
+        for _ in range(2):
+            if self._index is None:
+                self._index = ObjectIndex(self._doc, self._collections)
+            try:
+                found = self._index.deltas(raws)
+            except Undecodable:
+                return None
+            if found is not None:
+                return found
+            self._index = None  # an object made while it was not looking: read again, once
+        return None
+
+    def _refresh(self, before: list[bytes]) -> None:
+        """Bring the in-memory records up to date after a merge: only those the new
+        changes touch, or all of them if that cannot be told."""
+        if not self._cache:
+            return
+        found = self.records_changed(self._doc.get_changes(before))
+        if found is None:
+            self._cache.clear()
+            return
+        for collection, delta in found.items():
+            cached = self._cache.get(collection)
+            if cached is None:
+                continue
+            for record_id in delta.changed | delta.deleted:
+                obj = self._doc.get(self._collections[collection], record_id)
+                record = None if obj is None else am.extract(self._doc, obj[1])
+                if isinstance(record, dict):
+                    cached[record_id] = record
+                else:
+                    cached.pop(record_id, None)
 
     def ids(self, collection: str) -> list[str]:
         return list(self._doc.keys(self._collection(collection)))
@@ -299,7 +368,7 @@ class MasterData:
             raise InvalidInput(f"bad document sync message: {exc}") from None
         chunks = self.changes_since(before)
         if chunks:
-            self._cache.clear()
+            self._refresh(before)
         return chunks
 
     def preview_sync(self, data: bytes) -> list[tuple[bytes, list[Any]]]:
@@ -343,7 +412,7 @@ class MasterData:
         """Merge change chunks (or a snapshot) from elsewhere; returns the new chunks."""
         before = self._doc.get_heads()
         self._doc.merge(am.Document.load(chunks))
-        self._cache.clear()
+        self._refresh(before)
         return self.changes_since(before)
 
 

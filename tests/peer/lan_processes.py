@@ -52,9 +52,10 @@ class LanTill(TillDir):
         return f"ws://127.0.0.1:{self.port}/"
 
     def start(self, peers: list[LanTill], *, relay: bool = True, mdns: bool = False,
-              extra: Sequence[str] = ()) -> None:
+              lan: bool = True, extra: Sequence[str] = ()) -> None:
         """Start ``peer run`` listening on loopback, linked to ``peers`` (``extra``: more
-        arguments); returns once the local API answers."""
+        arguments; ``lan=False``: ``--no-lan``); returns once its HTTP API and LAN port
+        answer."""
         assert self.daemon is None or self.daemon.poll() is not None
         self.runs += 1
         args = [sys.executable, "-m", "tillsync.tools.cli", "peer", "run", str(self.path),
@@ -66,13 +67,15 @@ class LanTill(TillDir):
             args += ["--peer", peer.url]
         if not relay:
             args.append("--no-relay")
+        if not lan:
+            args.append("--no-lan")
         args += extra
         log = open(self.path.parent / f"{self.path.name}.run{self.runs}.log", "wb")  # noqa: SIM115
         self.daemon = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=ENV,
                                        start_new_session=True)
         log.close()
-        wait_until(lambda: (self.path / "api.json").exists() and self._listening(),
-                   f"{self.name}'s daemon to start")
+        wait_until(lambda: (self.path / "api.json").exists()
+                   and (self._listening() or not lan), f"{self.name}'s daemon to start")
 
     def _listening(self) -> bool:
         assert self.daemon is not None

@@ -230,6 +230,9 @@ def test_bad_entries_are_refused_with_every_violation_and_its_path(shop: Shop) -
         "cashier_id": "ann", "opening_cash": 10**30}})
     assert huge.status == 422 and huge.body["error"]["code"] == "schema_violation"
     assert [d["path"] for d in huge.body["error"]["details"]] == ["body.opening_cash"]
+    oversized = api.call("POST", "/api/entries", raw=b'{"kind": "' + b"x" * (5 << 20)
+                         + b'"}')
+    assert oversized.status == 413 and oversized.body["error"]["code"] == "too_large"
     assert shop.office.status()["last_seq"] == before  # nothing stored
 
 
@@ -377,6 +380,24 @@ def test_the_automerge_document_is_named_alike_on_every_till(shop: Shop) -> None
     answers = [api.call("GET", "/api/automerge").body for api in (shop.api, shop.till_api)]
     assert answers[0] == answers[1]
     assert answers[0]["url"] == document_url(STORE) and answers[0]["path"] == "/automerge"
+def test_a_daemon_without_the_lan_serves_the_api_and_syncs(shop: Shop) -> None:
+    """``peer run --no-lan``: no LAN listener, but the HTTP API is served, the CLI writes
+    through it while the daemon holds the store, and the relay loop carries it up."""
+    till = LanTill(shop.office.path.parent / "till3", "Till 3")
+    till.init(shop.relay, STORE, role="till")
+    till.sync()
+    till.start([], lan=False)
+    try:
+        api = Api.of(till.path)
+        shift = str(uuid.uuid4())
+        till.record("shift_open", {"cashier_id": "ann", "opening_cash": 0}, shift)
+        found = api.call("GET", ENTRY, client_id=shift)
+        assert found.status == 200 and found.body["entry"]["kind"] == "shift_open"
+        wait_until(lambda: api.call("GET", "/api/sync").body["pending"] == 0,
+                   "the relay loop to carry the shift up")
+        assert "listening for LAN peers" not in till.log()
+    finally:
+        till.stop()
 
 
 def test_every_route_is_in_the_openapi_document_and_was_checked(shop: Shop) -> None:

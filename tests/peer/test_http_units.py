@@ -4,8 +4,12 @@ event bus's LAN peer events, and delta reads of deleted records."""
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import automerge.core as am
 import pytest
@@ -13,6 +17,8 @@ import pytest
 from tillsync.peer.errors import InvalidInput
 from tillsync.peer.http import auth, delta
 from tillsync.peer.http.events import QUEUE, EventBus
+from tillsync.peer.master import changes
+from tillsync.peer.master.document import COLLECTIONS, MasterData
 from tillsync.peer.store import Till
 from tillsync.schemas import SchemaViolation
 
@@ -109,24 +115,141 @@ async def test_a_put_with_an_integer_too_big_is_refused_alone_not_with_its_batch
         assert till.get("products", "b") is None
 
 
-async def test_a_delta_read_from_the_history_equals_one_from_a_diff(tmp_path: Path) -> None:
+async def test_a_delta_read_from_the_changes_equals_one_from_a_diff(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Changed and deleted ids read from the changes' operations, for cursors before and
+    after every step, are what a whole-document diff finds: edits here, removed fields,
+    the settings' nested rates, and changes from another device merged in (a creation,
+    an edit, a record removed, the same record created on both sides)."""
+    await Till.init(tmp_path / "t", name="T1")
+    elsewhere = MasterData.new(uuid.uuid4().bytes)
+    async with await Till.open(tmp_path / "t") as till:
+        cursors = [delta.cursor_of(till.master.heads())]
+
+        async def merge() -> None:
+            await till.receive_document(None, None, elsewhere.save())
+
+        steps: list[Any] = [
+            lambda: till.put("products", "a", {"name": "A", "sku": "a", "price": 1}),
+            lambda: till.put("customers", "c", {"name": "C", "phone": "1"}),
+            lambda: till.put("settings", "store", {"currency": "EUR",
+                                                   "tax_rates": {"std": "21"}}),
+            lambda: till.put("products", "b", {"name": "B", "sku": "b", "price": 2}),
+            lambda: till.put("products", "a", {"price": 5}),
+            lambda: till.put("customers", "c", {"phone": None}),
+            lambda: till.put("settings", "store", {"tax_rates": {"std": "22", "low": "5"}}),
+        ]
+        for step in steps:
+            await step()
+            cursors.append(delta.cursor_of(till.master.heads()))
+        till.master.warm()  # merges below refresh what they touch in memory
+        elsewhere.apply(till.master.save())
+        elsewhere.put("products", "x", {"name": "X", "sku": "x", "price": 9})
+        elsewhere.put("products", "b", {"name": "Bee"})
+        elsewhere.put("suppliers", "s", {"name": "S"})
+        await till.put("suppliers", "s", {"name": "S here"})  # the same id on both sides
+        cursors.append(delta.cursor_of(till.master.heads()))
+        doc = elsewhere._doc
+        products = doc.get(am.ROOT, "products")
+        assert products is not None
+        with doc.transaction() as tx:
+            tx.delete(products[1], "a")
+        await merge()
+        cursors.append(delta.cursor_of(till.master.heads()))
+        await till.put("products", "b", {"price": 3})
+        cursors.append(delta.cursor_of(till.master.heads()))
+        assert till.get("products", "a") is None and till.get("products", "x") is not None
+
+        decoded = {c: {name: delta.read(till, name, c) for name in COLLECTIONS}
+                   for c in cursors}
+        monkeypatch.setattr(changes, "DECODE_LIMIT", 0)  # every read a whole diff
+        diffed = {c: {name: delta.read(till, name, c) for name in COLLECTIONS}
+                  for c in cursors}
+        # Everything the diff finds, and nothing stale: a record created and removed
+        # since the cursor may come as a deleted id too (harmless to a reader).
+        for cursor in cursors:
+            for name in COLLECTIONS:
+                mine, theirs = decoded[cursor][name], diffed[cursor][name]
+                assert mine["records"] == theirs["records"], (cursor, name)
+                assert set(theirs["deleted_ids"]) <= set(mine["deleted_ids"])
+                assert all(till.get(name, i) is None for i in mine["deleted_ids"])
+        assert decoded[cursors[1]]["products"]["deleted_ids"] == ["a"]
+        assert set(decoded[cursors[-2]]["products"]["records"]) == {"b"}
+        assert set(decoded[cursors[6]]["settings"]["records"]) == {"store"}
+        assert set(decoded[cursors[5]]["customers"]["records"]) == {"c"}
+        fresh = MasterData.load(till.master.save(), uuid.uuid4().bytes)
+        for name in COLLECTIONS:
+            assert till.master.all(name) == fresh.all(name), name
+
+
+async def test_an_unexpected_failure_is_a_500_in_the_shape_the_document_declares(
+        tmp_path: Path) -> None:
+    from aiohttp import ClientSession
+    from aiohttp.test_utils import TestServer
+    from jsonschema import Draft202012Validator
+
+    from tillsync.peer.http import app, openapi
+    from tillsync.peer.http.context import ApiContext
+
+    async def broken_round(rewind: bool) -> dict[str, object]:
+        raise RuntimeError("a bug, not a refusal")
+
     await Till.init(tmp_path / "t", name="T1")
     async with await Till.open(tmp_path / "t") as till:
-        history = delta.History()
-        start = till.master.heads()
-        edits = [("products", "a", {"name": "A", "sku": "a", "price": 1}),
-                 ("customers", "c", {"name": "C"}),
-                 ("products", "b", {"name": "B", "sku": "b", "price": 2}),
-                 ("products", "a", {"price": 5})]
-        cursors = [delta.cursor_of(start)]
-        for collection, record_id, body in edits:
-            before = till.master.heads()
-            await till.put(collection, record_id, body)
-            history.add(before, till.master.heads(), delta.changes_all(till, before))
-            cursors.append(delta.cursor_of(till.master.heads()))
-        for cursor in cursors:
-            for collection in ("products", "customers"):
-                assert delta.read(till, collection, cursor, history) == \
-                    delta.read(till, collection, cursor)
-        assert set(delta.read(till, "products", cursors[1], history)["records"]) == {"a", "b"}
-        assert history.since("products", [b"\0" * 32], till.master.heads()) is None
+        ctx = ApiContext(till=till, events=EventBus(), daemon_status=dict,
+                         sync_round=broken_round)
+        server = TestServer(app.build(ctx, auth.Gate(till.path)), host="127.0.0.1")
+        await server.start_server()
+        try:
+            headers = {"Authorization": f"Bearer {auth.owner_token(till.path)}"}
+            async with ClientSession() as session, session.post(
+                    str(server.make_url("/api/sync/push")), headers=headers) as answer:
+                status, body = answer.status, await answer.json()
+        finally:
+            await server.close()
+    assert status == 500 and body["error"]["code"] == "internal"
+    declared = openapi.PATHS["/api/sync/push"]["post"]["responses"]["500"]
+    schema = {**declared["content"]["application/json"]["schema"],
+              "components": openapi.DOCUMENT["components"]}
+    assert not list(Draft202012Validator(schema).iter_errors(body))
+    assert "a bug" not in str(body)  # no internals in the answer
+
+
+async def test_a_large_full_read_is_gzipped_for_a_client_that_accepts_it(
+        tmp_path: Path) -> None:
+    from aiohttp import ClientSession
+    from aiohttp.test_utils import TestServer
+
+    from tillsync.peer.http import app
+    from tillsync.peer.http.context import ApiContext
+
+    async def no_round(rewind: bool) -> dict[str, object]:
+        return {}
+
+    await Till.init(tmp_path / "t", name="T1")
+    async with await Till.open(tmp_path / "t") as till:
+        await asyncio.gather(*(till.put("products", f"p{i:04d}", {
+            "name": f"Product {i}", "sku": f"S{i}", "price": i}) for i in range(1000)))
+        await till.put("cashiers", "ann", {"name": "Ann", "role": "cashier", "pin": "1234"})
+        ctx = ApiContext(till=till, events=EventBus(), daemon_status=dict,
+                         sync_round=no_round)
+        server = TestServer(app.build(ctx, auth.Gate(till.path)), host="127.0.0.1")
+        await server.start_server()
+        answers = []
+        try:
+            headers = {"Authorization": f"Bearer {auth.owner_token(till.path)}"}
+            async with ClientSession(headers=headers, auto_decompress=False) as session:
+                for route, encoding in (("products", "gzip"), ("products", "identity"),
+                                        ("cashiers", "gzip")):
+                    async with session.get(str(server.make_url(f"/api/master/{route}")),
+                                           headers={"Accept-Encoding": encoding}) as r:
+                        answers.append((r.headers.get("Content-Encoding"), await r.read()))
+        finally:
+            await server.close()
+        (zipped, raw_zipped), (plain, raw_plain), (small, raw_small) = answers
+        assert zipped == "gzip" and plain is None and small is None  # cashiers: small
+        assert len(raw_zipped) < len(raw_plain) / 3
+        assert json.loads(gzip.decompress(raw_zipped)) == json.loads(raw_plain)
+        assert json.loads(raw_plain)["records"] == till.all("products")
+        assert json.loads(raw_small)["records"] == till.all("cashiers")
+        assert "pin_hash" not in raw_small.decode()

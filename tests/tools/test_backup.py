@@ -34,7 +34,7 @@ def test_a_till_and_a_relay_backed_up_while_running_restore_with_nothing_lost(
              "--api-port", "0", "--lan-port", "0", "--no-mdns"], stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
         try:
-            wait_until(lambda: (till.path / "api.sock").exists(), "the daemon to hold the store")
+            wait_until(lambda: (till.path / "api.json").exists(), "the daemon to hold the store")
             till_copy = cli_json("peer", "backup", str(till.path), str(tmp_path / "till-copy"))
             relay_copy = cli_json("relay", "backup", "--data", str(relay.data),
                                   str(tmp_path / "relay-copy"))
