@@ -128,6 +128,7 @@ class _Batch:
     entries: list[Entry] = field(default_factory=list)
     effects: list[Effect] = field(default_factory=list)
     chunks: list[bytes] = field(default_factory=list)
+    snapshot: bytes | None = None  # the whole document now, stored as its snapshot
     by_client_id: dict[str, Entry] = field(default_factory=dict)
     receipts: list[tuple[str, int, str, bytes]] = field(default_factory=list)
     stream: list[tuple[int, bytes]] = field(default_factory=list)
@@ -416,15 +417,15 @@ class Till:
                 except (TillsyncError, SchemaViolation) as exc:
                     outcomes.append((future, None, exc))
             if batch.entries or batch.chunks or batch.receipts or batch.meta or batch.certs \
-                    or batch.revocations:
+                    or batch.revocations or batch.snapshot:
                 if 0 < len(batch.chunks) <= 500 and not (
                         batch.entries or batch.effects or batch.receipts or batch.meta
-                        or batch.certs or batch.revocations):
+                        or batch.certs or batch.revocations or batch.snapshot):
                     await self._db.commit_changes(batch.chunks)  # one statement, one trip
                 else:
                     await self._write(batch)
                 self.meta.update(batch.meta)
-                if batch.entries or batch.chunks:
+                if batch.entries or batch.chunks or batch.snapshot:
                     self.data_version += 1
                 self._notify()
         except Exception as exc:
@@ -443,6 +444,8 @@ class Till:
                 future.set_exception(error)
             else:
                 future.set_result(result)
+        if batch.snapshot is not None:
+            self._snapshot_size, self._changes_size = len(batch.snapshot), 0
         if batch.chunks:
             self._changes_size += sum(len(c) for c in batch.chunks)
             await self._maybe_compact()
@@ -475,6 +478,8 @@ class Till:
             await self._db.insert_entries(batch.entries)
         if batch.effects:
             await self._db.apply_effects(batch.effects)
+        if batch.snapshot is not None:
+            await self._db.compact_inside(batch.snapshot)
         if batch.chunks:
             await self._db.append_changes(batch.chunks)
         if batch.receipts:
@@ -868,7 +873,10 @@ class Till:
         """Merge a peer's document sync message or snapshot, durably."""
 
         async def op(batch: _Batch) -> None:
-            if snapshot is not None:
+            if snapshot is not None and self.master.is_genesis():
+                self.master.apply(snapshot)  # becomes it: stored as the snapshot, once
+                batch.snapshot = snapshot
+            elif snapshot is not None:
                 batch.chunks.extend(self.master.apply(snapshot))
             if message is not None:
                 batch.chunks.extend(self.master.receive_sync(sync_state, message))

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from peer.client import init_enrolled, sync_once
-from peer.store import Till
+from peer.store import DB_FILE, Till
 from peer.sync.engine import RelayLink
 from relay.server import RelayConfig, running
+from tools.bench_store import document_sizes
 
 
 async def test_a_fresh_till_gets_the_catalogue_as_one_snapshot(
@@ -58,7 +59,10 @@ async def test_a_fresh_till_gets_the_catalogue_as_one_snapshot(
         # went out before the snapshot had arrived).
         assert doc_bytes.get(fresh, 0) < snapshots[0] / 20, (doc_bytes, snapshots)
 
-        # The till keeps it: reopened, it holds the catalogue, stored as one snapshot.
+        # The till keeps it as its own snapshot (written once, no change chunks), and
+        # reopened holds the catalogue.
+        snapshot_bytes, chunks, _ = document_sizes(tmp_path / "till2" / DB_FILE)
+        assert (snapshot_bytes, chunks) == (snapshots[0], 0)
         async with await Till.open(tmp_path / "till2") as till:
             assert till.all("products") == expected
             assert not till.master.is_genesis()
