@@ -320,11 +320,12 @@ class MasterData:
         loaded = am.Document.load(chunks)
         if self.is_genesis():
             # Object ids name the actor that made them: the genesis change's own.
-            if not all(GENESIS_ACTOR in obj for obj in _collection_ids(loaded).values()):
+            collections = _collection_ids(loaded)
+            if not all(GENESIS_ACTOR in obj for obj in collections.values()):
                 raise InvalidInput("the document does not grow from the shared genesis "
                                    "change: not a tillsync document")
             loaded.set_actor(self._actor)
-            self._doc = loaded
+            self._doc, self._collections = loaded, collections
             self._cache.clear()
             if is_snapshot(chunks):
                 self._saved = (loaded.get_heads(), chunks)
