@@ -10,7 +10,7 @@ plus views derived from the log (``peer.views``).  ``peer.store.Till`` is the Py
 over all of it; ``tools.cli`` is the command line.
 """
 
-from peer.errors import TillsyncError
-from peer.store import Till
+from tillsync.peer.errors import TillsyncError
+from tillsync.peer.store import Till
 
 __all__ = ["Till", "TillsyncError"]

@@ -32,14 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peer.chainstop import STOPPING
-from peer.client import SyncError, enroll_checked, sync_once
-from peer.errors import InvalidInput, TillsyncError
-from peer.identity import KEY_FILE, DeviceKey
-from peer.log import Entry
-from peer.store import Till
-from peer.tls import normalise_pin
-from schemas import SchemaViolation
+from tillsync.peer.chainstop import STOPPING
+from tillsync.peer.client import SyncError, enroll_checked, sync_once
+from tillsync.peer.errors import InvalidInput, TillsyncError
+from tillsync.peer.identity import KEY_FILE, DeviceKey
+from tillsync.peer.log import Entry
+from tillsync.peer.store import Till
+from tillsync.peer.tls import normalise_pin
+from tillsync.schemas import SchemaViolation
 
 CARRY_NAMESPACE = uuid.UUID("5d1c0c6e-3f0a-4a57-9a55-7a2b1e0c7c11")
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import msgpack
 
-from peer.identity import DeviceKey, verify_signature
-from peer.log import canonical_body
+from tillsync.peer.identity import DeviceKey, verify_signature
+from tillsync.peer.log import canonical_body
 
 _DOMAIN = b"tillsync/cert/v1"
 _REVOKE_DOMAIN = b"tillsync/revoke/v1"

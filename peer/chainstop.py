@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from peer.store import Till
+from tillsync.peer.store import Till
 
 # Rejection codes of the relay (relay/ingest.py) after which a device's chain cannot go on.
 STOPPING = frozenset({"bad_signature", "broken_chain", "conflicting_entry",

@@ -23,13 +23,13 @@ import automerge.core as am
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from peer.cert import Certificate, CertificateError
-from peer.chainstop import describe, stopped_at
-from peer.errors import InvalidInput, TillsyncError
-from peer.identity import DeviceKey
-from peer.shutdown import Deadlines
-from peer.store import Till, utc_timestamp
-from peer.sync.engine import (
+from tillsync.peer.cert import Certificate, CertificateError
+from tillsync.peer.chainstop import describe, stopped_at
+from tillsync.peer.errors import InvalidInput, TillsyncError
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.shutdown import Deadlines
+from tillsync.peer.store import Till, utc_timestamp
+from tillsync.peer.sync.engine import (
     ClientLink,
     DocMessage,
     DocSnapshot,
@@ -40,9 +40,9 @@ from peer.sync.engine import (
     ReceiptsReceived,
     RemoteError,
 )
-from peer.sync.frames import TRANSPORT_MAX
-from peer.sync.receipts import RELAY_BEHIND, relay_behind, verify_receipts
-from peer.tls import normalise_pin, relay_connection
+from tillsync.peer.sync.frames import TRANSPORT_MAX
+from tillsync.peer.sync.receipts import RELAY_BEHIND, relay_behind, verify_receipts
+from tillsync.peer.tls import normalise_pin, relay_connection
 
 log = logging.getLogger("tillsync.peer")
 BATCH = 500

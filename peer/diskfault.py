@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 from typing import IO
 
-from peer.errors import StoreError, StoreFull, StoreReadOnly
+from tillsync.peer.errors import StoreError, StoreFull, StoreReadOnly
 
 # Less free space than this (bytes) on the store's file system counts as full: SQLite
 # needs room for a WAL frame and its shared-memory index, not just for one byte.

@@ -14,10 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from peer.client import enroll_checked
-from peer.errors import StoreExists
-from peer.store import DB_FILE, Till
-from peer.tls import normalise_pin
+from tillsync.peer.client import enroll_checked
+from tillsync.peer.errors import StoreExists
+from tillsync.peer.store import DB_FILE, Till
+from tillsync.peer.tls import normalise_pin
 
 ENROLL_WAIT = 10.0  # seconds to wait for a `peer run` holding the store
 

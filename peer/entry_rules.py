@@ -21,8 +21,8 @@ from typing import Any
 
 import msgpack
 
-from peer.totals import line_amount
-from schemas import ENTRY_KINDS, SchemaViolation, validate_entry
+from tillsync.peer.totals import line_amount
+from tillsync.schemas import ENTRY_KINDS, SchemaViolation, validate_entry
 
 CLIENT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 """An entry's ``client_id``: a UUID v4 written lowercase, 8-4-4-4-12."""

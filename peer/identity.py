@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from peer.errors import StoreCorrupt, StoreError
+from tillsync.peer.errors import StoreCorrupt, StoreError
 
 KEY_FILE = "device.key"
 

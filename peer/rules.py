@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from peer.entry_rules import negative_line, shift_problem
-from peer.errors import InvalidInput, UnknownReference
-from peer.log import Entry
-from peer.totals import figures_problem
+from tillsync.peer.entry_rules import negative_line, shift_problem
+from tillsync.peer.errors import InvalidInput, UnknownReference
+from tillsync.peer.log import Entry
+from tillsync.peer.totals import figures_problem
 
 # kind -> (field, collection) pairs naming master-data records.
 _RECORD_FIELDS: dict[str, list[tuple[str, str]]] = {

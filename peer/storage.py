@@ -19,11 +19,11 @@ from typing import Any
 
 import aiosqlite
 
-from peer.diskfault import disk_fault as disk_fault  # also for peer.store
-from peer.diskfault import open_lock_file as open_lock_file  # for peer.store
-from peer.errors import StoreCorrupt
-from peer.log.entry import Entry
-from peer.views import Effect, from_stored, to_stored
+from tillsync.peer.diskfault import disk_fault as disk_fault  # also for peer.store
+from tillsync.peer.diskfault import open_lock_file as open_lock_file  # for peer.store
+from tillsync.peer.errors import StoreCorrupt
+from tillsync.peer.log.entry import Entry
+from tillsync.peer.views import Effect, from_stored, to_stored
 
 SCHEMA_VERSION = 5
 

@@ -32,10 +32,10 @@ from typing import IO, Any, TypeVar
 
 import msgpack
 
-from peer import rules
-from peer.cert import Certificate, CertificateError, Revocation
-from peer.entry_rules import client_id_problem, entry_problem
-from peer.errors import (
+from tillsync.peer import rules
+from tillsync.peer.cert import Certificate, CertificateError, Revocation
+from tillsync.peer.entry_rules import client_id_problem, entry_problem
+from tillsync.peer.errors import (
     DuplicateEntry,
     EntryRefused,
     Forbidden,
@@ -47,13 +47,13 @@ from peer.errors import (
     StoreNotFound,
     TillsyncError,
 )
-from peer.identity import KEY_FILE, DeviceKey
-from peer.log import GENESIS_PREV, ChainBreak, Entry, entry_bytes, seal_bytes, verify_chain
-from peer.master import MasterData
-from peer.master.roles import MANAGING_ROLES, guarded_edit
-from peer.storage import TillDB, disk_fault, open_lock_file
-from peer.views import Effect, effects, fold, order_of, stamped, stock_row
-from schemas import SchemaViolation, validate_entry
+from tillsync.peer.identity import KEY_FILE, DeviceKey
+from tillsync.peer.log import GENESIS_PREV, ChainBreak, Entry, entry_bytes, seal_bytes, verify_chain
+from tillsync.peer.master import MasterData
+from tillsync.peer.master.roles import MANAGING_ROLES, guarded_edit
+from tillsync.peer.storage import TillDB, disk_fault, open_lock_file
+from tillsync.peer.views import Effect, effects, fold, order_of, stamped, stock_row
+from tillsync.schemas import SchemaViolation, validate_entry
 
 log = logging.getLogger(__name__)
 
@@ -549,7 +549,7 @@ class Till:
         return await self._submit(op)
 
     def check_pin(self, cashier_id: str, pin: str) -> bool:
-        from peer.master import check_pin
+        from tillsync.peer.master import check_pin
 
         record = self.master.get("cashiers", cashier_id)
         return bool(record and "pin_hash" in record and check_pin(pin, record["pin_hash"]))

@@ -18,7 +18,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from peer.errors import InvalidInput
+from tillsync.peer.errors import InvalidInput
 
 
 class PinMismatch(ssl.SSLError):

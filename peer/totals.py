@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from peer.views import millionths, quantity
-from schemas.limits import INTEGER_MAX, in_range
+from tillsync.peer.views import millionths, quantity
+from tillsync.schemas.limits import INTEGER_MAX, in_range
 
 
 def line_amount(line: Mapping[str, Any]) -> int:

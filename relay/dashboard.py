@@ -24,7 +24,7 @@ PATH = "/dashboard"
 def page() -> tuple[str, str]:
     """The page and its Content-Security-Policy: only its own inline script and style
     run (by hash), it may talk only to this relay, and no other site may frame it."""
-    html = files("relay").joinpath("dashboard.html").read_text(encoding="utf-8")
+    html = files("tillsync.relay").joinpath("dashboard.html").read_text(encoding="utf-8")
     hashes = {tag: [_sha256(body) for body in re.findall(rf"<{tag}>(.*?)</{tag}>", html, re.S)]
               for tag in ("script", "style")}
     policy = ("default-src 'none'; connect-src 'self'; img-src 'self' data:; "

@@ -9,9 +9,9 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from peer.master import MasterData
-from peer.sync.frames import receipts_frame
-from relay.storage import RelayStorage
+from tillsync.peer.master import MasterData
+from tillsync.peer.sync.frames import receipts_frame
+from tillsync.relay.storage import RelayStorage
 
 log = logging.getLogger("tillsync.relay")
 

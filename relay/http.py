@@ -32,9 +32,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-from peer.errors import InvalidInput
-from relay import dashboard, ops, reports
-from relay.storage import RelayStorage
+from tillsync.peer.errors import InvalidInput
+from tillsync.relay import dashboard, ops, reports
+from tillsync.relay.storage import RelayStorage
 
 PREFIX = "/api/v1/stores/"
 

@@ -45,17 +45,17 @@ from typing import Any
 
 import msgpack
 
-from peer.entry_rules import entry_problem, negative_line, shift_problem
-from peer.identity import DeviceKey
-from peer.log import Entry, verify_chain
-from peer.sync.frames import entry_to_wire
-from peer.sync.receipts import seal_packed
-from peer.totals import LINE_KINDS, amounts_problem, figures_problem, line_figures
-from peer.views import format_quantity, from_millionths, millionths, order_of
-from relay.storage.base import RelayTxn
-from relay.tallies import Tallies
-from relay.undo import OutOfRange, Undo
-from schemas.limits import INTEGER_MAX, OUT_OF_RANGE, in_range
+from tillsync.peer.entry_rules import entry_problem, negative_line, shift_problem
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.log import Entry, verify_chain
+from tillsync.peer.sync.frames import entry_to_wire
+from tillsync.peer.sync.receipts import seal_packed
+from tillsync.peer.totals import LINE_KINDS, amounts_problem, figures_problem, line_figures
+from tillsync.peer.views import format_quantity, from_millionths, millionths, order_of
+from tillsync.relay.storage.base import RelayTxn
+from tillsync.relay.tallies import Tallies
+from tillsync.relay.undo import OutOfRange, Undo
+from tillsync.schemas.limits import INTEGER_MAX, OUT_OF_RANGE, in_range
 
 log = logging.getLogger("tillsync.relay")
 

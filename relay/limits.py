@@ -22,7 +22,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from peer.sync.deadlines import (
+from tillsync.peer.sync.deadlines import (
     CLOSE_BUSY,
     CLOSE_IDLE,
     HANDSHAKE_TIMEOUT,

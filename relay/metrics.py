@@ -38,7 +38,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 if TYPE_CHECKING:
-    from relay.ingest import IngestResult
+    from tillsync.relay.ingest import IngestResult
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 FOLDER = "metrics"  # under the relay's data folder, with --workers

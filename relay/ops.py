@@ -16,8 +16,8 @@ import http
 import json
 import logging
 
-from relay import metrics
-from relay.storage import RelayStorage
+from tillsync.relay import metrics
+from tillsync.relay.storage import RelayStorage
 
 log = logging.getLogger("tillsync.relay")
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from peer.errors import InvalidInput
-from peer.master import MasterData
-from peer.views import format_quantity, from_millionths, stock_row
-from relay.storage import RelayStorage
-from relay.tallies import CASH_COLUMNS
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.master import MasterData
+from tillsync.peer.views import format_quantity, from_millionths, stock_row
+from tillsync.relay.storage import RelayStorage
+from tillsync.relay.tallies import CASH_COLUMNS
 
 PERIODS = ("day", "week", "month")
 

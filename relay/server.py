@@ -30,15 +30,15 @@ import automerge.core as am
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
-from peer import logfmt
-from peer.cert import CERT_VALIDITY, Certificate, Revocation
-from peer.errors import InvalidInput
-from peer.identity import DeviceKey
-from peer.log import Entry
-from peer.master.roles import forbidden_changes, refusal
-from peer.shutdown import Deadlines, cancel_and_wait
-from peer.store import utc_timestamp
-from peer.sync.engine import (
+from tillsync.peer import logfmt
+from tillsync.peer.cert import CERT_VALIDITY, Certificate, Revocation
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.log import Entry
+from tillsync.peer.master.roles import forbidden_changes, refusal
+from tillsync.peer.shutdown import Deadlines, cancel_and_wait
+from tillsync.peer.store import utc_timestamp
+from tillsync.peer.sync.engine import (
     Authenticated,
     DocMessage,
     EnrollRequested,
@@ -48,15 +48,15 @@ from peer.sync.engine import (
     RelayLink,
     RemoteError,
 )
-from peer.sync.frames import TRANSPORT_MAX
-from peer.sync.receipts import relay_behind
-from peer.tls import server_context
-from relay import metrics
-from relay.documents import Hubs, StoreHub
-from relay.faults import storage_fault
-from relay.http import handler as api_handler
-from relay.http import new_token
-from relay.ingest import (
+from tillsync.peer.sync.frames import TRANSPORT_MAX
+from tillsync.peer.sync.receipts import relay_behind
+from tillsync.peer.tls import server_context
+from tillsync.relay import metrics
+from tillsync.relay.documents import Hubs, StoreHub
+from tillsync.relay.faults import storage_fault
+from tillsync.relay.http import handler as api_handler
+from tillsync.relay.http import new_token
+from tillsync.relay.ingest import (
     Batch,
     Checked,
     IngestResult,
@@ -66,11 +66,11 @@ from relay.ingest import (
     prepare,
     prepare_packed,
 )
-from relay.limits import Gate, Limits, LinkWatch
-from relay.shutdown import InFlight, close_bounded, prepare_worker, stop_serving
-from relay.storage import RelayStorage, open_storage, with_retries
-from relay.storage.base import DeviceRow
-from relay.storekeys import seal, unseal
+from tillsync.relay.limits import Gate, Limits, LinkWatch
+from tillsync.relay.shutdown import InFlight, close_bounded, prepare_worker, stop_serving
+from tillsync.relay.storage import RelayStorage, open_storage, with_retries
+from tillsync.relay.storage.base import DeviceRow
+from tillsync.relay.storekeys import seal, unseal
 
 log = logging.getLogger("tillsync.relay")
 

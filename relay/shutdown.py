@@ -14,7 +14,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from peer.shutdown import Deadlines, cancel_and_wait
+from tillsync.peer.shutdown import Deadlines, cancel_and_wait
 
 log = logging.getLogger("tillsync.shutdown")
 
@@ -88,7 +88,7 @@ def prepare_worker(parent: int) -> None:
     """The initializer of the relay's prepare worker processes: a Ctrl-C at a terminal
     reaches the whole process group; the worker leaves the stop to the relay (which
     shuts the pool down), and exits when the relay is gone."""
-    from relay.server import die_with_parent
+    from tillsync.relay.server import die_with_parent
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(parent)

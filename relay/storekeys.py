@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from peer.identity import DeviceKey
+from tillsync.peer.identity import DeviceKey
 
 SEAL_INFO = b"tillsync/store-key-seal/v1"
 NONCE = 12

@@ -34,8 +34,8 @@ from typing import Any
 
 import msgpack
 
-from peer.totals import line_figures
-from peer.views import effects
+from tillsync.peer.totals import line_figures
+from tillsync.peer.views import effects
 
 # The Z report's columns, by the kind of entry that moves the cash.
 _CASH_COLUMN = {"shift_open": "opening_cash", "sale": "cash_sales", "refund": "cash_refunds"}

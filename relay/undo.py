@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from relay.ingest import _Batch
+    from tillsync.relay.ingest import _Batch
 
 
 class OutOfRange(Exception):

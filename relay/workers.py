@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from peer.shutdown import SHUTDOWN_GRACE, force_exit
-from relay import metrics
+from tillsync.peer.shutdown import SHUTDOWN_GRACE, force_exit
+from tillsync.relay import metrics
 
 log = logging.getLogger("tillsync.relay")
 
@@ -85,7 +85,7 @@ def serve_workers(*, workers: int, data: Path, db: str, host: str, port: int,
     A second signal kills them and exits at once."""
     reserved = reserve_port(host, port)
     port = reserved.getsockname()[1]
-    base = [sys.executable, "-m", "tools.cli", "relay", "serve", "--data", str(data),
+    base = [sys.executable, "-m", "tillsync.tools.cli", "relay", "serve", "--data", str(data),
             "--db", db, "--host", host, "--port", str(port), "--reuse-port",
             "--db-wait", str(db_wait), "--worker-of", str(os.getpid()),
             "--shutdown-grace", str(grace), *extra]
@@ -166,6 +166,6 @@ def serve_workers(*, workers: int, data: Path, db: str, host: str, port: int,
 
 
 def _describe(db: str) -> str:
-    from relay.storage.postgres import describe
+    from tillsync.relay.storage.postgres import describe
 
     return describe(db)

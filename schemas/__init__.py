@@ -3,11 +3,11 @@
 The ``*.json`` files in this package are language-neutral (JSON Schema draft 2020-12);
 see ``README.md`` here. From Python::
 
-    from schemas import validate_entry, SchemaViolation
+    from tillsync.schemas import validate_entry, SchemaViolation
     validate_entry("sale", body)   # raises SchemaViolation listing every problem
 """
 
-from schemas.validate import (
+from tillsync.schemas.validate import (
     COLLECTIONS,
     ENTRY_KINDS,
     SchemaViolation,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from peer.store import Till
+from tillsync.peer.store import Till
 
 REPO = Path(__file__).resolve().parent.parent
 SHIFT = "11111111-1111-4111-8111-111111111111"
@@ -18,7 +18,7 @@ def cli(*args: str, check: bool = True, **kwargs: Any) -> subprocess.CompletedPr
     """Run the real ``tillsync`` command line in a separate process."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        [sys.executable, "-m", "tools.cli", *args],
+        [sys.executable, "-m", "tillsync.tools.cli", *args],
         capture_output=True, text=True, env=env, timeout=60, **kwargs,
     )
     if check and result.returncode != 0:

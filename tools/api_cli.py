@@ -12,9 +12,9 @@ from typing import Any
 
 import aiohttp
 
-from peer.errors import InvalidInput, StoreError
-from peer.http import auth
-from peer.http.app import API_HOST, API_PORT, served_url
+from tillsync.peer.errors import InvalidInput, StoreError
+from tillsync.peer.http import auth
+from tillsync.peer.http.app import API_HOST, API_PORT, served_url
 
 CALL_TIMEOUT = 30.0
 

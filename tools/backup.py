@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from peer.errors import InvalidInput
-from peer.store import Till
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.store import Till
 
 TILL_DB = "till.db"
 RELAY_DB = "relay.db"

@@ -1,7 +1,7 @@
 """Benchmark of the till's HTTP API (``peer.http``) against the store called in-process.
 
-    PYTHONPATH=. python -m tools.bench_api            # human-readable table
-    PYTHONPATH=. python -m tools.bench_api --json     # one JSON document on stdout
+    python -m tillsync.tools.bench_api            # human-readable table
+    python -m tillsync.tools.bench_api --json     # one JSON document on stdout
 
 In one run, on this machine:
 
@@ -32,20 +32,20 @@ from typing import Any
 
 import aiohttp
 
-from peer.http.app import serve
-from peer.http.auth import owner_token
-from peer.http.context import ApiContext
-from peer.http.errors import ApiError
-from peer.http.events import EventBus
-from peer.store import Till
-from tools.bench_store import (
+from tillsync.peer.http.app import serve
+from tillsync.peer.http.auth import owner_token
+from tillsync.peer.http.context import ApiContext
+from tillsync.peer.http.errors import ApiError
+from tillsync.peer.http.events import EventBus
+from tillsync.peer.store import Till
+from tillsync.tools.bench_store import (
     Latency,
     catalogue_products,
     sale_bodies,
     sales_store,
     summarise,
 )
-from tools.workload import machine, progress
+from tillsync.tools.workload import machine, progress
 
 
 async def _no_rounds(rewind: bool) -> dict[str, Any]:
@@ -179,7 +179,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     progress(f"{args.sales} sales through Till.record in-process")
     local = await in_process(path, bodies[:args.sales])
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tools.bench_api", "--serve", str(path),
+        sys.executable, "-m", "tillsync.tools.bench_api", "--serve", str(path),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert child.stdout is not None and child.stdin is not None

@@ -1,7 +1,7 @@
 """Benchmark of a fresh till joining a store with a large catalogue.
 
-    PYTHONPATH=. python -m tools.bench_bootstrap                 # 20,000 products
-    PYTHONPATH=. python -m tools.bench_bootstrap --products 2000 --runs 3 --json
+    python -m tillsync.tools.bench_bootstrap                 # 20,000 products
+    python -m tillsync.tools.bench_bootstrap --products 2000 --runs 3 --json
 
 What it does, in one process on one event loop:
 
@@ -41,12 +41,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from peer.client import init_enrolled, sync_once
-from peer.master import MasterData
-from peer.store import Till
-from relay.server import RelayConfig, running
-from tools.bench_store import catalogue_products
-from tools.workload import machine, positive_int, progress
+from tillsync.peer.client import init_enrolled, sync_once
+from tillsync.peer.master import MasterData
+from tillsync.peer.store import Till
+from tillsync.relay.server import RelayConfig, running
+from tillsync.tools.bench_store import catalogue_products
+from tillsync.tools.workload import machine, positive_int, progress
 
 STORE = "shop"
 CASHIER = "bench-cashier"
@@ -175,7 +175,7 @@ async def pycrdt_run(products: dict[str, dict[str, Any]]) -> dict[str, Any]:
     from websockets.asyncio.client import connect
     from websockets.asyncio.server import ServerConnection, serve
 
-    from tools.lan_baseline import _Channel
+    from tillsync.tools.lan_baseline import _Channel
 
     path = "/shop"
     served: Doc[Any] = Doc()
@@ -284,7 +284,7 @@ def render(result: dict[str, Any]) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.bench_bootstrap", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m tillsync.tools.bench_bootstrap", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--products", type=positive_int, default=20_000, metavar="N",
                    help="products in the store's catalogue (default 20,000)")

@@ -3,8 +3,8 @@ form of the body (``peer.entry_rules.is_canonical``), the client_id pattern and 
 negative-line check, on the sales ``tools.bench_relay`` sends (1-5 lines, about one in
 four weighed), against the whole of ``relay.ingest.prepare`` for the same entries.
 
-    PYTHONPATH=. python -m tools.bench_entry_rules              # 20,000 sales, best of 15
-    PYTHONPATH=. python -m tools.bench_entry_rules --sales 5000 --json
+    python -m tillsync.tools.bench_entry_rules              # 20,000 sales, best of 15
+    python -m tillsync.tools.bench_entry_rules --sales 5000 --json
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from typing import Any
 
 import msgpack
 
-from peer.entry_rules import client_id_problem, is_canonical, negative_line
-from peer.identity import DeviceKey
-from peer.log import GENESIS_PREV, Entry, seal
-from peer.totals import line_figures
-from relay.ingest import prepare
-from tools.workload import positive_int, products_for_sales, sale_body
+from tillsync.peer.entry_rules import client_id_problem, is_canonical, negative_line
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.log import GENESIS_PREV, Entry, seal
+from tillsync.peer.totals import line_figures
+from tillsync.relay.ingest import prepare
+from tillsync.tools.workload import positive_int, products_for_sales, sale_body
 
 
 def entries(count: int, seed: int) -> list[Entry]:

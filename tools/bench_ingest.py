@@ -2,8 +2,8 @@
 generator, no prepare worker, so its figures move by a few percent between runs where
 ``tools.bench_relay``'s swing by a third on a busy 2-core machine.
 
-    PYTHONPATH=. python -m tools.bench_ingest               # 10 tills x 4,000 sales
-    PYTHONPATH=. python -m tools.bench_ingest --json
+    python -m tillsync.tools.bench_ingest               # 10 tills x 4,000 sales
+    python -m tillsync.tools.bench_ingest --json
 
 It builds the same signed sales as ``tools.bench_relay`` (a shift_open, then sales of 1-5
 lines), enrolls the tills in a relay on a fresh SQLite database, runs ``prepare`` on every
@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from peer.sync.frames import decode, entry_from_wire
-from relay.ingest import Batch, prepare
-from relay.server import Relay, _Job, code_hash
-from tools.bench_relay import build_till, device_key, till_specs
-from tools.workload import machine, positive_int, products_for_sales, progress
+from tillsync.peer.sync.frames import decode, entry_from_wire
+from tillsync.relay.ingest import Batch, prepare
+from tillsync.relay.server import Relay, _Job, code_hash
+from tillsync.tools.bench_relay import build_till, device_key, till_specs
+from tillsync.tools.workload import machine, positive_int, products_for_sales, progress
 
 
 async def bench(root: Path, tills: int, sales: int, batch: int, seed: int) -> dict[str, Any]:
@@ -111,7 +111,7 @@ def _wall_per_sale(commits: list[tuple[float, int]]) -> float:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m tools.bench_ingest",
+        prog="python -m tillsync.tools.bench_ingest",
         description="Time the relay's group commit alone (SQLite, in one process).")
     p.add_argument("--tills", type=positive_int, default=10,
                    help="tills, one batch of each per commit (default 10)")

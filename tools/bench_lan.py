@@ -1,4 +1,4 @@
-"""Benchmark of LAN sync between tills: ``python -m tools.bench_lan``.
+"""Benchmark of LAN sync between tills: ``python -m tillsync.tools.bench_lan``.
 
 Every till is a real ``peer run`` daemon (``peer.lan.node.Node``) in a process of its
 own, on loopback, linked to every other till (full mesh, static list).  A small watcher
@@ -38,13 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peer.client import init_enrolled, sync_once
-from peer.lan import api
-from peer.lan.node import Node, NodeConfig
-from peer.store import Till
-from relay.server import Relay
-from tools.bench_relay import PROJECT_ROOT, Server
-from tools.workload import machine, percentile, positive_int, progress
+from tillsync.peer.client import init_enrolled, sync_once
+from tillsync.peer.lan import api
+from tillsync.peer.lan.node import Node, NodeConfig
+from tillsync.peer.store import Till
+from tillsync.relay.server import Relay
+from tillsync.tools.bench_relay import PROJECT_ROOT, Server
+from tillsync.tools.workload import machine, percentile, positive_int, progress
 
 PRODUCT = "bench-coffee"
 CASHIER = "bench-ann"
@@ -109,7 +109,7 @@ class TillProc:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, env.get("PYTHONPATH"))
                                             if p)
-        argv = [sys.executable, "-m", "tools.bench_lan", "node", str(self.path),
+        argv = [sys.executable, "-m", "tillsync.tools.bench_lan", "node", str(self.path),
                 "--port", str(self.port)]
         for peer in peers:
             argv += ["--peer", peer.url]
@@ -202,7 +202,8 @@ async def setup(root: Path, tills: int, products: int = 1
 
 
 async def start_relay(data: Path, port: int, log: Path) -> Server:
-    return await Server.start([sys.executable, "-m", "tools.cli", "relay", "serve", "--data",
+    return await Server.start([sys.executable, "-m", "tillsync.tools.cli",
+                               "relay", "serve", "--data",
                                str(data), "--host", "127.0.0.1", "--port", str(port)], log)
 
 
@@ -296,7 +297,7 @@ async def convergence(root: Path, data: Path, port: int, procs: list[TillProc],
 
 async def baseline(edits: int, receivers: int, pause: float) -> dict[str, Any]:
     try:
-        from tools.lan_baseline import pycrdt_propagation
+        from tillsync.tools.lan_baseline import pycrdt_propagation
     except ImportError as exc:
         return {"skipped": str(exc)}
     try:
@@ -363,7 +364,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m tools.bench_lan", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m tillsync.tools.bench_lan", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="mode")
     node = sub.add_parser("node", help="(internal) one till's daemon with a watcher")

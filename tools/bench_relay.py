@@ -1,13 +1,13 @@
 """Benchmark of the relay: sales ingested per second from many tills at once.
 
-    PYTHONPATH=. python -m tools.bench_relay            # human-readable table
-    PYTHONPATH=. python -m tools.bench_relay --json     # one JSON document on stdout
+    python -m tillsync.tools.bench_relay            # human-readable table
+    python -m tillsync.tools.bench_relay --json     # one JSON document on stdout
 
 What it does, in one run:
 
 1. makes a relay data folder, one-time codes for every till (and one back-office device
    per store) with ``Relay.new_code``, then starts the relay as a separate process
-   (``python -m tools.cli relay serve --port 0``), so the load generator never shares its
+   (``python -m tillsync.tools.cli relay serve --port 0``), so the load generator never shares its
    event loop; devices enroll over the wire (``peer.client.enroll``), and each store's
    back office pushes the product catalogue and a cashier through a real sync round, so
    every product a sale names is in the relay's master document;
@@ -64,14 +64,21 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import connect
 
-from peer.client import PUSH_WINDOW, enroll, init_enrolled, sync_once
-from peer.identity import DeviceKey
-from peer.log import GENESIS_PREV, seal
-from peer.store import Till
-from peer.sync.engine import ClientLink, Ingested, LinkFailed, Ready, ReceiptsReceived, RemoteError
-from peer.sync.frames import MAX_BATCH, MAX_FRAME, encode, entry_to_wire
-from relay.server import DB_FILE, Relay
-from tools.workload import (
+from tillsync.peer.client import PUSH_WINDOW, enroll, init_enrolled, sync_once
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.log import GENESIS_PREV, seal
+from tillsync.peer.store import Till
+from tillsync.peer.sync.engine import (
+    ClientLink,
+    Ingested,
+    LinkFailed,
+    Ready,
+    ReceiptsReceived,
+    RemoteError,
+)
+from tillsync.peer.sync.frames import MAX_BATCH, MAX_FRAME, encode, entry_to_wire
+from tillsync.relay.server import DB_FILE, Relay
+from tillsync.tools.workload import (
     machine,
     percentile,
     positive_int,
@@ -560,7 +567,7 @@ async def bench_relay(root: Path, loads: Sequence[TillLoad], args: argparse.Name
     specs = [load.spec for load in loads]
     progress(f"{name}: one-time codes for {len(specs)} tills and {len(stores)} back offices")
     codes, office_codes, store_keys = await make_codes(data, specs, stores, db)
-    argv = [sys.executable, "-m", "tools.cli", "relay", "serve", "--data", str(data),
+    argv = [sys.executable, "-m", "tillsync.tools.cli", "relay", "serve", "--data", str(data),
             "--port", "0", *(("--db", db) if db else ()),
             *(("--workers", str(workers)) if workers > 1 else ())]
     server = await Server.start(argv, root / f"{name}.log")
@@ -688,7 +695,7 @@ def check_baseline_db(path: Path, loads: Sequence[TillLoad]) -> dict[str, Any]:
 
 async def bench_baseline(root: Path, loads: Sequence[TillLoad]) -> dict[str, Any]:
     db = root / "naive-rest.db"
-    argv = [sys.executable, "-m", "tools.naive_rest", "--db", str(db), "--port", "0"]
+    argv = [sys.executable, "-m", "tillsync.tools.naive_rest", "--db", str(db), "--port", "0"]
     server = await Server.start(argv, root / "naive-rest.log")
     sales = sum(len(load.requests) for load in loads)
     progress(f"baseline: process {server.proc.pid}, {len(loads)} tills POSTing {sales:,} "
@@ -824,7 +831,7 @@ def _batch(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m tools.bench_relay",
+        prog="python -m tillsync.tools.bench_relay",
         description="Benchmark the relay on this machine: sales/s ingested from many tills "
         "at once, with a naive one-request-per-sale REST back end as the baseline.",
         epilog="Progress goes to stderr. A default run takes about 1-3 minutes on 2 cores.",
@@ -866,7 +873,7 @@ async def create_database(admin: str, name: str) -> str:
     """A fresh database on the server of ``admin``; returns its URL."""
     import asyncpg
 
-    from relay.storage.postgres import with_database
+    from tillsync.relay.storage.postgres import with_database
 
     database = f"tillsync_bench_{name}_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(admin)

@@ -1,8 +1,8 @@
 """Benchmark of the relay's reports on a year of a busy shop.
 
-    PYTHONPATH=. python -m tools.bench_reports                 # 1,000,000 sales
-    PYTHONPATH=. python -m tools.bench_reports --sales 100000 --json
-    PYTHONPATH=. python -m tools.bench_reports --pg postgresql://postgres@127.0.0.1/postgres
+    python -m tillsync.tools.bench_reports                 # 1,000,000 sales
+    python -m tillsync.tools.bench_reports --sales 100000 --json
+    python -m tillsync.tools.bench_reports --pg postgresql://postgres@127.0.0.1/postgres
 
 What it does:
 
@@ -46,11 +46,11 @@ from typing import Any
 
 import msgpack
 
-from relay import reports
-from relay.storage import RelayStorage
-from relay.storage.sqlite import SQLiteStorage
-from relay.tallies import Tallies
-from tools.workload import machine
+from tillsync.relay import reports
+from tillsync.relay.storage import RelayStorage
+from tillsync.relay.storage.sqlite import SQLiteStorage
+from tillsync.relay.tallies import Tallies
+from tillsync.tools.workload import machine
 
 STORE = "bench-shop"
 TILLS = 3
@@ -207,8 +207,8 @@ async def measure(storage: RelayStorage, repeat: int) -> list[dict[str, Any]]:
 
 
 async def measure_postgres(path: Path, admin: str, repeat: int) -> list[dict[str, Any]]:
-    from relay.storage.postgres import PostgresStorage
-    from tools.bench_relay import create_database, drop_database
+    from tillsync.relay.storage.postgres import PostgresStorage
+    from tillsync.tools.bench_relay import create_database, drop_database
 
     url = await create_database(admin, "reports")
     try:

@@ -1,7 +1,7 @@
 """Benchmark of the till's store: durable sale writes, group commit, catalogue load.
 
-    PYTHONPATH=. python -m tools.bench_store            # human-readable table
-    PYTHONPATH=. python -m tools.bench_store --json     # one JSON document on stdout
+    python -m tillsync.tools.bench_store            # human-readable table
+    python -m tillsync.tools.bench_store --json     # one JSON document on stdout
 
 What it measures, on this machine, in one run:
 
@@ -39,9 +39,9 @@ from typing import Any
 
 import aiosqlite
 
-from peer.storage import TillDB
-from peer.store import DB_FILE, Till
-from tools.workload import (
+from tillsync.peer.storage import TillDB
+from tillsync.peer.store import DB_FILE, Till
+from tillsync.tools.workload import (
     machine,
     percentile,
     positive_int,
@@ -411,7 +411,7 @@ async def bench_catalogue(root: Path, count: int, batch: int, opens: int, seed: 
         progress("catalogue: compacting the document (snapshot only) and opening again")
         db = await TillDB.open(path / DB_FILE)
         try:
-            from peer.master import MasterData
+            from tillsync.peer.master import MasterData
 
             data, _, _ = await db.document()
             device_id = await db.meta("device_id") or ""
@@ -543,7 +543,7 @@ STEPS = ("sequential", "concurrent", "baseline", "catalogue")
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m tools.bench_store",
+        prog="python -m tillsync.tools.bench_store",
         description="Benchmark the tillsync store on this machine: durable sale-write "
         "latency, group-commit throughput, naive outbox baselines and catalogue load time.",
         epilog="Progress goes to stderr. A default run takes about 1-2 minutes on 2 cores.",

@@ -19,32 +19,44 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from peer import client, logfmt
-from peer.chainstop import describe as describe_stop
-from peer.chainstop import stopped_at
-from peer.enrollment import enroll_existing, holds_store
-from peer.errors import InvalidInput, StoreCorrupt, StoreError, TillsyncError
-from peer.http.auth import owner_token
-from peer.lan.node import LAN_PORT, Node, NodeConfig, read_status
-from peer.shutdown import SHUTDOWN_GRACE, SHUTDOWN_HELP, Deadlines, Shutdown, run_until_signal
-from peer.store import Till, is_locked
-from peer.sync.deadlines import (
+from tillsync.peer import client, logfmt
+from tillsync.peer.chainstop import describe as describe_stop
+from tillsync.peer.chainstop import stopped_at
+from tillsync.peer.enrollment import enroll_existing, holds_store
+from tillsync.peer.errors import InvalidInput, StoreCorrupt, StoreError, TillsyncError
+from tillsync.peer.http.auth import owner_token
+from tillsync.peer.lan.node import LAN_PORT, Node, NodeConfig, read_status
+from tillsync.peer.shutdown import (
+    SHUTDOWN_GRACE,
+    SHUTDOWN_HELP,
+    Deadlines,
+    Shutdown,
+    run_until_signal,
+)
+from tillsync.peer.store import Till, is_locked
+from tillsync.peer.sync.deadlines import (
     CLOSE_BUSY,
     CLOSE_HANDSHAKE_TIMEOUT,
     CLOSE_IDLE,
     HANDSHAKE_TIMEOUT,
 )
-from relay.faults import quiet_library_tracebacks
-from relay.limits import IDLE_TIMEOUT, MAX_HANDSHAKES, Limits
-from relay.server import DB_FILE, Relay, RelayConfig, die_with_parent, running, tune_gc
-from relay.storage import is_postgres
-from relay.storage.postgres import describe
-from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
-from relay.workers import serve_workers
-from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, UnknownCollection, UnknownKind
-from tools import api_cli, backup
-from tools import demo as demo_module
-from tools.cli_ops import OpsError, add_peer_enroll, before_serve, check_hours
+from tillsync.relay.faults import quiet_library_tracebacks
+from tillsync.relay.limits import IDLE_TIMEOUT, MAX_HANDSHAKES, Limits
+from tillsync.relay.server import DB_FILE, Relay, RelayConfig, die_with_parent, running, tune_gc
+from tillsync.relay.storage import is_postgres
+from tillsync.relay.storage.postgres import describe
+from tillsync.relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
+from tillsync.relay.workers import serve_workers
+from tillsync.schemas import (
+    COLLECTIONS,
+    ENTRY_KINDS,
+    SchemaViolation,
+    UnknownCollection,
+    UnknownKind,
+)
+from tillsync.tools import api_cli, backup
+from tillsync.tools import demo as demo_module
+from tillsync.tools.cli_ops import OpsError, add_peer_enroll, before_serve, check_hours
 
 LOCK_WAIT = 5.0  # seconds a writing verb waits for `peer run` to finish its round
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_STORE, EXIT_RELAY = 0, 1, 2, 3, 4
@@ -475,7 +487,7 @@ def _limits(args: argparse.Namespace) -> Limits:
 
 
 async def migrate(db: str, wait: float) -> int:
-    from relay.storage import postgres
+    from tillsync.relay.storage import postgres
 
     conn = await postgres.connect_retrying(db, wait)
     try:
@@ -580,7 +592,7 @@ def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 async def _report_storage(args: argparse.Namespace) -> Any:
-    from relay.storage import open_storage
+    from tillsync.relay.storage import open_storage
     if args.db is None:
         if args.data is None:
             raise CliError("report needs --data DIR (SQLite) or --db URL (PostgreSQL)",
@@ -592,7 +604,7 @@ async def _report_storage(args: argparse.Namespace) -> Any:
 
 
 async def report_sales(args: argparse.Namespace) -> int:
-    from relay import reports
+    from tillsync.relay import reports
     within = reports.Range.parse(args.start, args.end)
     if args.product is not None and args.by != "product":
         raise CliError("--product goes with --by product", EXIT_BAD_INPUT)
@@ -618,7 +630,7 @@ async def report_sales(args: argparse.Namespace) -> int:
 
 
 async def report_invoices(args: argparse.Namespace) -> int:
-    from relay import reports
+    from tillsync.relay import reports
     within = reports.Range.parse(args.start, args.end)
     storage = await _report_storage(args)
     try:
@@ -655,7 +667,7 @@ async def report_invoices(args: argparse.Namespace) -> int:
 
 async def report_state(args: argparse.Namespace) -> int:
     """shifts, stock, alerts, devices: one list each."""
-    from relay import reports
+    from tillsync.relay import reports
     within = reports.Range.parse(getattr(args, "start", None), getattr(args, "end", None))
     storage = await _report_storage(args)
     try:

@@ -11,8 +11,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from peer.enrollment import holds_store
-from relay.startup import DataLock, StartRefused, check_port, check_writable
+from tillsync.peer.enrollment import holds_store
+from tillsync.relay.startup import DataLock, StartRefused, check_port, check_writable
 
 EXIT_BAD_INPUT, EXIT_STORE = 2, 3
 
@@ -52,7 +52,7 @@ async def peer_enroll_new_device(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from peer.carry import carry_again, enroll_new_device
+    from tillsync.peer.carry import carry_again, enroll_new_device
 
     if args.carry:
         done = await carry_again(Path(args.dir))

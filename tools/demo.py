@@ -31,11 +31,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from peer.client import init_enrolled, sync_once
-from peer.lan.node import Node, NodeConfig
-from peer.store import Till
-from peer.totals import sale_total
-from relay.server import Relay
+from tillsync.peer.client import init_enrolled, sync_once
+from tillsync.peer.lan.node import Node, NodeConfig
+from tillsync.peer.store import Till
+from tillsync.peer.totals import sale_total
+from tillsync.relay.server import Relay
 
 STORE = "demo-shop"
 CATALOGUE = {
@@ -65,7 +65,7 @@ class RelayProcess:
 
     async def start(self, port: int = 0) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tools.cli", "relay", "serve", "--data", str(self.data),
+            sys.executable, "-m", "tillsync.tools.cli", "relay", "serve", "--data", str(self.data),
             "--port", str(port), stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         assert self.proc.stdout is not None

@@ -1,6 +1,6 @@
 """Frame fuzzer: malformed frames sent at a real relay over real websockets.
 
-    PYTHONPATH=. python -m tools.fuzz_frames --frames 100000     # starts its own relay
+    python -m tillsync.tools.fuzz_frames --frames 100000     # starts its own relay
 
 Half the frames go on connections that have not logged in, half on connections logged
 in as an enrolled device (``welcome`` received).  The frames are random bytes, text,
@@ -37,10 +37,10 @@ import msgpack
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from peer.identity import DeviceKey
-from peer.log import Entry, seal
-from peer.sync.engine import ClientLink, Ready
-from peer.sync.frames import (
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.log import Entry, seal
+from tillsync.peer.sync.engine import ClientLink, Ready
+from tillsync.peer.sync.frames import (
     MAX_FRAME,
     MESSAGES,
     PROTOCOL_VERSION,
@@ -372,16 +372,17 @@ def stored(db: Path, store: str) -> dict[str, list[tuple[Any, ...]]]:
 
 
 async def _command(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    from peer.client import enroll
-    from relay.server import Relay
-    from tools.bench_relay import Server
+    from tillsync.peer.client import enroll
+    from tillsync.relay.server import Relay
+    from tillsync.tools.bench_relay import Server
 
     store, device, key = "fuzz-store", str(uuid.uuid4()), DeviceKey.generate()
     data = root / "relay"
     relay = await Relay.open(data)
     code = await relay.new_code(store, "Fuzz till")
     await relay.close()
-    server = await Server.start([sys.executable, "-m", "tools.cli", "relay", "serve", "--data",
+    server = await Server.start([sys.executable, "-m", "tillsync.tools.cli",
+                                 "relay", "serve", "--data",
                                  str(data), "--port", "0"], root / "relay.log")
     try:
         url = f"ws://127.0.0.1:{server.port}"
@@ -442,8 +443,8 @@ async def _push(target: Target, entries: list[Entry]) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.fuzz_frames", description=__doc__
-                                     and __doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tillsync.tools.fuzz_frames",
+                                     description=__doc__ and __doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=10_000, help="frames to send")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--connections", type=int, default=4, help="links at a time")

@@ -1,4 +1,4 @@
-"""Baseline for the LAN propagation benchmark: ``python -m tools.lan_baseline``.
+"""Baseline for the LAN propagation benchmark: ``python -m tillsync.tools.lan_baseline``.
 
 pycrdt-websocket (Yjs sync protocol, no persistence): a ``WebsocketServer`` room on
 127.0.0.1, 1 editor and N receivers (a pycrdt ``Doc`` each, synced by a ``pycrdt.Provider``),
@@ -20,7 +20,7 @@ import time
 from importlib import metadata
 from typing import Any
 
-from tools.workload import percentile, positive_int
+from tillsync.tools.workload import percentile, positive_int
 
 
 class _Channel:
@@ -139,7 +139,7 @@ async def pycrdt_propagation(edits: int, receivers: int = 4, pause: float = 0.0
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m tools.lan_baseline", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m tillsync.tools.lan_baseline", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--edits", type=positive_int, default=200, help="edits (default 200)")
     ap.add_argument("--receivers", type=positive_int, default=4, help="receivers (default 4)")

@@ -1,6 +1,6 @@
 """The baseline for ``tools.bench_relay``: a sales API as a typical REST back end does it.
 
-    python -m tools.naive_rest --db PATH [--host 127.0.0.1] [--port 0]
+    python -m tillsync.tools.naive_rest --db PATH [--host 127.0.0.1] [--port 0]
 
 prints ``naive-rest listening on http://HOST:PORT`` once it accepts connections, then
 serves until interrupted.  One request and one transaction per sale:
@@ -159,7 +159,7 @@ async def serve(db: Path, host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.naive_rest",
+    p = argparse.ArgumentParser(prog="python -m tillsync.tools.naive_rest",
                                 description="naive REST sales API (benchmark baseline)")
     p.add_argument("--db", required=True, type=Path, help="SQLite file")
     p.add_argument("--host", default="127.0.0.1")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
-from peer.totals import sale_total
+from tillsync.peer.totals import sale_total
 
 WEIGHT = "0.75"  # kg of a weighed line
 PIECE_PRODUCTS = 40

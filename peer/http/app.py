@@ -10,12 +10,12 @@ from typing import Any
 
 from aiohttp import web
 
-from peer.errors import InvalidInput
-from peer.http import openapi, routes_data, routes_sync
-from peer.http.auth import Gate
-from peer.http.context import KEY, ApiContext
-from peer.http.errors import errors_middleware
-from peer.http.events import stream
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.http import openapi, routes_data, routes_sync
+from tillsync.peer.http.auth import Gate
+from tillsync.peer.http.context import KEY, ApiContext
+from tillsync.peer.http.errors import errors_middleware
+from tillsync.peer.http.events import stream
 
 API_HOST = "127.0.0.1"
 API_PORT = 8767

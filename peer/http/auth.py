@@ -27,8 +27,8 @@ from typing import Any
 
 from aiohttp import web
 
-from peer.errors import InvalidInput
-from peer.http.errors import ApiError, Handler
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.http.errors import ApiError, Handler
 
 OWNER_FILE = "api.token"
 ISSUED_FILE = "api-tokens.json"

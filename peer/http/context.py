@@ -10,8 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from peer.http.events import EventBus
-from peer.store import Till
+from tillsync.peer.http.events import EventBus
+from tillsync.peer.store import Till
 
 
 class KeyedLocks:

@@ -6,9 +6,9 @@ import asyncio
 from dataclasses import asdict
 from typing import Any
 
-from peer import client
-from peer.http.errors import ApiError
-from peer.store import Till
+from tillsync.peer import client
+from tillsync.peer.http.errors import ApiError
+from tillsync.peer.store import Till
 
 
 class Controls:

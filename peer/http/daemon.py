@@ -7,13 +7,13 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from peer.http.app import serve, stop
-from peer.http.context import ApiContext
-from peer.http.controls import Controls
-from peer.shutdown import cancel_and_wait
+from tillsync.peer.http.app import serve, stop
+from tillsync.peer.http.context import ApiContext
+from tillsync.peer.http.controls import Controls
+from tillsync.peer.shutdown import cancel_and_wait
 
 if TYPE_CHECKING:
-    from peer.lan.node import Node
+    from tillsync.peer.lan.node import Node
 
 log = logging.getLogger("tillsync.http")
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from peer.http.errors import ApiError
-from peer.master.document import genesis
-from peer.master.roles import _read_patch
-from peer.store import Till
+from tillsync.peer.http.errors import ApiError
+from tillsync.peer.master.document import genesis
+from tillsync.peer.master.roles import _read_patch
+from tillsync.peer.store import Till
 
 _GENESIS = genesis().get_heads()
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from peer.errors import (
+from tillsync.peer.errors import (
     DuplicateEntry,
     Forbidden,
     InvalidInput,
@@ -22,7 +22,7 @@ from peer.errors import (
     TillsyncError,
     UnknownReference,
 )
-from schemas import SchemaViolation, UnknownCollection, UnknownKind
+from tillsync.schemas import SchemaViolation, UnknownCollection, UnknownKind
 
 log = logging.getLogger("tillsync.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

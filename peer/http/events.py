@@ -29,10 +29,10 @@ from typing import Any
 
 from aiohttp import web
 
-from peer.http.delta import History, changes_all, cursor_of
-from peer.http.invoice import official_number
-from peer.master.document import COLLECTIONS
-from peer.store import Till
+from tillsync.peer.http.delta import History, changes_all, cursor_of
+from tillsync.peer.http.invoice import official_number
+from tillsync.peer.master.document import COLLECTIONS
+from tillsync.peer.store import Till
 
 log = logging.getLogger("tillsync.http")
 QUEUE = 1000

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from peer.log import Entry
-from peer.store import Till
-from peer.totals import line_amount, sale_total
+from tillsync.peer.log import Entry
+from tillsync.peer.store import Till
+from tillsync.peer.totals import line_amount, sale_total
 
 PENDING_NOTE = "official invoice number assigned at sync"
 WIDTH = 42  # characters per line of an 80 mm receipt printer's standard font

@@ -10,8 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from peer.master.document import COLLECTIONS
-from schemas import ENTRY_KINDS
+from tillsync.peer.master.document import COLLECTIONS
+from tillsync.schemas import ENTRY_KINDS
 
 
 def _ref(name: str) -> dict[str, str]:

@@ -7,11 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
-from peer.http import delta
-from peer.http.context import context
-from peer.http.errors import ApiError, json_body
-from peer.http.invoice import PENDING_NOTE
-from peer.master.document import COLLECTIONS
+from tillsync.peer.http import delta
+from tillsync.peer.http.context import context
+from tillsync.peer.http.errors import ApiError, json_body
+from tillsync.peer.http.invoice import PENDING_NOTE
+from tillsync.peer.master.document import COLLECTIONS
 
 routes = web.RouteTableDef()
 

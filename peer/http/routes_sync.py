@@ -7,11 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
-from peer.http.context import context
-from peer.http.errors import ApiError
-from peer.http.invoice import invoice, receipt_json, render_text, ticket_row
-from peer.log import Entry
-from peer.store import Till
+from tillsync.peer.http.context import context
+from tillsync.peer.http.errors import ApiError
+from tillsync.peer.http.invoice import invoice, receipt_json, render_text, ticket_row
+from tillsync.peer.log import Entry
+from tillsync.peer.store import Till
 
 routes = web.RouteTableDef()
 HISTORY_LIMIT = 100

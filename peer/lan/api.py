@@ -22,9 +22,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from peer.errors import InvalidInput, StoreError, TillsyncError
-from peer.store import Till
-from schemas import SchemaViolation
+from tillsync.peer.errors import InvalidInput, StoreError, TillsyncError
+from tillsync.peer.store import Till
+from tillsync.schemas import SchemaViolation
 
 SOCKET = "api.sock"
 MAX_REQUEST = 4 * 1024 * 1024

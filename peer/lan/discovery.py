@@ -20,7 +20,7 @@ from collections.abc import Callable
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from peer.sync.frames import PROTOCOL_VERSION
+from tillsync.peer.sync.frames import PROTOCOL_VERSION
 
 log = logging.getLogger("tillsync.lan")
 SERVICE = "_tillsync._tcp.local."

@@ -30,18 +30,18 @@ import websockets
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from peer import client
-from peer.errors import InvalidInput, StoreError
-from peer.http import daemon as http_api
-from peer.http.app import API_HOST
-from peer.http.events import EventBus
-from peer.lan import api
-from peer.lan.session import PeerInfo, PeerSession
-from peer.shutdown import Deadlines, cancel_and_wait
-from peer.store import Till
-from peer.sync.deadlines import HANDSHAKE_TIMEOUT, close_unless_authenticated
-from peer.sync.engine import PeerLink
-from peer.sync.frames import TRANSPORT_MAX
+from tillsync.peer import client
+from tillsync.peer.errors import InvalidInput, StoreError
+from tillsync.peer.http import daemon as http_api
+from tillsync.peer.http.app import API_HOST
+from tillsync.peer.http.events import EventBus
+from tillsync.peer.lan import api
+from tillsync.peer.lan.session import PeerInfo, PeerSession
+from tillsync.peer.shutdown import Deadlines, cancel_and_wait
+from tillsync.peer.store import Till
+from tillsync.peer.sync.deadlines import HANDSHAKE_TIMEOUT, close_unless_authenticated
+from tillsync.peer.sync.engine import PeerLink
+from tillsync.peer.sync.frames import TRANSPORT_MAX
 
 log = logging.getLogger("tillsync.lan")
 STATUS_FILE = "lan.json"
@@ -167,7 +167,7 @@ class Node:
             task.cancel()
 
     async def _start_mdns(self, stack: contextlib.AsyncExitStack, port: int) -> None:
-        from peer.lan.discovery import Discovery
+        from tillsync.peer.lan.discovery import Discovery
 
         till = self.till
         assert till is not None

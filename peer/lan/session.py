@@ -21,11 +21,11 @@ from typing import Any, Protocol
 import automerge.core as am
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
-from peer.errors import EntryRefused
-from peer.master.roles import forbidden_changes, refusal
-from peer.shutdown import Deadlines, cancel_and_wait
-from peer.store import Till
-from peer.sync.engine import (
+from tillsync.peer.errors import EntryRefused
+from tillsync.peer.master.roles import forbidden_changes, refusal
+from tillsync.peer.shutdown import Deadlines, cancel_and_wait
+from tillsync.peer.store import Till
+from tillsync.peer.sync.engine import (
     CertsReceived,
     DocMessage,
     EntriesReceived,
@@ -38,7 +38,7 @@ from peer.sync.engine import (
     RemoteError,
     RevokedReceived,
 )
-from peer.sync.receipts import verify_receipts
+from tillsync.peer.sync.receipts import verify_receipts
 
 log = logging.getLogger("tillsync.lan")
 BATCH = 500

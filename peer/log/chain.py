@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from peer.log.entry import GENESIS_PREV, Entry
+from tillsync.peer.log.entry import GENESIS_PREV, Entry
 
 
 @dataclass(frozen=True)

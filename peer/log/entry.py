@@ -22,8 +22,8 @@ from typing import Any
 
 import msgpack
 
-from peer.errors import InvalidInput
-from peer.identity import DeviceKey, verify_signature
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.identity import DeviceKey, verify_signature
 
 FORMAT_VERSION = 1
 GENESIS_PREV = bytes(32)

@@ -1,7 +1,7 @@
 """Master data: one Automerge document per store (products, customers, suppliers,
 cashiers, settings), edited offline on any device and merged by Automerge."""
 
-from peer.master.document import COLLECTIONS, MasterData
-from peer.master.pins import check_pin, hash_pin
+from tillsync.peer.master.document import COLLECTIONS, MasterData
+from tillsync.peer.master.pins import check_pin, hash_pin
 
 __all__ = ["COLLECTIONS", "MasterData", "check_pin", "hash_pin"]

@@ -32,9 +32,9 @@ from typing import Any
 
 import automerge.core as am
 
-from peer.errors import InvalidInput
-from peer.master.pins import hash_pin
-from schemas import validate_record
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.master.pins import hash_pin
+from tillsync.schemas import validate_record
 
 COLLECTIONS = ("cashiers", "customers", "products", "settings", "suppliers")
 SETTINGS_ID = "store"

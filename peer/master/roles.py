@@ -17,7 +17,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 
-from peer.master.document import MasterData, sync_message_authors
+from tillsync.peer.master.document import MasterData, sync_message_authors
 
 MANAGING_ROLES = frozenset({"backoffice", "admin"})
 

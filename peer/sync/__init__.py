@@ -6,7 +6,7 @@ to send.  asyncio and websockets live in ``peer.client`` and ``relay.server``; t
 protocol itself is written down in ``schemas/protocol/``.
 """
 
-from peer.sync.engine import ClientLink, Event, RelayLink
-from peer.sync.frames import PROTOCOL_VERSION, ProtocolError
+from tillsync.peer.sync.engine import ClientLink, Event, RelayLink
+from tillsync.peer.sync.frames import PROTOCOL_VERSION, ProtocolError
 
 __all__ = ["PROTOCOL_VERSION", "ClientLink", "Event", "ProtocolError", "RelayLink"]

@@ -32,10 +32,10 @@ from typing import Any
 
 import msgpack
 
-from peer.cert import Certificate, CertificateError
-from peer.identity import DeviceKey, verify_signature
-from peer.log import Entry
-from peer.sync.frames import (
+from tillsync.peer.cert import Certificate, CertificateError
+from tillsync.peer.identity import DeviceKey, verify_signature
+from tillsync.peer.log import Entry
+from tillsync.peer.sync.frames import (
     PROTOCOL_VERSION,
     ProtocolError,
     decode,

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgpack
 
-from schemas.limits import INTEGER_MAX
+from tillsync.schemas.limits import INTEGER_MAX
 
 PROTOCOL_VERSION = 3
 MAX_FRAME = 4 * 1024 * 1024  # bytes; a batch of 500 sales is ~250 KB
@@ -158,7 +158,7 @@ _CID, _DEV, _KIND, _AT, _TICKET = ENVELOPE_MAX.values()
 
 
 def entry_from_wire(item: object) -> Any:
-    from peer.log import Entry
+    from tillsync.peer.log import Entry
 
     if not (isinstance(item, list) and len(item) == 9):
         raise ProtocolError("bad_field", "entries: each entry is an array of 9 fields",

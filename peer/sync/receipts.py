@@ -20,8 +20,8 @@ from typing import Any
 
 import msgpack
 
-from peer.identity import DeviceKey, verify_signature
-from peer.log import canonical_body
+from tillsync.peer.identity import DeviceKey, verify_signature
+from tillsync.peer.log import canonical_body
 
 GENESIS = bytes(32)
 

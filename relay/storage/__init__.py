@@ -8,8 +8,8 @@ never in process memory.
 
 from pathlib import Path
 
-from relay.storage.base import DeviceRow, RelayStorage, RelayTxn, with_retries
-from relay.storage.sqlite import SQLiteStorage
+from tillsync.relay.storage.base import DeviceRow, RelayStorage, RelayTxn, with_retries
+from tillsync.relay.storage.sqlite import SQLiteStorage
 
 __all__ = ["DeviceRow", "RelayStorage", "RelayTxn", "SQLiteStorage", "open_storage",
            "with_retries"]
@@ -26,6 +26,6 @@ async def open_storage(db: str | None, sqlite_path: Path, *, wait: float = 60.0
         return await SQLiteStorage.open(sqlite_path)
     if not is_postgres(db):
         raise ValueError(f"--db takes a postgresql://user@host:port/database URL, not {db!r}")
-    from relay.storage.postgres import PostgresStorage  # asyncpg only when used
+    from tillsync.relay.storage.postgres import PostgresStorage  # asyncpg only when used
 
     return await PostgresStorage.open(db, wait=wait)

@@ -17,8 +17,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from peer.log import Entry
-from relay import metrics
+from tillsync.peer.log import Entry
+from tillsync.relay import metrics
 
 log = logging.getLogger("tillsync.relay")
 T = TypeVar("T")

@@ -46,11 +46,11 @@ import asyncpg
 import msgpack
 from asyncpg.pool import PoolConnectionProxy
 
-from peer.errors import StoreError
-from peer.log import Entry
-from peer.shutdown import Deadlines, cancel_and_wait
-from relay import tallies
-from relay.storage.base import ALL_HEADS, DeviceRow, code_refusal
+from tillsync.peer.errors import StoreError
+from tillsync.peer.log import Entry
+from tillsync.peer.shutdown import Deadlines, cancel_and_wait
+from tillsync.relay import tallies
+from tillsync.relay.storage.base import ALL_HEADS, DeviceRow, code_refusal
 
 log = logging.getLogger("tillsync.relay.postgres")
 

@@ -18,9 +18,9 @@ from typing import Any
 import aiosqlite
 import msgpack
 
-from peer.log import Entry
-from relay import tallies
-from relay.storage.base import ALL_HEADS, DeviceRow, code_refusal
+from tillsync.peer.log import Entry
+from tillsync.relay import tallies
+from tillsync.relay.storage.base import ALL_HEADS, DeviceRow, code_refusal
 
 SCHEMA_VERSION = 7
 # Page cache of each connection, in KiB (SQLite's default is 2 MiB).  Every sale inserts

@@ -27,8 +27,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from peer.store import Till
 from tests.doubles import sale
+from tillsync.peer.store import Till
 
 POOL = [f"pool-{i}" for i in range(5)]  # records updated again and again, never concurrently
 

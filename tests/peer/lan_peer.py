@@ -24,11 +24,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from peer.identity import DeviceKey
-from peer.store import Till
-from peer.sync.engine import Event, PeerLink, RemoteError
-from peer.sync.frames import TRANSPORT_MAX
 from tests.relay.processes import in_thread
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.store import Till
+from tillsync.peer.sync.engine import Event, PeerLink, RemoteError
+from tillsync.peer.sync.frames import TRANSPORT_MAX
 
 
 @dataclass(frozen=True)

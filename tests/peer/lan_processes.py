@@ -56,7 +56,7 @@ class LanTill(TillDir):
         arguments); returns once the local API answers."""
         assert self.daemon is None or self.daemon.poll() is not None
         self.runs += 1
-        args = [sys.executable, "-m", "tools.cli", "peer", "run", str(self.path),
+        args = [sys.executable, "-m", "tillsync.tools.cli", "peer", "run", str(self.path),
                 "--lan-host", "127.0.0.1", "--lan-port", str(self.port), "--interval", "0.5",
                 "--api-port", "0"]
         if not mdns:

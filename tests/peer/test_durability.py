@@ -26,9 +26,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from peer.errors import StoreCorrupt
-from peer.store import DB_FILE, LOCK_FILE, Till
 from tests.doubles import REPO, cli, sale, stocked_till
+from tillsync.peer.errors import StoreCorrupt
+from tillsync.peer.store import DB_FILE, LOCK_FILE, Till
 
 BASE_SEED = int(os.environ.get("TILLSYNC_DURABILITY_SEED")
                 or random.SystemRandom().randrange(1 << 32))

@@ -12,13 +12,13 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from peer.entry_rules import entry_problem, is_canonical
-from peer.errors import InvalidInput
-from peer.log import canonical_body
-from peer.store import Till
 from tests.doubles import SHIFT, sale, stocked_till
 from tests.peer.test_receive_entries import bread, enrolled_till, make_device
 from tests.relay.test_entry_rules import overlong_ints
+from tillsync.peer.entry_rules import entry_problem, is_canonical
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.log import canonical_body
+from tillsync.peer.store import Till
 
 
 async def test_a_discount_larger_than_its_line_is_refused(tmp_path: Path) -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 import automerge.core as am
 import pytest
 
-from peer.errors import InvalidInput
-from peer.http import auth, delta
-from peer.http.events import QUEUE, EventBus
-from peer.store import Till
-from schemas import SchemaViolation
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.http import auth, delta
+from tillsync.peer.http.events import QUEUE, EventBus
+from tillsync.peer.store import Till
+from tillsync.schemas import SchemaViolation
 
 
 def test_the_owner_token_opens_loopback_only_and_issued_tokens_until_revoked(

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from peer.errors import InvalidInput
-from peer.store import DB_FILE, Till
-from schemas import SchemaViolation
-from schemas.limits import INTEGER_MAX
 from tests.doubles import SHIFT, sale, stocked_till
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.store import DB_FILE, Till
+from tillsync.schemas import SchemaViolation
+from tillsync.schemas.limits import INTEGER_MAX
 
 
 async def test_money_beyond_the_range_is_refused_at_the_till(tmp_path: Path) -> None:

@@ -25,12 +25,6 @@ from typing import Any
 import msgpack
 import pytest
 
-from peer.cert import Certificate
-from peer.identity import DeviceKey
-from peer.log import Entry
-from peer.store import Till
-from peer.sync.engine import Ingested, PeerAuthenticated, peer_transcript
-from peer.sync.frames import PROTOCOL_VERSION, encode
 from tests.peer.lan_peer import FakeTill, Identity, PeerClient, identity_of, masked_frame
 from tests.peer.lan_processes import LanTill, wait_until
 from tests.relay.processes import (
@@ -41,6 +35,12 @@ from tests.relay.processes import (
     in_thread,
     run_cli,
 )
+from tillsync.peer.cert import Certificate
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.log import Entry
+from tillsync.peer.store import Till
+from tillsync.peer.sync.engine import Ingested, PeerAuthenticated, peer_transcript
+from tillsync.peer.sync.frames import PROTOCOL_VERSION, encode
 
 STORE, STORE_B = "shop-lan-a", "shop-lan-b"
 BREAD = ("products", "bread", {"name": "Bread", "sku": "B1", "price": 320})

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from websockets.asyncio.client import connect
 
-from peer.sync.deadlines import CLOSE_HANDSHAKE_TIMEOUT
 from tests.peer.lan_processes import LanTill, wait_until
 from tests.relay.processes import Relays, closed_with, in_thread
+from tillsync.peer.sync.deadlines import CLOSE_HANDSHAKE_TIMEOUT
 
 STORE = "shop-lan-deadline"
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peer.identity import DeviceKey
-from peer.log import GENESIS_PREV, Entry, canonical_body, seal, verify_chain
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.log import GENESIS_PREV, Entry, canonical_body, seal, verify_chain
 
 KEY = DeviceKey.generate()
 DEVICE = "d5f0c7a2-0000-4000-8000-000000000001"

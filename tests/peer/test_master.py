@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peer.errors import InvalidInput
-from peer.master import MasterData, check_pin
-from schemas import SchemaViolation
+from tillsync.peer.errors import InvalidInput
+from tillsync.peer.master import MasterData, check_pin
+from tillsync.schemas import SchemaViolation
 
 A, B = uuid.uuid4().bytes, uuid.uuid4().bytes
 

@@ -19,10 +19,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peer.cert import Certificate
-from peer.identity import DeviceKey, verify_signature
-from peer.log import GENESIS_PREV, Entry, seal
-from peer.sync.engine import (
+from tests.doubles import deliver
+from tillsync.peer.cert import Certificate
+from tillsync.peer.identity import DeviceKey, verify_signature
+from tillsync.peer.log import GENESIS_PREV, Entry, seal
+from tillsync.peer.sync.engine import (
     CertsReceived,
     DocMessage,
     EntriesReceived,
@@ -36,8 +37,7 @@ from peer.sync.engine import (
     RemoteError,
     peer_transcript,
 )
-from peer.sync.frames import MAX_BATCH, PROTOCOL_VERSION, decode, encode
-from tests.doubles import deliver
+from tillsync.peer.sync.frames import MAX_BATCH, PROTOCOL_VERSION, decode, encode
 
 STORE = "shop-1"
 DIALER, LISTENER = "till-a-3f1c8a52", "till-b-9a430c2f"
@@ -202,7 +202,7 @@ def test_handshake_frames_and_signatures_are_the_documented_ones() -> None:
 
 
 def test_the_constructor_refuses_a_certificate_that_is_not_its_own_stores() -> None:
-    from peer.cert import CertificateError
+    from tillsync.peer.cert import CertificateError
 
     with pytest.raises(CertificateError):
         dialer(cert=CERT_A_OTHER_STORE)

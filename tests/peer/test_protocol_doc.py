@@ -18,14 +18,14 @@ import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from peer.cert import Certificate, CertificateError
-from peer.identity import DeviceKey
-from peer.sync.frames import MAX_BATCH, PROTOCOL_VERSION, ProtocolError, decode, encode
-from peer.sync.receipts import GENESIS, seal_receipts
-from peer.totals import sale_total
-from relay import faults
 from tests.peer.test_sync_engine import _frame_validator
-from tools.fuzz_frames import CLOSE_CODES, documented_codes
+from tillsync.peer.cert import Certificate, CertificateError
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.sync.frames import MAX_BATCH, PROTOCOL_VERSION, ProtocolError, decode, encode
+from tillsync.peer.sync.receipts import GENESIS, seal_receipts
+from tillsync.peer.totals import sale_total
+from tillsync.relay import faults
+from tillsync.tools.fuzz_frames import CLOSE_CODES, documented_codes
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "schemas" / "protocol"

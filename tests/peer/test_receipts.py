@@ -20,10 +20,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peer.identity import DeviceKey, verify_signature
-from peer.sync.engine import RelayLink
-from peer.sync.frames import decode, encode, receipts_frame
-from peer.sync.receipts import GENESIS, receipt_hash, seal_packed, seal_receipts, verify_receipts
+from tillsync.peer.identity import DeviceKey, verify_signature
+from tillsync.peer.sync.engine import RelayLink
+from tillsync.peer.sync.frames import decode, encode, receipts_frame
+from tillsync.peer.sync.receipts import (
+    GENESIS,
+    receipt_hash,
+    seal_packed,
+    seal_receipts,
+    verify_receipts,
+)
 
 RELAY_KEY, OTHER_KEY = DeviceKey.generate(), DeviceKey.generate()
 RELAY = RELAY_KEY.public_bytes
@@ -309,8 +315,8 @@ async def test_every_receipt_the_relay_pushes_can_be_verified_in_turn(tmp_path: 
     """Batches of 3 and of RECEIPTS_PER_FRAME + 10 receipts, as two ingests write them;
     the till checks each ``receipts`` frame like ``peer.client._round`` does: what a frame
     leaves unvouched (it ended inside a signed batch) is verified with the next frame."""
-    from relay.server import RECEIPTS_PER_FRAME, Relay
-    from relay.storage import SQLiteStorage
+    from tillsync.relay.server import RECEIPTS_PER_FRAME, Relay
+    from tillsync.relay.storage import SQLiteStorage
 
     relay = Relay(await SQLiteStorage.open(tmp_path / "relay.db"), RELAY_KEY)
     try:

@@ -22,13 +22,13 @@ from typing import Any
 import msgpack
 import pytest
 
-from peer.cert import Certificate, Revocation
-from peer.errors import EntryRefused, Forbidden, StoreCorrupt
-from peer.identity import DeviceKey
-from peer.log import Entry
-from peer.store import Till
 from tests.doubles import sale
 from tests.relay.processes import Chain
+from tillsync.peer.cert import Certificate, Revocation
+from tillsync.peer.errors import EntryRefused, Forbidden, StoreCorrupt
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.log import Entry
+from tillsync.peer.store import Till
 
 STORE = "shop-1"
 RELAY_KEY, ROGUE_KEY = DeviceKey.generate(), DeviceKey.generate()

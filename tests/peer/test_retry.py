@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peer import client
-from peer.lan.node import NodeConfig
-from peer.store import Till
 from tests.relay.processes import refused_url
+from tillsync.peer import client
+from tillsync.peer.lan.node import NodeConfig
+from tillsync.peer.store import Till
 
 
 @given(failures=st.integers(0, 10_000), interval=st.floats(0.01, 3600))

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from peer.log import Entry
 from tests.peer.lan_processes import LanTill, wait_until
 from tests.peer.test_lan_bad_input import entries_of as held_entries
 from tests.peer.test_lan_bad_input import held
 from tests.relay.processes import RawSession, Relays, cli_json, query, run_cli
+from tillsync.peer.log import Entry
 
 STORE = "shop-revoke"
 BREAD = ("products", "bread", {"name": "Bread", "sku": "B1", "price": 320})

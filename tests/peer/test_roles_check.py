@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peer.master import MasterData
-from peer.master.document import sync_message_authors
-from peer.master.roles import forbidden_changes
+from tillsync.peer.master import MasterData
+from tillsync.peer.master.document import sync_message_authors
+from tillsync.peer.master.roles import forbidden_changes
 
 OFFICE, TILL, OTHER = (uuid.uuid4() for _ in range(3))
 ROLES = {str(OFFICE): "backoffice", str(TILL): "till"}

@@ -19,11 +19,11 @@ from typing import Any, cast
 import pytest
 from websockets.exceptions import ConnectionClosedError
 
-from peer.lan.session import PeerSession
 from tests.doubles import SHIFT, sale
 from tests.peer.lan_processes import LanTill, wait_until
 from tests.relay.processes import RelayProcess, Relays
 from tests.relay.stops import STOP_BOUND, intact, record_sales, stopped
+from tillsync.peer.lan.session import PeerSession
 
 PRODUCTS = [("products", "bread", {"name": "Bread", "sku": "B1", "price": 320}),
             ("cashiers", "ann", {"name": "Ann", "role": "cashier", "pin": "1234"})]

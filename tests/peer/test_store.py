@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from peer.errors import (
+from tests.doubles import SHIFT, sale, stocked_till
+from tillsync.peer.errors import (
     DuplicateEntry,
     InvalidInput,
     StoreError,
@@ -20,9 +21,8 @@ from peer.errors import (
     StoreNotFound,
     UnknownReference,
 )
-from peer.store import Till
-from schemas import SchemaViolation, UnknownKind
-from tests.doubles import SHIFT, sale, stocked_till
+from tillsync.peer.store import Till
+from tillsync.schemas import SchemaViolation, UnknownKind
 
 
 async def snapshot_of(till: Till) -> tuple[object, ...]:

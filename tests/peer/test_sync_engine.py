@@ -24,10 +24,11 @@ from jsonschema import Draft202012Validator, ValidationError, validators
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from peer.cert import Certificate, Revocation
-from peer.identity import DeviceKey, verify_signature
-from peer.log import GENESIS_PREV, Entry, seal
-from peer.sync.engine import (
+from tests.doubles import deliver
+from tillsync.peer.cert import Certificate, Revocation
+from tillsync.peer.identity import DeviceKey, verify_signature
+from tillsync.peer.log import GENESIS_PREV, Entry, seal
+from tillsync.peer.sync.engine import (
     Authenticated,
     ClientLink,
     DocMessage,
@@ -45,9 +46,15 @@ from peer.sync.engine import (
     RelayLink,
     RemoteError,
 )
-from peer.sync.frames import MAX_BATCH, MAX_FRAME, MESSAGES, PROTOCOL_VERSION, decode, encode
-from peer.sync.receipts import GENESIS, seal_receipts
-from tests.doubles import deliver
+from tillsync.peer.sync.frames import (
+    MAX_BATCH,
+    MAX_FRAME,
+    MESSAGES,
+    PROTOCOL_VERSION,
+    decode,
+    encode,
+)
+from tillsync.peer.sync.receipts import GENESIS, seal_receipts
 
 STORE, DEVICE = "store-1", "3f1c8a52-6d1e-4b7a-9a43-0c2f5e9b7d10"
 NONCE_D, NONCE_R = bytes(range(32)), bytes(range(100, 132))
@@ -850,9 +857,9 @@ def test_no_input_makes_a_link_raise(where: tuple[str, str], frames: list[bytes 
 def test_the_readme_test_vectors_are_reproduced_by_the_code() -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from peer.log import canonical_body
-    from peer.master.document import genesis
-    from peer.sync.engine import peer_transcript, transcript
+    from tillsync.peer.log import canonical_body
+    from tillsync.peer.master.document import genesis
+    from tillsync.peer.sync.engine import peer_transcript, transcript
 
     device = DeviceKey(Ed25519PrivateKey.from_private_bytes(bytes([1]) * 32))
     relay = DeviceKey(Ed25519PrivateKey.from_private_bytes(bytes([2]) * 32))

@@ -30,10 +30,12 @@ import msgpack
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from peer.identity import DeviceKey
-from peer.log import Entry, seal, seal_bytes
-from peer.store import Till
-from peer.sync.engine import (
+from tests.doubles import REPO
+from tests.relay.databases import pg_query
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.log import Entry, seal, seal_bytes
+from tillsync.peer.store import Till
+from tillsync.peer.sync.engine import (
     ClientLink,
     DocMessage,
     DocSnapshot,
@@ -45,10 +47,8 @@ from peer.sync.engine import (
     ReceiptsReceived,
     RemoteError,
 )
-from peer.sync.frames import PROTOCOL_VERSION, TRANSPORT_MAX
-from relay.server import Relay
-from tests.doubles import REPO
-from tests.relay.databases import pg_query
+from tillsync.peer.sync.frames import PROTOCOL_VERSION, TRANSPORT_MAX
+from tillsync.relay.server import Relay
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -62,7 +62,7 @@ _LISTENING = re.compile(r"relay listening on wss?://([0-9.]+):([0-9]+)")
 
 
 class RelayProcess:
-    """``python -m tools.cli relay serve`` on ``data`` (and the PostgreSQL database ``db``
+    """``python -m tillsync.tools.cli relay serve`` on ``data`` (and the PostgreSQL database ``db``
     if given); stdout and stderr go to files.  ``extra``: more arguments for serve."""
 
     def __init__(self, data: Path, logs: Path, port: int = 0, db: str | None = None,
@@ -93,7 +93,8 @@ class RelayProcess:
         self.logs.mkdir(parents=True, exist_ok=True)
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tools.cli", "relay", "serve", "--data", str(self.data),
+                [sys.executable, "-m", "tillsync.tools.cli",
+                 "relay", "serve", "--data", str(self.data),
                  "--port", str(want), *(("--db", self.db) if self.db else ()), *self.extra],
                 stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=ENV,
                 start_new_session=True)
@@ -185,7 +186,8 @@ def refused_url() -> str:
 
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "tools.cli", *args], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "tillsync.tools.cli",
+                             *args], capture_output=True,
                             text=True, env=ENV, timeout=CLI_TIMEOUT, stdin=subprocess.DEVNULL)
     if check and result.returncode != 0:
         raise AssertionError(f"tillsync {' '.join(args)} -> {result.returncode}\n"

@@ -7,9 +7,9 @@ import signal
 import subprocess
 from collections.abc import Callable
 
-from peer.store import Till
 from tests.doubles import sale
 from tests.relay.processes import RelayProcess, TillDir, cli_json, in_thread, run_cli
+from tillsync.peer.store import Till
 
 STOP_BOUND = 10.0  # seconds: a stop that takes longer is a hang (not a benchmark)
 

@@ -24,11 +24,6 @@ from typing import Any
 
 import pytest
 
-from peer.client import enroll
-from peer.identity import DeviceKey
-from peer.store import Till
-from peer.sync.engine import ReceiptsReceived
-from peer.sync.receipts import verify_receipts
 from tests.doubles import sale
 from tests.relay.processes import (
     CLI_TIMEOUT,
@@ -50,6 +45,11 @@ from tests.relay.processes import (
     store_key,
     stream_position,
 )
+from tillsync.peer.client import enroll
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.store import Till
+from tillsync.peer.sync.engine import ReceiptsReceived
+from tillsync.peer.sync.receipts import verify_receipts
 
 STORE = "store-1"
 PRODUCTS = {
@@ -378,7 +378,7 @@ async def _record_sales(path: Path, shift: str | None, count: int,
 
 
 def _start_syncs(tills: list[TillDir], url: str) -> list[subprocess.Popen[str]]:
-    return [subprocess.Popen([sys.executable, "-m", "tools.cli", "peer", "sync",
+    return [subprocess.Popen([sys.executable, "-m", "tillsync.tools.cli", "peer", "sync",
                               str(t.path), "--once", "--json", "--relay", url],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=ENV, stdin=subprocess.DEVNULL) for t in tills]

@@ -21,17 +21,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peer.identity import DeviceKey
-from peer.log import Entry
-from relay import reports
-from relay.ingest import Batch, IngestResult, ingest_all
-from relay.storage.sqlite import SQLiteStorage
-from schemas import ENTRY_KINDS
 from tests.doubles import sale
 from tests.relay.processes import Chain, RawSession, RelayProcess, now, run_cli
 from tests.relay.test_bad_input import enrolled
 from tests.relay.test_postgres_storage import enrolled as enroll_in  # any storage
 from tests.schemas.strategies import bodies
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.log import Entry
+from tillsync.relay import reports
+from tillsync.relay.ingest import Batch, IngestResult, ingest_all
+from tillsync.relay.storage.sqlite import SQLiteStorage
+from tillsync.schemas import ENTRY_KINDS
 
 SHIFT = "0b8f4c1e-2d3a-4f5b-9c6d-7e8f9a0b1c2d"  # device A's shift: bodies often name it
 HELD = "5d2c9a4e-8f1b-4c3d-a2e5-6b7c8d9e0f1a"

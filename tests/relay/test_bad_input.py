@@ -16,10 +16,6 @@ from typing import Any
 import msgpack
 import pytest
 
-from peer.client import enroll
-from peer.identity import DeviceKey
-from peer.sync.engine import Ingested, RemoteError
-from peer.sync.frames import MAX_FRAME, PROTOCOL_VERSION, TRANSPORT_MAX
 from tests.doubles import sale
 from tests.relay.processes import (
     Chain,
@@ -33,6 +29,10 @@ from tests.relay.processes import (
     relay_receipts,
     snapshot,
 )
+from tillsync.peer.client import enroll
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.sync.engine import Ingested, RemoteError
+from tillsync.peer.sync.frames import MAX_FRAME, PROTOCOL_VERSION, TRANSPORT_MAX
 
 PRODUCT_SALE = (("bread", 2, 320),)
 

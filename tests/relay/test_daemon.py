@@ -46,7 +46,8 @@ def test_the_daemon_syncs_backs_off_while_the_relay_is_down_and_catches_up(
         till.record("shift_open", {"cashier_id": "ann", "opening_cash": 1000}, SHIFT)
         log = open(tmp_path / "run.log", "wb")  # noqa: SIM115 - closed below
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "tools.cli", "peer", "run", str(till.path), "--interval",
+            [sys.executable, "-m", "tillsync.tools.cli",
+             "peer", "run", str(till.path), "--interval",
              "0.3", "--lan-port", "0", "--no-mdns", "--api-port", "0"],
             stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
         try:

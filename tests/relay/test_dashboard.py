@@ -25,12 +25,12 @@ from typing import Any
 
 import pytest
 
-from peer.store import Till
 from tests.doubles import sale
 from tests.relay.processes import Relays, TillDir, cli_json, in_thread
 from tests.relay.test_report_api import OTHER, shop
 from tests.relay.test_report_api import STORE as API_STORE
 from tests.services import unavailable
+from tillsync.peer.store import Till
 
 STORE = "store-dash"
 CHROMIUM = "/usr/bin/chromium"

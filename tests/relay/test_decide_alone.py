@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from peer.identity import DeviceKey
-from peer.log import Entry
-from relay.ingest import Batch, IngestResult, ingest_all
-from relay.server import Relay, _Job
-from relay.storage.sqlite import SQLiteStorage
-from schemas.limits import INTEGER_MAX
 from tests.doubles import sale
 from tests.relay.processes import Chain, now
 from tests.relay.test_postgres_storage import enrolled
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.log import Entry
+from tillsync.relay.ingest import Batch, IngestResult, ingest_all
+from tillsync.relay.server import Relay, _Job
+from tillsync.relay.storage.sqlite import SQLiteStorage
+from tillsync.schemas.limits import INTEGER_MAX
 
 CATALOGUE: dict[str, dict[str, Any]] = {
     "bread": {"name": "Bread", "sku": "B1", "price": 320},

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from peer.client import init_enrolled, sync_once
-from peer.store import DB_FILE, Till
-from peer.sync.engine import RelayLink
-from relay.server import RelayConfig, running
-from tools.bench_store import document_sizes
+from tillsync.peer.client import init_enrolled, sync_once
+from tillsync.peer.store import DB_FILE, Till
+from tillsync.peer.sync.engine import RelayLink
+from tillsync.relay.server import RelayConfig, running
+from tillsync.tools.bench_store import document_sizes
 
 
 async def test_a_fresh_till_gets_the_catalogue_as_one_snapshot(

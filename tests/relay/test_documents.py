@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from peer.master import MasterData
-from relay.documents import StoreHub
+from tillsync.peer.master import MasterData
+from tillsync.relay.documents import StoreHub
 
 
 async def test_product_facts_are_memoised_until_the_document_changes() -> None:

@@ -13,8 +13,6 @@ from typing import Any
 import msgpack
 import pytest
 
-from peer.log import Entry, canonical_body, seal_bytes
-from peer.sync.engine import RemoteError
 from tests.doubles import sale
 from tests.relay.processes import (
     Chain,
@@ -32,6 +30,8 @@ from tests.relay.test_bad_input import (
     selling,
     unchanged,
 )
+from tillsync.peer.log import Entry, canonical_body, seal_bytes
+from tillsync.peer.sync.engine import RemoteError
 
 
 async def rejected_with(session: RawSession, chain: Chain, entry: Entry, code: str,

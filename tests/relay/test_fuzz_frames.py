@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from peer.sync.receipts import GENESIS, verify_receipts
 from tests.doubles import sale
 from tests.relay.processes import (
     Chain,
@@ -27,7 +26,8 @@ from tests.relay.processes import (
     store_key,
 )
 from tests.relay.test_bad_input import PRODUCT_SALE, enrolled, new_store, unchanged
-from tools.fuzz_frames import Target, fuzz
+from tillsync.peer.sync.receipts import GENESIS, verify_receipts
+from tillsync.tools.fuzz_frames import Target, fuzz
 
 LONG = os.environ.get("TILLSYNC_HYPOTHESIS_PROFILE") == "long"
 FRAMES = 100_000 if LONG else 3_000

@@ -18,12 +18,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from peer.log import Entry
-from relay.storage import open_storage
-from relay.storage import postgres as pg
-from relay.storage import sqlite as lite
-from relay.storage.base import ALL_HEADS
 from tests.relay.processes import now
+from tillsync.peer.log import Entry
+from tillsync.relay.storage import open_storage
+from tillsync.relay.storage import postgres as pg
+from tillsync.relay.storage import sqlite as lite
+from tillsync.relay.storage.base import ALL_HEADS
 
 DEVICES = {"a": {"d1": 1, "d2": 5, "d3": 20}, "b": {"d1": 7, "d4": 2}}
 

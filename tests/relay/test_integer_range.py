@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 
-from peer.sync.engine import Ingested
-from schemas.limits import INTEGER_MAX
 from tests.doubles import sale
 from tests.relay.processes import (
     RawSession,
@@ -23,6 +21,8 @@ from tests.relay.processes import (
     run_cli,
 )
 from tests.relay.test_bad_input import enrolled, new_store, selling, still_serving
+from tillsync.peer.sync.engine import Ingested
+from tillsync.schemas.limits import INTEGER_MAX
 
 HUGE_QTY = 999_999_999  # the largest integer quantity: times the largest price, far out
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import msgpack
 from websockets.asyncio.client import connect
 
-from peer.sync.deadlines import CLOSE_BUSY, CLOSE_HANDSHAKE_TIMEOUT, CLOSE_IDLE
 from tests.relay.processes import (
     RawSession,
     RelayProcess,
@@ -23,6 +22,7 @@ from tests.relay.processes import (
     hello,
     in_thread,
 )
+from tillsync.peer.sync.deadlines import CLOSE_BUSY, CLOSE_HANDSHAKE_TIMEOUT, CLOSE_IDLE
 
 STORE = "shop-limits"
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from peer import logfmt
 from tests.peer.lan_processes import LanTill, wait_until
 from tests.relay.processes import Relays, TillDir
+from tillsync.peer import logfmt
 
 
 @pytest.fixture

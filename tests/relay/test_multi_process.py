@@ -32,12 +32,6 @@ from urllib.parse import urlsplit, urlunsplit
 import automerge.core as am
 import pytest
 
-from peer.client import enroll
-from peer.identity import DeviceKey
-from peer.master import MasterData
-from peer.store import Till
-from peer.sync.engine import DocMessage
-from peer.sync.receipts import verify_receipts
 from tests.doubles import sale
 from tests.relay.processes import (
     CLI_TIMEOUT,
@@ -56,6 +50,12 @@ from tests.relay.processes import (
 )
 from tests.relay.proxy import Proxy
 from tests.relay.test_acceptance import PRODUCTS, _record_sales, assert_gapless
+from tillsync.peer.client import enroll
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.master import MasterData
+from tillsync.peer.store import Till
+from tillsync.peer.sync.engine import DocMessage
+from tillsync.peer.sync.receipts import verify_receipts
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -67,7 +67,8 @@ def relays(tmp_path: Path, pg_db: str) -> Iterator[Relays]:
 
 
 def sync_procs(targets: list[tuple[TillDir, str]]) -> list[subprocess.Popen[str]]:
-    return [subprocess.Popen([sys.executable, "-m", "tools.cli", "peer", "sync", str(t.path),
+    return [subprocess.Popen([sys.executable, "-m", "tillsync.tools.cli",
+                              "peer", "sync", str(t.path),
                               "--once", "--json", "--relay", url],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
                              stdin=subprocess.DEVNULL) for t, url in targets]

@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from peer.sync.engine import Ingested
 from tests.doubles import sale
 from tests.peer.lan_processes import wait_until
 from tests.relay.processes import (
@@ -38,6 +37,7 @@ from tests.relay.test_acceptance import _record_sales
 from tests.relay.test_bad_input import selling
 from tests.relay.test_logs import json_lines
 from tests.relay.test_multi_process import finish, sync_procs, sync_until_done, via
+from tillsync.peer.sync.engine import Ingested
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -231,7 +231,7 @@ class Flaky(Exception):
 async def test_database_errors_and_retries_are_counted_per_attempt() -> None:
     from prometheus_client import REGISTRY
 
-    from relay.storage import with_retries
+    from tillsync.relay.storage import with_retries
 
     class Storage:  # what with_retries asks of a RelayStorage
         @staticmethod

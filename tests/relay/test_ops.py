@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from relay.faults import storage_fault
 from tests.disks import Disk, tiny_disk
 from tests.relay.databases import pg_query
 from tests.relay.processes import RelayProcess, Relays, TillDir, run_cli
+from tillsync.relay.faults import storage_fault
 
 
 @pytest.fixture

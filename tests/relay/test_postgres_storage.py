@@ -12,19 +12,19 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from peer.errors import StoreError
-from peer.identity import DeviceKey
-from relay.ingest import ingest
-from relay.storage import with_retries
-from relay.storage.postgres import (
+from tests.doubles import sale
+from tests.relay.processes import Chain, now, run_cli
+from tillsync.peer.errors import StoreError
+from tillsync.peer.identity import DeviceKey
+from tillsync.relay.ingest import ingest
+from tillsync.relay.storage import with_retries
+from tillsync.relay.storage.postgres import (
     MIGRATIONS,
     SCHEMA_VERSION,
     PostgresStorage,
     describe,
     migrate_schema,
 )
-from tests.doubles import sale
-from tests.relay.processes import Chain, now, run_cli
 
 pytestmark = pytest.mark.postgres
 STORE = "shop"

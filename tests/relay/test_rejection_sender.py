@@ -9,7 +9,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from peer.identity import DeviceKey
 from tests.relay.databases import REJECTED_BEFORE_SCHEMA_7
 from tests.relay.processes import (
     Chain,
@@ -20,6 +19,7 @@ from tests.relay.processes import (
     run_cli,
 )
 from tests.relay.test_bad_input import enrolled, selling
+from tillsync.peer.identity import DeviceKey
 
 
 def devices(relay: RelayProcess, store: str) -> dict[str, dict[str, Any]]:

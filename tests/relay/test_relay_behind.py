@@ -12,9 +12,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from peer.sync.engine import Ready, RemoteError
-from peer.sync.receipts import RELAY_BEHIND
-from schemas.limits import INTEGER_MAX
 from tests.relay.processes import (
     RawSession,
     RelayProcess,
@@ -24,6 +21,9 @@ from tests.relay.processes import (
     stream_position,
 )
 from tests.relay.test_bad_input import new_store, selling
+from tillsync.peer.sync.engine import Ready, RemoteError
+from tillsync.peer.sync.receipts import RELAY_BEHIND
+from tillsync.schemas.limits import INTEGER_MAX
 
 SHIFT = {"cashier_id": "ann", "opening_cash": 0}
 CASHIER = {"name": "Ann", "role": "cashier", "pin": "1234"}

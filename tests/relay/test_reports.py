@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from relay.storage.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
-from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from tests.doubles import sale
 from tests.relay.databases import REJECTED_BEFORE_SCHEMA_7, invoices_before_schema_6
 from tests.relay.processes import RelayProcess, Relays, TillDir, cli_json, query, run_cli
+from tillsync.relay.storage.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
+from tillsync.relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 
 STORE = "store-r"
 PRODUCTS = {

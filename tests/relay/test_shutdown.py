@@ -53,7 +53,7 @@ def test_the_relay_stops_in_the_middle_of_an_ingest_and_loses_nothing(
         till = shop_till(tmp_path, relay)
         recorded = record_sales(till, 6000)
         pushing = subprocess.Popen(
-            [sys.executable, "-m", "tools.cli", "peer", "sync", str(till.path), "--once"],
+            [sys.executable, "-m", "tillsync.tools.cli", "peer", "sync", str(till.path), "--once"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
         try:
             wait_until(lambda: query(relay, "SELECT count(*) FROM invoices")[0][0] > 0,
@@ -116,7 +116,7 @@ def test_relay_workers_stop_gracefully_and_take_their_workers_with_them(
     out = tmp_path / "workers.out"
     with open(out, "wb") as stdout:
         parent = subprocess.Popen(
-            [sys.executable, "-m", "tools.cli", "relay", "serve", "--data",
+            [sys.executable, "-m", "tillsync.tools.cli", "relay", "serve", "--data",
              str(tmp_path / "data"), "--db", pg_db, "--port", "0", "--workers", "2"],
             stdout=stdout, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
     try:

@@ -19,15 +19,6 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
-from peer.cert import Certificate, CertificateError
-from peer.client import SyncError, enroll
-from peer.identity import DeviceKey
-from peer.sync.engine import ClientLink
-from peer.sync.frames import PROTOCOL_VERSION, TRANSPORT_MAX
-from peer.sync.receipts import verify_receipts
-from relay.server import Relay, code_hash
-from relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
-from relay.storekeys import StoreKeyError
 from tests.doubles import sale
 from tests.relay.databases import REJECTED_BEFORE_SCHEMA_7, invoices_before_schema_6
 from tests.relay.processes import (
@@ -48,6 +39,15 @@ from tests.relay.processes import (
 )
 from tests.relay.test_acceptance import _record_sales
 from tests.relay.test_bad_input import frame, new_store, selling, still_serving, unchanged
+from tillsync.peer.cert import Certificate, CertificateError
+from tillsync.peer.client import SyncError, enroll
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.sync.engine import ClientLink
+from tillsync.peer.sync.frames import PROTOCOL_VERSION, TRANSPORT_MAX
+from tillsync.peer.sync.receipts import verify_receipts
+from tillsync.relay.server import Relay, code_hash
+from tillsync.relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
+from tillsync.relay.storekeys import StoreKeyError
 
 
 def devices(relay: RelayProcess) -> list[tuple[object, ...]]:

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from peer.log import canonical_body
 from tests.relay.processes import (
     RelayProcess,
     TillDir,
@@ -20,6 +19,7 @@ from tests.relay.processes import (
     run_cli,
 )
 from tests.relay.test_ops import sell
+from tillsync.peer.log import canonical_body
 
 
 def standalone(path: Path) -> tuple[TillDir, list[str]]:

@@ -12,15 +12,6 @@ from typing import Any
 
 import pytest
 
-from peer.sync.engine import (
-    DocMessage,
-    Ingested,
-    PeerAuthenticated,
-    ReceiptsReceived,
-    RemoteError,
-)
-from peer.sync.frames import decode
-from peer.sync.receipts import GENESIS, verify_receipts
 from tests.peer.lan_peer import PeerClient, identity_of
 from tests.peer.lan_processes import LanTill, wait_until
 from tests.relay.processes import (
@@ -32,6 +23,15 @@ from tests.relay.processes import (
     store_key,
 )
 from tests.relay.test_bad_input import enrolled, new_store
+from tillsync.peer.sync.engine import (
+    DocMessage,
+    Ingested,
+    PeerAuthenticated,
+    ReceiptsReceived,
+    RemoteError,
+)
+from tillsync.peer.sync.frames import decode
+from tillsync.peer.sync.receipts import GENESIS, verify_receipts
 
 LINES = [{"product_id": "bread", "qty": "0.75", "unit_price": 410},
          {"product_id": "cheese", "qty": "0.333", "unit_price": 150},

@@ -10,13 +10,13 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from peer.identity import DeviceKey
-from peer.log import GENESIS_PREV, Entry, seal, seal_bytes
-from peer.store import Till
-from relay.ingest import adopt, pack_for_worker, prepare, prepare_packed
 from tests.relay.processes import Relays, TillDir, in_thread
-from tools.bench_relay import children
-from tools.workload import products_for_sales, sale_body
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.log import GENESIS_PREV, Entry, seal, seal_bytes
+from tillsync.peer.store import Till
+from tillsync.relay.ingest import adopt, pack_for_worker, prepare, prepare_packed
+from tillsync.tools.bench_relay import children
+from tillsync.tools.workload import products_for_sales, sale_body
 
 SHIFT = "5e0a7c3b-2f1d-4c6e-9a8b-7d6c5b4a3f21"
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from schemas import entry_schema
+from tillsync.schemas import entry_schema
 
 Strategy = st.SearchStrategy[Any]
 
@@ -39,7 +39,7 @@ def _common(ref: str) -> dict[str, Any]:
 @functools.cache
 def _common_doc() -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads(
-        (files("schemas") / "common.json").read_text(encoding="utf-8"))
+        (files("tillsync.schemas") / "common.json").read_text(encoding="utf-8"))
     return loaded
 
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, entry_schema
-from schemas.validate import (
+from tillsync.schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, entry_schema
+from tillsync.schemas.validate import (
     _ENTRIES,
     _MASTER,
     _SALE_SCHEMA,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, validate_entry
-from schemas.validate import _load, _root
+from tillsync.schemas import COLLECTIONS, ENTRY_KINDS, SchemaViolation, validate_entry
+from tillsync.schemas.validate import _load, _root
 
 
 def _unbounded(node: Any, path: str) -> list[str]:

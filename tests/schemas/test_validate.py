@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from schemas import (
+from tillsync.schemas import (
     COLLECTIONS,
     ENTRY_KINDS,
     SchemaViolation,
@@ -26,7 +26,7 @@ from schemas import (
     validate_entry,
     validate_record,
 )
-from schemas.limits import INTEGER_MAX, QUANTITY_LIMIT
+from tillsync.schemas.limits import INTEGER_MAX, QUANTITY_LIMIT
 
 SHIFT = "0b8f4c1e-2d3a-4f5b-9c6d-7e8f9a0b1c2d"
 SALE = "5d2c9a4e-8f1b-4c3d-a2e5-6b7c8d9e0f1a"
@@ -140,7 +140,7 @@ def test_kinds_and_collections_are_discovered_sorted() -> None:
 
 
 def _schema_files() -> list[str]:
-    root = files("schemas")
+    root = files("tillsync.schemas")
     names = ["common.json"]
     for sub in ("entries", "master"):
         names += [f"{sub}/{p.name}" for p in (root / sub).iterdir() if p.name.endswith(".json")]
@@ -149,7 +149,7 @@ def _schema_files() -> list[str]:
 
 @pytest.mark.parametrize("name", _schema_files())
 def test_each_schema_file_is_a_valid_2020_12_schema(name: str) -> None:
-    schema = json.loads((files("schemas") / name).read_text(encoding="utf-8"))
+    schema = json.loads((files("tillsync.schemas") / name).read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(schema)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["$id"] == f"https://tillsync.dev/schemas/{name}"
@@ -173,7 +173,7 @@ def _objects(node: object) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("name", _schema_files())
 def test_every_object_schema_is_closed(name: str) -> None:
-    schema = json.loads((files("schemas") / name).read_text(encoding="utf-8"))
+    schema = json.loads((files("tillsync.schemas") / name).read_text(encoding="utf-8"))
     for obj in _objects(schema):
         assert "additionalProperties" in obj, obj
 
@@ -519,7 +519,7 @@ def test_schema_violation_pickles() -> None:
 def _common_validator(definition: str) -> Draft202012Validator:
     """A stock jsonschema validator of one common.json definition, as another client
     holding only the schema files would build it."""
-    common = json.loads((files("schemas") / "common.json").read_text(encoding="utf-8"))
+    common = json.loads((files("tillsync.schemas") / "common.json").read_text(encoding="utf-8"))
     registry: Registry[Any] = Registry().with_resource(
         common["$id"], Resource.from_contents(common)
     )
@@ -578,7 +578,7 @@ def test_money_beyond_the_range_is_refused(kind: str, field: str, value: int) ->
 
 def test_every_integer_of_every_schema_is_bounded_by_the_range() -> None:
     """One range: every integer a schema allows lies within -INTEGER_MAX .. INTEGER_MAX."""
-    common = json.loads((files("schemas") / "common.json").read_text(encoding="utf-8"))
+    common = json.loads((files("tillsync.schemas") / "common.json").read_text(encoding="utf-8"))
     found = 0
 
     def walk(node: object) -> None:

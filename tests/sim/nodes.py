@@ -25,14 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 import automerge.core as am
 
-from peer.cert import Certificate
-from peer.client import BATCH, DOC_WAIT, PUSH_WINDOW, SyncError
-from peer.errors import EntryRefused, InvalidInput
-from peer.identity import DeviceKey
-from peer.lan.session import BATCH as LAN_BATCH
-from peer.log import Entry
-from peer.store import Till
-from peer.sync.engine import (
+from tests.sim.network import Conn, Scheduler, Timer
+from tillsync.peer.cert import Certificate
+from tillsync.peer.client import BATCH, DOC_WAIT, PUSH_WINDOW, SyncError
+from tillsync.peer.errors import EntryRefused, InvalidInput
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.lan.session import BATCH as LAN_BATCH
+from tillsync.peer.log import Entry
+from tillsync.peer.store import Till
+from tillsync.peer.sync.engine import (
     Authenticated,
     CertsReceived,
     ClientLink,
@@ -53,12 +54,11 @@ from peer.sync.engine import (
     RemoteError,
     RevokedReceived,
 )
-from peer.sync.receipts import verify_receipts
-from relay.documents import Hubs, StoreHub
-from relay.ingest import Batch, Checked, IngestResult, ingest_all, prepare
-from relay.server import INGEST_WINDOW, MAX_JOBS_PER_COMMIT, RECEIPTS_PER_FRAME
-from relay.storage import SQLiteStorage
-from tests.sim.network import Conn, Scheduler, Timer
+from tillsync.peer.sync.receipts import verify_receipts
+from tillsync.relay.documents import Hubs, StoreHub
+from tillsync.relay.ingest import Batch, Checked, IngestResult, ingest_all, prepare
+from tillsync.relay.server import INGEST_WINDOW, MAX_JOBS_PER_COMMIT, RECEIPTS_PER_FRAME
+from tillsync.relay.storage import SQLiteStorage
 
 if TYPE_CHECKING:
     from tests.sim.world import World

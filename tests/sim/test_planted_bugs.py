@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-import peer.store
-import relay.storage.sqlite as relay_sqlite
+import tillsync.peer.store
+import tillsync.relay.storage.sqlite as relay_sqlite
 from tests.sim.machine import ShopMachine
 from tests.sim.nodes import Violation
 
@@ -76,9 +76,9 @@ def test_numbering_outside_the_transaction_is_found(monkeypatch: pytest.MonkeyPa
 def test_merging_a_stale_price_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
     """A till that, after merging the others' document changes, writes back the prices
     it had before the merge ("my prices win"): an older price overrides a newer edit."""
-    receive = peer.store.Till.receive_document
+    receive = tillsync.peer.store.Till.receive_document
 
-    async def stale(self: peer.store.Till, sync_state: Any, message: bytes | None = None,
+    async def stale(self: tillsync.peer.store.Till, sync_state: Any, message: bytes | None = None,
                     snapshot: bytes | None = None) -> None:
         before = {p: r.get("price") for p, r in self.master.all("products").items()}
         await receive(self, sync_state, message, snapshot)
@@ -87,7 +87,7 @@ def test_merging_a_stale_price_is_found(monkeypatch: pytest.MonkeyPatch) -> None
             if price is not None and after.get(pid, {}).get("price") != price:
                 await self.put("products", pid, {"price": price})
 
-    monkeypatch.setattr(peer.store.Till, "receive_document", stale)
+    monkeypatch.setattr(tillsync.peer.store.Till, "receive_document", stale)
     finds("price .* won, but a later edit had replaced it|master document differs|"
           "did not settle")()
 

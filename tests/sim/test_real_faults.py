@@ -25,12 +25,12 @@ from typing import Any
 import msgpack
 import pytest
 
-from peer.master import MasterData
-from peer.store import Till
-from peer.sync.receipts import verify_receipts
 from tests.relay.processes import ENV, Relays, TillDir, in_thread, store_key
 from tests.sim.nodes import Violation
 from tests.sim.world import CASHIERS, PRODUCTS, check_relay_db
+from tillsync.peer.master import MasterData
+from tillsync.peer.store import Till
+from tillsync.peer.sync.receipts import verify_receipts
 
 STORE = "store-faults"
 ROUNDS = int(os.environ.get("TILLSYNC_FAULT_ROUNDS") or 5)

@@ -15,9 +15,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from peer.client import SyncError, sync_once
-from peer.store import Till
 from tests.sim.world import line_total
+from tillsync.peer.client import SyncError, sync_once
+from tillsync.peer.store import Till
 
 
 async def work(path: Path, url: str, seed: int, count: int) -> None:

@@ -27,13 +27,13 @@ from typing import Any
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from peer.identity import DeviceKey
-from peer.master import MasterData
-from peer.store import Till
-from relay.server import code_hash
-from relay.storage import SQLiteStorage
 from tests.sim.network import Network, Scheduler
 from tests.sim.nodes import RelayNode, TillNode, Violation
+from tillsync.peer.identity import DeviceKey
+from tillsync.peer.master import MasterData
+from tillsync.peer.store import Till
+from tillsync.relay.server import code_hash
+from tillsync.relay.storage import SQLiteStorage
 
 STORE = "store-sim"
 TAMPERED_CODES = ("bad_signature", "conflicting_entry", "broken_chain")

@@ -29,7 +29,8 @@ def test_a_till_and_a_relay_backed_up_while_running_restore_with_nothing_lost(
         # The daemon holds the store (LAN only, so the pending sales stay pending) and the
         # relay serves while both copies are taken.
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "tools.cli", "peer", "run", str(till.path), "--no-relay",
+            [sys.executable, "-m", "tillsync.tools.cli",
+             "peer", "run", str(till.path), "--no-relay",
              "--api-port", "0", "--lan-port", "0", "--no-mdns"], stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
         try:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tools import bench_bootstrap, bench_store
+from tillsync.tools import bench_bootstrap, bench_store
 
 
 def test_the_bootstrap_benchmark_counts_one_snapshot_to_the_fresh_till(

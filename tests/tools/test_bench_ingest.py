@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_commit_benchmark_times_every_commit_after_the_warm_up() -> None:
     # 2 tills x 1,500 sales (+ shift_open) in batches of 500: 4 commits, the last 2 timed.
     done = subprocess.run(
-        [sys.executable, "-m", "tools.bench_ingest", "--tills", "2", "--sales-per-till",
+        [sys.executable, "-m", "tillsync.tools.bench_ingest", "--tills", "2", "--sales-per-till",
          "1500", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
     report = json.loads(done.stdout)
     assert report["sales_timed"] == 2 * 500 + 2 * 1

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from relay import reports
-from relay.storage.sqlite import SQLiteStorage
 from tests.relay.databases import ADMIN_URL, require_server
-from tools import bench_reports
+from tillsync.relay import reports
+from tillsync.relay.storage.sqlite import SQLiteStorage
+from tillsync.tools import bench_reports
 
 
 async def test_the_generated_year_is_what_the_reports_read(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.doubles import SHIFT, cli
-from tools.cli import main
+from tillsync.tools.cli import main
 
 SALE = json.dumps({"lines": [{"product_id": "bread", "qty": 2, "unit_price": 320},
                              {"product_id": "tomato", "qty": "0.75", "unit_price": 480}],

@@ -12,7 +12,7 @@ import pytest
 
 from tests.doubles import REPO
 from tests.services import unavailable
-from tools.cli import build_parser
+from tillsync.tools.cli import build_parser
 
 UNITS = sorted((REPO / "docs" / "systemd").glob("*.service"))
 INSTALLED = "/opt/tillsync/.venv/bin/tillsync"

@@ -1,4 +1,4 @@
-"""``python -m tools.fuzz_frames`` runs end to end: it starts its own relay, sends the
+"""``python -m tillsync.tools.fuzz_frames`` runs end to end: it starts its own relay, sends the
 frames, and reports what came back, what changed and whether an honest device still
 syncs; bad usage exits 2 with one line saying what to do."""
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def fuzz(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tools.fuzz_frames", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "tillsync.tools.fuzz_frames", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
 
 
