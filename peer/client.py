@@ -182,9 +182,13 @@ async def sync_once(till: Till, url: str | None = None, *, within: float = 30.0,
 async def _round(till: Till, ws: ClientConnection,
                  report: SyncReport, settle: float) -> None:
     seq, head = till.receipts_position()
+    # A till with an empty document gets the relay's as a snapshot right after welcome
+    # (if the relay holds more): its first sync message waits for it, so the relay
+    # learns the till holds the snapshot and sends no change of it again.
+    awaiting_snapshot = till.master.is_genesis()
     link = ClientLink(store=till.store_id, device=till.device_id, key=till.key,
                       nonce=os.urandom(32), relay_key=till.relay_key, receipts_after=seq,
-                      doc_empty=till.master.is_genesis())
+                      doc_empty=awaiting_snapshot)
     sync = am.SyncState()
     link.start()
     heads: dict[str, int] = {}
@@ -274,7 +278,8 @@ async def _round(till: Till, ws: ClientConnection,
                         log.warning("the relay's certificate for this till: %s", trouble)
                 heads = dict(event.heads)
                 relay_head = event.receipts_head
-                await doc_settled()
+                if not awaiting_snapshot:
+                    await doc_settled()
             elif isinstance(event, Ingested):
                 in_flight -= 1
                 relay_head = max(relay_head, event.receipts_head)
@@ -301,7 +306,11 @@ async def _round(till: Till, ws: ClientConnection,
             elif isinstance(event, DocSnapshot):
                 await till.receive_document(sync, snapshot=event.data)
                 report.doc_changes += 1
+                if awaiting_snapshot:
+                    awaiting_snapshot = False
+                    await doc_settled()
             elif isinstance(event, DocMessage):
+                awaiting_snapshot = False  # the relay had no snapshot to send
                 await till.receive_document(sync, message=event.data)
                 report.doc_changes += 1
                 await doc_settled()

@@ -361,17 +361,17 @@ class Till(Inbound, Reads):
                 except (TillsyncError, SchemaViolation) as exc:
                     outcomes.append((future, None, exc))
             if batch.entries or batch.chunks or batch.receipts or batch.meta or batch.certs \
-                    or batch.revocations:
+                    or batch.revocations or batch.snapshot:
                 if 0 < len(batch.chunks) <= 500 and not (
                         batch.entries or batch.effects or batch.receipts or batch.meta
-                        or batch.certs or batch.revocations):
+                        or batch.certs or batch.revocations or batch.snapshot):
                     await self._db.commit_changes(batch.chunks)  # one statement, one trip
                 else:
                     await self._write(batch)
                 if self.on_commit is not None:
                     self.on_commit(time.perf_counter() - started, len(batch.entries))
                 self.meta.update(batch.meta)
-                if batch.entries or batch.chunks:
+                if batch.entries or batch.chunks or batch.snapshot:
                     self.data_version += 1
                 self._notify()
         except Exception as exc:
@@ -390,6 +390,8 @@ class Till(Inbound, Reads):
                 future.set_exception(error)
             else:
                 future.set_result(result)
+        if batch.snapshot is not None:
+            self._snapshot_size, self._changes_size = len(batch.snapshot), 0
         if batch.chunks:
             self._changes_size += sum(len(c) for c in batch.chunks)
             await self._maybe_compact()
@@ -427,6 +429,8 @@ class Till(Inbound, Reads):
             await self._db.insert_entries(batch.entries)
         if batch.effects:
             await self._db.apply_effects(batch.effects)
+        if batch.snapshot is not None:
+            await self._db.compact_inside(batch.snapshot)
         if batch.chunks:
             await self._db.append_changes(batch.chunks)
         if batch.receipts:

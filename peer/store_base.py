@@ -34,6 +34,7 @@ class _Batch:
     entries: list[Entry] = field(default_factory=list)
     effects: list[Effect] = field(default_factory=list)
     chunks: list[bytes] = field(default_factory=list)
+    snapshot: bytes | None = None  # the whole document now, stored as its snapshot
     by_client_id: dict[str, Entry] = field(default_factory=dict)
     receipts: list[tuple[str, int, str, bytes]] = field(default_factory=list)
     stream: list[tuple[int, bytes]] = field(default_factory=list)

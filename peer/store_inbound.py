@@ -225,7 +225,10 @@ class Inbound(TillBase):
         refuse the message (raising), in the writer, right before it is applied."""
 
         async def op(batch: _Batch) -> None:
-            if snapshot is not None:
+            if snapshot is not None and self.master.is_genesis():
+                self.master.apply(snapshot)  # becomes it: stored as the snapshot, once
+                batch.snapshot = snapshot
+            elif snapshot is not None:
                 batch.chunks.extend(self.master.apply(snapshot))
             if message is not None:
                 if check is not None:

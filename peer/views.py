@@ -25,7 +25,7 @@ Views:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -49,7 +49,8 @@ def order_of(client_created_at: str, device_id: str, seq: int) -> str:
 
 def stamped(found: list[Effect], at: str) -> list[Effect]:
     """``found`` with the "set" effects carrying ``at``."""
-    return [replace(e, at=at) if e.op == "set" else e for e in found]
+    # Built directly: dataclasses.replace costs ~3 us an effect, on every sale's path.
+    return [Effect(e.view, e.key, e.op, e.value, at) if e.op == "set" else e for e in found]
 
 
 def quantity(value: object) -> Decimal:

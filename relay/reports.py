@@ -393,10 +393,12 @@ async def devices(storage: RelayStorage, store: str) -> list[dict[str, Any]]:
             "AND device_id = ? ORDER BY seq DESC LIMIT 1", (store, device.device_id))
         if head:
             held[device.device_id] = (int(head[0][0]), head[0][1], head[0][2])
+    # Driven by the waiting rows (few, often none), each entry found by its client id:
+    # as a join, both planners walked every entry of the store, waiting or not.
     waiting = dict(await storage.read(
-        "SELECT e.device_id, count(DISTINCT w.client_id) FROM waiting w JOIN entries e "
-        "ON e.store = w.store AND e.client_id = w.client_id WHERE w.store = ? "
-        "GROUP BY e.device_id", (store,)))
+        "SELECT (SELECT e.device_id FROM entries e WHERE e.store = w.store "
+        "AND e.client_id = w.client_id) AS device, count(DISTINCT w.client_id) "
+        "FROM waiting w WHERE w.store = ? GROUP BY device", (store,)))
     rejected: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     in_its_name: dict[str, int] = defaultdict(int)
     for r in await storage.read("SELECT device_id, coalesce(sent_by, device_id), code, "

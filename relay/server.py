@@ -364,6 +364,10 @@ class Relay:
                                       relay_behind(event.receipts_after, position), fatal=False)
                         if event.doc_empty and not hub.doc.is_genesis():
                             link.send_snapshot(hub.doc.save())
+                            # The device answers with its first sync message once it
+                            # holds the snapshot; one of ours before that would know
+                            # nothing of its heads, and carry a filter of every change.
+                            state["doc_after_device"] = True
                         hub.watch(wake)
                         wake.set()  # its first pass sends the first document message
                         pump = asyncio.create_task(self._pump(
@@ -382,6 +386,7 @@ class Relay:
                             answering = asyncio.create_task(
                                 self._answer(ws, link, queued, sending, peer, state))
                     elif isinstance(event, DocMessage):
+                        state["doc_after_device"] = False
                         await self._doc(link, state["hub"], state["sync"], event.data)
                         wake.set()  # the pump answers
                     elif isinstance(event, FileOffered | FileChunk):
@@ -621,7 +626,8 @@ class Relay:
                 after = receipts[-1]["server_seq"]
                 link.send_receipts(receipts, await self.storage.stream_position(hub.store))
                 await self._flush(ws, link, sending)
-            message = hub.doc.sync_message(state["sync"])
+            message = None if state.get("doc_after_device") \
+                else hub.doc.sync_message(state["sync"])
             if message is not None:
                 link.send_doc(message)
                 await self._flush(ws, link, sending)

@@ -71,6 +71,9 @@ def genesis() -> am.Document:
     return doc
 
 
+_GENESIS_HEADS = genesis().get_heads()
+
+
 def _check_range(value: object, path: str) -> None:
     """Automerge holds 64-bit integers: a bigger one is refused before any change."""
     if isinstance(value, Mapping):
@@ -121,16 +124,15 @@ class MasterData:
     def __init__(self, doc: am.Document, actor: bytes) -> None:
         doc.set_actor(actor)
         self._doc = doc
-        self._collections: dict[str, bytes] = {}
+        self._actor = actor
+        self._collections = _collection_ids(doc)
         # Plain-Python copies of whole collections, made on the first ``all`` and kept in
         # step by ``put``: reading 20k products from Automerge costs ~300 ms each time.
         self._cache: dict[str, dict[str, dict[str, Any]]] = {}
         self._index: ObjectIndex | None = None  # see ``records_changed``
-        for name in COLLECTIONS:
-            found = doc.get(am.ROOT, name)
-            if found is None or found[0] != am.ObjType.Map:
-                raise InvalidInput(f"document has no '{name}' map: not a tillsync document")
-            self._collections[name] = found[1]
+        # The last snapshot made or loaded, and the heads it holds: saving 20k products
+        # costs ~100 ms, and a relay hands the same snapshot to every new till.
+        self._saved: tuple[list[bytes], bytes] | None = None
 
     @classmethod
     def new(cls, actor: bytes) -> MasterData:
@@ -139,7 +141,10 @@ class MasterData:
     @classmethod
     def load(cls, data: bytes, actor: bytes) -> MasterData:
         """Load a snapshot followed by any number of change chunks."""
-        return cls(am.Document.load(data), actor)
+        loaded = cls(am.Document.load(data), actor)
+        if is_snapshot(data):
+            loaded._saved = (loaded._doc.get_heads(), data)
+        return loaded
 
     # -- reads -------------------------------------------------------------------------
 
@@ -346,7 +351,11 @@ class MasterData:
 
     def save(self) -> bytes:
         """A compact snapshot of the whole document."""
+        heads = self._doc.get_heads()
+        if self._saved is not None and self._saved[0] == heads:
+            return self._saved[1]
         data: bytes = self._doc.save()
+        self._saved = (heads, data)
         return data
 
     def changes_since(self, heads: list[bytes]) -> list[bytes]:
@@ -406,14 +415,44 @@ class MasterData:
 
     def is_genesis(self) -> bool:
         """True while the document holds nothing but the shared genesis change."""
-        return self._doc.get_heads() == genesis().get_heads()
+        return self._doc.get_heads() == _GENESIS_HEADS
 
     def apply(self, chunks: bytes) -> list[bytes]:
-        """Merge change chunks (or a snapshot) from elsewhere; returns the new chunks."""
+        """Merge change chunks (or a snapshot) from elsewhere; returns the new chunks.
+
+        A document that holds nothing but the genesis change simply becomes the loaded
+        one (one load, no merge), and the bytes it was loaded from are what there is to
+        persist: for a new till's first snapshot of 20k products that is one 0.2 s load
+        instead of a load, a merge and 20k change chunks to store (~0.6 s)."""
+        loaded = am.Document.load(chunks)
+        if self.is_genesis():
+            # Object ids name the actor that made them: the genesis change's own.
+            collections = _collection_ids(loaded)
+            if not all(GENESIS_ACTOR in obj for obj in collections.values()):
+                raise InvalidInput("the document does not grow from the shared genesis "
+                                   "change: not a tillsync document")
+            loaded.set_actor(self._actor)
+            self._doc, self._collections = loaded, collections
+            self._cache.clear()
+            self._index = None  # of the document it was
+            if is_snapshot(chunks):
+                self._saved = (loaded.get_heads(), chunks)
+            return [chunks] if not self.is_genesis() else []
         before = self._doc.get_heads()
-        self._doc.merge(am.Document.load(chunks))
+        self._doc.merge(loaded)
         self._refresh(before)
         return self.changes_since(before)
+
+
+def _collection_ids(doc: am.Document) -> dict[str, bytes]:
+    """The object id of each collection map (the genesis change made them all)."""
+    ids: dict[str, bytes] = {}
+    for name in COLLECTIONS:
+        found = doc.get(am.ROOT, name)
+        if found is None or found[0] != am.ObjType.Map:
+            raise InvalidInput(f"document has no '{name}' map: not a tillsync document")
+        ids[name] = found[1]
+    return ids
 
 
 class _Truncated(Exception):
@@ -461,7 +500,19 @@ def _message_heads(data: bytes) -> set[bytes] | None:
 
 
 _CHUNK_MAGIC = b"\x85\x6f\x4a\x83"
-_CHANGE, _COMPRESSED_CHANGE = 1, 2  # chunk types; 0, a whole document, is not read here
+_DOCUMENT, _CHANGE, _COMPRESSED_CHANGE = 0, 1, 2  # chunk types
+
+
+def is_snapshot(data: bytes) -> bool:
+    """True if ``data`` is exactly one whole-document chunk (what ``save`` makes):
+    magic, checksum, type 0, LEB128 length, and nothing after that many bytes."""
+    if len(data) < 10 or data[:4] != _CHUNK_MAGIC or data[8] != _DOCUMENT:
+        return False
+    try:
+        length, start = _uleb(data, 9)
+    except _Truncated:
+        return False
+    return start + length == len(data)
 
 
 def _change_authors(blob: bytes) -> list[bytes]:

@@ -177,3 +177,36 @@ def test_copies_stay_in_step_when_a_snapshot_is_merged() -> None:
     a.put("products", "p2", {"name": "R", "sku": "S", "price": 3})
     b.apply(a.save())
     assert b.all("products") == MasterData.load(b.save(), A).all("products")
+
+
+def test_an_empty_document_becomes_the_snapshot_it_is_given() -> None:
+    office = MasterData.new(A)
+    for i in range(30):
+        office.put("products", f"p{i}", {"name": f"P{i}", "sku": f"S{i}", "price": i})
+    snapshot = office.save()
+    till = MasterData.new(B)
+    genesis_bytes = till.save()
+    chunks = till.apply(snapshot)
+    assert chunks == [snapshot]  # one chunk to persist, not one per change
+    assert till.to_py() == office.to_py() and till.heads() == office.heads()
+    assert till.save() == snapshot  # no second save of what was just loaded
+    # What the till persists (its genesis snapshot, then that chunk) loads back the same.
+    again = MasterData.load(genesis_bytes + b"".join(chunks), B)
+    assert again.to_py() == office.to_py()
+    # Its own edits are made as its own actor, and merge back into the office's copy.
+    till.put("customers", "c1", {"name": "Cafe"})
+    office.apply(till.save())
+    assert office.get("customers", "c1") is not None and office.to_py() == till.to_py()
+    # A document that already holds more merges as before: only the new changes.
+    assert office.apply(snapshot) == []
+
+
+def test_an_empty_document_refuses_a_snapshot_of_another_kind() -> None:
+    other = am.Document(actor_id=A)
+    with other.transaction() as tx:
+        for name in ("cashiers", "customers", "products", "settings", "suppliers"):
+            tx.put_object(am.ROOT, name, am.ObjType.Map)  # not the shared genesis change
+    till = MasterData.new(B)
+    with pytest.raises(InvalidInput, match="genesis"):
+        till.apply(other.save())
+    assert till.is_genesis()

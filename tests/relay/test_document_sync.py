@@ -8,22 +8,29 @@ from pathlib import Path
 import pytest
 
 from tillsync.peer.client import init_enrolled, sync_once
-from tillsync.peer.store import Till
+from tillsync.peer.store import DB_FILE, Till
 from tillsync.peer.sync.engine import RelayLink
 from tillsync.relay.server import RelayConfig, running
+from tillsync.tools.bench_store import document_sizes
 
 
 async def test_a_fresh_till_gets_the_catalogue_as_one_snapshot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relay_db: str | None
 ) -> None:
     snapshots: list[int] = []
-    original = RelayLink.send_snapshot
+    doc_bytes: dict[str, int] = {}  # device -> bytes of the relay's doc messages to it
+    original, original_doc = RelayLink.send_snapshot, RelayLink.send_doc
 
     def spy(self: RelayLink, data: bytes) -> None:
         snapshots.append(len(data))
         original(self, data)
 
+    def spy_doc(self: RelayLink, data: bytes) -> None:
+        doc_bytes[self.device] = doc_bytes.get(self.device, 0) + len(data)
+        original_doc(self, data)
+
     monkeypatch.setattr(RelayLink, "send_snapshot", spy)
+    monkeypatch.setattr(RelayLink, "send_doc", spy_doc)
     async with running(RelayConfig(tmp_path / "relay", port=0, db=relay_db)) as (relay, port):
         url = f"ws://127.0.0.1:{port}"
         office_code = await relay.new_code("shop", "Office", "backoffice")
@@ -44,4 +51,18 @@ async def test_a_fresh_till_gets_the_catalogue_as_one_snapshot(
         async with await Till.open(tmp_path / "till2") as till:
             report = await sync_once(till)
             assert till.all("products") == expected
+            fresh = till.device_id
         assert len(snapshots) == 1 and report.doc_changes <= 4, (snapshots, report)
+        # After the snapshot the relay sends none of its changes again: its sync
+        # messages to the new till carry heads and an empty filter, a few hundred bytes
+        # (they were the whole history, ~40x the snapshot, when the till's first message
+        # went out before the snapshot had arrived).
+        assert doc_bytes.get(fresh, 0) < snapshots[0] / 20, (doc_bytes, snapshots)
+
+        # The till keeps it as its own snapshot (written once, no change chunks), and
+        # reopened holds the catalogue.
+        snapshot_bytes, chunks, _ = document_sizes(tmp_path / "till2" / DB_FILE)
+        assert (snapshot_bytes, chunks) == (snapshots[0], 0)
+        async with await Till.open(tmp_path / "till2") as till:
+            assert till.all("products") == expected
+            assert not till.master.is_genesis()

@@ -253,6 +253,7 @@ class ClientSession:
         self.conn: Conn | None = None
         self.link: ClientLink | None = None
         self.sync = am.SyncState()
+        self.awaiting_snapshot = False  # set when the round starts, as peer.client does
         self.heads: dict[str, int] = {}
         self.unvouched: list[dict[str, Any]] = []
         self.in_flight = 0
@@ -288,10 +289,11 @@ class ClientSession:
             return
         self.conn = conn
         till = self.till
+        self.awaiting_snapshot = till.master.is_genesis()
         self.link = ClientLink(store=till.store_id, device=till.device_id, key=till.key,
                                nonce=self.node.world.rng.randbytes(32),
                                relay_key=till.relay_key, receipts_after=self.seq,
-                               doc_empty=till.master.is_genesis())
+                               doc_empty=self.awaiting_snapshot)
         self.link.start()
         self._flush()
 
@@ -373,7 +375,8 @@ class ClientSession:
                 await till.add_certs([event.cert])
             self.heads = dict(event.heads)
             self.relay_head = event.receipts_head
-            await self._doc_settled()
+            if not self.awaiting_snapshot:  # as peer.client: after the snapshot, if one comes
+                await self._doc_settled()
         elif isinstance(event, Ingested):
             self.in_flight -= 1
             self.relay_head = max(self.relay_head, event.receipts_head)
@@ -395,7 +398,11 @@ class ClientSession:
         elif isinstance(event, DocSnapshot):
             self.node.world.stats["snapshots_received"] += 1
             await till.receive_document(self.sync, snapshot=event.data)
+            if self.awaiting_snapshot:
+                self.awaiting_snapshot = False
+                await self._doc_settled()
         elif isinstance(event, DocMessage):
+            self.awaiting_snapshot = False  # the relay had no snapshot to send
             self.doc_messages += 1
             if self.doc_messages == self.DOC_MESSAGES_MAX:
                 # The relay once answered from two places (its pump and its handler) with
@@ -578,6 +585,7 @@ class RelayConn:
     seen: Any = None  # the hub's ``changed`` event the pump last ran for
     pump_due: bool = False
     cert: bytes = b""  # the device's certificate, sent in welcome
+    doc_after_device: bool = False  # a snapshot went out: no doc until the device's first
 
     @property
     def busy(self) -> bool:
@@ -748,6 +756,7 @@ class RelayNode:
                          await storage.stream_position(event.store), rc.cert, [])
             if event.doc_empty and not hub.doc.is_genesis():
                 link.send_snapshot(hub.doc.save())
+                rc.doc_after_device = True
             if self.two_doc_generators:
                 self._answer_doc(rc, hub)
             rc.after = event.receipts_after  # the pump's first pass sends the first doc message
@@ -772,6 +781,7 @@ class RelayNode:
                 self._writer = self.world.sched.after(delay, self._write)
         elif isinstance(event, DocMessage):
             assert rc.hub is not None and rc.sync is not None
+            rc.doc_after_device = False
             hub = rc.hub
             try:
                 chunks = hub.doc.receive_sync(rc.sync, event.data)
@@ -903,7 +913,7 @@ class RelayNode:
                 rc.link.send_receipts(receipts, await storage.stream_position(hub.store))
                 self._flush(rc)
             assert rc.sync is not None
-            message = hub.doc.sync_message(rc.sync)
+            message = None if rc.doc_after_device else hub.doc.sync_message(rc.sync)
             if message is not None:
                 rc.link.send_doc(message)
                 self._flush(rc)
