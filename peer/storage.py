@@ -25,8 +25,14 @@ from tillsync.peer.errors import StoreCorrupt
 from tillsync.peer.log.entry import Entry
 from tillsync.peer.views import Effect, from_stored, to_stored
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
+# Version 6: forwarded entries kept but counted for nothing in the views, with the shift
+# rule they break as judged on their arrival (``Till.receive_entries``); the views are
+# rebuilt by the same verdicts.
+_UNCOUNTED = """
+CREATE TABLE IF NOT EXISTS uncounted (client_id TEXT PRIMARY KEY, code TEXT NOT NULL) WITHOUT ROWID;
+"""
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE devices (
@@ -76,7 +82,7 @@ CREATE TABLE revocations (  -- the relay's signed revocations, to check and forw
     upto INTEGER NOT NULL,  -- the device's entries after this seq are refused
     record BLOB NOT NULL
 );
-"""
+""" + _UNCOUNTED
 _REVOCATIONS = """
 CREATE TABLE revocations (device_id TEXT PRIMARY KEY, upto INTEGER NOT NULL,
                           record BLOB NOT NULL);
@@ -91,10 +97,11 @@ _MIGRATIONS = {
 ALTER TABLE devices ADD COLUMN cert BLOB;
 CREATE TABLE receipt_stream (server_seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
 INSERT INTO receipt_stream (server_seq, body) SELECT server_seq, body FROM receipts;
-""" + _REVOCATIONS + _VIEWS_AT + _VIEWS_SCALE,
-    "2": _REVOCATIONS + _VIEWS_AT + _VIEWS_SCALE,
-    "3": _VIEWS_AT + _VIEWS_SCALE,
-    "4": _VIEWS_SCALE,
+""" + _REVOCATIONS + _VIEWS_AT + _VIEWS_SCALE + _UNCOUNTED,
+    "2": _REVOCATIONS + _VIEWS_AT + _VIEWS_SCALE + _UNCOUNTED,
+    "3": _VIEWS_AT + _VIEWS_SCALE + _UNCOUNTED,
+    "4": _VIEWS_SCALE + _UNCOUNTED,
+    "5": _UNCOUNTED,
 }
 
 _ENTRY_COLUMNS = "client_id, device_id, seq, prev, kind, client_created_at, ticket, body, sig"
@@ -240,6 +247,15 @@ class TillDB:
                 for e in entries
             ],
         )
+
+    async def add_uncounted(self, rows: Sequence[tuple[str, str]]) -> None:
+        """(client_id, code) of forwarded entries kept but counted for nothing."""
+        await self._conn.executemany(
+            "INSERT OR IGNORE INTO uncounted (client_id, code) VALUES (?, ?)", rows)
+
+    async def uncounted(self) -> dict[str, str]:
+        return {row[0]: row[1] for row in await self._conn.execute_fetchall(
+            "SELECT client_id, code FROM uncounted")}
 
     async def head(self, device_id: str) -> tuple[int, bytes] | None:
         row = await self._one(

@@ -427,6 +427,8 @@ class Till(Inbound, Reads):
             await self._db.insert_entries(batch.entries)
         if batch.effects:
             await self._db.apply_effects(batch.effects)
+        if batch.uncounted:
+            await self._db.add_uncounted(batch.uncounted)
         if batch.chunks:
             await self._db.append_changes(batch.chunks)
         if batch.receipts:
