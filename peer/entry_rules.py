@@ -11,6 +11,8 @@ error message says the same thing in words):
 * the entry against its shift (``shift_problem``): ``foreign_shift`` (a ``sale``,
   ``cash_movement`` or ``shift_close`` naming another device's shift) and
   ``shift_closed`` (naming a shift that is closed already, a second close included).
+  One exception: a device enrolled as ``backoffice`` or ``admin`` may record the
+  ``shift_close`` of another device's shift (a dead or replaced till's open shift), once.
 """
 
 from __future__ import annotations
@@ -105,13 +107,20 @@ def entry_problem(client_id: str, kind: str, body_bytes: bytes, body: object, *,
     return None
 
 
+# The roles whose devices may close another device's shift.
+CLOSES_ANY_SHIFT = frozenset({"backoffice", "admin"})
+
+
 def shift_problem(kind: str, shift: str, device_id: str, owner: str | None,
-                  closed: bool) -> Problem | None:
-    """A ``sale``, ``cash_movement`` or ``shift_close`` of ``device_id`` naming ``shift``,
-    opened by ``owner`` (None: not known here) and maybe ``closed`` already."""
-    if owner is not None and owner != device_id:
+                  closed: bool, role: str | None = None) -> Problem | None:
+    """A ``sale``, ``cash_movement`` or ``shift_close`` of ``device_id`` (enrolled with
+    ``role``, if known) naming ``shift``, opened by ``owner`` (None: not known here) and
+    maybe ``closed`` already."""
+    if owner is not None and owner != device_id and not (
+            kind == "shift_close" and role in CLOSES_ANY_SHIFT):
         return "foreign_shift", (f"shift {shift} was opened by device {owner}; a device "
-                                 "records only in a shift it opened itself")
+                                 "records only in a shift it opened itself (a backoffice "
+                                 "or admin device may close it)")
     if closed and kind == "shift_close":
         return "shift_closed", f"shift {shift} is closed already; a shift is closed once"
     if closed:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from tillsync.peer import counter_rules
-from tillsync.peer.entry_rules import negative_line, shift_problem
+from tillsync.peer.entry_rules import CLOSES_ANY_SHIFT, negative_line, shift_problem
 from tillsync.peer.errors import InvalidInput, UnknownReference
 from tillsync.peer.log import Entry
 from tillsync.peer.totals import figures_problem
@@ -62,6 +62,7 @@ class Lookup:
         fields: counter_rules.Fields | None = None,
         balance: counter_rules.Balance | None = None,
         receipt_kind: Callable[[str], Awaitable[str | None]] | None = None,
+        role: str | None = None,
     ) -> None:
         self.has_record = has_record
         self.shift_state = shift_state  # "open", "closed" or None
@@ -71,6 +72,7 @@ class Lookup:
         # a customer's balance as this till knows it, the kind of entry a receipt held
         # here answers.  Left out, those rules are not applied.
         self.fields, self.balance, self.receipt_kind = fields, balance, receipt_kind
+        self.role = role  # this till's enrolled role, if known
 
     async def entry_kind(self, client_id: str) -> str | None:
         entry = await self.entry(client_id)
@@ -153,10 +155,14 @@ async def _in_own_open_shift(kind: str, field: str, shift: str, lookup: Lookup) 
     and is still open (``shift_closed``; for a ``shift_close``: not closed yet)."""
     state = await lookup.shift_state(shift)
     problem = shift_problem(kind, shift, lookup.device_id, await lookup.shift_owner(shift),
-                            closed=state == "closed")
+                            closed=state == "closed", role=lookup.role)
     if problem is not None:
         error = InvalidInput if problem[0] == "foreign_shift" else UnknownReference
         raise error(f"{kind}: body.{field}: {problem[1]}")
+    if state is None and kind == "shift_close" and lookup.role in CLOSES_ANY_SHIFT \
+            and lookup.receipt_kind is not None \
+            and await lookup.receipt_kind(shift) == "shift_open":
+        return  # another till's shift, known here only from the relay's receipt
     if state != "open":
         what = "unknown" if kind == "shift_close" else "not open on this till (record shift_open)"
         raise UnknownReference(f"{kind}: body.{field}: shift {shift} is {what}")

@@ -25,9 +25,9 @@ from tillsync.peer.errors import StoreCorrupt
 from tillsync.peer.log.entry import Entry
 from tillsync.peer.views import Effect, from_stored, to_stored
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
-# The ticket history (sales by client time, newest first) and a sale by its ticket, read
+# Version 6: the ticket history (sales by client time, newest first) and a sale by its ticket, read
 # page by page: only sales carry a ticket, so only they are in these indexes.
 _TICKETS = """
 CREATE INDEX IF NOT EXISTS entries_by_time ON entries (client_created_at, ticket)
@@ -35,6 +35,12 @@ CREATE INDEX IF NOT EXISTS entries_by_time ON entries (client_created_at, ticket
 CREATE INDEX IF NOT EXISTS entries_by_ticket ON entries (ticket) WHERE ticket IS NOT NULL;
 """
 
+# Version 7: forwarded entries kept but counted for nothing in the views, with the shift
+# rule they break as judged on their arrival (``Till.receive_entries``); the views are
+# rebuilt by the same verdicts.
+_UNCOUNTED = """
+CREATE TABLE IF NOT EXISTS uncounted (client_id TEXT PRIMARY KEY, code TEXT NOT NULL) WITHOUT ROWID;
+"""
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE devices (
@@ -84,7 +90,7 @@ CREATE TABLE revocations (  -- the relay's signed revocations, to check and forw
     upto INTEGER NOT NULL,  -- the device's entries after this seq are refused
     record BLOB NOT NULL
 );
-""" + _TICKETS
+""" + _TICKETS + _UNCOUNTED
 _REVOCATIONS = """
 CREATE TABLE revocations (device_id TEXT PRIMARY KEY, upto INTEGER NOT NULL,
                           record BLOB NOT NULL);
@@ -99,11 +105,12 @@ _MIGRATIONS = {
 ALTER TABLE devices ADD COLUMN cert BLOB;
 CREATE TABLE receipt_stream (server_seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
 INSERT INTO receipt_stream (server_seq, body) SELECT server_seq, body FROM receipts;
-""" + _REVOCATIONS + _VIEWS_AT + _VIEWS_SCALE + _TICKETS,
-    "2": _REVOCATIONS + _VIEWS_AT + _VIEWS_SCALE + _TICKETS,
-    "3": _VIEWS_AT + _VIEWS_SCALE + _TICKETS,
-    "4": _VIEWS_SCALE + _TICKETS,
-    "5": _TICKETS,
+""" + _REVOCATIONS + _VIEWS_AT + _VIEWS_SCALE + _TICKETS + _UNCOUNTED,
+    "2": _REVOCATIONS + _VIEWS_AT + _VIEWS_SCALE + _TICKETS + _UNCOUNTED,
+    "3": _VIEWS_AT + _VIEWS_SCALE + _TICKETS + _UNCOUNTED,
+    "4": _VIEWS_SCALE + _TICKETS + _UNCOUNTED,
+    "5": _TICKETS + _UNCOUNTED,
+    "6": _UNCOUNTED,
 }
 
 _ENTRY_COLUMNS = "client_id, device_id, seq, prev, kind, client_created_at, ticket, body, sig"
@@ -249,6 +256,15 @@ class TillDB:
                 for e in entries
             ],
         )
+
+    async def add_uncounted(self, rows: Sequence[tuple[str, str]]) -> None:
+        """(client_id, code) of forwarded entries kept but counted for nothing."""
+        await self._conn.executemany(
+            "INSERT OR IGNORE INTO uncounted (client_id, code) VALUES (?, ?)", rows)
+
+    async def uncounted(self) -> dict[str, str]:
+        return {row[0]: row[1] for row in await self._conn.execute_fetchall(
+            "SELECT client_id, code FROM uncounted")}
 
     async def head(self, device_id: str) -> tuple[int, bytes] | None:
         row = await self._one(

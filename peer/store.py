@@ -431,6 +431,8 @@ class Till(Inbound, Reads):
             await self._db.apply_effects(batch.effects)
         if batch.snapshot is not None:
             await self._db.compact_inside(batch.snapshot)
+        if batch.uncounted:
+            await self._db.add_uncounted(batch.uncounted)
         if batch.chunks:
             await self._db.append_changes(batch.chunks)
         if batch.receipts:
@@ -554,7 +556,8 @@ class Till(Inbound, Reads):
         await rules.check(kind, body, rules.Lookup(
             self.master.has, self._shift_state, lambda cid: self._entry_in(batch, cid),
             self.device_id, fields=self.master.fields, balance=lambda c: balance_in(
-                self._db, batch.effects, c), receipt_kind=lambda c: receipt_kind(self._db, c)))
+                self._db, batch.effects, c), receipt_kind=lambda c: receipt_kind(self._db, c),
+            role=self.role_of(self.device_id)))
         seq, prev = self._head[0] + 1, self._head[1]
         ticket = f"{self.series}-{self._tickets + 1:06d}" if kind == "sale" else None
         entry = seal_bytes(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tillsync.peer.entry_rules import entry_problem
+from tillsync.peer.entry_rules import CLOSES_ANY_SHIFT, entry_problem, shift_problem
 from tillsync.peer.log import Entry
 from tillsync.peer.master import MasterData
 from tillsync.peer.storage import TillDB
@@ -41,6 +41,7 @@ class _Batch:
     certs: list[tuple[str, bytes, str, bytes]] = field(default_factory=list)
     revocations: list[tuple[str, int, bytes]] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
+    uncounted: list[tuple[str, str]] = field(default_factory=list)  # (client_id, code)
 
 
 def _effects_of(entry: Entry) -> list[Effect]:
@@ -54,6 +55,28 @@ def _effects_of(entry: Entry) -> list[Effect]:
     if entry_problem(entry.client_id, entry.kind, entry.body_bytes, body) is not None:
         return []  # what the relay rejects on its own (entry_rules): no effect anywhere
     return _stamped_effects(entry, body)
+
+
+# The kinds the relay puts to the shift rules, and the field naming their shift.
+SHIFT_FIELD = {"sale": "shift_client_id", "cash_movement": "shift_client_id",
+               "shift_close": "open_shift_client_id"}
+
+
+def shift_refused(entry: Entry, owner: str | None, closed: bool, role: str | None
+                  ) -> str | None:
+    """The code the relay will reject a forwarded entry with of a ``SHIFT_FIELD`` kind by the
+    shift rules (``peer/entry_rules.py``), judged on what this till holds: its shift's
+    ``owner`` (None: no ``shift_open`` of it held), whether it is ``closed`` already, and
+    the role of the entry's device.  A device's own ``shift_open`` comes before its
+    entries in its chain, which a till holds in order: a shift not held here is not the
+    device's own (the relay keeps such an entry waiting, or rejects it), except for the
+    close a back-office device records of another till's shift."""
+    shift = entry.body[SHIFT_FIELD[entry.kind]]
+    if owner is None:
+        privileged = entry.kind == "shift_close" and role in CLOSES_ANY_SHIFT
+        return None if privileged else "foreign_shift"
+    problem = shift_problem(entry.kind, shift, entry.device_id, owner, closed, role)
+    return None if problem is None else problem[0]
 
 
 def _stamped_effects(entry: Entry, body: Mapping[str, Any]) -> list[Effect]:
@@ -95,6 +118,8 @@ class TillBase:
         def receipts_position(self) -> tuple[int, bytes]: ...
 
         def device_name(self, device_id: str) -> str | None: ...
+
+        def role_of(self, device_id: str) -> str | None: ...
 
         def revoked_upto(self, device_id: str) -> int | None: ...
 

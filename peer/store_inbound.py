@@ -15,7 +15,7 @@ from tillsync.peer.errors import EntryRefused, Forbidden
 from tillsync.peer.log import GENESIS_PREV, Entry, verify_chain
 from tillsync.peer.master import MasterData
 from tillsync.peer.master.roles import MANAGING_ROLES, guarded_edit
-from tillsync.peer.store_base import TillBase, _Batch, _effects_of
+from tillsync.peer.store_base import SHIFT_FIELD, TillBase, _Batch, _effects_of, shift_refused
 
 log = logging.getLogger("peer.store")
 
@@ -179,12 +179,28 @@ class Inbound(TillBase):
                         f"forwarded entry {entry.device_id} seq {entry.seq} reuses client_id "
                         f"{entry.client_id} of device {holder[0]} seq {holder[1]}")
                 batch.by_client_id[entry.client_id] = entry
-                batch.effects.extend(_effects_of(entry))
+                found = _effects_of(entry)
+                code = await self._shift_refused(batch, entry) if found and \
+                    entry.kind in SHIFT_FIELD else None
+                if code is not None:  # kept and forwarded, counted for nothing
+                    batch.uncounted.append((entry.client_id, code))
+                    found = []
+                batch.effects.extend(found)
             batch.entries.extend(stored)
             self._others.update(heads)
             return len(stored)
 
         return await self._submit(op)
+
+    async def _shift_refused(self, batch: _Batch, entry: Entry) -> str | None:
+        """``shift_refused`` for a forwarded entry, on the entries held here and those of
+        the write batch (``batch``) not committed yet."""
+        shift = entry.body[SHIFT_FIELD[entry.kind]]
+        opened = batch.by_client_id.get(shift) or await self._db.entry(shift)
+        owner = opened.device_id if opened and opened.kind == "shift_open" else None
+        closed = any(e.view == "shift_closed" and e.key == shift for e in batch.effects) \
+            or await self._db.view_value("shift_closed", shift) is not None
+        return shift_refused(entry, owner, closed, self.role_of(entry.device_id))
 
     async def stream_after(self, after_seq: int, limit: int) -> list[dict[str, Any]]:
         """The relay's receipts after ``after_seq``, in stream order, as held here."""

@@ -134,7 +134,12 @@ class Reads(TillBase):
         """The views folded afresh from the whole log (for checks and repair)."""
         views: dict[tuple[str, str], Decimal] = {}
         ats: dict[tuple[str, str], str] = {}
+        # Forwarded entries judged on arrival to break a shift rule (``receive_entries``):
+        # the verdict depends on what was held then, so it is kept, not judged again.
+        uncounted = await self._db.uncounted()
         async for entry, _ in self._db.entries():
+            if entry.client_id in uncounted:
+                continue
             for effect in _effects_of(entry):
                 fold(views, effect, ats)
         return views

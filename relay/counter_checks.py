@@ -18,12 +18,16 @@ The relay keeps every customer's balance (what ``peer.views`` counts: sales on a
 minus payments and refunds to the account, over every accepted entry of every till) as a
 counter ``balance:<customer id>``, read and written in the ingest transaction like the
 invoice counters.  ``tillsync report credit`` lists the customers above their limit.
+A relay database from before balances were kept has them set from its stored entries
+by a schema migration (``rebuild_balances``: SQLite schema 9, PostgreSQL migration 9).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
+
+import msgpack
 
 from tillsync.peer.counter_rules import balance_changes
 from tillsync.relay.undo import OutOfRange
@@ -31,6 +35,8 @@ from tillsync.schemas.limits import in_range
 
 Customers = Callable[[str], Mapping[str, Any] | None]
 PREFIX = "balance:"
+Read = Callable[[str, Sequence[object]], Awaitable[list[tuple[Any, ...]]]]
+Write = Callable[[str, list[tuple[Any, ...]]], Awaitable[None]]
 
 
 def customers_named(bodies: Iterable[Mapping[str, Any]]) -> set[str]:
@@ -87,3 +93,39 @@ def credit_warnings(before: Mapping[str, int], after: Mapping[str, int],
             out.append({"code": "credit_limit", "customer_id": customer_id,
                         "balance": balance, "credit_limit": limit})
     return out
+
+
+# The entries of a store that may change a balance, each counted unless the relay refused
+# it for what it says (a ``rejected`` row without the entry's bytes: an entry stored in
+# its chain and answered ``rejected``) or it is still waiting.
+_BALANCE_ENTRIES = """
+SELECT e.kind, e.body FROM entries e
+WHERE e.store = ? AND e.kind IN ('sale', 'refund', 'customer_payment')
+    AND NOT EXISTS (SELECT 1 FROM rejected r WHERE r.store = e.store
+                    AND r.client_id = e.client_id AND r.device_id = e.device_id
+                    AND r.seq = e.seq AND length(r.entry) = 0)
+    AND NOT EXISTS (SELECT 1 FROM waiting w WHERE w.store = e.store
+                    AND w.client_id = e.client_id)
+"""
+
+
+async def rebuild_balances(read: Read, write: Write) -> int:
+    """Set every store's ``balance:<id>`` counters to the sum over the entries it holds
+    and accepted (the migration for a relay that held account sales before it kept
+    balances); returns the number of balances written.  Entries are decoded as ingest
+    accepted them, so every sum stays in range."""
+    stores = [r[0] for r in await read("SELECT DISTINCT store FROM entries", ())]
+    written = 0
+    for store in stores:
+        balances: dict[str, int] = {}
+        for kind, body in await read(_BALANCE_ENTRIES, (store,)):
+            for customer_id, delta in balance_changes(
+                    kind, msgpack.unpackb(bytes(body), raw=False)).items():
+                balances[customer_id] = balances.get(customer_id, 0) + delta
+        await write("DELETE FROM counters WHERE store = ? AND name LIKE ?",
+                    [(store, PREFIX + "%")])
+        rows = [(store, PREFIX + c, v) for c, v in sorted(balances.items())]
+        if rows:
+            await write("INSERT INTO counters (store, name, value) VALUES (?, ?, ?)", rows)
+        written += len(rows)
+    return written

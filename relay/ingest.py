@@ -13,7 +13,8 @@ Then, in ingestion order, each new entry is decided:
   an entry on its own (``peer/entry_rules.py``: client_id, canonical body, no negative
   sale line);
 * ``sale``, ``cash_movement``, ``shift_close``: the shift rules (``foreign_shift``,
-  ``shift_closed``), also for entries that waited for their shift;
+  ``shift_closed``; a ``backoffice`` or ``admin`` device may close another's shift),
+  also for entries that waited for their shift;
 * ``sale``: totals recomputed from the lines (a different ``client_total`` is a warning),
   next gapless invoice number of the store's series, stock moved (volatile products
   instead update their suggested price), low-stock warning when stock falls below the
@@ -121,6 +122,7 @@ class _Store:
         self.heads: dict[str, tuple[int, bytes]] = {}
         self.known: dict[str, bytes] = {}  # client_id -> hash, of the entries stored
         self.revoked_upto: dict[str, int] = {}
+        self.roles: dict[str, str] = {}  # device -> its enrolled role, of those read
         self.stream = (0, bytes(32))  # the receipt stream's (position, head hash)
 
     async def load(self, batches: Sequence[Batch]) -> None:
@@ -133,8 +135,10 @@ class _Store:
         self.refused_before = await txn.rejected(store, client_ids)
         for device in sorted({d for b in batches for d in b.public_keys} & devices):
             row = await txn.device(store, device)
-            if row is not None and row.revoked_upto is not None:
-                self.revoked_upto[device] = row.revoked_upto
+            if row is not None:
+                self.roles[device] = row.role
+                if row.revoked_upto is not None:
+                    self.revoked_upto[device] = row.revoked_upto
         await self.preload([body for b in batches for body, problem, _ in b.checked.values()
                             if problem is None and body is not None])
         self.stream = await txn.stream_head(store)
@@ -348,7 +352,8 @@ def _decide(batch: _Batch, entry: Entry, body: dict[str, Any],
         shift = body[shift_key]
         problem = shift_problem(kind, shift, entry.device_id,
                                 batch.maps["shift_device"].get(shift),
-                                shift in batch.maps["shift_closed"])
+                                shift in batch.maps["shift_closed"],
+                                batch.state.roles.get(entry.device_id))
         if problem is not None:
             batch.reject(entry, *problem, keep=False)  # in the chain already
             return
@@ -701,6 +706,10 @@ async def _resolve_waiting(batch: _Batch, dependency: str) -> None:
     resolved = [(found[c], body) for c in ids if c in found
                 for body in [_decode_body(found[c])] if body is not None]
     await batch.state.preload(body for _entry, body in resolved)
+    for device in sorted({e.device_id for e, _ in resolved} - batch.state.roles.keys()):
+        row = await batch.txn.device(batch.store, device)  # a close of an earlier batch
+        if row is not None:
+            batch.state.roles[device] = row.role
     for entry, body in resolved:
         # Still waiting on something else? _decide records that again.
         batch.waiting = [(c, w) for c, w in batch.waiting if c != entry.client_id]

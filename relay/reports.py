@@ -432,7 +432,8 @@ async def shifts(storage: RelayStorage, store: str, within: Range = Range()
     """Shift (Z) reports: per shift opened in the range, its till, cashier and server
     id; opening cash, cash sales, cash refunds, cash in and out, other cash (customer
     payments, expenses); expected cash (by the same rule as the till's view,
-    ``peer.views.effects``), counted cash, variance and its reason once closed.  Entries
+    ``peer.views.effects``), counted cash, variance and its reason once closed, and the
+    device that closed it (another than its till's: a backoffice or admin device).  Entries
     the relay rejected count for nothing; a sale counts once numbered."""
     await check_store(storage, store)
     cond, args = within.where("opened_at")
@@ -444,6 +445,7 @@ async def shifts(storage: RelayStorage, store: str, within: Range = Range()
         return []
     cash: dict[str, dict[str, int]] = defaultdict(dict)
     server_ids: dict[str, str] = {}
+    closers: dict[str, str] = {}  # shift -> the device that recorded its close
     ids = [r[0] for r in opened]
     for i in range(0, len(ids), 500):
         chunk = ids[i:i + 500]
@@ -455,6 +457,10 @@ async def shifts(storage: RelayStorage, store: str, within: Range = Range()
         server_ids.update(await storage.read(
             "SELECT client_id, server_id FROM mappings WHERE store = ? AND kind = 'shift' "
             f"AND client_id IN ({marks})", (store, *chunk)))
+        closers.update(await storage.read(
+            "SELECT m.client_id, e.device_id FROM mappings m JOIN entries e ON e.store = "
+            "m.store AND e.client_id = m.server_id WHERE m.store = ? AND m.kind = "
+            f"'shift_closed' AND m.client_id IN ({marks})", (store, *chunk)))
     names = {d.device_id: d.name for d in await storage.devices(store)}
     out = []
     for client_id, device_id, cashier, at, closed_at, counted, reason in opened:
@@ -465,9 +471,11 @@ async def shifts(storage: RelayStorage, store: str, within: Range = Range()
             "device_id": device_id, "till": names.get(device_id), "cashier_id": cashier,
             "opened_at": at, **{c: moves.get(c, 0) for c in CASH_COLUMNS},
             "expected_cash": expected, "closed_at": None, "counted_cash": None,
-            "variance": None, "variance_reason": None}
+            "variance": None, "variance_reason": None, "closed_by": None, "closed_by_name": None}
         if closed_at is not None:
+            closer = closers.get(client_id, device_id)
             row.update(closed_at=closed_at, counted_cash=int(counted),
-                       variance=int(counted) - expected, variance_reason=reason)
+                       variance=int(counted) - expected, variance_reason=reason,
+                       closed_by=closer, closed_by_name=names.get(closer))
         out.append(row)
     return out

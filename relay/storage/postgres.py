@@ -37,7 +37,7 @@ import logging
 import os
 import random
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -49,7 +49,7 @@ from asyncpg.pool import PoolConnectionProxy
 from tillsync.peer.errors import StoreError
 from tillsync.peer.log import Entry
 from tillsync.peer.shutdown import Deadlines, cancel_and_wait
-from tillsync.relay import tallies
+from tillsync.relay import counter_checks, tallies
 from tillsync.relay.storage.base import ALL_HEADS, DeviceRow, code_refusal
 
 log = logging.getLogger("tillsync.relay.postgres")
@@ -181,6 +181,7 @@ ALTER TABLE rejected ADD COLUMN sent_by text;
     (8, "running totals of refunds, expenses and cash movements, and the listed items of "
         "the reports (total mismatches, held sales, drafts); every total filled again from "
         "the entries held", tallies.REPORTS_SCHEMA),
+    (9, "customers' balances (counters balance:<id>) set from the entries held", ""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -745,16 +746,23 @@ def _dollars(sql: str) -> str:
 _ALL_HEADS = _dollars(ALL_HEADS)  # arguments: the store, three times
 
 
-async def _fill_tallies(conn: asyncpg.Connection) -> None:
-    """The running totals (migration 4's, and migration 8's of refunds, expenses, cash
-    movements and listed items) for a database that already holds entries."""
+# What a migration computes from the entries held, after its SQL: the running totals
+# (migration 4's, and migration 8's of refunds, expenses, cash movements and listed items)
+# and customers' balances (migration 9).
+_FILLS: dict[int, Callable[[counter_checks.Read, counter_checks.Write], Awaitable[object]]] = {
+    8: tallies.rebuild, 9: counter_checks.rebuild_balances}
+
+
+async def _fill(conn: asyncpg.Connection, version: int) -> None:
+    """Run the fill of migration ``version``, if it has one, on ``conn``."""
     async def read(sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in await conn.fetch(_dollars(sql), *args)]
 
     async def write(sql: str, rows: list[tuple[Any, ...]]) -> None:
         await conn.executemany(_dollars(sql), rows)
 
-    await tallies.rebuild(read, write)
+    if version in _FILLS:
+        await _FILLS[version](read, write)
 
 
 async def schema_version(conn: asyncpg.Connection) -> int:
@@ -776,9 +784,9 @@ async def migrate_schema(conn: asyncpg.Connection) -> int:
                 "description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
             if await schema_version(conn) >= version:
                 continue
-            await conn.execute(sql)
-            if version == 8:
-                await _fill_tallies(conn)
+            if sql:
+                await conn.execute(sql)
+            await _fill(conn, version)
             await conn.execute("INSERT INTO schema_version (version, description) "
                                "VALUES ($1, $2)", version, what)
             log.info("relay schema migrated to version %d (%s)", version, what)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,10 @@ import aiosqlite
 import msgpack
 
 from tillsync.peer.log import Entry
-from tillsync.relay import tallies
+from tillsync.relay import counter_checks, tallies
 from tillsync.relay.storage.base import ALL_HEADS, DeviceRow, code_refusal
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # Page cache of each connection, in KiB (SQLite's default is 2 MiB).  Every sale inserts
 # into an index keyed by random UUIDs (entries' client_id): once it outgrows the cache,
 # each insert rereads pages from the OS.
@@ -157,20 +157,28 @@ _MIGRATIONS = {
     "4": _STORE_KEYS + _KEEP_RELAY_KEY,
     "5": _INVOICES_BY_SEQ,
     "6": _REJECTED_SENT_BY,
-    "7": tallies.REPORTS_SCHEMA,  # every total filled again: ``_fill_tallies``
+    "7": tallies.REPORTS_SCHEMA,  # every total filled again: ``_FILLS``
+    "8": "",  # customers' balances set from the entries held: ``_FILLS``
 }
 
 
-async def _fill_tallies(conn: aiosqlite.Connection) -> None:
-    """The running totals (schema 4's, and schema 8's of refunds, expenses, cash
-    movements and listed items) for a database that already holds entries."""
+# What a migration computes from the entries held, after its SQL: the running totals
+# (schema 4's, and schema 8's of refunds, expenses, cash movements and listed items) and
+# customers' balances (schema 9).
+_FILLS: dict[str, Callable[[counter_checks.Read, counter_checks.Write], Awaitable[object]]] = {
+    "7": tallies.rebuild, "8": counter_checks.rebuild_balances}
+
+
+async def _fill(conn: aiosqlite.Connection, version: str) -> None:
+    """Run the fill of the migration from ``version``, if it has one, on ``conn``."""
     async def read(sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in await conn.execute_fetchall(sql, args)]
 
     async def write(sql: str, rows: list[tuple[Any, ...]]) -> None:
         await conn.executemany(sql, rows)
 
-    await tallies.rebuild(read, write)
+    if version in _FILLS:
+        await _FILLS[version](read, write)
 
 
 # The index of the entries table's UNIQUE (store, client_id) (SQLite names it; checked at
@@ -412,8 +420,7 @@ class SQLiteStorage:
             version = str(rows[0][0]) if rows else ""
             while version in _MIGRATIONS:
                 await conn.executescript(f"BEGIN IMMEDIATE; {_MIGRATIONS[version]}")
-                if version == "7":
-                    await _fill_tallies(conn)
+                await _fill(conn, version)
                 # execute, not executescript: that would commit what is pending first
                 await conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                                    (str(int(version) + 1),))

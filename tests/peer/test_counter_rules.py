@@ -127,10 +127,11 @@ async def test_the_balance_counts_entries_held_from_other_tills(tmp_path: Path) 
                           client_id=SHIFT)
         other = make_device("Till 2")
         assert await till.add_certs([other.cert]) == []
+        theirs = other.chain.next("shift_open", {"cashier_id": "ann", "opening_cash": 0})
         elsewhere = other.chain.next("sale", {**on_account("bob", ("bread", 100, 320),
                                                            amount=32000),
-                                              "shift_client_id": str(uuid.uuid4())})
-        assert await till.receive_entries([elsewhere]) == 1
+                                              "shift_client_id": theirs.client_id})
+        assert await till.receive_entries([theirs, elsewhere]) == 2
         assert await till.balance("bob") == 32000
         with pytest.raises(InvalidInput, match="owes 32000 and this sale adds 20000 on "
                            "account, 52000 in all, above the credit limit of 50000"):

@@ -16,7 +16,7 @@ from tests.doubles import SHIFT, sale, stocked_till
 from tests.peer.test_receive_entries import bread, enrolled_till, make_device
 from tests.relay.test_entry_rules import overlong_ints
 from tillsync.peer.entry_rules import entry_problem, is_canonical
-from tillsync.peer.errors import InvalidInput
+from tillsync.peer.errors import InvalidInput, UnknownReference
 from tillsync.peer.log import canonical_body
 from tillsync.peer.store import Till
 
@@ -61,7 +61,8 @@ async def test_nothing_more_goes_into_a_closed_shift(tmp_path: Path) -> None:
 
 async def test_a_till_records_only_in_a_shift_it_opened(tmp_path: Path) -> None:
     """Another till's shift, open and known here (forwarded over the LAN), is not this
-    till's: a sale, a cash movement or a close naming it is refused."""
+    till's: a sale or a cash movement naming it is refused; this till, enrolled as
+    admin, may close it (a dead till's shift), once."""
     till = await enrolled_till(tmp_path)
     try:
         await till.put("cashiers", "ann", {"name": "Ann", "role": "cashier", "pin": "1234"})
@@ -74,12 +75,17 @@ async def test_a_till_records_only_in_a_shift_it_opened(tmp_path: Path) -> None:
             ("sale", sale(("bread", 1, 320), shift_client_id=shift)),
             ("cash_movement", {"direction": "in", "amount": 100, "reason": "float",
                                "shift_client_id": shift}),
-            ("shift_close", {"open_shift_client_id": shift, "closing_cash": 0}),
         ]:
             with pytest.raises(InvalidInput, match=f"shift {shift} was opened by device "
                                                    f"{other.id}"):
                 await till.record(kind, body)
         assert await till.entries(kind="sale") == []
+        assert till.role_of(till.device_id) == "admin"
+        await till.record("shift_close", {"open_shift_client_id": shift, "closing_cash": 0})
+        assert [s["open"] for s in await till.shifts()] == [False]
+        with pytest.raises(UnknownReference, match="is closed already"):
+            await till.record("shift_close", {"open_shift_client_id": shift,
+                                              "closing_cash": 0})
         # Its own shift works as ever.
         mine = await till.record("shift_open", {"cashier_id": "ann", "opening_cash": 0})
         await till.record("sale", sale(("bread", 1, 320), shift_client_id=mine.client_id))

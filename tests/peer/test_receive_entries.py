@@ -28,6 +28,7 @@ from tillsync.peer.cert import Certificate, Revocation
 from tillsync.peer.errors import EntryRefused, Forbidden, StoreCorrupt
 from tillsync.peer.identity import DeviceKey
 from tillsync.peer.log import Entry
+from tillsync.peer.storage import SCHEMA_VERSION
 from tillsync.peer.store import Till
 
 STORE = "shop-1"
@@ -477,7 +478,8 @@ def _downgrade_to_schema_1(db: Path) -> None:
     conn = sqlite3.connect(db)
     try:
         conn.executescript("ALTER TABLE devices DROP COLUMN cert; DROP TABLE receipt_stream; "
-                           "DROP TABLE revocations; ALTER TABLE views DROP COLUMN at; "
+                           "DROP TABLE revocations; DROP TABLE uncounted; "
+                           "ALTER TABLE views DROP COLUMN at; "
                            "UPDATE views SET value = value * 1000000 WHERE view != 'stock'; "
                            "UPDATE meta SET value = '1' WHERE key = 'schema_version';")
         assert [r[1] for r in conn.execute("PRAGMA table_info(devices)")] == _V1_DEVICES
@@ -539,7 +541,7 @@ async def test_a_schema_1_store_is_migrated_on_open_and_keeps_everything(
     assert _schema(path / "till.db") == ("1", _V1_DEVICES, False)
 
     async with await Till.open(path) as till:
-        assert _schema(path / "till.db") == ("5", [*_V1_DEVICES, "cert"], True)
+        assert _schema(path / "till.db") == (str(SCHEMA_VERSION), [*_V1_DEVICES, "cert"], True)
         state = await state_of(till)
         assert {k: v for k, v in state.items() if k != "certs"} == \
             {k: v for k, v in held["state"].items() if k != "certs"}
@@ -643,13 +645,17 @@ async def test_last_price_is_the_latest_sale_by_time_whatever_the_arrival_order(
     try:
         early, late = make_device("Till 2"), make_device("Till 3")
         await till.add_certs([early.cert, late.cert])
-        shift = str(uuid.uuid4())
-        first = early.chain.next("sale", sale(("bread", 1, 300), shift_client_id=shift))
+        # Each sells in its own shift (another's, or one never opened, counts for nothing).
+        opened = [d.chain.next("shift_open", {"cashier_id": "ann", "opening_cash": 0})
+                  for d in (early, late)]
+        first = early.chain.next("sale", sale(("bread", 1, 300),
+                                              shift_client_id=opened[0].client_id))
         await asyncio.sleep(1.05)  # a later client time (the chain stamps whole seconds)
-        second = late.chain.next("sale", sale(("bread", 1, 350), shift_client_id=shift))
+        second = late.chain.next("sale", sale(("bread", 1, 350),
+                                              shift_client_id=opened[1].client_id))
         assert first.client_created_at < second.client_created_at
-        await till.receive_entries([second])
-        await till.receive_entries([first])  # arrives last, was sold first
+        await till.receive_entries([opened[1], second])
+        await till.receive_entries([opened[0], first])  # arrives last, was sold first
         assert (await till._db.view("last_price"))["bread"] == 350
         assert (await till.rebuild_views())[("last_price", "bread")] == 350
         assert (await till.verify()).ok

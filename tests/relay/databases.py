@@ -119,6 +119,12 @@ def pg_query(url: str, sql: str, args: tuple[object, ...] | list[object] = ()
 # Puts the rejected entries back in their shape before SQLite schema 7 / PostgreSQL
 # migration 7 (no sender), rows kept, for tests of upgrades from older versions.
 REJECTED_BEFORE_SCHEMA_7 = "ALTER TABLE rejected DROP COLUMN sent_by"
+# Drops the tables SQLite schema 8 / PostgreSQL migration 8 brought (the totals of
+# refunds, expenses, cash movements and listed items), for tests of upgrades from older
+# versions: that migration makes them again and fills every total.
+TALLIES_BEFORE_SCHEMA_8 = [f"DROP TABLE {table}" for table in (
+    "tally_refunds", "tally_product_refunds", "tally_expenses", "tally_cash_moves",
+    "report_items")]
 
 
 def invoices_before_schema_6(postgres: bool) -> list[str]:

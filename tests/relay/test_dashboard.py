@@ -49,6 +49,8 @@ SALES = {
                                                ("tomato", "1.25", 450)))],
 }
 CASHIER = {"Till A": "ann", "Till B": "bob"}
+# Sales paid on a customer's account, by (till, index in SALES): the customer.
+ON_ACCOUNT = {("Till B", 0): "cafe"}
 OPENING = {"Till A": 5000, "Till B": 2000}
 
 
@@ -163,7 +165,9 @@ def test_the_dashboard_shows_the_numbers_of_the_sales_recorded(tmp_path: Path,
     a.put_many([("products", p, body) for p, body in PRODUCTS.items()]
                + [("cashiers", c, {"name": c.title(), "role": "cashier", "pin": "1234"})
                   for c in CASHIER.values()]
-               + [("suppliers", "mill", {"name": "The Mill"}),
+               + [("customers", "cafe", {"name": "Corner Café", "credit_limit": 2000}),
+                  ("customers", "ida", {"name": "Ida", "credit_limit": 5000}),
+                  ("suppliers", "mill", {"name": "The Mill"}),
                   ("settings", "store", {"store_name": "Dash Shop", "currency": "EUR"})])
     a.sync()
     b.sync()
@@ -180,7 +184,10 @@ def test_the_dashboard_shows_the_numbers_of_the_sales_recorded(tmp_path: Path,
     for name, sales in SALES.items():
         for i, (days_ago, lines) in enumerate(sales):
             # Till B's last sale claims a wrong total: invoiced at the relay's, listed.
-            extra = {"client_total": 1} if (name, i) == ("Till B", 1) else {}
+            extra: dict[str, Any] = {"client_total": 1} if (name, i) == ("Till B", 1) else {}
+            if (name, i) in ON_ACCOUNT:
+                extra.update(customer_id=ON_ACCOUNT[name, i], payments=[
+                    {"method": "account", "amount": sum(amount(q, p) for _, q, p in lines)}])
             made[name].append(record_at(tills[name], now - timedelta(days=days_ago,
                                                                     minutes=10 - i), "sale",
                                         sale(*lines, shift_client_id=shifts[name], **extra)))
@@ -203,6 +210,8 @@ def test_the_dashboard_shows_the_numbers_of_the_sales_recorded(tmp_path: Path,
     record_at(a, now - timedelta(minutes=4), "shift_close", {
         "open_shift_client_id": shifts["Till A"], "closing_cash": 9000,
         "variance_reason": "coins miscounted"})
+    # The back office lowers the café's credit limit below what it owes now.
+    a.put("customers", "cafe", {"credit_limit": 500})
     for till in tills.values():
         assert till.sync_json()["pending"] == 0
 
@@ -213,13 +222,17 @@ def test_the_dashboard_shows_the_numbers_of_the_sales_recorded(tmp_path: Path,
     revenue: dict[str, int] = defaultdict(int)
     by_till: dict[str, int] = defaultdict(int)
     paid: dict[str, int] = defaultdict(int)
+    owed: dict[str, int] = defaultdict(int)  # on account, by customer
     for name, sales in SALES.items():
-        for days_ago, lines in sales:
+        for i, (days_ago, lines) in enumerate(sales):
             total = sum(amount(q, p) for _, q, p in lines)
             by_day[day[days_ago]][0] += 1
             by_day[day[days_ago]][1] += total
             by_till[name] += total
-            paid[name] += int(sum(Decimal(str(q)) * p for _, q, p in lines))
+            if (name, i) in ON_ACCOUNT:
+                owed[ON_ACCOUNT[name, i]] += total
+            else:
+                paid[name] += int(sum(Decimal(str(q)) * p for _, q, p in lines))
             for product, q, p in lines:
                 qty[product] += Decimal(str(q))
                 revenue[product] += amount(q, p)
@@ -288,6 +301,11 @@ def test_the_dashboard_shows_the_numbers_of_the_sales_recorded(tmp_path: Path,
     assert [(r["kind"], money(r["amount"]), r["note"]) for r in page.tables["t-drafts"]] == [
         ("purchase order", 6000, "mill")]
     assert page.text["waiting-table"] == "no entry waiting"
+    # The café owes its sale on account, above the limit lowered since; Ida owes nothing.
+    assert [(r["customer_id"], money(r["balance"]), money(r["credit_limit"]),
+             money(r["over_by"])) for r in page.tables["t-credit"]] == [
+        ("Corner Café (cafe)", owed["cafe"], 500, owed["cafe"] - 500)]
+    assert owed["cafe"] == 900
     # One product's analytics: the best seller, by day.
     top = max(net_of, key=lambda p: net_of[p])
     assert page.text["product-summary"].startswith(f"{qty[top]} sold, 0 refunded")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from tests.relay.databases import REJECTED_BEFORE_SCHEMA_7
+from tests.relay.databases import REJECTED_BEFORE_SCHEMA_7, TALLIES_BEFORE_SCHEMA_8
 from tests.relay.processes import (
     Chain,
     RawSession,
@@ -20,6 +20,8 @@ from tests.relay.processes import (
 )
 from tests.relay.test_bad_input import enrolled, selling
 from tillsync.peer.identity import DeviceKey
+from tillsync.relay.storage.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
+from tillsync.relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 
 
 def devices(relay: RelayProcess, store: str) -> dict[str, dict[str, Any]]:
@@ -79,11 +81,13 @@ async def test_a_rejection_kept_from_before_senders_counts_against_the_entrys_de
         await session.close()
     relay.kill()
     try:
-        query(relay, REJECTED_BEFORE_SCHEMA_7)
-        query(relay, "DELETE FROM schema_version WHERE version = 7" if relay.db else
+        for sql in [REJECTED_BEFORE_SCHEMA_7, *TALLIES_BEFORE_SCHEMA_8]:
+            query(relay, sql)
+        query(relay, "DELETE FROM schema_version WHERE version >= 7" if relay.db else
               "UPDATE meta SET value = '6' WHERE key = 'schema_version'")
         where = ["--db", relay.db] if relay.db else ["--data", str(relay.data)]
-        assert "schema at version 7" in run_cli("relay", "migrate", *where).stdout
+        version = PG_SCHEMA_VERSION if relay.db else SQLITE_SCHEMA_VERSION
+        assert f"schema at version {version}" in run_cli("relay", "migrate", *where).stdout
         assert senders(relay, store) == [(stranger.device_id, "unknown_device", None)]
         report = devices(relay, store)
         assert (report[device.device_id]["rejected"],

@@ -20,7 +20,11 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.doubles import sale
-from tests.relay.databases import REJECTED_BEFORE_SCHEMA_7, invoices_before_schema_6
+from tests.relay.databases import (
+    REJECTED_BEFORE_SCHEMA_7,
+    TALLIES_BEFORE_SCHEMA_8,
+    invoices_before_schema_6,
+)
 from tests.relay.processes import (
     Chain,
     RawSession,
@@ -178,7 +182,7 @@ async def test_a_schema_1_sqlite_relay_database_is_migrated_on_open(tmp_path: Pa
         "DROP TABLE tally_cash; DROP TABLE tally_series; DROP INDEX invoices_by_time; "
         "DROP TRIGGER invoices_append_only_update; DROP TRIGGER invoices_append_only_delete; "
         "ALTER TABLE prices DROP COLUMN at; DROP TABLE store_keys; "
-        f"{REJECTED_BEFORE_SCHEMA_7}; "
+        f"{REJECTED_BEFORE_SCHEMA_7}; {'; '.join(TALLIES_BEFORE_SCHEMA_8)}; "
         "UPDATE meta SET value = '1' WHERE key = 'schema_version';")
     conn.close()
     relay = await Relay.open(tmp_path)
@@ -280,7 +284,7 @@ def test_a_store_made_before_store_keys_keeps_the_relays_key_after_the_upgrade(
             await opened.close()
     in_thread(before_store_keys)
     for sql in ("DROP TABLE store_keys", *invoices_before_schema_6(bool(relay_db)),
-                REJECTED_BEFORE_SCHEMA_7,
+                REJECTED_BEFORE_SCHEMA_7, *TALLIES_BEFORE_SCHEMA_8,
                 "DELETE FROM schema_version WHERE version >= 5" if relay_db else
                 "UPDATE meta SET value = '4' WHERE key = 'schema_version'"):
         query(old, sql)
