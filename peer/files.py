@@ -167,6 +167,7 @@ class ContentDir:
             if media_type is not None and media_type != found:
                 raise InvalidInput(f"the file is {found}, not {media_type} as given")
             ref = FileRef(digest.hexdigest(), size, found)
+            self.drop_partial(ref.sha256)  # a cut transfer of it needs no resuming now
             return ref, self._keep(tmp, ref.sha256)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -178,9 +179,11 @@ class ContentDir:
         return self.add(io.BytesIO(data), media_type)
 
     def _keep(self, tmp: Path, sha256: str) -> bool:
-        """Rename a checked temporary file into place; False if it was there already."""
+        """Rename a checked temporary file into place; False if it was there already
+        (then the temporary file is dropped)."""
         final = self.path_of(sha256)
         if final.exists():
+            tmp.unlink()
             return False
         final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(tmp, 0o444)
@@ -202,9 +205,37 @@ class ContentDir:
         except FileNotFoundError:
             return 0
 
-    def append(self, sha256: str, offset: int, data: bytes) -> int:
+    def drop_partial(self, sha256: str) -> bool:
+        """Drop what came in so far of a file; whether there was anything."""
+        try:
+            self._partial(sha256).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def settled(self, sha256: str) -> bool:
+        """Whether the whole file is held; if so, any partial of it is dropped (it came
+        whole by another link meanwhile, or was added)."""
+        if not self.has(sha256):
+            return False
+        self.drop_partial(sha256)
+        return True
+
+    def drop_stale_partials(self) -> list[str]:
+        """Drop every partial whose file is held whole; the hashes dropped."""
+        folder = self.root / "partial"
+        if not folder.is_dir():
+            return []
+        return [path.name for path in sorted(folder.iterdir())
+                if HASH_RE.match(path.name) and self.has(path.name)
+                and self.drop_partial(path.name)]
+
+    def append(self, sha256: str, offset: int, data: bytes) -> int | None:
         """Write a chunk at ``offset`` (the length received so far: a chunk elsewhere is
-        not taken); returns the length now."""
+        not taken); returns the length now, or None if the whole file is held already
+        (another link brought it: the partial is dropped, nothing is written)."""
+        if self.settled(sha256):
+            return None
         path = self._partial(sha256)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab") as handle:
@@ -232,7 +263,7 @@ class ContentDir:
         if not ok or sniff(head) != media_type:
             path.unlink()
             return "type" if ok else "hash"
-        self._keep(path, sha256)
+        self._keep(path, sha256)  # drops the partial if the file was whole already
         return "ok"
 
 
