@@ -191,6 +191,36 @@ class ContentDir:
         _fsync_dir(final.parent)
         return True
 
+    def copy_whole_to(self, dest: Path) -> tuple[int, int, list[str]]:
+        """Copy every whole file into the directory ``dest`` (same layout), checking
+        each one's hash on the way: (files, bytes, problems).  ``partial/`` is not
+        copied.  A whole file never changes once in place, so the copy of a live
+        directory holds every file that was whole when the scan reached it."""
+        count = total = 0
+        problems: list[str] = []
+        for sha in self.hashes():
+            target = dest / sha[:2] / sha
+            target.parent.mkdir(parents=True, exist_ok=True)
+            digest, tmp = hashlib.sha256(), target.with_suffix(".tmp")
+            try:
+                with open(self.path_of(sha), "rb") as source, open(tmp, "wb") as out:
+                    while block := source.read(CHUNK):
+                        digest.update(block)
+                        out.write(block)
+                    out.flush()
+                    os.fsync(out.fileno())
+            except FileNotFoundError:  # discarded meanwhile (an entry refused)
+                tmp.unlink(missing_ok=True)
+                continue
+            if digest.hexdigest() != sha:
+                tmp.unlink()
+                problems.append(f"file {sha} does not hash to its name: not copied")
+                continue
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, target)
+            count, total = count + 1, total + os.stat(target).st_size
+        return count, total, problems
+
     def discard(self, sha256: str) -> None:
         """Drop a file added just now for an entry that was then refused."""
         with contextlib.suppress(FileNotFoundError):
