@@ -78,15 +78,15 @@ class FileLink:
     def _send(self, t: str, sha256: bytes, **fields: object) -> None:
         self._link.send_file(t, sha256, **fields)  # type: ignore[attr-defined]
 
-    def offer_held(self) -> int:
-        """Offer every file the store holds that was not offered on this link yet, and
-        drop partials of files held whole (blocking: a directory scan; run it in a
+    def unoffered(self) -> list[FileRef]:
+        """The files the store holds that were not offered on this link yet; partials
+        of files held whole are dropped (blocking: a directory scan; run it in a
         thread)."""
         self.store.drop_stale_partials()
         known = self.out.known
         fresh = [self.store.ref(sha) for sha in self.store.hashes()
                  if bytes.fromhex(sha) not in known]
-        return self.offer(r for r in fresh if r is not None)
+        return [r for r in fresh if r is not None]
 
     def offer(self, refs: Iterable[FileRef]) -> int:
         """Offer files not offered on this link yet; returns how many."""

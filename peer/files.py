@@ -13,6 +13,15 @@ relay's ``DATA/files/STORE``), laid out so that the directory itself is the tabl
                         The till keeps every file; those without a marker are offered to
                         the relay at each round.
 
+Uploads no entry names.  A file goes to the relay and the LAN peers only once an entry
+(any device's, rejected ones too: they stay in the log) or a master record names it;
+until then it stays at the till it was added to.  A file added for an entry that was
+never recorded (an upload through ``POST /api/files`` the front end then dropped) is
+so never sent anywhere, and ``peer files DIR --prune`` removes those older than
+``--hours`` (``PRUNE_HOURS``: a file being named right now is kept).  A file a deleted
+product named is no longer named by a record: not sent again, and pruned like an
+upload (the relay keeps what it had).
+
 The media type is what the file's first bytes show (``sniff``); a file whose bytes are
 no known type is refused when added, so a till and the relay agree on every type.
 Everything here is blocking file I/O: async callers run it in a thread.
@@ -32,6 +41,7 @@ from typing import Any, BinaryIO
 from tillsync.peer.errors import InvalidInput
 
 FILES_DIR = "files"
+PRUNE_HOURS = 24.0  # ``peer files --prune``: unnamed files older than this go
 CHUNK = 256 * 1024  # bytes of a file_chunk frame
 MAX_FILE = 64 * 1024 * 1024  # the most a till takes into its store (the relay sets its own)
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -184,6 +194,8 @@ class ContentDir:
         final = self.path_of(sha256)
         if final.exists():
             tmp.unlink()
+            with contextlib.suppress(OSError):
+                os.utime(final)  # added again: its age for --prune starts anew
             return False
         final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(tmp, 0o444)
@@ -316,6 +328,27 @@ class TillFiles(ContentDir):
             marker.touch()
             _fsync_dir(marker.parent)
 
+    def prune(self, named: set[str], older_than: float, now: float) -> list[FileRef]:
+        """Remove the files no entry or record names (``named``) last changed before
+        ``now - older_than`` seconds, with their markers, and partial files of that age
+        (leftovers of cut links, of adds that crashed); the refs of files removed."""
+        gone = []
+        for sha in self.hashes():
+            path = self.path_of(sha)
+            ref = self.ref(sha)
+            if sha in named or ref is None or path.stat().st_mtime > now - older_than:
+                continue
+            path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                self._marker(sha).unlink()
+            gone.append(ref)
+        self.drop_stale_partials()
+        partial = self.root / "partial"
+        for path in sorted(partial.iterdir()) if partial.is_dir() else []:
+            if path.is_file() and path.stat().st_mtime <= now - older_than:
+                path.unlink()
+        return gone
+
     def not_at_relay(self) -> list[FileRef]:
         """The files the relay has not confirmed yet."""
         refs = [self.ref(sha) for sha in self.hashes() if not self.at_relay(sha)]
@@ -341,6 +374,21 @@ class TillFiles(ContentDir):
         if held != ref:
             raise InvalidInput(f"{where}: the file {ref.sha256} is {held.size} bytes of "
                                f"{held.media_type}, not {ref.size} bytes of {ref.media_type}")
+
+
+def entry_file_name(kind: str, body: bytes) -> str:
+    """The hash of the file an entry's stored (msgpack) body names, or ""."""
+    import msgpack
+
+    name = ENTRY_FIELDS.get(kind)
+    if name is None:
+        return ""
+    try:
+        decoded = msgpack.unpackb(body, raw=False)
+    except (ValueError, msgpack.UnpackException):
+        return ""
+    ref = FileRef.from_json(decoded.get(name)) if isinstance(decoded, dict) else None
+    return "" if ref is None else ref.sha256
 
 
 def check_entry_files(store_dir: Path, kind: str, body: Mapping[str, Any]) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import msgpack
 
 from tillsync.peer.errors import InvalidInput
+from tillsync.peer.files import RECORD_FIELDS, FileRef
 from tillsync.peer.log import GENESIS_PREV, ChainBreak, Entry
 from tillsync.peer.store_base import TillBase, _effects_of
 from tillsync.peer.views import fold, stock_row
@@ -49,6 +50,18 @@ class Reads(TillBase):
     async def receipts(self, status: str | None = None) -> list[dict[str, Any]]:
         """The latest receipt of every entry the relay has answered (any device)."""
         return [msgpack.unpackb(b, raw=False) for b in await self._db.receipts(status)]
+
+    async def file_names(self) -> set[str]:
+        """The files this till's entries (any device's) and master records name; only
+        those go to the relay and the LAN peers (``peer.files``, "Uploads no entry
+        names")."""
+        names = await self._db.file_names()
+        for collection, field_name in RECORD_FIELDS.items():
+            for record in self.master.all(collection).values():
+                ref = FileRef.from_json(record.get(field_name))
+                if ref is not None:
+                    names.add(ref.sha256)
+        return names
 
     # -- derived views -----------------------------------------------------------------
 
