@@ -51,18 +51,6 @@ class Reads(TillBase):
         """The latest receipt of every entry the relay has answered (any device)."""
         return [msgpack.unpackb(b, raw=False) for b in await self._db.receipts(status)]
 
-    async def file_names(self) -> set[str]:
-        """The files this till's entries (any device's) and master records name; only
-        those go to the relay and the LAN peers (``peer.files``, "Uploads no entry
-        names")."""
-        names = await self._db.file_names()
-        for collection, field_name in RECORD_FIELDS.items():
-            for record in self.master.all(collection).values():
-                ref = FileRef.from_json(record.get(field_name))
-                if ref is not None:
-                    names.add(ref.sha256)
-        return names
-
     # -- derived views -----------------------------------------------------------------
 
     async def stock(self) -> list[dict[str, Any]]:
@@ -184,3 +172,15 @@ class Reads(TillBase):
         if report.first_break is None and stored_views != await self.rebuild_views():
             report.problems.append("derived views differ from the log (run a rebuild)")
         return report
+
+    async def file_names(self) -> set[str]:
+        """The files this till's entries (any device's) and master records name; only
+        those go to the relay and the LAN peers (``peer.files``, "Uploads no entry
+        names")."""
+        names = await self._db.file_names()
+        for collection, field_name in RECORD_FIELDS.items():
+            for record in self.master.all(collection).values():
+                ref = FileRef.from_json(record.get(field_name))
+                if ref is not None:
+                    names.add(ref.sha256)
+        return names
