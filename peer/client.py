@@ -216,7 +216,9 @@ async def _round(till: Till, ws: ClientConnection,
         nonlocal files_offered
         if pushed_all and in_flight == 0 and not files_offered:
             files_offered = True
-            files.offer(await asyncio.to_thread(store.not_at_relay))
+            named = await till.file_names()  # an upload no entry names stays here
+            files.offer(r for r in await asyncio.to_thread(store.not_at_relay)
+                        if r.sha256 in named)
 
     async def flush() -> None:
         for frame in link.data_to_send():

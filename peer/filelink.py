@@ -9,6 +9,7 @@ loop that records sales is never held by a file.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -24,7 +25,8 @@ from tillsync.peer.sync.files import HASH_MISMATCH, MAX_TRIES, Incoming, Outgoin
 
 # Codes of ``file_refused`` (schemas/protocol/README.md, "Files").
 TOO_LARGE, WRONG_TYPE, NOT_ASKED = "too_large", "wrong_type", "not_asked"
-_appending: dict[str, asyncio.Lock] = {}  # one writer per partial file in this process
+# One writer per partial file in this process; a lock lives while a link holds it.
+_appending: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
 
 @dataclass(frozen=True)
@@ -76,13 +78,15 @@ class FileLink:
     def _send(self, t: str, sha256: bytes, **fields: object) -> None:
         self._link.send_file(t, sha256, **fields)  # type: ignore[attr-defined]
 
-    def offer_held(self) -> int:
-        """Offer every file the store holds that was not offered on this link yet
-        (blocking: a directory scan; run it in a thread)."""
+    def unoffered(self) -> list[FileRef]:
+        """The files the store holds that were not offered on this link yet; partials
+        of files held whole are dropped (blocking: a directory scan; run it in a
+        thread)."""
+        self.store.drop_stale_partials()
         known = self.out.known
         fresh = [self.store.ref(sha) for sha in self.store.hashes()
                  if bytes.fromhex(sha) not in known]
-        return self.offer(r for r in fresh if r is not None)
+        return [r for r in fresh if r is not None]
 
     def offer(self, refs: Iterable[FileRef]) -> int:
         """Offer files not offered on this link yet; returns how many."""
@@ -110,11 +114,11 @@ class FileLink:
             self.resumed_at.setdefault(event.sha256.hex(), event.offset)
             self.out.wanted(event.sha256, event.offset)
         elif isinstance(event, FileHeld):
-            self.out.finished(event.sha256)
-            await self._held(event.sha256.hex())
+            if self.out.finished(event.sha256):
+                await self._held(event.sha256.hex())
         elif isinstance(event, FileRefused):
-            self.out.finished(event.sha256)
-            await self._refused(event.sha256.hex(), event.code, event.message)
+            if self.out.finished(event.sha256):
+                await self._refused(event.sha256.hex(), event.code, event.message)
         elif isinstance(event, FileOffered):
             await self._offered(event)
         elif isinstance(event, FileChunk):
@@ -129,7 +133,8 @@ class FileLink:
         problem = self.policy.refusal(event.size, event.media_type)
         if problem is not None:
             self._send("file_refused", sha, code=problem[0], message=problem[1])
-        elif await asyncio.to_thread(self.store.has, name):
+        elif await asyncio.to_thread(self.store.settled, name):
+            self.incoming.held(sha)
             self._send("file_have", sha)
         else:
             held = await asyncio.to_thread(self.store.received, name)
@@ -139,6 +144,8 @@ class FileLink:
     async def _chunk(self, event: FileChunk) -> None:
         sha, name = event.sha256, event.sha256.hex()
         verdict = self.incoming.chunk(sha, event.offset, len(event.data))
+        if verdict in ("late", "stale"):
+            return
         if verdict == "unasked":
             self._send("file_refused", sha, code=NOT_ASKED,
                        message="a chunk of a file not asked for on this link; offer it first")
@@ -150,6 +157,10 @@ class FileLink:
         async with lock:
             length = await asyncio.to_thread(self.store.append, name, event.offset,
                                              event.data)
+            if length is None:  # whole already, by another link: stop this transfer
+                self.incoming.held(sha)
+                self._send("file_have", sha)
+                return
             self.received_bytes += len(event.data)
             if not self.incoming.written(sha, length):
                 self._send("file_want", sha, offset=length)

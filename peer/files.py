@@ -13,6 +13,15 @@ relay's ``DATA/files/STORE``), laid out so that the directory itself is the tabl
                         The till keeps every file; those without a marker are offered to
                         the relay at each round.
 
+Uploads no entry names.  A file goes to the relay and the LAN peers only once an entry
+(any device's, rejected ones too: they stay in the log) or a master record names it;
+until then it stays at the till it was added to.  A file added for an entry that was
+never recorded (an upload through ``POST /api/files`` the front end then dropped) is
+so never sent anywhere, and ``peer files DIR --prune`` removes those older than
+``--hours`` (``PRUNE_HOURS``: a file being named right now is kept).  A file a deleted
+product named is no longer named by a record: not sent again, and pruned like an
+upload (the relay keeps what it had).
+
 The media type is what the file's first bytes show (``sniff``); a file whose bytes are
 no known type is refused when added, so a till and the relay agree on every type.
 Everything here is blocking file I/O: async callers run it in a thread.
@@ -32,6 +41,7 @@ from typing import Any, BinaryIO
 from tillsync.peer.errors import InvalidInput
 
 FILES_DIR = "files"
+PRUNE_HOURS = 24.0  # ``peer files --prune``: unnamed files older than this go
 CHUNK = 256 * 1024  # bytes of a file_chunk frame
 MAX_FILE = 64 * 1024 * 1024  # the most a till takes into its store (the relay sets its own)
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -167,6 +177,7 @@ class ContentDir:
             if media_type is not None and media_type != found:
                 raise InvalidInput(f"the file is {found}, not {media_type} as given")
             ref = FileRef(digest.hexdigest(), size, found)
+            self.drop_partial(ref.sha256)  # a cut transfer of it needs no resuming now
             return ref, self._keep(tmp, ref.sha256)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -178,15 +189,49 @@ class ContentDir:
         return self.add(io.BytesIO(data), media_type)
 
     def _keep(self, tmp: Path, sha256: str) -> bool:
-        """Rename a checked temporary file into place; False if it was there already."""
+        """Rename a checked temporary file into place; False if it was there already
+        (then the temporary file is dropped)."""
         final = self.path_of(sha256)
         if final.exists():
+            tmp.unlink()
+            with contextlib.suppress(OSError):
+                os.utime(final)  # added again: its age for --prune starts anew
             return False
         final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(tmp, 0o444)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
         return True
+
+    def copy_whole_to(self, dest: Path) -> tuple[int, int, list[str]]:
+        """Copy every whole file into the directory ``dest`` (same layout), checking
+        each one's hash on the way: (files, bytes, problems).  ``partial/`` is not
+        copied.  A whole file never changes once in place, so the copy of a live
+        directory holds every file that was whole when the scan reached it."""
+        count = total = 0
+        problems: list[str] = []
+        for sha in self.hashes():
+            target = dest / sha[:2] / sha
+            target.parent.mkdir(parents=True, exist_ok=True)
+            digest, tmp = hashlib.sha256(), target.with_suffix(".tmp")
+            try:
+                with open(self.path_of(sha), "rb") as source, open(tmp, "wb") as out:
+                    while block := source.read(CHUNK):
+                        digest.update(block)
+                        out.write(block)
+                    out.flush()
+                    os.fsync(out.fileno())
+            except FileNotFoundError:  # discarded meanwhile (an entry refused)
+                tmp.unlink(missing_ok=True)
+                continue
+            if digest.hexdigest() != sha:
+                tmp.unlink()
+                problems.append(f"file {sha} does not hash to its name: not copied")
+                continue
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, target)
+            count, total = count + 1, total + os.stat(target).st_size
+        return count, total, problems
 
     def discard(self, sha256: str) -> None:
         """Drop a file added just now for an entry that was then refused."""
@@ -202,9 +247,37 @@ class ContentDir:
         except FileNotFoundError:
             return 0
 
-    def append(self, sha256: str, offset: int, data: bytes) -> int:
+    def drop_partial(self, sha256: str) -> bool:
+        """Drop what came in so far of a file; whether there was anything."""
+        try:
+            self._partial(sha256).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def settled(self, sha256: str) -> bool:
+        """Whether the whole file is held; if so, any partial of it is dropped (it came
+        whole by another link meanwhile, or was added)."""
+        if not self.has(sha256):
+            return False
+        self.drop_partial(sha256)
+        return True
+
+    def drop_stale_partials(self) -> list[str]:
+        """Drop every partial whose file is held whole; the hashes dropped."""
+        folder = self.root / "partial"
+        if not folder.is_dir():
+            return []
+        return [path.name for path in sorted(folder.iterdir())
+                if HASH_RE.match(path.name) and self.has(path.name)
+                and self.drop_partial(path.name)]
+
+    def append(self, sha256: str, offset: int, data: bytes) -> int | None:
         """Write a chunk at ``offset`` (the length received so far: a chunk elsewhere is
-        not taken); returns the length now."""
+        not taken); returns the length now, or None if the whole file is held already
+        (another link brought it: the partial is dropped, nothing is written)."""
+        if self.settled(sha256):
+            return None
         path = self._partial(sha256)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab") as handle:
@@ -232,7 +305,7 @@ class ContentDir:
         if not ok or sniff(head) != media_type:
             path.unlink()
             return "type" if ok else "hash"
-        self._keep(path, sha256)
+        self._keep(path, sha256)  # drops the partial if the file was whole already
         return "ok"
 
 
@@ -254,6 +327,27 @@ class TillFiles(ContentDir):
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.touch()
             _fsync_dir(marker.parent)
+
+    def prune(self, named: set[str], older_than: float, now: float) -> list[FileRef]:
+        """Remove the files no entry or record names (``named``) last changed before
+        ``now - older_than`` seconds, with their markers, and partial files of that age
+        (leftovers of cut links, of adds that crashed); the refs of files removed."""
+        gone = []
+        for sha in self.hashes():
+            path = self.path_of(sha)
+            ref = self.ref(sha)
+            if sha in named or ref is None or path.stat().st_mtime > now - older_than:
+                continue
+            path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                self._marker(sha).unlink()
+            gone.append(ref)
+        self.drop_stale_partials()
+        partial = self.root / "partial"
+        for path in sorted(partial.iterdir()) if partial.is_dir() else []:
+            if path.is_file() and path.stat().st_mtime <= now - older_than:
+                path.unlink()
+        return gone
 
     def not_at_relay(self) -> list[FileRef]:
         """The files the relay has not confirmed yet."""
@@ -280,6 +374,21 @@ class TillFiles(ContentDir):
         if held != ref:
             raise InvalidInput(f"{where}: the file {ref.sha256} is {held.size} bytes of "
                                f"{held.media_type}, not {ref.size} bytes of {ref.media_type}")
+
+
+def entry_file_name(kind: str, body: bytes) -> str:
+    """The hash of the file an entry's stored (msgpack) body names, or ""."""
+    import msgpack
+
+    name = ENTRY_FIELDS.get(kind)
+    if name is None:
+        return ""
+    try:
+        decoded = msgpack.unpackb(body, raw=False)
+    except (ValueError, msgpack.UnpackException):
+        return ""
+    ref = FileRef.from_json(decoded.get(name)) if isinstance(decoded, dict) else None
+    return "" if ref is None else ref.sha256
 
 
 def check_entry_files(store_dir: Path, kind: str, body: Mapping[str, Any]) -> None:

@@ -22,6 +22,7 @@ import aiosqlite
 from tillsync.peer.diskfault import disk_fault as disk_fault  # also for peer.store
 from tillsync.peer.diskfault import open_lock_file as open_lock_file  # for peer.store
 from tillsync.peer.errors import StoreCorrupt
+from tillsync.peer.files import ENTRY_FIELDS, entry_file_name
 from tillsync.peer.log.entry import Entry
 from tillsync.peer.views import Effect, from_stored, to_stored
 
@@ -126,6 +127,7 @@ class TillDB:
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
+        self._file_names: set[str] | None = None  # see file_names
 
     @classmethod
     async def open(cls, path: Path, *, create: bool = False, readonly: bool = False) -> TillDB:
@@ -256,6 +258,21 @@ class TillDB:
                 for e in entries
             ],
         )
+        if self._file_names is not None:  # a rolled-back insert only keeps a file longer
+            self._file_names.update(entry_file_name(e.kind, e.body_bytes) for e in entries
+                                    if e.kind in ENTRY_FIELDS)
+            self._file_names.discard("")
+
+    async def file_names(self) -> set[str]:
+        """The files the log's entries name (``peer.files.ENTRY_FIELDS``): read once,
+        then kept up to date by ``insert_entries``."""
+        if self._file_names is None:
+            kinds = list(ENTRY_FIELDS)
+            rows = await self._conn.execute_fetchall(
+                f"SELECT kind, body FROM entries WHERE kind IN ({', '.join('?' * len(kinds))})",
+                kinds)
+            self._file_names = {entry_file_name(kind, body) for kind, body in rows} - {""}
+        return set(self._file_names)
 
     async def add_uncounted(self, rows: Sequence[tuple[str, str]]) -> None:
         """(client_id, code) of forwarded entries kept but counted for nothing."""

@@ -11,6 +11,7 @@ from typing import Any
 import msgpack
 
 from tillsync.peer.errors import InvalidInput
+from tillsync.peer.files import RECORD_FIELDS, FileRef
 from tillsync.peer.log import GENESIS_PREV, ChainBreak, Entry
 from tillsync.peer.store_base import TillBase, _effects_of
 from tillsync.peer.views import fold, stock_row
@@ -182,3 +183,15 @@ class Reads(TillBase):
         if report.first_break is None and stored_views != await self.rebuild_views():
             report.problems.append("derived views differ from the log (run a rebuild)")
         return report
+
+    async def file_names(self) -> set[str]:
+        """The files this till's entries (any device's) and master records name; only
+        those go to the relay and the LAN peers (``peer.files``, "Uploads no entry
+        names")."""
+        names = await self._db.file_names()
+        for collection, field_name in RECORD_FIELDS.items():
+            for record in self.master.all(collection).values():
+                ref = FileRef.from_json(record.get(field_name))
+                if ref is not None:
+                    names.add(ref.sha256)
+        return names

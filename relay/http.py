@@ -28,6 +28,7 @@ Any other path is left to the websocket handshake.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import http
@@ -138,18 +139,31 @@ def _reply(connection: ServerConnection, status: http.HTTPStatus, content_type: 
     return response
 
 
-def _file(connection: ServerConnection, data: Path | None, store: str, sha: str
-          ) -> Response:
+def _read_file(data: Path, store: str, sha: str) -> tuple[str, bytes] | None:
+    """A file's media type and bytes, or None (blocking: run in a thread)."""
+    files = store_files(data, store)
+    ref = files.ref(sha)
+    if ref is None:
+        return None
+    try:
+        return ref.media_type, files.path_of(sha).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+async def _file(connection: ServerConnection, data: Path | None, store: str, sha: str
+                ) -> Response:
+    """A file, read in a thread: up to ``--max-file-mib`` from disk must not hold the
+    event loop that serves every till's link."""
     if not HASH_RE.match(sha):
         return _json(connection, http.HTTPStatus.BAD_REQUEST,
                      {"error": f"{sha[:80]!r} is not a SHA-256 (64 lowercase hex digits)"})
-    files = None if data is None else store_files(data, store)
-    ref = None if files is None else files.ref(sha)
-    if files is None or ref is None:
+    found = None if data is None else await asyncio.to_thread(_read_file, data, store, sha)
+    if found is None:
         return _json(connection, http.HTTPStatus.NOT_FOUND,
                      {"error": f"store {store!r} has no file {sha} at the relay"})
-    body = files.path_of(sha).read_bytes()
-    headers = Headers([("Content-Type", ref.media_type), ("Content-Length", str(len(body))),
+    media_type, body = found
+    headers = Headers([("Content-Type", media_type), ("Content-Length", str(len(body))),
                        ("Cache-Control", "private, max-age=31536000, immutable")])
     return Response(http.HTTPStatus.OK.value, "OK", headers, body)
 
@@ -192,7 +206,7 @@ def handler(storage: RelayStorage, files_data: Path | None = None
             return _json(connection, http.HTTPStatus.UNAUTHORIZED,
                          {"error": f"this token does not open store {store!r}"})
         if is_file:
-            return _file(connection, files_data, store, parts[2])
+            return await _file(connection, files_data, store, parts[2])
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         try:
             data = await _report(storage, store, name, query)

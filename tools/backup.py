@@ -1,8 +1,13 @@
 """``tillsync peer backup`` and ``tillsync relay backup``: a consistent copy of a live store.
 
 Both copy the SQLite database with SQLite's online backup API, so the copy is one
-consistent snapshot even while ``peer run`` or ``relay serve`` keeps writing (WAL), and
-copy the key files beside it owner-only.  The destination is a complete store directory
+consistent snapshot even while ``peer run`` or ``relay serve`` keeps writing (WAL),
+copy the key files beside it owner-only, and then the whole files of ``files/``
+(expense receipts, product images), each checked against its hash, never ``partial/``.
+The files go after the database: a file is whole and never changes once it is in
+place, and an entry may name only a file the till held when it was recorded, so every
+file the database copy names is in the copy (a relay may hold entries whose files have
+not come yet; they come from the tills as usual).  The destination is a complete store directory
 or relay data folder: to restore, stop the process and put the folder in place (or point
 ``DIR`` / ``--data`` at it).  The copy is checked before the command says it is done: a
 till's chains and signatures are verified, a relay's database passes SQLite's integrity
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tillsync.peer.errors import InvalidInput
+from tillsync.peer.files import FILES_DIR, ContentDir, TillFiles
 from tillsync.peer.store import Till
 
 TILL_DB = "till.db"
@@ -91,6 +97,28 @@ def _reporter(quiet: bool) -> Callable[[int, int], None] | None:
     return show
 
 
+def _copy_till_files(src: Path, dest: Path) -> dict[str, Any]:
+    """A till's whole files, and the relay's confirmations of them."""
+    source, target = TillFiles(src), TillFiles(dest)
+    count, size, problems = source.copy_whole_to(target.root)
+    for sha in target.hashes():
+        if source.at_relay(sha):
+            target.mark_at_relay(sha)
+    return {"count": count, "bytes": size, "problems": problems}
+
+
+def _copy_relay_files(src: Path, dest: Path) -> dict[str, Any]:
+    """Every store's whole files (``DATA/files/<store hash>/``)."""
+    count = size = 0
+    problems: list[str] = []
+    root = src / FILES_DIR
+    for store in sorted(root.iterdir()) if root.is_dir() else []:
+        if store.is_dir() and not store.is_symlink():
+            n, b, bad = ContentDir(store).copy_whole_to(dest / FILES_DIR / store.name)
+            count, size, problems = count + n, size + b, problems + bad
+    return {"count": count, "bytes": size, "problems": problems}
+
+
 async def backup_till(src: Path, dest: Path, *, quiet: bool = False) -> dict[str, Any]:
     """Back up the store in ``src`` into the new directory ``dest`` and verify the copy."""
     if not (src / TILL_DB).is_file():
@@ -98,11 +126,13 @@ async def backup_till(src: Path, dest: Path, *, quiet: bool = False) -> dict[str
     _fresh_destination(dest)
     copy_database(src / TILL_DB, dest / TILL_DB, _reporter(quiet))
     files = _copy_keys(src, dest, TILL_DB)
+    attached = _copy_till_files(src, dest)
     async with await Till.open(dest, readonly=True) as till:
         report = await till.verify()
         status = await till.status()
+    problems = report.problems + attached["problems"]
     return {"backup": str(dest), "files": [TILL_DB, *files], "entries": report.entries,
-            "verified": report.ok, "problems": report.problems,
+            "verified": not problems, "problems": problems, "attachments": attached,
             "pending": status.get("pending"), "device_id": status.get("device_id")}
 
 
@@ -114,6 +144,7 @@ def backup_relay(src: Path, dest: Path, *, quiet: bool = False) -> dict[str, Any
     _fresh_destination(dest)
     copy_database(src / RELAY_DB, dest / RELAY_DB, _reporter(quiet))
     files = _copy_keys(src, dest, RELAY_DB)
+    attached = _copy_relay_files(src, dest)
     db = sqlite3.connect(f"file:{dest / RELAY_DB}?mode=ro", uri=True)
     try:
         check = db.execute("PRAGMA integrity_check").fetchone()[0]
@@ -124,8 +155,14 @@ def backup_relay(src: Path, dest: Path, *, quiet: bool = False) -> dict[str, Any
     finally:
         db.close()
     return {"backup": str(dest), "files": [RELAY_DB, *files], "integrity": check,
-            "verified": check == "ok", "entries": entries,
+            "verified": check == "ok" and not attached["problems"], "entries": entries,
+            "attachments": attached,
             "invoices": {s: {"count": n, "last": last} for s, (n, last) in stores.items()}}
+
+
+def _attached(data: dict[str, Any]) -> str:
+    files = data["attachments"]
+    return f"{files['count']} files ({files['bytes']:,} bytes)"
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], human: str) -> int:
@@ -137,7 +174,8 @@ async def peer_backup(args: argparse.Namespace) -> int:
     data = await backup_till(Path(args.dir), Path(args.dest), quiet=args.json)
     return _emit(args, data, (
         f"backed up {data['entries']} entries of device {data['device_id']} "
-        f"({data['pending']} not yet at the relay) into {data['backup']}: "
+        f"({data['pending']} not yet at the relay) and {_attached(data)} into "
+        f"{data['backup']}: "
         + ("every chain link and signature holds" if data["verified"]
            else "FAILED verification: " + "; ".join(data["problems"]))
         + "\nto restore: stop `peer run`, then use this directory as the store's DIR"))
@@ -148,8 +186,10 @@ async def relay_backup(args: argparse.Namespace) -> int:
     registers = ", ".join(f"{name}: {v['count']} invoices, last {v['last']}"
                           for name, v in sorted(data["invoices"].items())) or "no invoices"
     return _emit(args, data, (
-        f"backed up {data['entries']} entries into {data['backup']} (integrity "
-        f"{data['integrity']}; {registers})\nto restore: stop `relay serve`, then serve "
+        f"backed up {data['entries']} entries and {_attached(data)} into {data['backup']} "
+        f"(integrity {data['integrity']}; {registers})"
+        + "".join(f"\nFAILED: {p}" for p in data["attachments"]["problems"])
+        + "\nto restore: stop `relay serve`, then serve "
         "with --data pointing at this directory"))
 
 
@@ -164,9 +204,9 @@ def add_relay_verb(relay_verbs: Any) -> None:
     """Register ``relay backup``."""
     sub = relay_verbs.add_parser(
         "backup", help="copy a SQLite relay's data folder while it runs",
-        description="copy a SQLite relay's database (consistently, while it serves) and its "
-        "relay.key into a new folder, then check the copy; for PostgreSQL use pg_dump and "
-        "copy relay.key")
+        description="copy a SQLite relay's database (consistently, while it serves), its "
+        "relay.key and its stores' files into a new folder, then check the copy; for "
+        "PostgreSQL use pg_dump and copy relay.key and files/ (see docs/deployment.md)")
     sub.add_argument("--data", required=True, metavar="DIR", help="the relay's data folder")
     sub.add_argument("dest", metavar="DEST", help="a new directory for the copy")
     sub.add_argument("--json", action="store_true", help="print JSON")

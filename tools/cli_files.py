@@ -14,6 +14,7 @@ import asyncio
 import json
 import shutil
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from tillsync.peer.filelink import FilePolicy
 from tillsync.peer.files import (
     ENTRY_FIELDS,
     MEDIA_TYPES,
+    PRUNE_HOURS,
     RECORD_FIELDS,
     FileRef,
     TillFiles,
@@ -148,8 +150,31 @@ def _write_file(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _prune(args: argparse.Namespace) -> int:
+    """``peer files DIR --prune``: remove the files no entry or record names, older than
+    ``--hours`` (``peer.files``, "Uploads no entry names")."""
+    from tillsync.peer.store import Till
+
+    if args.hours < 0:
+        raise FileCliError("--hours must be 0 or more", EXIT_BAD_INPUT)
+    async with await Till.open(Path(args.dir), readonly=True) as till:
+        named = await till.file_names()
+    files = TillFiles(Path(args.dir))
+    gone = await asyncio.to_thread(files.prune, named, args.hours * 3600, time.time())
+    if args.json:
+        print(json.dumps({"removed": [r.to_json() for r in gone]}, indent=2, sort_keys=True))
+    else:
+        for ref in gone:
+            print(f"removed {ref.sha256}  {ref.size:>10}  {ref.media_type}")
+        print(f"{len(gone)} files no entry or record names removed "
+              f"({sum(r.size for r in gone):,} bytes)")
+    return EXIT_OK
+
+
 async def peer_files(args: argparse.Namespace) -> int:
     """``peer files DIR``: every file held, and whether the relay has it."""
+    if args.prune:
+        return await _prune(args)
     rows = TillFiles(Path(args.dir)).listing()
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
@@ -194,7 +219,14 @@ def add_peer_verbs(verbs: Any, verb: Callable[..., argparse.ArgumentParser]) -> 
     sub.add_argument("sha256", metavar="HASH", help="the file's SHA-256 (its ref's sha256)")
     sub.add_argument("-o", "--output", required=True, metavar="OUT",
                      help="where to write it (- for standard output)")
-    verb("files", _caught(peer_files), "the files the till holds, and which the relay has")
+    files = verb("files", _caught(peer_files),
+                 "the files the till holds, and which the relay has")
+    files.add_argument("--prune", action="store_true", help="remove the files no entry or "
+                       "record names (uploads never used), older than --hours; they are "
+                       "never sent to the relay or LAN peers")
+    files.add_argument("--hours", type=float, default=PRUNE_HOURS, metavar="H",
+                       help=f"with --prune: only files older than this (default "
+                       f"{PRUNE_HOURS:g})")
 
 
 # -- the relay's settings ----------------------------------------------------------------

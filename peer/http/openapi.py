@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tillsync.peer.files import MEDIA_TYPES
 from tillsync.peer.master.document import COLLECTIONS
 from tillsync.schemas import ENTRY_KINDS
 
@@ -50,6 +51,13 @@ SCHEMAS: dict[str, Any] = {
     "Recorded": _obj(["entry", "replay"], entry=_ref("Entry"), replay=BOOL, ticket=STR,
                      provisional=BOOL, invoice={"type": "null"}, note=STR),
     "OneEntry": _obj(["entry"], entry=_ref("Entry")),
+    "FileRef": _obj(["sha256", "size", "media_type"],
+                    sha256={"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    size={"type": "integer", "minimum": 1},
+                    media_type={"enum": list(MEDIA_TYPES)}),
+    "Uploaded": _obj(["file", "new"], file=_ref("FileRef"), new=BOOL),
+    "Files": _obj(["files"], files={"type": "array", "items": {"allOf": [
+        _ref("FileRef"), _obj(["at_relay"], at_relay=BOOL)]}}),
     "Stock": _obj(["stock"], stock={"type": "array", "items": _obj(
         ["product_id", "name", "sku", "volatile"], product_id=STR, name=NSTR, sku=NSTR,
         volatile=BOOL, qty=STR, reorder_level=STR, low=BOOL, suggested_price=INT)}),
@@ -131,6 +139,7 @@ def _param(name: str, where: str = "path", description: str = "",
 
 COLLECTION = _param("collection", schema={"enum": list(COLLECTIONS)})
 TICKET = _param("ticket", description="provisional ticket, e.g. T1-000042")
+BINARY = {"type": "string", "contentMediaType": "application/octet-stream"}
 TEXT = {"description": "the invoice for a receipt printer, fixed width",
         "content": {"text/plain": {"schema": STR}}}
 
@@ -183,6 +192,23 @@ PATHS: dict[str, Any] = {
     "/api/balances": _get("what each customer owes", "Balances"),
     "/api/balances/{customer_id}": _get("what one customer owes", "Balance", 404,
                                         params=[_param("customer_id")]),
+    "/api/files": {
+        "post": {"summary": "upload a file: the raw bytes as the body, Content-Type its "
+                            "media type (or application/octet-stream: the bytes say)",
+                 "requestBody": {"required": True, "content": {
+                     media: {"schema": BINARY}
+                     for media in (*MEDIA_TYPES, "application/octet-stream")}},
+                 "responses": {"201": _json("Uploaded", "stored; put `file` in an entry "
+                                            "or record"),
+                               "200": _json("Uploaded", "the till held it already"),
+                               **_errors(413, 415, 422)}},
+        **_get("every file the till holds, and whether the relay has confirmed it",
+               "Files")},
+    "/api/files/{sha256}": {"get": {
+        "summary": "one file, with its media type",
+        "parameters": [_param("sha256", schema={"type": "string"})],
+        "responses": {"200": {"description": "the file", "content": {
+            media: {"schema": BINARY} for media in MEDIA_TYPES}}, **_errors(400, 404)}}},
     "/api/sync": _get("sync status: pending, last contact and error, rejected and waiting "
                       "entries, LAN peers and how far behind each is", "SyncStatus"),
     "/api/sync/push": _round("push now (a round with the relay)"),

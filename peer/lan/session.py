@@ -96,7 +96,7 @@ class PeerSession:
         self._certs_sent: set[str] = set()
         self._revoked_sent: set[bytes] = set()
         self._unvouched: list[dict[str, Any]] = []
-        # Files both ways: each end offers every file it holds, after its entries.
+        # Files both ways: each end offers every named file it holds, after its entries.
         self._files = FileLink(link, TillFiles(till.path), received=self._file_in)
         self._files_scanned = -FILES_RESCAN
         self._rescan_due = False
@@ -249,7 +249,10 @@ class PeerSession:
             return
         self._rescan_due = False
         self._files_scanned = now
-        await asyncio.to_thread(self._files.offer_held)
+        fresh = await asyncio.to_thread(self._files.unoffered)
+        if fresh:
+            named = await self.till.file_names()  # an upload no entry names stays here
+            self._files.offer(r for r in fresh if r.sha256 in named)
 
     def _note_have(self, heads: dict[str, int], receipts_head: int) -> None:
         if self.info is not None:

@@ -4,6 +4,8 @@ OpenAPI document the daemon serves (``tests.peer.http_client``)."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import stat
 import uuid
 from collections.abc import Iterator
@@ -310,6 +312,45 @@ def test_sync_status_and_manual_controls(shop: Shop) -> None:
     full = api.call("POST", "/api/sync/resync").body
     assert full["full"] and full["verified"] and full["lost"] == []
     assert full["receipts"] >= held and full["receipts_position"] >= held
+
+
+FILES, FILE = "/api/files", "/api/files/{sha256}"
+
+
+def test_files_are_uploaded_listed_served_and_reach_the_lan_peer_and_relay(
+        shop: Shop) -> None:
+    api, png = shop.api, b"\x89PNG\r\n\x1a\n" + os.urandom(3000)
+    sha = hashlib.sha256(png).hexdigest()
+    ref = {"sha256": sha, "size": len(png), "media_type": "image/png"}
+    uploaded = api.call("POST", FILES, raw=png, content_type="image/png")
+    assert (uploaded.status, uploaded.body) == (201, {"file": ref, "new": True})
+    again = api.call("POST", FILES, raw=png, content_type="application/octet-stream")
+    assert (again.status, again.body) == (200, {"file": ref, "new": False})
+    # Refused, nothing stored: bytes of no known type, a type the bytes do not show.
+    for raw, given, status in ((b"just text", "application/octet-stream", 415),
+                               (png + b"x", "image/jpeg", 422), (b"", "image/png", 422)):
+        refused = api.call("POST", FILES, raw=raw, content_type=given)
+        assert refused.status == status and refused.body["error"]["code"] == "bad_file"
+    listing = api.call("GET", FILES).body["files"]
+    assert [row for row in listing if row["sha256"] == sha] == [{**ref, "at_relay": False}]
+    assert len(listing) == len({row["sha256"] for row in listing})
+    assert hashlib.sha256(png + b"x").hexdigest() not in {row["sha256"] for row in listing}
+
+    served = api.call("GET", FILE, sha256=sha)
+    assert (served.status, served.body, served.content_type) == (200, png, "image/png")
+    assert api.call("GET", FILE, sha256="Z" * 64).body["error"]["code"] == "bad_hash"
+    assert api.call("GET", FILE, sha256="0" * 64).status == 404
+    assert api.with_token(None).call("GET", FILE, sha256=sha).status == 401
+    assert api.with_token(None).call("GET", FILES).status == 401
+
+    # Named by a product, it goes to the other till on the LAN and up to the relay.
+    api.call("PUT", RECORD, {"name": "Jam", "sku": "J1", "price": 450, "image": ref},
+             collection="products", id="jam")
+    wait_until(lambda: shop.till_api.call("GET", FILE, sha256=sha).body == png,
+               "the image on the other till")
+    assert api.call("POST", "/api/sync/push").body["errors"] == []
+    rows = {row["sha256"]: row for row in api.call("GET", FILES).body["files"]}
+    assert rows[sha]["at_relay"] is True
 
 
 def test_a_manual_round_without_the_relay_is_a_502_naming_why(shop: Shop) -> None:

@@ -8,7 +8,9 @@ mid-file or flip a byte of a chunk, and records what passes.
   drops it and asks again; the second copy is kept;
 - a file over the relay's size, or of a type it does not take, is refused at the offer
   and nothing of it is stored;
-- the relay serves a file behind the store's token, and no other store's token.
+- the relay serves a file behind the store's token, and no other store's token;
+- a file no entry or record names (an upload never used) stays at the till, and
+  ``peer files --prune`` removes it once old enough, never a named one.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from tests.relay.processes import (
     refused_url,
     run_cli,
 )
+from tillsync.peer.files import TillFiles
 from tillsync.peer.sync.frames import MAX_CHUNK, TRANSPORT_MAX
 from tillsync.relay.files import store_files
 
@@ -308,3 +311,38 @@ def test_a_file_is_served_behind_its_own_stores_token_only(
         assert _fetch(relay, sha, foreign, "store-other")[0] == 404
         assert _fetch(relay, "x" * 64, _token(relay))[0] == 400
         assert _fetch(relay, str(uuid.uuid4()), "tsk_wrong")[0] == 401
+
+
+def test_an_upload_no_entry_names_stays_at_the_till_and_is_pruned(
+        tmp_path: Path, relay_db: str | None) -> None:
+    with Relays(tmp_path / "relays", relay_db) as relays:
+        relay = relays.start()
+        till = _till(tmp_path, relay, "Till 1")
+        receipt, photo = tmp_path / "r.pdf", tmp_path / "p.png"
+        receipt.write_bytes(b"%PDF-1.4\n" + os.urandom(3000))
+        photo.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(2000))
+        named = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (receipt, photo)]
+        run_cli("peer", "record", str(till.path), "expense", "--body", json_text(EXPENSE),
+                "--attach", str(receipt))
+        run_cli("peer", "put", str(till.path), "products", "jam", "--body",
+                json_text({"name": "Jam", "sku": "J1", "price": 450}), "--attach", str(photo))
+        # Added to the till's files but never named (what POST /api/files leaves when
+        # the front end drops the sale it was for).
+        unused, _ = TillFiles(till.path).add_bytes(b"%PDF-1.4\n" + os.urandom(1000))
+
+        report = till.sync_json()
+        assert report["files"] == 2 and report["errors"] == []
+        relay_dir = store_files(relay.data, STORE)
+        assert all(relay_dir.has(sha) for sha in named)
+        assert not relay_dir.has(unused.sha256) and relay_dir.received(unused.sha256) == 0
+        assert {sha: row["at_relay"] for sha, row in _files(till).items()} == {
+            named[0]: True, named[1]: True, unused.sha256: False}
+        assert till.sync_json()["files"] == 0  # not offered at a later round either
+
+        # Young: kept (it may be named in a moment).  Older than --hours: removed.
+        kept = cli_json("peer", "files", str(till.path), "--prune")
+        assert kept == {"removed": []} and unused.sha256 in _files(till)
+        gone = cli_json("peer", "files", str(till.path), "--prune", "--hours", "0")
+        assert gone == {"removed": [unused.to_json()]}
+        assert set(_files(till)) == set(named)
+        assert run_cli("peer", "verify", str(till.path)).returncode == 0
