@@ -10,7 +10,9 @@ own Node sync server on the same document, in the same run.
    same client against ``tools/amrepo_baseline.mjs`` (a Repo with NodeWSServerAdapter
    holding the same saved document), runs interleaved;
 2. one edit from Python (``PUT /api/master/products/ID``) to a connected Node client:
-   from sending the request to the client seeing the new price, p50/p99.
+   from sending the request to the client seeing the new price, p50/p99; beside it, the
+   baseline server making the same edit itself (``handle.change``, ordered over a pipe)
+   to a Node client of its own, the halves of each interleaved.
 
 The till side is the API application ``peer run`` serves, in a child process
 (``tools.bench_api --serve``).  Needs node and ``npm ci`` in tests/js.
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,21 +116,18 @@ def first_sync(ws_url: str, doc_url: str, server_pid: int) -> dict[str, Any]:
     return result
 
 
-async def edits(api: str, token: str, ws_url: str, doc_url: str, product: str, count: int
-                ) -> list[float]:
+async def edits(ws_url: str, doc_url: str, product: str, count: int,
+                edit: Callable[[str, int], Awaitable[None]]) -> list[float]:
+    """Latencies (ms) from calling ``edit`` (a new price) to the Node client seeing it."""
     probe = _probe(ws_url, doc_url)
     probe.line()
     latencies = []
-    headers = {"Authorization": f"Bearer {token}"}
-    async with aiohttp.ClientSession(headers=headers) as session:
-        for price in range(1000, 1000 + count):
-            probe.send(f"{product} {price}")
-            await asyncio.sleep(0.05)  # the probe has read the line before the edit is sent
-            sent = time.time() * 1000
-            async with session.put(f"{api}/api/master/products/{product}",
-                                   json={"price": price}) as answer:
-                assert answer.status == 200, await answer.text()
-            latencies.append(probe.line()["seen"] - sent)
+    for price in range(1000, 1000 + count):
+        probe.send(f"{product} {price}")
+        await asyncio.sleep(0.05)  # the probe has read the line before the edit is sent
+        sent = time.time() * 1000
+        await edit(product, price)
+        latencies.append(probe.line()["seen"] - sent)
     probe.quit()
     return sorted(latencies)
 
@@ -166,8 +166,25 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             progress(f"first sync, round {i + 1} of {args.rounds}")
             runs["tillsync"].append(first_sync(ours_url, doc_url, child.pid))
             runs["baseline"].append(first_sync(base_url, doc_url, baseline.pid))
-        progress(f"{args.edits} edits from Python to a connected Node client")
-        latency = await edits(api, token, ours_url, doc_url, product, args.edits)
+        progress(f"{args.edits} edits from Python to a connected Node client, "
+                 "and as many made by the baseline server itself")
+        latency: dict[str, list[float]] = {"tillsync": [], "baseline": []}
+        async with aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {token}"}) as session:
+
+            async def put(product: str, price: int) -> None:
+                async with session.put(f"{api}/api/master/products/{product}",
+                                       json={"price": price}) as answer:
+                    assert answer.status == 200, await answer.text()
+
+            async def baseline_edit(product: str, price: int) -> None:
+                baseline.send(f"{product} {price}")
+
+            for _ in range(2):  # halves interleaved, so load hits both alike
+                latency["tillsync"] += await edits(ours_url, doc_url, product,
+                                                   args.edits // 2, put)
+                latency["baseline"] += await edits(base_url, doc_url, product,
+                                                   args.edits // 2, baseline_edit)
     finally:
         if child.stdin is not None:
             child.stdin.close()
@@ -183,8 +200,9 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                                   ("bytes", "first_sync_ms", "server_cpu_ms", "frames")}
                            for side in runs},
             "runs": runs,
-            "edit_ms": {"count": len(latency), "p50": percentile(latency, 50),
-                        "p99": percentile(latency, 99), "max": latency[-1]}}
+            "edit_ms": {side: {"count": len(ms), "p50": percentile(sorted(ms), 50),
+                               "p99": percentile(sorted(ms), 99), "max": max(ms)}
+                        for side, ms in latency.items()}}
 
 
 def render(report: dict[str, Any]) -> str:
@@ -196,9 +214,10 @@ def render(report: dict[str, Any]) -> str:
                      f"({row['bytes'] / snap:.2f} x snapshot) in {row['frames']:.0f} frames, "
                      f"{row['first_sync_ms']:.0f} ms to a ready document, server CPU "
                      f"{row['server_cpu_ms']:.0f} ms (medians of {len(report['runs'][side])})")
-    e = report["edit_ms"]
-    lines.append(f"Python edit -> Node client: n={e['count']} p50 {e['p50']:.1f} ms "
-                 f"p99 {e['p99']:.1f} ms max {e['max']:.1f} ms")
+    for side, e in report["edit_ms"].items():
+        what = "a Python edit (HTTP PUT)" if side == "tillsync" else "the server's own edit"
+        lines.append(f"{side:<9}: {what} -> Node client: n={e['count']} p50 {e['p50']:.1f} "
+                     f"ms p99 {e['p99']:.1f} ms max {e['max']:.1f} ms")
     return "\n".join(lines)
 
 

@@ -3,7 +3,8 @@
 A cursor is the document's heads (the hashes of its latest changes) in hex, joined by
 dots.  The records changed since a cursor, and the ids deleted since, come from
 Automerge's patches between those heads and the current ones: no second copy of the
-data and no change log of its own.
+data.  Changes this till made itself are looked up instead (``peer.master.written``):
+Automerge's diff reads the whole document, which is slow at 20,000 products.
 """
 
 from __future__ import annotations
@@ -83,11 +84,18 @@ def changes_all(till: Till, since: list[bytes]) -> dict[str, Delta]:
     # Automerge treats heads it does not hold as "nothing": every change would come back.
     # Every document here starts from the shared genesis change, so a known cursor never
     # has it among the changes after it.
-    if since != _GENESIS and any(c.hash in _GENESIS for c in doc.get_changes(since)):
+    changes = doc.get_changes(since)
+    if since != _GENESIS and any(c.hash in _GENESIS for c in changes):
         raise ApiError(410, "unknown_cursor", "this till does not know that cursor (from "
                        "another till or a reset store): read the collection in full again",
                        [{"path": "since", "message": "unknown heads"}])
     out: dict[str, Delta] = {}
+    written = till.master.written.records(c.hash for c in changes)
+    if written is not None:  # only this till's own puts and deletes: no diff needed
+        for collection, record_id, deleted in written:
+            delta = out.setdefault(collection, Delta())
+            (delta.deleted if deleted else delta.changed).add(record_id)
+        return out
     for patch in doc.diff(since, now):
         path, action, key = _read_patch(patch)
         if not path:

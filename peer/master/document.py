@@ -40,6 +40,7 @@ import automerge.core as am
 
 from tillsync.peer.errors import InvalidInput
 from tillsync.peer.master.pins import hash_pin
+from tillsync.peer.master.written import Written
 from tillsync.schemas import validate_record
 
 COLLECTIONS = ("cashiers", "customers", "products", "settings", "suppliers")
@@ -121,6 +122,7 @@ class MasterData:
         # Plain-Python copies of whole collections, made on the first ``all`` and kept in
         # step by ``put``: reading 20k products from Automerge costs ~300 ms each time.
         self._cache: dict[str, dict[str, dict[str, Any]]] = {}
+        self.written = Written()  # what this device's own recent changes touched
         for name in COLLECTIONS:
             found = doc.get(am.ROOT, name)
             if found is None or found[0] != am.ObjType.Map:
@@ -255,7 +257,7 @@ class MasterData:
             record = am.extract(self._doc, fresh[1])
             assert isinstance(record, dict)
             self._cache[collection][record_id] = record
-        return [change.bytes for change in self._doc.get_changes(before)]
+        return self._written(before, collection, record_id, deleted=False)
 
     def delete(self, collection: str, record_id: str) -> list[bytes]:
         """Remove a record; returns the change chunks to persist.  Raises
@@ -271,7 +273,14 @@ class MasterData:
             tx.delete(coll, record_id)
         if collection in self._cache:
             self._cache[collection].pop(record_id, None)
-        return [change.bytes for change in self._doc.get_changes(before)]
+        return self._written(before, collection, record_id, deleted=True)
+
+    def _written(self, before: list[bytes], collection: str, record_id: str,
+                 deleted: bool) -> list[bytes]:
+        """The change chunks of a local write since ``before``, noted in ``written``."""
+        changes = self._doc.get_changes(before)
+        self.written.note((change.hash for change in changes), collection, record_id, deleted)
+        return [change.bytes for change in changes]
 
     # -- persistence and merge ---------------------------------------------------------
 

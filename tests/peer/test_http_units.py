@@ -13,6 +13,7 @@ import pytest
 from tillsync.peer.errors import InvalidInput
 from tillsync.peer.http import auth, delta
 from tillsync.peer.http.events import QUEUE, EventBus
+from tillsync.peer.master.written import Written
 from tillsync.peer.store import Till
 from tillsync.schemas import SchemaViolation
 
@@ -66,19 +67,24 @@ def test_the_bus_says_when_a_peer_joins_and_leaves_and_cuts_off_a_slow_reader() 
     assert queue.empty()
 
 
+def delete_elsewhere(till: Till, collection: str, record_id: str) -> None:
+    """A record removed as a merge removes it: an Automerge delete made outside
+    ``MasterData.put`` and ``delete``."""
+    doc = till.master._doc
+    found = doc.get(am.ROOT, collection)
+    assert found is not None
+    with doc.transaction() as tx:
+        tx.delete(found[1], record_id)
+    till.master._cache.clear()
+
+
 async def test_a_delta_read_lists_a_record_deleted_since_the_cursor(tmp_path: Path) -> None:
     await Till.init(tmp_path / "t", name="T1")
     async with await Till.open(tmp_path / "t") as till:
         await till.put("products", "a", {"name": "A", "sku": "a", "price": 1})
         await till.put("products", "b", {"name": "B", "sku": "b", "price": 2})
         cursor = delta.read(till, "products", None)["sync_cursor"]
-        # Till has no delete; a record removed elsewhere arrives as an Automerge delete.
-        doc = till.master._doc
-        products = doc.get(am.ROOT, "products")
-        assert products is not None
-        with doc.transaction() as tx:
-            tx.delete(products[1], "a")
-        till.master._cache.clear()
+        delete_elsewhere(till, "products", "a")
         await till.put("products", "b", {"price": 3})
         answer = delta.read(till, "products", cursor)
         assert answer["deleted_ids"] == ["a"] and list(answer["records"]) == ["b"]
@@ -130,3 +136,37 @@ async def test_a_delta_read_from_the_history_equals_one_from_a_diff(tmp_path: Pa
                     delta.read(till, collection, cursor)
         assert set(delta.read(till, "products", cursors[1], history)["records"]) == {"a", "b"}
         assert history.since("products", [b"\0" * 32], till.master.heads()) is None
+
+
+async def test_the_deltas_of_this_tills_own_writes_equal_the_diffs(tmp_path: Path) -> None:
+    """Local puts and deletes are looked up (``peer.master.written``), not diffed; a
+    change from elsewhere among them sends the read through the diff."""
+    await Till.init(tmp_path / "t", name="T1")
+    async with await Till.open(tmp_path / "t") as till:
+        start = till.master.heads()
+        await till.put("products", "a", {"name": "A", "sku": "a", "price": 1})
+        await till.put("customers", "c", {"name": "C"})
+        middle = till.master.heads()
+        await till.put("products", "b", {"name": "B", "sku": "b", "price": 2})
+        await till.delete("products", "a")
+        await till.put("products", "b", {"price": 5})
+        looked_up = {str(h): delta.changes_all(till, h) for h in (start, middle)}
+        reads = {str(h): delta.read(till, "products", delta.cursor_of(h)) for h in (start, middle)}
+        assert looked_up[str(middle)]["products"] == delta.Delta(changed={"b"}, deleted={"a"})
+        assert set(looked_up[str(start)]) == {"products", "customers"}
+        till.master.written = Written()  # through Automerge's diff from here on
+        for heads in (start, middle):
+            diffed = delta.read(till, "products", delta.cursor_of(heads))
+            assert reads[str(heads)]["records"] == diffed["records"]
+            extra = set(reads[str(heads)]["deleted_ids"]) - set(diffed["deleted_ids"])
+            assert set(diffed["deleted_ids"]) <= set(reads[str(heads)]["deleted_ids"])
+            # The lookup also names a record created and deleted since the cursor.
+            assert extra == ({"a"} if heads == start else set())
+        # A change made outside put/delete (as a merge brings one) is not looked up.
+        await till.put("products", "d", {"name": "D", "sku": "d", "price": 4})
+        before_merge = till.master.heads()
+        delete_elsewhere(till, "customers", "c")
+        changes = till.master._doc.get_changes(before_merge)
+        assert till.master.written.records(c.hash for c in changes) is None
+        assert delta.changes_all(till, before_merge) == \
+            {"customers": delta.Delta(deleted={"c"})}
