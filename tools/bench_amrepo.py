@@ -10,7 +10,8 @@ own Node sync server on the same document, in the same run.
    same client against ``tools/amrepo_baseline.mjs`` (a Repo with NodeWSServerAdapter
    holding the same saved document), runs interleaved;
 2. one edit from Python (``PUT /api/master/products/ID``) to a connected Node client:
-   from sending the request to the client seeing the new price, p50/p99; beside it, the
+   from sending the request to the client seeing the new price, p50/p99, and to the
+   arrival of the frame that brought it (the rest is Node applying it); beside it, the
    baseline server making the same edit itself (``handle.change``, ordered over a pipe)
    to a Node client of its own, the halves of each interleaved.
 
@@ -117,8 +118,10 @@ def first_sync(ws_url: str, doc_url: str, server_pid: int) -> dict[str, Any]:
 
 
 async def edits(ws_url: str, doc_url: str, product: str, count: int,
-                edit: Callable[[str, int], Awaitable[None]]) -> list[float]:
-    """Latencies (ms) from calling ``edit`` (a new price) to the Node client seeing it."""
+                edit: Callable[[str, int], Awaitable[None]]) -> list[tuple[float, float]]:
+    """Latencies (ms) from calling ``edit`` (a new price) to the Node client seeing it,
+    each with the latency to the arrival of the frame that brought it: the rest is the
+    client applying it."""
     probe = _probe(ws_url, doc_url)
     probe.line()
     latencies = []
@@ -127,9 +130,10 @@ async def edits(ws_url: str, doc_url: str, product: str, count: int,
         await asyncio.sleep(0.05)  # the probe has read the line before the edit is sent
         sent = time.time() * 1000
         await edit(product, price)
-        latencies.append(probe.line()["seen"] - sent)
+        answer = probe.line()
+        latencies.append((answer["seen"] - sent, answer["arrived"] - sent))
     probe.quit()
-    return sorted(latencies)
+    return latencies
 
 
 def _free_port() -> int:
@@ -168,7 +172,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             runs["baseline"].append(first_sync(base_url, doc_url, baseline.pid))
         progress(f"{args.edits} edits from Python to a connected Node client, "
                  "and as many made by the baseline server itself")
-        latency: dict[str, list[float]] = {"tillsync": [], "baseline": []}
+        latency: dict[str, list[tuple[float, float]]] = {"tillsync": [], "baseline": []}
         async with aiohttp.ClientSession(
                 headers={"Authorization": f"Bearer {token}"}) as session:
 
@@ -200,9 +204,14 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                                   ("bytes", "first_sync_ms", "server_cpu_ms", "frames")}
                            for side in runs},
             "runs": runs,
-            "edit_ms": {side: {"count": len(ms), "p50": percentile(sorted(ms), 50),
-                               "p99": percentile(sorted(ms), 99), "max": max(ms)}
-                        for side, ms in latency.items()}}
+            "edit_ms": {side: _edit_figures(pairs) for side, pairs in latency.items()}}
+
+
+def _edit_figures(pairs: list[tuple[float, float]]) -> dict[str, float]:
+    seen, arrived = sorted(p[0] for p in pairs), sorted(p[1] for p in pairs)
+    return {"count": len(seen), "p50": percentile(seen, 50), "p99": percentile(seen, 99),
+            "max": seen[-1], "arrived_p50": percentile(arrived, 50),
+            "arrived_p99": percentile(arrived, 99)}
 
 
 def render(report: dict[str, Any]) -> str:
@@ -216,8 +225,10 @@ def render(report: dict[str, Any]) -> str:
                      f"{row['server_cpu_ms']:.0f} ms (medians of {len(report['runs'][side])})")
     for side, e in report["edit_ms"].items():
         what = "a Python edit (HTTP PUT)" if side == "tillsync" else "the server's own edit"
-        lines.append(f"{side:<9}: {what} -> Node client: n={e['count']} p50 {e['p50']:.1f} "
-                     f"ms p99 {e['p99']:.1f} ms max {e['max']:.1f} ms")
+        lines.append(f"{side:<9}: {what} -> Node client: n={e['count']:.0f} p50 "
+                     f"{e['p50']:.1f} ms p99 {e['p99']:.1f} ms max {e['max']:.1f} ms; its "
+                     f"frame arrived: p50 {e['arrived_p50']:.1f} ms p99 "
+                     f"{e['arrived_p99']:.1f} ms")
     return "\n".join(lines)
 
 
