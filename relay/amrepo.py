@@ -25,10 +25,11 @@ import websockets
 from websockets.asyncio.server import ServerConnection
 
 from tillsync.peer.amrepo.checks import check_sync
-from tillsync.peer.amrepo.protocol import PATH, RepoSession, SyncReceived
+from tillsync.peer.amrepo.protocol import PATH, Joined, RepoSession, SyncReceived
 from tillsync.peer.errors import InvalidInput
 from tillsync.relay.documents import StoreHub
 from tillsync.relay.http import store_of
+from tillsync.relay.limits import LinkWatch
 from tillsync.relay.storage import with_retries
 
 if TYPE_CHECKING:
@@ -41,8 +42,13 @@ def wanted(path: str) -> bool:
     return urlsplit(path).path == PATH
 
 
-async def serve(relay: Relay, ws: ServerConnection) -> None:
-    """One automerge-repo client (its token was checked before the handshake)."""
+async def serve(relay: Relay, ws: ServerConnection, watch: LinkWatch) -> None:
+    """One automerge-repo client (its token was checked before the websocket opened).
+
+    The relay's connection limits (``relay.limits``, admitted by the caller) hold as for
+    a device: the client's ``join`` must come within the handshake timeout (it is
+    answered with ``peer`` at once), and a client that sends and is sent no frame for
+    the idle timeout is closed (automerge-repo's adapter reconnects by itself)."""
     assert ws.request is not None
     store = await store_of(relay.storage, ws.request.path, ws.request.headers)
     if store is None:  # revoked between the handshake's check and now
@@ -51,16 +57,19 @@ async def serve(relay: Relay, ws: ServerConnection) -> None:
     hub = await relay.hubs.get(store)
     session = RepoSession(f"tillsync-relay-{os.urandom(4).hex()}", store)
     sync = am.SyncState()
-    wake, sending = asyncio.Event(), asyncio.Lock()
+    wake = asyncio.Event()
     pump: asyncio.Task[None] | None = None
-    flush = partial(_flush, ws, session, sending)
+    flush = partial(_flush, ws, session, watch.sending)  # each frame sent counts as use
     hub.watch(wake)
     try:
         async for frame in ws:
+            watch.heard()
             if isinstance(frame, str):
                 session.refuse("frames are binary CBOR")
             for event in session.receive(frame) if isinstance(frame, bytes) else []:
-                if isinstance(event, SyncReceived):
+                if isinstance(event, Joined):
+                    watch.logged_in()
+                elif isinstance(event, SyncReceived):
                     await _receive(relay, hub, session, sync, event.data)
                     if pump is None:
                         pump = asyncio.create_task(_pump(hub, session, sync, wake, flush))

@@ -281,15 +281,18 @@ class Relay:
     # -- one connection ----------------------------------------------------------------
 
     async def handle(self, ws: ServerConnection) -> None:
-        if ws.request is not None and amrepo.wanted(ws.request.path):
-            await amrepo.serve(self, ws)  # an automerge-repo client, not a device
-            return
-        link = RelayLink(nonce=os.urandom(32))
         peer = f"{ws.remote_address}"
         logfmt.bind(connection=logfmt.address(ws.remote_address))
         watch = LinkWatch(self.gate, ws, peer)
         if not await watch.admit():
             return
+        if ws.request is not None and amrepo.wanted(ws.request.path):
+            try:  # an automerge-repo client, not a device: the same limits
+                await amrepo.serve(self, ws, watch)
+            finally:
+                await watch.end()
+            return
+        link = RelayLink(nonce=os.urandom(32))
         pump: asyncio.Task[None] | None = None
         state: dict[str, Any] = {}
         # Frames leave in the order the link queued them: whoever sends (this handler or

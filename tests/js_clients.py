@@ -109,3 +109,53 @@ class JsClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class NodeScript:
+    """A Node script given as text (run from tests/js, so its packages resolve), with
+    ``args``; its standard output read line by line."""
+
+    def __init__(self, script: str, args: list[str], log: Path) -> None:
+        self._log = open(log, "w")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen([node(), "--input-type=module", "-", *args], cwd=JS,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._log, text=True)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(script)
+        self.proc.stdin.close()
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_line(self, wanted: str, timeout: float = TIMEOUT) -> None:
+        """Read on until the script prints the line ``wanted`` (or fail, with its output)."""
+        while wanted not in self.lines:
+            try:
+                line = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                line = None
+            if line is None:
+                self._log.flush()
+                raise AssertionError(f"no line {wanted!r} from the Node script; it printed "
+                                     f"{self.lines[-20:]}\n{Path(self._log.name).read_text()}")
+            self.lines.append(line)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
+
+    def __enter__(self) -> NodeScript:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -10,7 +10,10 @@ own Node sync server on the same document, in the same run.
    same client against ``tools/amrepo_baseline.mjs`` (a Repo with NodeWSServerAdapter
    holding the same saved document), runs interleaved;
 2. one edit from Python (``PUT /api/master/products/ID``) to a connected Node client:
-   from sending the request to the client seeing the new price, p50/p99.
+   from sending the request to the client seeing the new price, p50/p99, and to the
+   arrival of the frame that brought it (the rest is Node applying it); beside it, the
+   baseline server making the same edit itself (``handle.change``, ordered over a pipe)
+   to a Node client of its own, the halves of each interleaved.
 
 The till side is the API application ``peer run`` serves, in a child process
 (``tools.bench_api --serve``).  Needs node and ``npm ci`` in tests/js.
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,23 +117,23 @@ def first_sync(ws_url: str, doc_url: str, server_pid: int) -> dict[str, Any]:
     return result
 
 
-async def edits(api: str, token: str, ws_url: str, doc_url: str, product: str, count: int
-                ) -> list[float]:
+async def edits(ws_url: str, doc_url: str, product: str, count: int,
+                edit: Callable[[str, int], Awaitable[None]]) -> list[tuple[float, float]]:
+    """Latencies (ms) from calling ``edit`` (a new price) to the Node client seeing it,
+    each with the latency to the arrival of the frame that brought it: the rest is the
+    client applying it."""
     probe = _probe(ws_url, doc_url)
     probe.line()
     latencies = []
-    headers = {"Authorization": f"Bearer {token}"}
-    async with aiohttp.ClientSession(headers=headers) as session:
-        for price in range(1000, 1000 + count):
-            probe.send(f"{product} {price}")
-            await asyncio.sleep(0.05)  # the probe has read the line before the edit is sent
-            sent = time.time() * 1000
-            async with session.put(f"{api}/api/master/products/{product}",
-                                   json={"price": price}) as answer:
-                assert answer.status == 200, await answer.text()
-            latencies.append(probe.line()["seen"] - sent)
+    for price in range(1000, 1000 + count):
+        probe.send(f"{product} {price}")
+        await asyncio.sleep(0.05)  # the probe has read the line before the edit is sent
+        sent = time.time() * 1000
+        await edit(product, price)
+        answer = probe.line()
+        latencies.append((answer["seen"] - sent, answer["arrived"] - sent))
     probe.quit()
-    return sorted(latencies)
+    return latencies
 
 
 def _free_port() -> int:
@@ -166,8 +170,25 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             progress(f"first sync, round {i + 1} of {args.rounds}")
             runs["tillsync"].append(first_sync(ours_url, doc_url, child.pid))
             runs["baseline"].append(first_sync(base_url, doc_url, baseline.pid))
-        progress(f"{args.edits} edits from Python to a connected Node client")
-        latency = await edits(api, token, ours_url, doc_url, product, args.edits)
+        progress(f"{args.edits} edits from Python to a connected Node client, "
+                 "and as many made by the baseline server itself")
+        latency: dict[str, list[tuple[float, float]]] = {"tillsync": [], "baseline": []}
+        async with aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {token}"}) as session:
+
+            async def put(product: str, price: int) -> None:
+                async with session.put(f"{api}/api/master/products/{product}",
+                                       json={"price": price}) as answer:
+                    assert answer.status == 200, await answer.text()
+
+            async def baseline_edit(product: str, price: int) -> None:
+                baseline.send(f"{product} {price}")
+
+            for _ in range(2):  # halves interleaved, so load hits both alike
+                latency["tillsync"] += await edits(ours_url, doc_url, product,
+                                                   args.edits // 2, put)
+                latency["baseline"] += await edits(base_url, doc_url, product,
+                                                   args.edits // 2, baseline_edit)
     finally:
         if child.stdin is not None:
             child.stdin.close()
@@ -183,8 +204,14 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                                   ("bytes", "first_sync_ms", "server_cpu_ms", "frames")}
                            for side in runs},
             "runs": runs,
-            "edit_ms": {"count": len(latency), "p50": percentile(latency, 50),
-                        "p99": percentile(latency, 99), "max": latency[-1]}}
+            "edit_ms": {side: _edit_figures(pairs) for side, pairs in latency.items()}}
+
+
+def _edit_figures(pairs: list[tuple[float, float]]) -> dict[str, float]:
+    seen, arrived = sorted(p[0] for p in pairs), sorted(p[1] for p in pairs)
+    return {"count": len(seen), "p50": percentile(seen, 50), "p99": percentile(seen, 99),
+            "max": seen[-1], "arrived_p50": percentile(arrived, 50),
+            "arrived_p99": percentile(arrived, 99)}
 
 
 def render(report: dict[str, Any]) -> str:
@@ -196,9 +223,12 @@ def render(report: dict[str, Any]) -> str:
                      f"({row['bytes'] / snap:.2f} x snapshot) in {row['frames']:.0f} frames, "
                      f"{row['first_sync_ms']:.0f} ms to a ready document, server CPU "
                      f"{row['server_cpu_ms']:.0f} ms (medians of {len(report['runs'][side])})")
-    e = report["edit_ms"]
-    lines.append(f"Python edit -> Node client: n={e['count']} p50 {e['p50']:.1f} ms "
-                 f"p99 {e['p99']:.1f} ms max {e['max']:.1f} ms")
+    for side, e in report["edit_ms"].items():
+        what = "a Python edit (HTTP PUT)" if side == "tillsync" else "the server's own edit"
+        lines.append(f"{side:<9}: {what} -> Node client: n={e['count']:.0f} p50 "
+                     f"{e['p50']:.1f} ms p99 {e['p99']:.1f} ms max {e['max']:.1f} ms; its "
+                     f"frame arrived: p50 {e['arrived_p50']:.1f} ms p99 "
+                     f"{e['arrived_p99']:.1f} ms")
     return "\n".join(lines)
 
 

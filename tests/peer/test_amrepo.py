@@ -3,13 +3,18 @@ till's ``peer run``: a relay, an admin till and a till-role till linked on the L
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import automerge.core as am
 import pytest
 
-from tests.js_clients import JsClient, refused_status
+from tests.doubles import REPO
+from tests.js_clients import JsClient, NodeScript, refused_status
+from tests.markdown import blocks_under
 from tests.peer.http_client import Api
 from tests.peer.lan_processes import (
     LanTill,
@@ -20,6 +25,7 @@ from tests.peer.lan_processes import (
 )
 from tests.relay.processes import RelayProcess
 from tillsync.peer.amrepo.protocol import document_url
+from tillsync.peer.store import Till
 
 STORE = "shop-amrepo"
 MASTER = [("products", "bread", {"name": "Bread", "sku": "B1", "price": 320}),
@@ -208,3 +214,74 @@ def test_a_websocket_without_the_token_or_with_a_wrong_one_is_refused(shop: Shop
     assert refused_status(base) == "401"
     assert refused_status(base + "?token=wrong") == "401"
     assert refused_status(shop.ws_url(shop.office)) == "open"
+
+
+def test_the_node_example_of_the_docs_runs_as_written(shop: Shop) -> None:
+    """docs/automerge-repo.md's example, taken from the markdown as it stands, against a
+    running till: it lists the products, its own edit reaches the tills, and a product
+    put in Python meanwhile is listed live."""
+    (snippet,) = blocks_under("## Example: list the products, live (Node)",
+                              REPO / "docs" / "automerge-repo.md")
+    api = shop.api(shop.office)
+    args = [api.base, api.token, device(shop.office)]
+    milk = shop.office.get("products", "milk")
+    assert milk is not None
+    with NodeScript("\n".join(snippet) + "\n", args, shop.root / "example.log") as js:
+        js.wait_line(f"milk {milk['name']} {milk['price']}")
+        for till in (shop.office, shop.till):
+            wait_until(lambda t=till: (t.get("customers", "c-42") or {}).get("name")
+                       == "Kiosk", f"the example's customer on {till.name}")
+        assert api.call("PUT", "/api/master/products/{id}",
+                        {"name": "Example", "sku": "EX", "price": 123},
+                        id="example").status == 200
+        js.wait_line("example Example 123")
+
+
+TEXT_NAME = "Crème brûlée 🍮 x2"
+
+
+async def read_as_strings(path: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The product ``brulee`` by ``Till.get`` and by ``MasterData.fields``, in-process;
+    its name is held as Automerge Text."""
+    async with await Till.open(path, readonly=True) as till:
+        doc = till.master._doc
+        products = doc.get(am.ROOT, "products")
+        assert products is not None
+        record = doc.get(products[1], "brulee")
+        assert record is not None
+        name = doc.get(record[1], "name")
+        assert name is not None and name[0] == am.ObjType.Text, name
+        return (till.get("products", "brulee"),
+                till.master.fields("products", "brulee", ("name", "sku", "price")))
+
+
+def test_strings_a_node_client_writes_as_text_are_plain_strings_on_every_till(
+        shop: Shop) -> None:
+    """automerge-repo's default: a plain JS string is Automerge Text.  The till beside
+    (over the LAN) and a fresh till (through the relay) read it as a string, in Python,
+    from the command line and over the HTTP API."""
+    expected = {"name": TEXT_NAME, "sku": "CB-1", "price": 450}
+    with shop.client(shop.office, device(shop.office)) as js:
+        js.change((["products", "brulee"], {"price": 450}, "object"),
+                  (["products", "brulee", "name"], TEXT_NAME, "string"),
+                  (["products", "brulee", "sku"], "CB-1", "string"))
+        assert js.errors() == []
+        wait_until(lambda: shop.till.get("products", "brulee") == expected,
+                   "the product on the other till, over the LAN")
+    newcomer = LanTill(shop.root / "text-newcomer", "Text newcomer")
+    newcomer.init(shop.relay, STORE, role="till")
+    wait_until(lambda: newcomer.sync(check=False) is not None and newcomer.get(
+        "products", "brulee") == expected, "the product on a fresh till, through the relay")
+    for till in (shop.till, newcomer):
+        record, fields = asyncio.run(read_as_strings(till.path))
+        assert record == expected and fields == expected, (till.name, record, fields)
+    newcomer.start([], relay=False)
+    try:
+        for till in (shop.till, newcomer):
+            api = shop.api(till)
+            one = api.call("GET", "/api/master/products/{id}", id="brulee")
+            assert one.status == 200 and one.body["record"] == expected, (till.name, one.body)
+            listed = api.call("GET", "/api/master/products")
+            assert listed.body["records"]["brulee"] == expected, till.name
+    finally:
+        newcomer.stop()

@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from pathlib import Path
 
+import cbor2
 import msgpack
 from websockets.asyncio.client import connect
 
@@ -18,6 +19,7 @@ from tests.relay.processes import (
     RelayProcess,
     Relays,
     TillDir,
+    cli_json,
     closed_with,
     hello,
     in_thread,
@@ -110,3 +112,34 @@ def test_a_logged_in_link_with_no_frame_is_closed(tmp_path: Path) -> None:
             return await closed_with(session.ws)
 
         assert in_thread(run) == (CLOSE_IDLE, "idle: no frame for 0.5 s")
+
+
+def test_automerge_repo_clients_are_under_the_same_limits(tmp_path: Path) -> None:
+    """``/automerge`` counts as a handshake until the client's ``join``: one connection
+    may be in it (a second is refused with 1013), a silent one is closed with the
+    handshake code, and a joined client that goes quiet with the idle code."""
+    with Relays(tmp_path) as relays:
+        relay, _, _ = with_till(relays, tmp_path, "--max-handshakes", "1",
+                                "--handshake-timeout", "0.5", "--idle-timeout", "0.5")
+        token = cli_json("relay", "token", "--data", str(relay.data), "--store", STORE)["token"]
+        url = f"{relay.url}/automerge?token={token}"
+        join = cbor2.dumps({"type": "join", "senderId": "node-1", "peerMetadata": {},
+                            "supportedProtocolVersions": ["1"]})
+
+        async def run() -> tuple[tuple[int | None, str], ...]:
+            silent = await connect(url, compression=None)
+            busy = await connect(url, compression=None)
+            refused = await closed_with(busy)
+            timed_out = await closed_with(silent)
+            async with connect(url, compression=None) as joined:
+                await joined.send(join)
+                async with asyncio.timeout(30):
+                    answer = cbor2.loads(await joined.recv())
+                assert answer["type"] == "peer" and answer["targetId"] == "node-1"
+                idle = await closed_with(joined)
+            return refused, timed_out, idle
+
+        refused, timed_out, idle = in_thread(run)
+        assert refused == (CLOSE_BUSY, "too many connections logging in; try again later")
+        assert timed_out == (CLOSE_HANDSHAKE_TIMEOUT, "handshake not completed within 0.5 s")
+        assert idle == (CLOSE_IDLE, "idle: no frame for 0.5 s")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.doubles import REPO
+from tests.markdown import blocks_under
 from tests.relay.processes import stop
 
 
@@ -25,25 +26,6 @@ def test_readme_opens_with_run_and_test_commands_and_ci_runs_the_test_one() -> N
     assert "tillsync demo" in run_cmd and "pip install" in run_cmd
     ci = (REPO / ".ci" / "run").read_text().splitlines()
     assert test_cmd in ci, "README's test command and .ci/run differ"
-
-
-def blocks_under(heading: str) -> list[list[str]]:
-    """The fenced blocks of README's section ``heading``: each a list of lines."""
-    text = (REPO / "README.md").read_text()
-    start = text.index(f"\n{heading}\n")
-    end = text.find("\n## ", start + 1)
-    lines = text[start:end if end != -1 else None].splitlines()
-    found, block = [], None
-    for line in lines:
-        if line.startswith("```"):
-            if block is None:
-                block = []
-            else:
-                found.append(block)
-                block = None
-        elif block is not None:
-            block.append(line)
-    return found
 
 
 def shell(lines: list[str], cwd: Path, env: dict[str, str]) -> str:
