@@ -68,19 +68,21 @@ async def run_node(args: argparse.Namespace) -> None:
             await task  # raises what stopped it
         await asyncio.sleep(0.01)
     till = node.till
-    seen = -1
+    seen, linked = -1, -1
     while not task.done():
-        if till.version != seen:
-            seen = till.version
+        peers = node.peers.values()
+        connected = sum(p.connected for p in peers)
+        # A line on every commit, and when a link comes or goes (no commit says so).
+        if till.version != seen or connected != linked:
+            seen, linked = till.version, connected
             product = till.master.get("products", PRODUCT) or {}
-            peers = node.peers.values()
             line = {"t": time.time(), "price": product.get("price"),
                     "entries": sum(till.heads().values()),
                     "receipts": till.receipts_position()[0],
-                    "peers": sum(p.connected for p in peers),
+                    "peers": connected,
                     "bytes_out": sum(p.bytes_out for p in peers)}
             print(json.dumps(line), flush=True)
-        await till.wait_changed(seen, 0.5)
+        await till.wait_changed(seen, 0.1)
     await task
 
 
