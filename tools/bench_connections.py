@@ -51,7 +51,7 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-async def _exchange(ws: ClientConnection, link: ClientLink) -> Ready | Enrolled:
+async def handshake(ws: ClientConnection, link: ClientLink) -> Ready | Enrolled:
     """Run ``link``'s handshake on ``ws`` until it is ready (or enrolled)."""
     for out in link.data_to_send():
         await ws.send(out)
@@ -68,13 +68,14 @@ async def _exchange(ws: ClientConnection, link: ClientLink) -> Ready | Enrolled:
             await ws.send(out)
 
 
-async def enroll(url: str, code: str, index: int) -> tuple[str, DeviceKey, bytes]:
-    """A new device enrolled with ``code``: its id, key and the relay's key."""
+async def enroll(url: str, code: str, index: int, store: str = STORE
+                 ) -> tuple[str, DeviceKey, bytes]:
+    """A new device of ``store`` enrolled with ``code``: its id, key and the relay's key."""
     key, device = DeviceKey.generate(), f"bench-device-{index:05d}"
-    link = ClientLink(store=STORE, device=device, key=key, nonce=os.urandom(32))
+    link = ClientLink(store=store, device=device, key=key, nonce=os.urandom(32))
     link.start_enroll(code, f"Till {index}")
     async with connect(url, max_size=TRANSPORT_MAX, compression=None) as ws:
-        event = await _exchange(ws, link)
+        event = await handshake(ws, link)
     assert isinstance(event, Enrolled)
     return device, key, event.relay_key
 
@@ -141,10 +142,14 @@ async def measure(pid: int, warm: Callable[[], Awaitable[None]],
     cpu1 = process_cpu(pid)
     await asyncio.sleep(SETTLE)
     rss1 = rss_kib(pid)
-    cpu = cpu1["main"] + cpu1["threads"] - cpu0["main"] - cpu0["threads"]
+    main, threads = cpu1["main"] - cpu0["main"], cpu1["threads"] - cpu0["threads"]
+    cpu = main + threads
     n = len(jobs)
     return {"connections": n, "open_s": round(wall, 3),
-            "server_cpu_s": round(cpu, 3), "server_cpu_ms_per_connection": round(cpu / n * 1e3, 3),
+            "server_cpu_s": round(cpu, 3),
+            "server_cpu_ms_per_connection": round(cpu / n * 1e3, 3),
+            "server_cpu_event_loop_s": round(main, 3),
+            "server_cpu_other_threads_s": round(threads, 3),
             "rss_before_kib": rss0, "rss_after_kib": rss1,
             "rss_kib_per_connection": round((rss1 - rss0) / n, 2)}
 
@@ -173,7 +178,7 @@ async def tillsync_side(root: Path, devices: int, concurrency: int) -> dict[str,
                 link.start()
                 ws = await stack.enter_async_context(
                     connect(url, max_size=TRANSPORT_MAX, compression=None))
-                await _exchange(ws, link)
+                await handshake(ws, link)
                 reader = asyncio.create_task(_drain(ws))  # what the relay sends, dropped
                 stack.callback(reader.cancel)
 
