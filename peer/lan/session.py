@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from tillsync.peer.errors import EntryRefused
 from tillsync.peer.filelink import FileLink
 from tillsync.peer.files import TillFiles
+from tillsync.peer.master.document import heads_only, message_heads
 from tillsync.peer.master.roles import forbidden_changes, refusal
 from tillsync.peer.shutdown import Deadlines, cancel_and_wait
 from tillsync.peer.store import Till
@@ -44,6 +45,11 @@ from tillsync.peer.sync.receipts import verify_receipts
 
 log = logging.getLogger("tillsync.lan")
 BATCH = 500
+# Document changes this till did not make itself (from another LAN peer or the relay)
+# are not sent on at once: after this long, a link whose peer is not known to hold them
+# gets the document's heads alone, and a peer that lacks them asks.  In a full mesh
+# every till has them from their author by then, and nothing more goes out.
+ANNOUNCE_DELAY = 0.05  # seconds; the till with the greater device id waits twice as long
 FILES_RESCAN = 1.0  # seconds between two looks for new files to offer a peer
 
 
@@ -100,6 +106,15 @@ class PeerSession:
         self._files = FileLink(link, TillFiles(till.path), received=self._file_in)
         self._files_scanned = -FILES_RESCAN
         self._rescan_due = False
+        # The document: a full sync message is owed after each one received (and at the
+        # start) and after each edit made here; other changes are announced (see
+        # ANNOUNCE_DELAY) unless the peer is known to hold them.
+        self._doc_reply = True
+        self._local_edits = till.master.local_edits
+        self._peer_doc: set[bytes] = set()  # heads the peer is known to hold
+        self._announced: set[bytes] = set()  # the heads last stated to the peer
+        self._announce: asyncio.TimerHandle | None = None
+        self._announce_due = False
 
     async def run(self) -> None:
         """Handshake and sync until the link closes; raises nothing but CancelledError."""
@@ -200,6 +215,11 @@ class PeerSession:
         elif isinstance(event, ReceiptsReceived):
             await self._receipts(event.receipts)
         elif isinstance(event, DocMessage):
+            heads = message_heads(event.data)
+            if heads is not None:
+                self._peer_doc = heads
+                if heads_only(event.data) and heads <= set(till.master.heads()):
+                    return  # heads this till holds: nothing to ask, nothing owed
             try:
                 # The relay's rule, here too: prices and settings only from a back-office
                 # or admin device (by the certificates this till holds), so a till-role
@@ -219,6 +239,7 @@ class PeerSession:
                 link.fail("bad_document", "the document sync message does not apply",
                           fatal=False)
                 return
+            self._doc_reply = True
             self._wake.set()
         elif await self._files.handle(event):
             self._wake.set()
@@ -283,6 +304,36 @@ class PeerSession:
     def _behind(mine: dict[str, int], theirs: dict[str, int]) -> bool:
         return any(seq > theirs.get(device, 0) for device, seq in mine.items())
 
+    async def _document(self) -> bool:
+        """Queue what the link owes its peer of the document; whether anything was."""
+        master = self.till.master
+        if self._doc_reply or master.local_edits != self._local_edits:
+            self._doc_reply, self._local_edits = False, master.local_edits
+            message = master.sync_message(self._sync)
+            if message is None:
+                return False
+            self.link.send_doc(message)
+            self._announced = message_heads(message) or set()
+            return True
+        heads = set(master.heads())
+        if heads <= self._peer_doc or heads == self._announced:
+            self._announce_due = False
+            return False
+        if not self._announce_due:
+            if self._announce is None:
+                mine, theirs = self.till.device_id, self.info.device_id if self.info else ""
+                delay = ANNOUNCE_DELAY * (1 if mine < theirs else 2)
+                self._announce = asyncio.get_running_loop().call_later(delay, self._announce_now)
+            return False
+        self._announce_due = False
+        self.link.send_doc(master.heads_message())
+        self._announced = heads
+        return True
+
+    def _announce_now(self) -> None:
+        self._announce, self._announce_due = None, True
+        self._wake.set()
+
     async def _watch(self) -> None:
         seen = self.till.version
         while True:
@@ -307,9 +358,7 @@ class PeerSession:
             if revocations:  # before any entries, so the peer filters them already
                 link.send_revoked(revocations)
                 self._revoked_sent.update(revocations)
-            message = till.master.sync_message(self._sync)
-            if message is not None:
-                link.send_doc(message)
+            if await self._document():
                 await self.flush()  # a price change goes out before any database work
             if not self._in_flight and self._behind(till.heads(), self._peer_heads):
                 batch = await till.entries_after(self._peer_heads, BATCH)
