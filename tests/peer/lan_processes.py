@@ -123,3 +123,10 @@ def linked(*tills: LanTill) -> Iterator[None]:
     finally:
         for till in tills:
             till.stop()
+
+
+def assert_no_traceback(tills: Sequence[LanTill]) -> None:
+    """No daemon logged a traceback before it was told to stop."""
+    for till in tills:
+        log = till.log()
+        assert "Traceback" not in log.split("KeyboardInterrupt")[0], log[-3000:]

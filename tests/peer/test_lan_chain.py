@@ -13,7 +13,7 @@ from pathlib import Path
 import automerge.core as am
 import pytest
 
-from tests.peer.lan_processes import LanTill, wait_until
+from tests.peer.lan_processes import LanTill, assert_no_traceback, wait_until
 from tests.relay.processes import Relays
 from tillsync.peer.master.document import MasterData, heads_only, message_heads
 
@@ -74,6 +74,4 @@ def test_edits_cross_a_till_between_two_tills_that_are_not_linked(tmp_path: Path
         finally:
             for till in tills:
                 till.stop()
-        for till in tills:
-            log = till.log()
-            assert "Traceback" not in log.split("KeyboardInterrupt")[0], log[-3000:]
+        assert_no_traceback(tills)
