@@ -351,8 +351,11 @@ def render(report: dict[str, Any]) -> str:
     if "skipped" in b:
         lines.append(f"  pycrdt-websocket  not run: {b['skipped']}")
     else:
-        lines.append(f"  pycrdt-websocket  p50 {b['p50_ms']:.2f} ms  p95 {b['p95_ms']:.2f} ms"
-                     f" (no persistence; {b.get('setup', '')}; version {b.get('version')})")
+        lines.append(f"  pycrdt-websocket  p50 {b['p50_ms']:.2f} ms  p95 {b['p95_ms']:.2f} ms; "
+                     f"{b['link_bytes_per_edit']:.0f} bytes per edit on all its links "
+                     f"(no persistence; {b.get('setup', '')}; version {b.get('version')})")
+        lines.append(f"  ratios: p50 {p['p50_ms'] / b['p50_ms']:.1f}x, bytes per edit "
+                     f"{p['lan_bytes_per_edit'] / b['link_bytes_per_edit']:.1f}x pycrdt's")
     lines += [
         f"convergence: {c['tills']} tills x {c['sales_per_till']} offline sales "
         f"({c['entries']} entries) recorded in {c['record_s']} s, on every till "
