@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from tillsync.peer.errors import EntryRefused
 from tillsync.peer.filelink import FileLink
 from tillsync.peer.files import TillFiles
-from tillsync.peer.master.document import heads_only, message_heads
+from tillsync.peer.lan.docsync import DocSync
 from tillsync.peer.master.roles import forbidden_changes, refusal
 from tillsync.peer.shutdown import Deadlines, cancel_and_wait
 from tillsync.peer.store import Till
@@ -45,11 +45,6 @@ from tillsync.peer.sync.receipts import verify_receipts
 
 log = logging.getLogger("tillsync.lan")
 BATCH = 500
-# Document changes this till did not make itself (from another LAN peer or the relay)
-# are not sent on at once: after this long, a link whose peer is not known to hold them
-# gets the document's heads alone, and a peer that lacks them asks.  In a full mesh
-# every till has them from their author by then, and nothing more goes out.
-ANNOUNCE_DELAY = 0.05  # seconds; the till with the greater device id waits twice as long
 FILES_RESCAN = 1.0  # seconds between two looks for new files to offer a peer
 
 
@@ -106,15 +101,8 @@ class PeerSession:
         self._files = FileLink(link, TillFiles(till.path), received=self._file_in)
         self._files_scanned = -FILES_RESCAN
         self._rescan_due = False
-        # The document: a full sync message is owed after each one received (and at the
-        # start) and after each edit made here; other changes are announced (see
-        # ANNOUNCE_DELAY) unless the peer is known to hold them.
-        self._doc_reply = True
-        self._local_edits = till.master.local_edits
-        self._peer_doc: set[bytes] = set()  # heads the peer is known to hold
-        self._announced: set[bytes] = set()  # the heads last stated to the peer
-        self._announce: asyncio.TimerHandle | None = None
-        self._announce_due = False
+        self._doc: DocSync | None = None  # once the peer is known (peer.lan.docsync)
+        self._doc_timer: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         """Handshake and sync until the link closes; raises nothing but CancelledError."""
@@ -177,6 +165,7 @@ class PeerSession:
                 self.info.entries_in, self.info.entries_out = \
                     previous.entries_in, previous.entries_out
             self._peers[cert.device] = self.info
+            self._doc = DocSync(till.master, first=till.device_id < cert.device)
             self.authenticated.set()
             log.info("LAN link with %s (%s) at %s", cert.name, cert.device, self.address)
             link.send_have(till.heads(), till.receipts_position()[0])
@@ -215,11 +204,9 @@ class PeerSession:
         elif isinstance(event, ReceiptsReceived):
             await self._receipts(event.receipts)
         elif isinstance(event, DocMessage):
-            heads = message_heads(event.data)
-            if heads is not None:
-                self._peer_doc = heads
-                if heads_only(event.data) and heads <= set(till.master.heads()):
-                    return  # heads this till holds: nothing to ask, nothing owed
+            assert self._doc is not None  # a 'doc' comes only on a ready link
+            if not self._doc.received(event.data, till.master):
+                return  # heads this till holds: nothing to ask, nothing owed
             try:
                 # The relay's rule, here too: prices and settings only from a back-office
                 # or admin device (by the certificates this till holds), so a till-role
@@ -239,7 +226,7 @@ class PeerSession:
                 link.fail("bad_document", "the document sync message does not apply",
                           fatal=False)
                 return
-            self._doc_reply = True
+            self._doc.applied()
             self._wake.set()
         elif await self._files.handle(event):
             self._wake.set()
@@ -306,32 +293,19 @@ class PeerSession:
 
     async def _document(self) -> bool:
         """Queue what the link owes its peer of the document; whether anything was."""
-        master = self.till.master
-        if self._doc_reply or master.local_edits != self._local_edits:
-            self._doc_reply, self._local_edits = False, master.local_edits
-            message = master.sync_message(self._sync)
-            if message is None:
-                return False
-            self.link.send_doc(message)
-            self._announced = message_heads(message) or set()
-            return True
-        heads = set(master.heads())
-        if heads <= self._peer_doc or heads == self._announced:
-            self._announce_due = False
+        if self._doc is None:
             return False
-        if not self._announce_due:
-            if self._announce is None:
-                mine, theirs = self.till.device_id, self.info.device_id if self.info else ""
-                delay = ANNOUNCE_DELAY * (1 if mine < theirs else 2)
-                self._announce = asyncio.get_running_loop().call_later(delay, self._announce_now)
+        message, wake_at = self._doc.outgoing(self.till.master, self._sync, time.monotonic())
+        if wake_at is not None and self._doc_timer is None:
+            self._doc_timer = asyncio.get_running_loop().call_later(
+                max(0.0, wake_at - time.monotonic()), self._doc_due)
+        if message is None:
             return False
-        self._announce_due = False
-        self.link.send_doc(master.heads_message())
-        self._announced = heads
+        self.link.send_doc(message)
         return True
 
-    def _announce_now(self) -> None:
-        self._announce, self._announce_due = None, True
+    def _doc_due(self) -> None:
+        self._doc_timer = None
         self._wake.set()
 
     async def _watch(self) -> None:

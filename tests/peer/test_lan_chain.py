@@ -15,6 +15,7 @@ import pytest
 
 from tests.peer.lan_processes import LanTill, assert_no_traceback, wait_until
 from tests.relay.processes import Relays
+from tillsync.peer.lan.docsync import ANNOUNCE_DELAY, DocSync
 from tillsync.peer.master.document import MasterData, heads_only, message_heads
 
 STORE = "shop-lan-chain"
@@ -30,6 +31,34 @@ def test_a_heads_message_states_the_heads_and_nothing_else() -> None:
     full = doc.sync_message(am.SyncState())
     assert full is not None and not heads_only(full)
     assert message_heads(full) == set(doc.heads())
+
+
+def test_a_link_announces_changes_from_elsewhere_only_when_due_and_not_held() -> None:
+    mine, other = MasterData.new(b"\x01" * 16), MasterData.new(b"\x02" * 16)
+    link = DocSync(mine, first=True)
+    state = am.SyncState()
+    first, _ = link.outgoing(mine, state, now=0.0)  # owed at the start
+    assert first is not None and not heads_only(first)
+    assert link.outgoing(mine, state, now=0.0) == (None, None)
+
+    other.put(*BREAD)  # a change that reaches this till from another link
+    mine.apply(other.save())
+    assert set(mine.heads()) == set(other.heads())
+    message, wake_at = link.outgoing(mine, state, now=1.0)
+    assert message is None and wake_at == 1.0 + ANNOUNCE_DELAY  # not at once
+    message, _ = link.outgoing(mine, state, now=wake_at)
+    assert message is not None and heads_only(message)
+    assert message_heads(message) == set(mine.heads())
+    assert link.outgoing(mine, state, now=9.0) == (None, None)  # stated once
+
+    # A peer stating heads this till holds is not applied; one this till lacks is.
+    assert not link.received(other.heads_message(), mine)
+    other.put("products", "bread", {"price": 400})
+    assert link.received(other.heads_message(), mine)
+    # An edit made here goes out at once, as a full sync message.
+    mine.put("products", "bread", {"price": 410})
+    message, wake_at = link.outgoing(mine, state, now=9.0)
+    assert message is not None and not heads_only(message) and wake_at is None
 
 
 def price_on(till: LanTill) -> object:
