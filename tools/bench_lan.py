@@ -70,19 +70,19 @@ async def run_node(args: argparse.Namespace) -> None:
     till = node.till
     seen, linked = -1, -1
     while not task.done():
-        # A line after each commit, and when a LAN link comes or goes (which commits
-        # nothing on a till that already holds everything).
-        if till.version != seen or sum(p.connected for p in node.peers.values()) != linked:
-            seen, linked = till.version, sum(p.connected for p in node.peers.values())
+        peers = node.peers.values()
+        connected = sum(p.connected for p in peers)
+        # A line on every commit, and when a link comes or goes (no commit says so).
+        if till.version != seen or connected != linked:
+            seen, linked = till.version, connected
             product = till.master.get("products", PRODUCT) or {}
-            peers = node.peers.values()
             line = {"t": time.time(), "price": product.get("price"),
                     "entries": sum(till.heads().values()),
                     "receipts": till.receipts_position()[0],
-                    "peers": sum(p.connected for p in peers),
+                    "peers": connected,
                     "bytes_out": sum(p.bytes_out for p in peers)}
             print(json.dumps(line), flush=True)
-        await till.wait_changed(seen, 0.5)
+        await till.wait_changed(seen, 0.1)
     await task
 
 
@@ -354,8 +354,11 @@ def render(report: dict[str, Any]) -> str:
     if "skipped" in b:
         lines.append(f"  pycrdt-websocket  not run: {b['skipped']}")
     else:
-        lines.append(f"  pycrdt-websocket  p50 {b['p50_ms']:.2f} ms  p95 {b['p95_ms']:.2f} ms"
-                     f" (no persistence; {b.get('setup', '')}; version {b.get('version')})")
+        lines.append(f"  pycrdt-websocket  p50 {b['p50_ms']:.2f} ms  p95 {b['p95_ms']:.2f} ms; "
+                     f"{b['link_bytes_per_edit']:.0f} bytes per edit on all its links "
+                     f"(no persistence; {b.get('setup', '')}; version {b.get('version')})")
+        lines.append(f"  ratios: p50 {p['p50_ms'] / b['p50_ms']:.1f}x, bytes per edit "
+                     f"{p['lan_bytes_per_edit'] / b['link_bytes_per_edit']:.1f}x pycrdt's")
     lines += [
         f"convergence: {c['tills']} tills x {c['sales_per_till']} offline sales "
         f"({c['entries']} entries) recorded in {c['record_s']} s, on every till "

@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from tillsync.peer.errors import EntryRefused
 from tillsync.peer.filelink import FileLink
 from tillsync.peer.files import TillFiles
+from tillsync.peer.lan.docsync import DocSync
 from tillsync.peer.master.roles import forbidden_changes, refusal
 from tillsync.peer.shutdown import Deadlines, cancel_and_wait
 from tillsync.peer.store import Till
@@ -100,6 +101,8 @@ class PeerSession:
         self._files = FileLink(link, TillFiles(till.path), received=self._file_in)
         self._files_scanned = -FILES_RESCAN
         self._rescan_due = False
+        self._doc: DocSync | None = None  # once the peer is known (peer.lan.docsync)
+        self._doc_timer: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         """Handshake and sync until the link closes; raises nothing but CancelledError."""
@@ -162,6 +165,7 @@ class PeerSession:
                 self.info.entries_in, self.info.entries_out = \
                     previous.entries_in, previous.entries_out
             self._peers[cert.device] = self.info
+            self._doc = DocSync(till.master, first=till.device_id < cert.device)
             self.authenticated.set()
             log.info("LAN link with %s (%s) at %s", cert.name, cert.device, self.address)
             link.send_have(till.heads(), till.receipts_position()[0])
@@ -200,6 +204,9 @@ class PeerSession:
         elif isinstance(event, ReceiptsReceived):
             await self._receipts(event.receipts)
         elif isinstance(event, DocMessage):
+            assert self._doc is not None  # a 'doc' comes only on a ready link
+            if not self._doc.received(event.data, till.master):
+                return  # heads this till holds: nothing to ask, nothing owed
             try:
                 # The relay's rule, here too: prices and settings only from a back-office
                 # or admin device (by the certificates this till holds), so a till-role
@@ -219,6 +226,7 @@ class PeerSession:
                 link.fail("bad_document", "the document sync message does not apply",
                           fatal=False)
                 return
+            self._doc.applied()
             self._wake.set()
         elif await self._files.handle(event):
             self._wake.set()
@@ -286,6 +294,23 @@ class PeerSession:
     def _behind(mine: dict[str, int], theirs: dict[str, int]) -> bool:
         return any(seq > theirs.get(device, 0) for device, seq in mine.items())
 
+    async def _document(self) -> bool:
+        """Queue what the link owes its peer of the document; whether anything was."""
+        if self._doc is None:
+            return False
+        message, wake_at = self._doc.outgoing(self.till.master, self._sync, time.monotonic())
+        if wake_at is not None and self._doc_timer is None:
+            self._doc_timer = asyncio.get_running_loop().call_later(
+                max(0.0, wake_at - time.monotonic()), self._doc_due)
+        if message is None:
+            return False
+        self.link.send_doc(message)
+        return True
+
+    def _doc_due(self) -> None:
+        self._doc_timer = None
+        self._wake.set()
+
     async def _watch(self) -> None:
         seen = self.till.version
         while True:
@@ -310,9 +335,7 @@ class PeerSession:
             if revocations:  # before any entries, so the peer filters them already
                 link.send_revoked(revocations)
                 self._revoked_sent.update(revocations)
-            message = till.master.sync_message(self._sync)
-            if message is not None:
-                link.send_doc(message)
+            if await self._document():
                 await self.flush()  # a price change goes out before any database work
             if not self._in_flight and self._behind(till.heads(), self._peer_heads):
                 batch = await till.entries_after(self._peer_heads, BATCH)

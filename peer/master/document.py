@@ -133,6 +133,9 @@ class MasterData:
         # The last snapshot made or loaded, and the heads it holds: saving 20k products
         # costs ~100 ms, and a relay hands the same snapshot to every new till.
         self._saved: tuple[list[bytes], bytes] | None = None
+        # Edits made here (``put``, ``delete``), counted: a LAN link sends these to its
+        # peer at once, and only announces the heads of changes that came from elsewhere.
+        self.local_edits = 0
 
     @classmethod
     def new(cls, actor: bytes) -> MasterData:
@@ -329,6 +332,7 @@ class MasterData:
             record = am.extract(self._doc, fresh[1])
             assert isinstance(record, dict)
             self._cache[collection][record_id] = record
+        self.local_edits += 1
         return [change.bytes for change in self._doc.get_changes(before)]
 
     def delete(self, collection: str, record_id: str) -> list[bytes]:
@@ -345,6 +349,7 @@ class MasterData:
             tx.delete(coll, record_id)
         if collection in self._cache:
             self._cache[collection].pop(record_id, None)
+        self.local_edits += 1
         return [change.bytes for change in self._doc.get_changes(before)]
 
     # -- persistence and merge ---------------------------------------------------------
@@ -365,6 +370,12 @@ class MasterData:
         """The next Automerge sync message for a peer, or None when there is nothing."""
         message = self._doc.generate_sync_message(state)
         return None if message is None else bytes(message.encode())
+
+    def heads_message(self) -> bytes:
+        """This document's heads as an Automerge sync message that carries nothing else
+        (no need, no have, no changes): see ``heads_only``."""
+        heads = sorted(bytes(h) for h in self._doc.get_heads())
+        return bytes([_SYNC_MESSAGE[0]]) + _leb(len(heads)) + b"".join(heads) + b"\0\0\0"
 
     def receive_sync(self, state: am.SyncState, data: bytes) -> list[bytes]:
         """Apply a peer's sync message; returns the change chunks it brought, to persist.
@@ -482,6 +493,32 @@ def _skip_hashes(data: bytes, pos: int) -> int:
 
 
 _SYNC_MESSAGE = (0x42, 0x43)  # the first byte of an Automerge sync message
+
+
+def _leb(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def heads_only(data: bytes) -> bool:
+    """Whether a sync message states the sender's heads and nothing else (what
+    ``MasterData.heads_message`` makes).  Automerge reads an empty 'have' as "tell me
+    nothing but what I need", so a receiver that holds those heads already must not
+    apply it to its sync state (it would hold back its own changes until the next full
+    message); one that lacks them applies it, and its answer asks for them."""
+    heads = _message_heads(data)
+    return heads is not None and data.endswith(b"\0\0\0") and \
+        len(data) == 1 + len(_leb(len(heads))) + 32 * len(heads) + 3
+
+
+def message_heads(data: bytes) -> set[bytes] | None:
+    """The sender's heads, read from an Automerge sync message (None if it does not
+    parse)."""
+    return _message_heads(data)
 
 
 def _message_heads(data: bytes) -> set[bytes] | None:

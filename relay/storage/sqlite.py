@@ -387,6 +387,9 @@ class _Txn:
         return out
 
 
+_TOUCH = "UPDATE devices SET last_seen = ? WHERE store = ? AND device_id = ?"
+
+
 class SQLiteStorage:
     """``RelayStorage`` on one SQLite file, for one relay process (documents are kept
     in step by that process alone; several processes need the PostgreSQL backend)."""
@@ -402,6 +405,7 @@ class SQLiteStorage:
         self.path = path
         self._txn = _Txn(conn)
         self._write_lock = asyncio.Lock()
+        self._touches: dict[tuple[str, str], str] = {}  # logins not written yet
 
     @classmethod
     async def open(cls, path: Path) -> SQLiteStorage:
@@ -552,9 +556,30 @@ class SQLiteStorage:
         return [d for d in (_device(r) for r in rows) if d is not None]
 
     async def touch(self, store: str, device_id: str, now: str) -> None:
-        async with self.transaction():
-            await self._conn.execute("UPDATE devices SET last_seen = ? WHERE store = ? AND "
-                                     "device_id = ?", (now, store, device_id))
+        """Note a login.  Logins that come while another's write is under way are written
+        together, in one transaction, by the first of them to get the write lock; each
+        call returns once its own time is stored (or raises if that failed)."""
+        self._touches[(store, device_id)] = now
+        async with self._write_lock:
+            batch, self._touches = self._touches, {}
+            if not batch:
+                return  # a login that came meanwhile wrote this one too
+            rows = [(at, st, dev) for (st, dev), at in batch.items()]
+            try:
+                if len(rows) == 1:  # one statement: a transaction of its own
+                    await self._conn.execute(_TOUCH, rows[0])
+                    return
+                await self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    await self._conn.executemany(_TOUCH, rows)
+                except BaseException:
+                    await self._conn.execute("ROLLBACK")
+                    raise
+                await self._conn.execute("COMMIT")
+            except BaseException:
+                # Not stored: the next login's write takes these along (newer times win).
+                self._touches = batch | self._touches
+                raise
 
     # -- what devices read -------------------------------------------------------------
 

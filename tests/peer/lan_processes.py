@@ -141,3 +141,10 @@ def office_and_till(root: Path, store: str, master: Sequence[tuple[str, str, dic
         till.init(relay, store, role="till")
         office.put_many(master)
         yield relay, office, till
+
+
+def assert_no_traceback(tills: Sequence[LanTill]) -> None:
+    """No daemon logged a traceback before it was told to stop."""
+    for till in tills:
+        log = till.log()
+        assert "Traceback" not in log.split("KeyboardInterrupt")[0], log[-3000:]

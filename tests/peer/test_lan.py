@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peer.lan_processes import LanTill, wait_until
+from tests.peer.lan_processes import LanTill, assert_no_traceback, wait_until
 from tests.relay.processes import Relays, invoices, rogue_put, run_cli
 
 STORE = "shop-lan"
@@ -106,9 +106,7 @@ def test_three_tills_keep_in_step_on_the_lan_and_one_carries_everything_to_the_r
         finally:
             for till in tills:
                 till.stop()
-        for till in tills:
-            log = till.log()
-            assert "Traceback" not in log.split("KeyboardInterrupt")[0], log[-3000:]
+        assert_no_traceback(tills)
 
 
 @pytest.mark.slow

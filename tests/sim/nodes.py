@@ -30,6 +30,7 @@ from tillsync.peer.cert import Certificate
 from tillsync.peer.client import BATCH, DOC_WAIT, PUSH_WINDOW, SyncError
 from tillsync.peer.errors import EntryRefused, InvalidInput
 from tillsync.peer.identity import DeviceKey
+from tillsync.peer.lan.docsync import DocSync
 from tillsync.peer.lan.session import BATCH as LAN_BATCH
 from tillsync.peer.log import Entry
 from tillsync.peer.store import Till
@@ -434,6 +435,7 @@ class LanSession:
                              dialer=dialer,
                              revoked=lambda device: till.revoked_upto(device) is not None)
         self.sync = am.SyncState()
+        self.doc: DocSync | None = None  # once the peer is known
         self.peer_heads: dict[str, int] | None = None
         self.peer_receipts = 0
         self.in_flight = False
@@ -470,6 +472,7 @@ class LanSession:
         till, link, stats = self.till, self.link, self.node.world.stats
         if isinstance(event, PeerAuthenticated):
             await till.add_certs([event.cert.raw])
+            self.doc = DocSync(till.master, first=till.device_id < event.cert.device)
             link.send_have(till.heads(), till.receipts_position()[0])
             stats["lan_links"] += 1
         elif isinstance(event, HaveReceived):
@@ -498,7 +501,12 @@ class LanSession:
         elif isinstance(event, ReceiptsReceived):
             await self._receipts(event.receipts)
         elif isinstance(event, DocMessage):
+            assert self.doc is not None
+            if not self.doc.received(event.data, till.master):
+                stats["lan_doc_heads_held"] += 1
+                return
             await till.receive_document(self.sync, message=event.data)
+            self.doc.applied()
             stats["lan_doc_messages"] += 1
         elif isinstance(event, RemoteError | LinkFailed):
             stats[f"lan_error_{event.code}"] += 1
@@ -531,7 +539,9 @@ class LanSession:
         if link.state != "ready" or self.peer_heads is None or link.closed:
             self._flush()
             return
-        message = till.master.sync_message(self.sync)
+        assert self.doc is not None
+        # An announcement not due yet goes out on a later pass (the node's tick).
+        message, _ = self.doc.outgoing(till.master, self.sync, self.node.world.sched.now)
         if message is not None:
             link.send_doc(message)
         mine = till.heads()
