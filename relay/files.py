@@ -11,6 +11,11 @@ is the store id's SHA-256 (a store id is any text).
 Limits are relay settings (``relay serve --max-file-mib``, ``--file-types``): a file
 over the size or of another type is refused when offered, before any byte is sent,
 and nothing of it is stored.
+
+A transfer cut short leaves a partial (``DATA/files/<store>/partial/<hash>``) that the
+till's next offer resumes.  If the file then came whole another way (another link, or
+another relay process), its partial is of no use: an offer of the file drops it, and so
+does the sweep when the relay starts (``sweep_partials``).
 """
 
 from __future__ import annotations
@@ -34,3 +39,12 @@ def store_files(data: Path, store: str) -> ContentDir:
     """The directory of one store's files."""
     name = hashlib.sha256(store.encode()).hexdigest()[:32]
     return ContentDir(data / FILES_DIR / name)
+
+
+def sweep_partials(data: Path) -> list[str]:
+    """Drop, in every store's directory, the partials of files held whole; the hashes
+    dropped.  Partials of files not held whole stay: a till resumes them.  Blocking (a
+    scan of the directories): run it in a thread."""
+    root = data / FILES_DIR
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    return [sha for folder in folders for sha in ContentDir(folder).drop_stale_partials()]

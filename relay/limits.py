@@ -24,17 +24,18 @@ from dataclasses import dataclass
 
 from tillsync.peer.sync.deadlines import (
     CLOSE_BUSY,
-    CLOSE_IDLE,
     HANDSHAKE_TIMEOUT,
+    IDLE_TIMEOUT,
+    Activity,
     Closable,
-    close_unless_authenticated,
-    seconds,
+    watch_link,
 )
 
 log = logging.getLogger("tillsync.relay")
 
-IDLE_TIMEOUT = 300.0  # seconds
 MAX_HANDSHAKES = 256  # connections of one relay process logging in at once
+
+__all__ = ["IDLE_TIMEOUT", "MAX_HANDSHAKES", "Gate", "Limits", "LinkWatch"]
 
 
 @dataclass(frozen=True)
@@ -59,28 +60,28 @@ class LinkWatch:
 
     def __init__(self, gate: Gate, ws: Closable, peer: str) -> None:
         self.gate, self.ws, self.peer = gate, ws, peer
-        self.sending: asyncio.Lock = _StampingLock(self)
+        self._activity = Activity()
+        self.sending = self._activity.sending
+        self.heard = self._activity.heard
         self._authenticated = asyncio.Event()
         self._counted = False
-        self._last = asyncio.get_running_loop().time()
         self._task: asyncio.Task[None] | None = None
 
     async def admit(self) -> bool:
         """Count the connection in the handshake and start its clock; False (and the
         connection closed) if ``max_handshakes`` are in it already."""
-        limit = self.gate.limits.max_handshakes
-        if self.gate.handshaking >= limit:
+        limits = self.gate.limits
+        if self.gate.handshaking >= limits.max_handshakes:
             log.warning("%s: refused: %d connections in the handshake already", self.peer,
-                        limit)
+                        limits.max_handshakes)
             await self.ws.close(CLOSE_BUSY, "too many connections logging in; try again later")
             return False
         self.gate.handshaking += 1
         self._counted = True
-        self._task = asyncio.create_task(self._run())
+        self._task = asyncio.create_task(watch_link(
+            self.ws, self._authenticated, self._activity, peer=self.peer,
+            handshake_timeout=limits.handshake_timeout, idle_timeout=limits.idle_timeout))
         return True
-
-    def heard(self) -> None:
-        self._last = asyncio.get_running_loop().time()
 
     def logged_in(self) -> None:
         self._release()
@@ -97,31 +98,3 @@ class LinkWatch:
         if self._counted:
             self._counted = False
             self.gate.handshaking -= 1
-
-    async def _run(self) -> None:
-        limits = self.gate.limits
-        if not await close_unless_authenticated(self.ws, self._authenticated,
-                                                limits.handshake_timeout, self.peer):
-            return
-        loop = asyncio.get_running_loop()
-        while True:
-            quiet = loop.time() - self._last
-            if quiet >= limits.idle_timeout:
-                log.info("%s: no frame for %s: link closed", self.peer,
-                         seconds(limits.idle_timeout))
-                await self.ws.close(CLOSE_IDLE, f"idle: no frame for "
-                                                f"{seconds(limits.idle_timeout)}")
-                return
-            await asyncio.sleep(limits.idle_timeout - quiet)
-
-
-class _StampingLock(asyncio.Lock):
-    """The connection's send lock: each release marks the link as used."""
-
-    def __init__(self, watch: LinkWatch) -> None:
-        super().__init__()
-        self._watch = watch
-
-    def release(self) -> None:
-        self._watch.heard()
-        super().release()

@@ -57,7 +57,7 @@ from tillsync.peer.tls import server_context
 from tillsync.relay import amrepo, metrics
 from tillsync.relay.documents import Hubs, StoreHub
 from tillsync.relay.faults import storage_fault
-from tillsync.relay.files import default_policy, store_files
+from tillsync.relay.files import default_policy, store_files, sweep_partials
 from tillsync.relay.http import handler as api_handler
 from tillsync.relay.http import new_token
 from tillsync.relay.ingest import (
@@ -642,6 +642,8 @@ async def running(config: RelayConfig) -> AsyncIterator[tuple[Relay, int]]:
     tls = server_context(config.tls_cert, config.tls_key) \
         if config.tls_cert and config.tls_key else None
     relay = await Relay.open(config.data, config.db, db_wait=config.db_wait)
+    if dropped := await asyncio.to_thread(sweep_partials, config.data):
+        log.info("dropped %d partial files of files held whole", len(dropped))
     relay.cert_validity = round(config.cert_days * 86400)
     relay.gate = Gate(config.limits)
     relay.files = config.files

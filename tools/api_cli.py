@@ -12,9 +12,17 @@ from typing import Any
 
 import aiohttp
 
+from tillsync.peer.amrepo.till import ClientLimits
 from tillsync.peer.errors import InvalidInput, StoreError
 from tillsync.peer.http import auth
 from tillsync.peer.http.app import API_HOST, API_PORT, served_url
+from tillsync.peer.sync.deadlines import (
+    CLOSE_HANDSHAKE_TIMEOUT,
+    CLOSE_IDLE,
+    HANDSHAKE_TIMEOUT,
+    IDLE_TIMEOUT,
+)
+from tillsync.tools.cli_common import above_zero
 
 CALL_TIMEOUT = 30.0
 
@@ -27,6 +35,21 @@ def add_run_arguments(sub: argparse.ArgumentParser, port_type: Any) -> None:
     sub.add_argument("--api-port", type=port_type, default=API_PORT, metavar="P",
                      help=f"port of the HTTP API (default {API_PORT}; 0 picks a free one)")
     sub.add_argument("--no-api", action="store_true", help="do not serve the HTTP API")
+    sub.add_argument("--automerge-handshake-timeout", type=above_zero(float),
+                     default=HANDSHAKE_TIMEOUT, metavar="SECONDS",
+                     help="close an automerge-repo connection (/automerge) whose join has "
+                     f"not come this long after opening (default {HANDSHAKE_TIMEOUT:g}; "
+                     f"close code {CLOSE_HANDSHAKE_TIMEOUT})")
+    sub.add_argument("--automerge-idle-timeout", type=above_zero(float),
+                     default=IDLE_TIMEOUT, metavar="SECONDS",
+                     help="close an automerge-repo connection on which no frame passed "
+                     "either way this long; websocket pings do not count (default "
+                     f"{IDLE_TIMEOUT:g}; close code {CLOSE_IDLE})")
+
+
+def automerge_limits(args: argparse.Namespace) -> ClientLimits:
+    """The limits ``add_run_arguments``'s flags set for /automerge connections."""
+    return ClientLimits(args.automerge_handshake_timeout, args.automerge_idle_timeout)
 
 
 def add_token_verb(sub: argparse.ArgumentParser) -> None:

@@ -317,6 +317,7 @@ async def peer_run(args: argparse.Namespace) -> int:
                         interval=args.interval, relay_enabled=not args.no_relay,
                         handshake_timeout=args.lan_handshake_timeout,
                         api_host=args.api_host, api_port=None if args.no_api else args.api_port,
+                        automerge_limits=api_cli.automerge_limits(args),
                         deadlines=deadlines)
     node = Node(config)
     shutdown = Shutdown(f"the daemon of {args.dir}", node.stop, deadlines)

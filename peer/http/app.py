@@ -30,7 +30,8 @@ async def _page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
 
-def build(ctx: ApiContext, gate: Gate, ops: TillOps | None = None) -> web.Application:
+def build(ctx: ApiContext, gate: Gate, ops: TillOps | None = None,
+          amrepo_limits: amrepo.ClientLimits = amrepo.DEFAULT_LIMITS) -> web.Application:
     app = web.Application(middlewares=[errors_middleware, gate.middleware],
                           client_max_size=MAX_BODY)
     app[KEY] = ctx
@@ -49,17 +50,19 @@ def build(ctx: ApiContext, gate: Gate, ops: TillOps | None = None) -> web.Applic
     app.router.add_routes(routes_data.routes)
     app.router.add_routes(routes_sync.routes)
     app.router.add_routes(routes_files.routes)
-    amrepo.add_routes(app, gate)  # automerge-repo clients, with the same tokens
+    amrepo.add_routes(app, gate, amrepo_limits)  # automerge-repo clients, same tokens
     return app
 
 
 async def serve(path: Path, ctx: ApiContext, host: str, port: int,
-                ops: TillOps | None = None) -> tuple[web.AppRunner, str]:
+                ops: TillOps | None = None,
+                amrepo_limits: amrepo.ClientLimits = amrepo.DEFAULT_LIMITS,
+                ) -> tuple[web.AppRunner, str]:
     """Start serving; returns the runner (``cleanup()`` stops it) and the base URL."""
     # Master data read into memory once, now: a front end's first full read (the whole
     # catalogue, at start-up) then costs no Automerge read (~0.2-0.3 s at 20,000 products).
     ctx.till.master.warm()
-    runner = web.AppRunner(build(ctx, Gate(path), ops), access_log=None,
+    runner = web.AppRunner(build(ctx, Gate(path), ops, amrepo_limits), access_log=None,
                            shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -29,7 +29,8 @@ async def start(node: Node, stack: contextlib.AsyncExitStack, host: str, port: i
     watcher = asyncio.create_task(node.events.watch(till), name="tillsync events")
     stack.push_async_callback(_cancel, watcher)
     ops = TillOps(till, node.status, lambda: node.last_sync_ok)
-    runner, url = await serve(node.config.path, ctx, host, port, ops)
+    runner, url = await serve(node.config.path, ctx, host, port, ops,
+                              node.config.automerge_limits)
     stack.push_async_callback(stop, node.config.path, runner)
     log.info("serving the till's API on %s", url)
     return url

@@ -30,6 +30,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from tillsync.peer import client
+from tillsync.peer.amrepo.till import ClientLimits
 from tillsync.peer.errors import InvalidInput, StoreError
 from tillsync.peer.http import daemon as http_api
 from tillsync.peer.http.app import API_HOST
@@ -62,6 +63,7 @@ class NodeConfig:
     handshake_timeout: float = HANDSHAKE_TIMEOUT  # seconds an accepted link has to log in
     api_host: str = API_HOST
     api_port: int | None = None  # the HTTP API's port (0: any); None: no API
+    automerge_limits: ClientLimits = field(default_factory=ClientLimits)  # /automerge's
     deadlines: Deadlines = field(default_factory=Deadlines)  # of a graceful stop
 
 

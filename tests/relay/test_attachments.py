@@ -10,7 +10,8 @@ mid-file or flip a byte of a chunk, and records what passes.
   and nothing of it is stored;
 - the relay serves a file behind the store's token, and no other store's token;
 - a file no entry or record names (an upload never used) stays at the till, and
-  ``peer files --prune`` removes it once old enough, never a named one.
+  ``peer files --prune`` removes it once old enough, never a named one;
+- a partial of a file the relay now holds whole goes when the relay starts.
 """
 
 from __future__ import annotations
@@ -186,6 +187,17 @@ def _fetch(relay: RelayProcess, sha: str, token: str, store: str = STORE
         return exc.code, exc.read(), exc.headers.get("Content-Type", "")
 
 
+def _expense_with_a_receipt_synced(tmp_path: Path, till: TillDir) -> tuple[Path, str]:
+    """An expense with a small PDF receipt recorded at ``till`` and synced (the file
+    reaches the relay); the receipt's path and hash."""
+    receipt = tmp_path / "r.pdf"
+    receipt.write_bytes(b"%PDF-1.4\n" + os.urandom(3000))
+    run_cli("peer", "record", str(till.path), "expense", "--body", json_text(EXPENSE),
+            "--attach", str(receipt))
+    assert till.sync_json()["files"] == 1
+    return receipt, hashlib.sha256(receipt.read_bytes()).hexdigest()
+
+
 def _files(till: TillDir) -> dict[str, dict[str, Any]]:
     return {row["sha256"]: row for row in cli_json("peer", "files", str(till.path))}
 
@@ -298,12 +310,7 @@ def test_a_file_is_served_behind_its_own_stores_token_only(
         till = _till(tmp_path, relay, "Till 1")
         other = TillDir(tmp_path / "other", "Other")
         other.init(relay, "store-other")
-        receipt = tmp_path / "r.pdf"
-        receipt.write_bytes(b"%PDF-1.4\n" + os.urandom(3000))
-        sha = hashlib.sha256(receipt.read_bytes()).hexdigest()
-        run_cli("peer", "record", str(till.path), "expense", "--body",
-                json_text(EXPENSE), "--attach", str(receipt))
-        assert till.sync_json()["files"] == 1
+        receipt, sha = _expense_with_a_receipt_synced(tmp_path, till)
         status, body, media = _fetch(relay, sha, _token(relay))
         assert (status, body, media) == (200, receipt.read_bytes(), "application/pdf")
         foreign = _token(relay, "store-other")
@@ -346,3 +353,29 @@ def test_an_upload_no_entry_names_stays_at_the_till_and_is_pruned(
         assert gone == {"removed": [unused.to_json()]}
         assert set(_files(till)) == set(named)
         assert run_cli("peer", "verify", str(till.path)).returncode == 0
+
+
+def test_a_partial_of_a_file_now_whole_is_dropped_when_the_relay_starts(
+        tmp_path: Path, relay_db: str | None) -> None:
+    """A cut transfer's partial whose file is now whole at the relay goes when the relay
+    starts, with no till offering the file again; a partial of a file the relay does not
+    hold stays (a till resumes it), and the whole file is served as before."""
+    with Relays(tmp_path / "relays", relay_db) as relays:
+        relay = relays.start()
+        till = _till(tmp_path, relay, "Till 1")
+        receipt, sha = _expense_with_a_receipt_synced(tmp_path, till)
+        relay.kill()
+        files = store_files(relay.data, STORE)
+        assert files.has(sha)
+        absent = hashlib.sha256(b"not here yet").hexdigest()
+        partial = files.root / "partial"
+        # Left by transfers cut short: one of the file that then came whole, one of a
+        # file still to come.
+        (partial / sha).write_bytes(receipt.read_bytes()[:1000])
+        (partial / absent).write_bytes(b"%PDF-1.4\n")
+        relay.start()
+        assert sorted(p.name for p in partial.iterdir()) == [absent]
+        assert files.received(absent) == len(b"%PDF-1.4\n")
+        assert _fetch(relay, sha, _token(relay)) == (200, receipt.read_bytes(),
+                                                     "application/pdf")
+        assert "dropped 1 partial files of files held whole" in relay.stderr()

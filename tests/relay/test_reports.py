@@ -4,19 +4,36 @@ itself from the sale bodies it recorded."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.doubles import sale
 from tests.relay.databases import REJECTED_BEFORE_SCHEMA_7, invoices_before_schema_6
-from tests.relay.processes import RelayProcess, Relays, TillDir, cli_json, query, run_cli
+from tests.relay.processes import (
+    Chain,
+    RawSession,
+    RelayProcess,
+    Relays,
+    TillDir,
+    cli_json,
+    enroll_code,
+    in_thread,
+    query,
+    run_cli,
+)
+from tests.relay.test_report_api import get
+from tillsync.peer.client import enroll
+from tillsync.peer.identity import DeviceKey
 from tillsync.relay.storage.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from tillsync.relay.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 
@@ -253,3 +270,64 @@ def test_reports_refuse_bad_dates_unknown_stores_and_a_missing_database(
                    check=False)
     assert done.returncode == 2 and "no relay database" in done.stderr
     assert not (tmp_path / "empty").exists()  # a report never creates a database
+
+
+@pytest.mark.slow
+def test_the_waiting_list_shows_entries_until_what_they_wait_for_arrives(
+        tmp_path: Path, relays: Relays) -> None:
+    """Till B (played by hand, as are all devices here) resumes a held sale of Till A's and
+    records a cash movement in Till A's shift before Till A has synced either: both wait,
+    and the waiting list shows each with what it waits for, on the CLI and the API, until
+    Till A's entries arrive."""
+    relay = relays.start()
+    store = "store-waiting"
+
+    async def device(name: str) -> Chain:
+        key, device_id = DeviceKey.generate(), str(uuid.uuid4())
+        await enroll(relay.url, enroll_code(relay, store, name), name, key, device_id)
+        return Chain(key, device_id)
+
+    def report() -> Any:
+        return cli_json("report", "waiting", *where(relay), "--store", store)
+
+    async def push(chain: Chain) -> None:
+        session = await RawSession.open(relay.url, store, chain.device_id, chain.key)
+        try:
+            assert (await session.push(chain.entries)).heads == {chain.device_id: chain.seq}
+        finally:
+            await session.close()
+
+    async def run() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        a, b = await device("Till A"), await device("Till B")
+        shift_a = a.next("shift_open", {"cashier_id": "ann", "opening_cash": 1000})
+        held = a.next("held_sale", {"lines": [{"product_id": "bread", "qty": 2,
+                                               "unit_price": 320}],
+                                    "shift_client_id": shift_a.client_id})
+        shift_b = b.next("shift_open", {"cashier_id": "bob", "opening_cash": 500})
+        resumed = b.next("sale", sale(("bread", 2, 320), shift_client_id=shift_b.client_id,
+                                      held_transaction_client_id=held.client_id))
+        moved = b.next("cash_movement", {"direction": "in", "amount": 500, "reason": "float",
+                                         "shift_client_id": shift_a.client_id})
+        await push(b)
+        waiting = report()
+        token = cli_json("relay", "token", "--data", str(relay.data),
+                         *(["--db", relay.db] if relay.db else []), "--store", store)["token"]
+        assert await asyncio.to_thread(get, relay, f"/api/v1/stores/{store}/reports/waiting",
+                                       token) == (200, waiting)
+        received = dict(query(relay, "SELECT client_id, received_at FROM entries WHERE "
+                                     "store = ?", (store,)))
+        assert waiting == [
+            {"at": e.client_created_at, "kind": e.kind, "client_id": e.client_id,
+             "device_id": b.device_id, "till": "Till B", "seq": e.seq, "ticket": e.ticket,
+             "waiting_for": dependency, "received_at": received[e.client_id]}
+            for e, dependency in sorted([(resumed, held.client_id),
+                                         (moved, shift_a.client_id)],
+                                        key=lambda x: (x[0].client_created_at,
+                                                       x[0].client_id))]
+        await push(a)  # what they wait for arrives: both are decided, none waits
+        return waiting, report()
+
+    waiting, after = in_thread(run)
+    assert len(waiting) == 2
+    assert after == []
+    assert query(relay, "SELECT count(*) FROM waiting WHERE store = ?", (store,)) == [(0,)]
