@@ -128,3 +128,10 @@ def test_relay_serve_refuses_a_bad_port_before_it_creates_anything(
                  check=False)
     assert result.returncode == 2 and "argument --port" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "relay").exists()
+
+
+def test_log_refuses_an_unknown_kind_rather_than_calling_the_log_empty(till: Path) -> None:
+    result = cli("peer", "log", str(till), "--kind", "sael", check=False)
+    assert result.returncode == 2 and "invalid choice: 'sael'" in result.stderr, result.stderr
+    assert "the log is empty" not in result.stdout
+    assert "shift_open" in cli("peer", "log", str(till), "--kind", "shift_open").stdout
