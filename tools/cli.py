@@ -481,7 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_peer_enroll(verb, peer_init)
     add_peer_invoice(verb)
     sub = verb("log", peer_log, "list log entries")
-    sub.add_argument("--kind", help="only this kind")
+    sub.add_argument("--kind", choices=ENTRY_KINDS, metavar="KIND",
+                     help=f"only this kind: {', '.join(ENTRY_KINDS)}")
     backup.add_peer_verb(verb)
     cli_files.add_peer_verbs(verbs, verb)
     return parser

@@ -35,6 +35,7 @@ from tillsync.tools.cli_common import (
     above_zero,
     add_log_format_flag,
     emit,
+    port_arg,
     shutdown_deadlines,
 )
 from tillsync.tools.cli_ops import before_serve, check_hours
@@ -205,8 +206,10 @@ def add_relay(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     sub = relay_verbs.add_parser("serve", help="serve devices over websockets",
                                  description="serve devices over websockets")
     sub.add_argument("--data", required=True, metavar="DIR", help="the relay's data folder")
-    sub.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    sub.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
+                     "127.0.0.1: this machine only; 0.0.0.0 for tills on other machines)")
+    sub.add_argument("--port", type=port_arg, default=8765,
+                     help="port (default 8765; 0 picks a free one)")
     sub.add_argument("--db", metavar="URL", help=DB_HELP)
     sub.add_argument("--workers", type=int, default=1, metavar="N",
                      help="start N relay processes sharing the port (needs --db)")
@@ -257,7 +260,9 @@ def add_relay(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     sub.add_argument("--db", metavar="URL", help=DB_HELP)
     sub.add_argument("--store", required=True, help="store id (created on first use)")
     sub.add_argument("--name", required=True, help="the device's name")
-    sub.add_argument("--role", default="till", choices=["till", "backoffice", "admin"])
+    sub.add_argument("--role", default="till", choices=["till", "backoffice", "admin"],
+                     help="till (default: sells, may not change prices or settings), "
+                     "backoffice or admin")
     sub.add_argument("--hours", type=float, default=24.0, help="validity (default 24)")
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(func=relay_enroll)

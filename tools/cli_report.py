@@ -280,12 +280,18 @@ async def report_more(args: argparse.Namespace) -> int:
     else:
         report_out(args, found["breakdown"], columns, empty)
         if not args.csv:
-            print(f"{found['product_id']} ({found['name'] or 'not in the catalogue'}): "
-                  f"{found['qty']} sold, {found['refunded_qty']} refunded, in "
-                  f"{found['sales']} sales; gross {found['gross']}, refunds "
-                  f"{found['refunds']}, revenue {found['revenue']}, average unit price "
-                  f"{found['avg_unit_price']}")
+            print(product_summary(found))
     return 0
+
+
+def product_summary(found: dict[str, Any]) -> str:
+    """The line under ``report product``'s table; no average price when nothing sold."""
+    average = found["avg_unit_price"]
+    return (f"{found['product_id']} ({found['name'] or 'not in the catalogue'}): "
+            f"{found['qty']} sold, {found['refunded_qty']} refunded, in {found['sales']} "
+            f"sales; gross {found['gross']}, refunds {found['refunds']}, revenue "
+            f"{found['revenue']}, average unit price "
+            f"{'none (nothing sold)' if average is None else average}")
 
 
 VERBS = (

@@ -244,6 +244,9 @@ def test_every_report_equals_an_independent_sum_of_what_was_recorded(
     assert report("waiting") == []
     assert run_cli("report", "product", *where(relay), "--store", STORE, "--product",
                    "caviar", check=False).returncode == 2
+    unsold = run_cli("report", "product", *where(relay), "--store", STORE, "--product",
+                     "cheese", "--from", "2020-01-01", "--to", "2020-01-31").stdout
+    assert "0 sold" in unsold and "average unit price none (nothing sold)" in unsold, unsold
 
     # The same over the HTTP API.
     token = cli_json("relay", "token", "--data", str(relay.data),

@@ -119,3 +119,19 @@ def test_a_sale_says_its_number_comes_at_sync_and_a_retry_says_it_is_one(
                  SALE]) == 0
     again = capsys.readouterr().out
     assert again.startswith("already recorded (a retry") and "seq 2" in again
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "abc"])
+def test_relay_serve_refuses_a_bad_port_before_it_creates_anything(
+        tmp_path: Path, port: str) -> None:
+    result = cli("relay", "serve", "--data", str(tmp_path / "relay"), "--port", port,
+                 check=False)
+    assert result.returncode == 2 and "argument --port" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "relay").exists()
+
+
+def test_log_refuses_an_unknown_kind_rather_than_calling_the_log_empty(till: Path) -> None:
+    result = cli("peer", "log", str(till), "--kind", "sael", check=False)
+    assert result.returncode == 2 and "invalid choice: 'sael'" in result.stderr, result.stderr
+    assert "the log is empty" not in result.stdout
+    assert "shift_open" in cli("peer", "log", str(till), "--kind", "shift_open").stdout

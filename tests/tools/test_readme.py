@@ -50,11 +50,7 @@ def test_the_shop_walkthrough_runs_as_written_and_numbers_the_sale(tmp_path: Pat
     relay = subprocess.Popen(["bash", "-c", f"exec {relay_cmd}"], cwd=tmp_path, env=env,
                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while "relay listening" not in (tmp_path / "relay.log").read_text():
-            assert relay.poll() is None and time.monotonic() < deadline, \
-                (tmp_path / "relay.log").read_text()
-            time.sleep(0.1)
+        wait_for_line(relay, tmp_path / "relay.log", "relay listening")
         out = shell([line.replace("8765", str(port)) for line in shop_block], tmp_path, env)
         assert re.search(r"TILL1-000001\s.*INV-000001", out), out
         # The reports section reads the same relay folder.
@@ -62,9 +58,31 @@ def test_the_shop_walkthrough_runs_as_written_and_numbers_the_sale(tmp_path: Pat
                       if b and all(line.startswith("tillsync report ") for line in b)]
         shell([line.replace("TILL1-000042", "TILL1-000001") for line in reports], tmp_path,
               env)
+        api_block_runs_against_the_daemon(tmp_path, env)
     finally:
         stop(relay)
         log.close()
+
+
+def api_block_runs_against_the_daemon(shop: Path, env: dict[str, str]) -> None:
+    """The HTTP API section's curl block, pasted while ``peer run ./till1`` serves it."""
+    (block,) = blocks_under("## The till's HTTP API")
+    port = str(free_port())
+    with open(shop / "till1.log", "w") as log:
+        daemon = subprocess.Popen(
+            ["tillsync", "peer", "run", "./till1", "--no-lan", "--no-relay", "--api-port",
+             port], cwd=shop, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        try:
+            wait_for_line(daemon, shop / "till1.log", "serving the till's API")
+            lines = [line.replace("8767", port) for line in block]
+            assert lines[-1].startswith("curl -N ")  # the live events: endless, so bounded
+            lines[-1] = lines[-1].replace("curl -N ", "curl -N --max-time 2 ") + " || true"
+            out = shell(lines, shop, env)
+        finally:
+            stop(daemon)
+    assert '"ticket": "TILL1-000002"' in out and '"full":false' in out, out
+    assert ": connected" in out, out
 
 
 def test_a_till_from_the_command_line_runs_as_written(tmp_path: Path) -> None:
@@ -73,6 +91,13 @@ def test_a_till_from_the_command_line_runs_as_written(tmp_path: Path) -> None:
     (block,) = blocks_under("## A till from the command line")[:1]
     out = shell(block, tmp_path, env)
     assert "ok:" in out and "TILL1-000001" in out, out
+
+
+def wait_for_line(proc: subprocess.Popen[bytes], log: Path, text: str) -> None:
+    deadline = time.monotonic() + 60
+    while text not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
 
 
 def free_port() -> int:
