@@ -29,7 +29,8 @@ PRODUCTS = [("products", "bread", {"name": "Bread", "sku": "B1", "price": 320}),
             ("cashiers", "ann", {"name": "Ann", "role": "cashier", "pin": "1234"})]
 
 
-async def test_a_link_ending_while_its_task_is_cancelled_passes_the_cancellation_on() -> None:
+async def test_a_link_ending_while_its_task_is_cancelled_passes_the_cancellation_on(
+        tmp_path: Path) -> None:
     """The hang's cause: a link's session ended (its peer went away) and, while it was
     waiting for its own tasks to end, the daemon cancelled it to stop.  The session
     swallowed that cancellation, so its dialling loop went on redialling forever and the
@@ -46,7 +47,8 @@ async def test_a_link_ending_while_its_task_is_cancelled_passes_the_cancellation
             raise ConnectionClosedError(None, None)
 
     link = SimpleNamespace(closed=False, data_to_send=lambda: [])
-    session = PeerSession(cast(Any, None), cast(Any, link), GoneSocket(), "gone", {})
+    till = SimpleNamespace(path=tmp_path)  # the session reads only its files' folder here
+    session = PeerSession(cast(Any, till), cast(Any, link), GoneSocket(), "gone", {})
 
     async def slow_to_end() -> None:  # e.g. a task inside a database call
         try:
