@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -56,6 +57,7 @@ from tillsync.tools.cli_common import (
     emit,
     port_arg,
     read_body,
+    relay_url,
     shutdown_deadlines,
 )
 from tillsync.tools.cli_counter import add_peer_delete
@@ -155,7 +157,7 @@ async def peer_record(args: argparse.Namespace) -> int:
             return f"already recorded (a retry with the same --client-id): {what}"
         if data["kind"] == "sale":
             what += ("; official invoice number: assigned at sync (reprint: tillsync peer "
-                     "invoice DIR TICKET)")
+                     f"invoice {shlex.quote(str(args.dir))} {data['ticket']})")
         return f"recorded {what}"
 
     emit(args, data, human)
@@ -407,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--name", required=True, help="device name, e.g. 'Till 3'")
     sub.add_argument("--series", help="provisional ticket series (default: from the name)")
     sub.add_argument("--store", help="store id when not enrolling (default: a new UUID)")
-    sub.add_argument("--relay", metavar="URL", help="relay to enroll with, ws://host:port")
+    sub.add_argument("--relay", metavar="URL", type=relay_url,
+                     help="relay to enroll with, ws://host:port")
     sub.add_argument("--code", help="one-time code from `tillsync relay enroll`")
     sub.add_argument("--tls-pin", metavar="SHA256",
                      help="wss:// relay: accept exactly the TLS certificate with this SHA-256 "
@@ -419,11 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
                "(the daemon that keeps syncing is `peer run`)")
     sub.add_argument("--once", action="store_true",
                      help="one round and exit: what `peer sync` always does (kept for scripts)")
-    sub.add_argument("--relay", metavar="URL", help="relay url (default: the enrolled one)")
+    sub.add_argument("--relay", metavar="URL", type=relay_url,
+                     help="relay url (default: the enrolled one)")
 
     sub = verb("run", peer_run, "daemon: sync with the other tills on the LAN and with the "
                "relay; serve the HTTP API", json_flag=False)
-    sub.add_argument("--relay", metavar="URL", help="relay url (default: the enrolled one)")
+    sub.add_argument("--relay", metavar="URL", type=relay_url,
+                     help="relay url (default: the enrolled one)")
     sub.add_argument("--interval", type=float, default=5.0,
                      help="seconds between relay rounds when nothing new is stored (new "
                           "entries go up at once); failures back off up to 10 s")

@@ -35,6 +35,18 @@ def port_arg(text: str) -> int:
     return port
 
 
+def relay_url(text: str) -> str:
+    """An argparse type: a relay's websocket URL, ws:// or wss:// (an http:// one is a
+    common slip, refused as bad input rather than met as a network failure)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a relay URL: give ws://HOST:PORT (or wss:// with TLS)")
+    return text
+
+
 Number = TypeVar("Number", int, float)
 
 

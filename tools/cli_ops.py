@@ -13,6 +13,7 @@ from typing import Any
 
 from tillsync.peer.enrollment import holds_store
 from tillsync.relay.startup import DataLock, StartRefused, check_port, check_writable
+from tillsync.tools.cli_common import relay_url
 
 EXIT_BAD_INPUT, EXIT_STORE = 2, 3
 
@@ -102,7 +103,7 @@ def add_peer_enroll(verb: Verb, peer_init: Handler) -> None:
 
     sub = verb("enroll", peer_enroll, "enroll a store that exists (a till that sold on its "
                "own) at a relay: its log, tickets and master data are kept and go up")
-    sub.add_argument("--relay", metavar="URL", help="relay, ws://host:port")
+    sub.add_argument("--relay", metavar="URL", type=relay_url, help="relay, ws://host:port")
     sub.add_argument("--code", help="one-time code from `relay enroll`")
     sub.add_argument("--tls-pin", metavar="SHA256", help="as for `peer init`")
     sub.add_argument("--tls-ca", metavar="FILE", type=os.path.abspath, help="as for `peer init`")

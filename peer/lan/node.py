@@ -114,7 +114,12 @@ class Node:
                     host = "127.0.0.1" if config.lan_host in ("0.0.0.0", "") \
                         else config.lan_host
                     self.listening = f"ws://{host}:{port}/"
-                    log.info("listening for LAN peers on %s", self.listening)
+                    if config.lan_host in ("0.0.0.0", ""):
+                        log.info("listening for LAN peers on port %d of every address "
+                                 "(other tills dial ws://THIS-MACHINE'S-LAN-ADDRESS:%d/)",
+                                 port, port)
+                    else:
+                        log.info("listening for LAN peers on %s", self.listening)
                     if config.mdns:
                         await self._start_mdns(stack, port)
                 for url in config.peers:

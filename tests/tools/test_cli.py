@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,8 @@ def test_a_sale_says_its_number_comes_at_sync_and_a_retry_says_it_is_one(
     first = capsys.readouterr().out
     assert first.startswith("recorded sale seq 2") and "ticket TILL1-000001" in first
     assert "official invoice number: assigned at sync" in first
+    # The reprint hint is a command to paste, with this store and this ticket.
+    assert f"(reprint: tillsync peer invoice {shlex.quote(str(till))} TILL1-000001)" in first
     assert main(["peer", "record", str(till), "sale", "--client-id", retry, "--body",
                  SALE]) == 0
     again = capsys.readouterr().out
@@ -135,3 +138,15 @@ def test_log_refuses_an_unknown_kind_rather_than_calling_the_log_empty(till: Pat
     assert result.returncode == 2 and "invalid choice: 'sael'" in result.stderr, result.stderr
     assert "the log is empty" not in result.stdout
     assert "shift_open" in cli("peer", "log", str(till), "--kind", "shift_open").stdout
+
+
+@pytest.mark.parametrize("verb", [["peer", "init", "{dir}", "--name", "X", "--code", "C"],
+                                  ["peer", "sync", "{dir}", "--once"]])
+def test_an_http_relay_url_is_bad_input_not_a_network_failure(
+        tmp_path: Path, verb: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [a.replace("{dir}", str(tmp_path / "t")) for a in verb]
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--relay", "http://127.0.0.1:8765"])
+    assert exited.value.code == 2
+    assert "is not a relay URL: give ws://HOST:PORT" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()  # nothing created
