@@ -182,7 +182,8 @@ class Medium:
                 self.sent.append((offset, length))
                 data = self.source[offset:offset + length]
                 if corrupt is not None and offset <= corrupt < offset + length:
-                    data = data.replace(data[:1], b"\0", 1)
+                    at = corrupt - offset  # that byte flipped: always a change
+                    data = data[:at] + bytes([data[at] ^ 1]) + data[at + 1:]
                     corrupt = None
                 verdict = incoming.chunk(sha, offset, length)
                 if verdict == "resync":
