@@ -40,8 +40,8 @@ from tillsync.peer.files import TillFiles
 from tillsync.peer.http.app import served_url
 from tillsync.peer.http.auth import owner_token
 from tillsync.peer.store import Till
-from tillsync.tools.bench_store import SHIFT, sale_bodies
-from tillsync.tools.workload import machine, percentile, products_for_sales, progress
+from tillsync.tools.bench_store import ready_to_sell, sale_bodies
+from tillsync.tools.workload import machine, percentile, progress
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -84,11 +84,7 @@ async def _setup(root: Path) -> tuple[subprocess.Popen[bytes], subprocess.Popen[
     await init_enrolled(till_dir, name="Bench Till", url=url, code=code)
     till = await Till.open(till_dir)
     try:
-        await asyncio.gather(*(till.put("products", pid, body)
-                               for pid, body in products_for_sales().items()))
-        await till.put("cashiers", "ann", {"name": "Ann", "role": "cashier", "pin": "1234"})
-        await till.record("shift_open", {"cashier_id": "ann", "opening_cash": 10_000},
-                          client_id=SHIFT)
+        await ready_to_sell(till)
     finally:
         await till.close()
     daemon = _start(root / "daemon.out", "peer", "run", str(till_dir), "--no-mdns",

@@ -193,16 +193,21 @@ def catalogue_products(count: int, seed: int) -> dict[str, dict[str, Any]]:
     return out
 
 
+async def ready_to_sell(till: Till) -> None:
+    """Give an open till the sales catalogue, a cashier and an open shift (SHIFT)."""
+    await asyncio.gather(*(till.put("products", pid, body)
+                           for pid, body in products_for_sales().items()))
+    await till.put("cashiers", "ann", {"name": "Ann", "role": "cashier", "pin": "1234"})
+    await till.record("shift_open", {"cashier_id": "ann", "opening_cash": 10_000},
+                      client_id=SHIFT)
+
+
 async def sales_store(path: Path) -> Till:
     """A store with the sales catalogue, a cashier and an open shift (SHIFT)."""
     await Till.init(path, name="Bench Till")
     till = await Till.open(path)
     try:
-        await asyncio.gather(*(till.put("products", pid, body)
-                               for pid, body in products_for_sales().items()))
-        await till.put("cashiers", "ann", {"name": "Ann", "role": "cashier", "pin": "1234"})
-        await till.record("shift_open", {"cashier_id": "ann", "opening_cash": 10_000},
-                          client_id=SHIFT)
+        await ready_to_sell(till)
     except BaseException:
         await till.close()  # an open store keeps aiosqlite's (non-daemon) thread alive
         raise
