@@ -60,17 +60,9 @@ from tillsync.relay.faults import storage_fault
 from tillsync.relay.files import default_policy, store_files, sweep_partials
 from tillsync.relay.http import handler as api_handler
 from tillsync.relay.http import new_token
-from tillsync.relay.ingest import (
-    Batch,
-    Checked,
-    IngestResult,
-    adopt,
-    ingest_all,
-    pack_for_worker,
-    prepare,
-    prepare_packed,
-)
+from tillsync.relay.ingest import Batch, IngestResult, ingest_all
 from tillsync.relay.limits import Gate, Limits, LinkWatch
+from tillsync.relay.prepare import Checked, adopt, pack_for_worker, prepare, prepare_packed
 from tillsync.relay.shutdown import InFlight, close_bounded, prepare_worker, stop_serving
 from tillsync.relay.storage import RelayStorage, open_storage, with_retries
 from tillsync.relay.storage.base import DeviceRow

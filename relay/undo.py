@@ -1,4 +1,4 @@
-"""Deciding one entry either takes effect whole or not at all (``relay.ingest``).
+"""Deciding one entry either takes effect whole or not at all (``relay.decide``).
 
 The checks that can be made before anything changes are (``OutOfRange``); for the rest,
 ``Undo`` notes the little an entry's decision may change and puts it back, so that an
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tillsync.relay.ingest import _Batch
+    from tillsync.relay.decide import BatchDecisions
 
 
 class OutOfRange(Exception):
@@ -24,7 +24,7 @@ class Undo:
     before: the few counters, the lengths of what the batch gathers, the stock and
     prices of the products the entry moves.  ``restore`` puts it all back."""
 
-    def __init__(self, batch: _Batch, client_id: str,
+    def __init__(self, batch: BatchDecisions, client_id: str,
                  moves: list[tuple[str, int, Mapping[str, Any] | None]]) -> None:
         self.batch, self.client_id, self.counters = batch, client_id, dict(batch.counters)
         self.lengths = (len(batch.receipts), len(batch.waiting), len(batch.invoices),

@@ -1,7 +1,7 @@
 """Micro-benchmark of the per-entry rules the relay adds to ``prepare``: the canonical
 form of the body (``peer.entry_rules.is_canonical``), the client_id pattern and a sale's
 negative-line check, on the sales ``tools.bench_relay`` sends (1-5 lines, about one in
-four weighed), against the whole of ``relay.ingest.prepare`` for the same entries; and
+four weighed), against the whole of ``relay.prepare.prepare`` for the same entries; and
 the counter's rules a till adds to ``Till.record`` for a sale (``peer.counter_rules``:
 inactive products read from the master document, the balance a sale raises).
 
@@ -27,7 +27,7 @@ from tillsync.peer.identity import DeviceKey
 from tillsync.peer.log import GENESIS_PREV, Entry, seal
 from tillsync.peer.master import MasterData
 from tillsync.peer.totals import line_figures
-from tillsync.relay.ingest import prepare
+from tillsync.relay.prepare import prepare
 from tillsync.tools.workload import positive_int, products_for_sales, sale_body
 
 

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from tillsync.peer.sync.frames import decode, entry_from_wire
-from tillsync.relay.ingest import Batch, prepare
+from tillsync.relay.ingest import Batch
+from tillsync.relay.prepare import prepare
 from tillsync.relay.server import Relay, _Job, code_hash
 from tillsync.tools.bench_relay import build_till, device_key, till_specs
 from tillsync.tools.workload import machine, positive_int, products_for_sales, progress

@@ -99,10 +99,11 @@ def codes_sent_in_error_frames() -> set[str]:
 
 def codes_of_rejections() -> set[str]:
     """Every ``error.code`` of a rejected receipt: ``reject(entry, code, ...)`` and the
-    ``(code, message)`` problems ``relay/ingest.py`` and ``peer/entry_rules.py`` return."""
+    ``(code, message)`` problems ``relay/ingest.py``, ``relay/decide.py`` and
+    ``peer/entry_rules.py`` return."""
     found = set()
     for path, tree in _sources():
-        if path.name not in ("ingest.py", "entry_rules.py"):
+        if path.name not in ("ingest.py", "decide.py", "entry_rules.py"):
             continue
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \

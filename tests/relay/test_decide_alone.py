@@ -1,4 +1,4 @@
-"""Deciding one entry takes effect whole or not at all (``relay.ingest``, ``relay.undo``):
+"""Deciding one entry takes effect whole or not at all (``relay.decide``, ``relay.undo``):
 an entry that would take a running figure out of the range, or that fails while it is
 applied, is rejected alone, and the store's counters, stock and totals stay exact.
 In process, on real SQLite storage."""

@@ -14,7 +14,7 @@ from tests.relay.processes import Relays, TillDir, in_thread
 from tillsync.peer.identity import DeviceKey
 from tillsync.peer.log import GENESIS_PREV, Entry, seal, seal_bytes
 from tillsync.peer.store import Till
-from tillsync.relay.ingest import adopt, pack_for_worker, prepare, prepare_packed
+from tillsync.relay.prepare import adopt, pack_for_worker, prepare, prepare_packed
 from tillsync.tools.bench_relay import children
 from tillsync.tools.workload import products_for_sales, sale_body
 

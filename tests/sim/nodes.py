@@ -57,7 +57,8 @@ from tillsync.peer.sync.engine import (
 )
 from tillsync.peer.sync.receipts import verify_receipts
 from tillsync.relay.documents import Hubs, StoreHub
-from tillsync.relay.ingest import Batch, Checked, IngestResult, ingest_all, prepare
+from tillsync.relay.ingest import Batch, IngestResult, ingest_all
+from tillsync.relay.prepare import Checked, prepare
 from tillsync.relay.server import INGEST_WINDOW, MAX_JOBS_PER_COMMIT, RECEIPTS_PER_FRAME
 from tillsync.relay.storage import SQLiteStorage
 
