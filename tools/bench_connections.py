@@ -2,7 +2,8 @@
 
 1. tillsync: a real relay (``relay serve``, its own process) and ``--devices`` + 1
    devices of one store, each enrolled over the wire with a one-time code and a key of
-   its own.  One device logs in first (the store's first login loads its state once);
+   its own (through a relay process stopped before the measured one starts, so that it
+   never held the enrollments' connections).  One device logs in first (the store's first login loads its state once);
    then the other ``--devices`` log in at once, ``--concurrency`` handshakes in flight
    at a time (hello, challenge, auth, welcome: both signatures checked), and stay
    connected, idle.
@@ -162,15 +163,22 @@ async def tillsync_side(root: Path, devices: int, concurrency: int) -> dict[str,
         codes = [await relay.new_code(STORE, f"Till {i}") for i in range(devices + 1)]
     finally:
         await relay.close()
-    server = await Server.start([sys.executable, "-m", "tillsync.tools.cli", "relay", "serve",
-                                 "--data", str(data), "--host", "127.0.0.1", "--port", "0"],
-                                root / "relay.log")
-    url = f"ws://127.0.0.1:{server.port}"
-    idle = Idle()
+    command = [sys.executable, "-m", "tillsync.tools.cli", "relay", "serve",
+               "--data", str(data), "--host", "127.0.0.1", "--port", "0"]
+    # Enrolled through a relay process of their own: the measured one must not hold (or
+    # free during the measurement, and reuse) the memory of 1,001 enrollment connections.
+    server = await Server.start(command, root / "enroll.log")
     try:
         progress(f"tillsync: enrolling {devices + 1} devices")
         enrolled = await _bounded(concurrency, [
-            functools.partial(enroll, url, c, i) for i, c in enumerate(codes)])
+            functools.partial(enroll, f"ws://127.0.0.1:{server.port}", c, i)
+            for i, c in enumerate(codes)])
+    finally:
+        await server.stop()
+    server = await Server.start(command, root / "relay.log")
+    url = f"ws://127.0.0.1:{server.port}"
+    idle = Idle()
+    try:
 
         async def login(device: str, key: DeviceKey, relay_key: bytes) -> None:
             async def setup(stack: contextlib.AsyncExitStack) -> None:
