@@ -27,7 +27,7 @@ from websockets.asyncio.server import ServerConnection
 from tillsync.peer.amrepo.checks import check_sync
 from tillsync.peer.amrepo.protocol import PATH, Joined, RepoSession, SyncReceived
 from tillsync.peer.errors import InvalidInput
-from tillsync.relay.documents import StoreHub
+from tillsync.relay.documents import StoreHub, Wake
 from tillsync.relay.http import store_of
 from tillsync.relay.limits import LinkWatch
 from tillsync.relay.storage import with_retries
@@ -57,7 +57,7 @@ async def serve(relay: Relay, ws: ServerConnection, watch: LinkWatch) -> None:
     hub = await relay.hubs.get(store)
     session = RepoSession(f"tillsync-relay-{os.urandom(4).hex()}", store)
     sync = am.SyncState()
-    wake = asyncio.Event()
+    wake = Wake()
     pump: asyncio.Task[None] | None = None
     flush = partial(_flush, ws, session, watch.sending)  # each frame sent counts as use
     hub.watch(wake)
@@ -113,7 +113,7 @@ async def _flush(ws: ServerConnection, session: RepoSession, sending: asyncio.Lo
 
 
 async def _pump(hub: StoreHub, session: RepoSession, sync: am.SyncState,
-                wake: asyncio.Event, flush: Callable[[], Awaitable[None]]) -> None:
+                wake: Wake, flush: Callable[[], Awaitable[None]]) -> None:
     """The only generator of this connection's sync messages (one SyncState)."""
     while not session.closed:
         await wake.wait()

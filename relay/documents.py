@@ -16,6 +16,39 @@ from tillsync.relay.storage import RelayStorage
 log = logging.getLogger("tillsync.relay")
 
 
+class Wake:
+    """What a connection's pump sleeps on: ``asyncio.Event``'s ``set``, ``clear`` and
+    ``wait``, for one waiter at a time.  It holds a future only while its pump waits;
+    an ``Event`` keeps a deque of waiters (about 0.7 KiB), and a relay holds one of
+    these for every idle connection."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+
 class StoreHub:
     """One store at this relay process: its document and a signal for changes.
 
@@ -32,7 +65,7 @@ class StoreHub:
         self.position = position
         self.stale = False
         self.changed = asyncio.Event()
-        self._watchers: set[asyncio.Event] = set()  # each connection's pump waker
+        self._watchers: set[Wake] = set()  # each connection's pump waker
         self.lock = asyncio.Lock()  # one document merge at a time
         # (first server_seq, last server_seq, encoded receipts frame): a batch's receipts
         # go to every connected till of the store, so they are encoded once, not per till.
@@ -46,11 +79,11 @@ class StoreHub:
         for wake in self._watchers:
             wake.set()
 
-    def watch(self, wake: asyncio.Event) -> None:
+    def watch(self, wake: Wake) -> None:
         """Set ``wake`` on every change, until ``unwatch``."""
         self._watchers.add(wake)
 
-    def unwatch(self, wake: asyncio.Event) -> None:
+    def unwatch(self, wake: Wake) -> None:
         self._watchers.discard(wake)
 
     def publish(self, receipts: list[dict[str, Any]], position: int, per_frame: int,

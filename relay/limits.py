@@ -24,11 +24,13 @@ from dataclasses import dataclass
 
 from tillsync.peer.sync.deadlines import (
     CLOSE_BUSY,
+    CLOSE_HANDSHAKE_TIMEOUT,
+    CLOSE_IDLE,
     HANDSHAKE_TIMEOUT,
     IDLE_TIMEOUT,
     Activity,
     Closable,
-    watch_link,
+    seconds,
 )
 
 log = logging.getLogger("tillsync.relay")
@@ -56,16 +58,20 @@ class Gate:
 class LinkWatch:
     """One connection's deadlines: ``admit`` it first, call ``logged_in`` once it is
     authenticated, send under ``sending`` (every frame sent counts as activity), call
-    ``heard`` for every frame received and ``end`` when the connection ends."""
+    ``heard`` for every frame received and ``end`` when the connection ends.
+
+    Its clock is one timer of the event loop at a time (the handshake's, then the idle
+    one, re-armed for what is left when it fires early), not a task: a relay holds a
+    connection per device, and an idle one should cost little more than its socket."""
 
     def __init__(self, gate: Gate, ws: Closable, peer: str) -> None:
         self.gate, self.ws, self.peer = gate, ws, peer
         self._activity = Activity()
         self.sending = self._activity.sending
         self.heard = self._activity.heard
-        self._authenticated = asyncio.Event()
         self._counted = False
-        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing: asyncio.Task[None] | None = None
 
     async def admit(self) -> bool:
         """Count the connection in the handshake and start its clock; False (and the
@@ -78,21 +84,45 @@ class LinkWatch:
             return False
         self.gate.handshaking += 1
         self._counted = True
-        self._task = asyncio.create_task(watch_link(
-            self.ws, self._authenticated, self._activity, peer=self.peer,
-            handshake_timeout=limits.handshake_timeout, idle_timeout=limits.idle_timeout))
+        self._timer = asyncio.get_running_loop().call_later(limits.handshake_timeout,
+                                                             self._handshake_due)
         return True
 
     def logged_in(self) -> None:
         self._release()
-        self._authenticated.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._arm(self.gate.limits.idle_timeout)
 
     async def end(self) -> None:
         self._release()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._closing is not None:
+            with contextlib.suppress(Exception):
+                await self._closing
+
+    def _arm(self, delay: float) -> None:
+        self._timer = asyncio.get_running_loop().call_later(delay, self._idle_due)
+
+    def _handshake_due(self) -> None:
+        within = self.gate.limits.handshake_timeout
+        log.warning("%s: no handshake within %s: connection closed", self.peer, seconds(within))
+        self._close(CLOSE_HANDSHAKE_TIMEOUT, f"handshake not completed within {seconds(within)}")
+
+    def _idle_due(self) -> None:
+        limit = self.gate.limits.idle_timeout
+        quiet = asyncio.get_running_loop().time() - self._activity.last
+        if quiet < limit:
+            self._arm(limit - quiet)
+            return
+        log.info("%s: no frame for %s: link closed", self.peer, seconds(limit))
+        self._close(CLOSE_IDLE, f"idle: no frame for {seconds(limit)}")
+
+    def _close(self, code: int, reason: str) -> None:
+        self._timer = None
+        self._closing = asyncio.create_task(self.ws.close(code, reason))
 
     def _release(self) -> None:
         if self._counted:

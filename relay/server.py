@@ -55,7 +55,7 @@ from tillsync.peer.sync.frames import TRANSPORT_MAX
 from tillsync.peer.sync.receipts import relay_behind
 from tillsync.peer.tls import server_context
 from tillsync.relay import amrepo, metrics
-from tillsync.relay.documents import Hubs, StoreHub
+from tillsync.relay.documents import Hubs, StoreHub, Wake
 from tillsync.relay.faults import storage_fault
 from tillsync.relay.files import default_policy, store_files, sweep_partials
 from tillsync.relay.http import handler as api_handler
@@ -284,6 +284,11 @@ class Relay:
             finally:
                 await watch.end()
             return
+        # Nothing reads the opening handshake's headers after it: a device's link may
+        # stay open for days, and they are about 2 KiB of it.
+        for message in (ws.request, ws.response):
+            if message is not None:
+                message.headers.clear()
         link = RelayLink(nonce=os.urandom(32))
         pump: asyncio.Task[None] | None = None
         state: dict[str, Any] = {}
@@ -292,9 +297,10 @@ class Relay:
         sending = watch.sending
         # The pump is the only place that generates this connection's document sync
         # messages (one SyncState, one generator): the handler wakes it instead.
-        wake = asyncio.Event()
-        # Batches queued for the writer, answered in order by ``answering``.
-        queued: asyncio.Queue[_Job] = asyncio.Queue(INGEST_WINDOW)
+        wake = Wake()
+        # Batches queued for the writer, answered in order by ``answering``; both made
+        # when a batch comes and gone once all are answered (an idle link holds neither).
+        queued: asyncio.Queue[_Job] | None = None
         answering: asyncio.Task[None] | None = None
         state["taken"] = state["answered"] = 0  # entries frames of this link
         try:
@@ -342,9 +348,6 @@ class Relay:
                         state["hub"] = hub
                         metrics.CONNECTED.inc()  # taken off in ``finally``, as is the hub
                         state["sync"] = am.SyncState()
-                        if self.data is not None:
-                            state["files"] = FileLink(
-                                link, store_files(self.data, event.store), self.files)
                         await self.storage.touch(event.store, event.device, utc_timestamp())
                         position = await self.storage.stream_position(event.store)
                         link.welcome(await self.storage.heads(event.store), position,
@@ -376,16 +379,22 @@ class Relay:
                         self.batches.taken()
                         state["taken"] += 1
                         job = await self._ingest(state["hub"], event, link.device)
-                        await queued.put(job)  # waits while the window is full
-                        if answering is None:
+                        if answering is None or answering.done():
+                            queued = asyncio.Queue(INGEST_WINDOW)
                             answering = asyncio.create_task(
                                 self._answer(ws, link, queued, sending, peer, state))
+                        assert queued is not None
+                        await queued.put(job)  # waits while the window is full
                     elif isinstance(event, DocMessage):
                         state["doc_after_device"] = False
                         await self._doc(link, state["hub"], state["sync"], event.data)
                         wake.set()  # the pump answers
                     elif isinstance(event, FileOffered | FileChunk):
-                        if "files" in state:
+                        if self.data is not None and "hub" in state:
+                            if "files" not in state:  # made by a link's first file frame
+                                state["files"] = FileLink(
+                                    link, store_files(self.data, state["hub"].store),
+                                    self.files)
                             await state["files"].handle(event)
                         else:
                             link.send_file("file_refused", event.sha256, code=WRONG_TYPE,
@@ -439,9 +448,10 @@ class Relay:
 
     async def _answer(self, ws: ServerConnection, link: RelayLink, queued: asyncio.Queue[_Job],
                       sending: asyncio.Lock, peer: str, state: dict[str, Any]) -> None:
-        """Answer a connection's batches as their commits land, in the order they came."""
-        while True:
-            job = await queued.get()
+        """Answer a connection's batches as their commits land, in the order they came;
+        returns once none is left (the handler makes a new queue and task for the next)."""
+        while not queued.empty():
+            job = queued.get_nowait()
             try:
                 result = await job.done
             except Exception as exc:
@@ -600,7 +610,7 @@ class Relay:
             hub.document_changed()
 
     async def _pump(self, ws: ServerConnection, link: RelayLink, hub: StoreHub,
-                    state: dict[str, Any], sending: asyncio.Lock, wake: asyncio.Event,
+                    state: dict[str, Any], sending: asyncio.Lock, wake: Wake,
                     after: int) -> None:
         """Push receipts after ``after`` and the document sync messages, each time the
         hub or the handler wakes it.  The only generator of this connection's document
