@@ -3,10 +3,10 @@
 1. tillsync: a real relay (``relay serve``, its own process) and ``--devices`` + 1
    devices of one store, each enrolled over the wire with a one-time code and a key of
    its own (through a relay process stopped before the measured one starts, so that it
-   never held the enrollments' connections).  One device logs in first (the store's first login loads its state once);
-   then the other ``--devices`` log in at once, ``--concurrency`` handshakes in flight
-   at a time (hello, challenge, auth, welcome: both signatures checked), and stay
-   connected, idle.
+   never held the enrollments' connections).  One device logs in first (the store's
+   first login loads its state once); then the other ``--devices`` log in at once,
+   ``--concurrency`` handshakes in flight at a time (hello, challenge, auth, welcome:
+   both signatures checked), and stay connected, idle.
 2. baseline (same run): pycrdt-websocket's ``WebsocketServer`` (its own process, the
    same ``websockets`` library, one room) and as many clients, each a pycrdt ``Doc``
    whose ``Provider`` has finished the first sync; one first, then the rest.
