@@ -60,6 +60,18 @@ def _check_db(args: argparse.Namespace) -> None:
                        EXIT_BAD_INPUT)
 
 
+def _existing_relay(args: argparse.Namespace) -> Path:
+    """``--data`` of a verb that works on a relay already made (enroll, token, revoke):
+    a folder that holds no relay key is a typo, not a new relay, whose codes or tokens no
+    running relay would know."""
+    data = Path(args.data)
+    if not (data / "relay.key").is_file():
+        raise CliError(f"no relay in {data} (it holds no relay.key): give the --data folder "
+                       f"of `tillsync relay serve`, or make a relay there first with "
+                       f"`tillsync relay migrate --data {data}`", EXIT_BAD_INPUT)
+    return data
+
+
 def relay_serve_workers(args: argparse.Namespace) -> int:
     """``relay serve --workers N``: this process supervises N relay processes (run from
     the main thread, outside any event loop: it handles the signals)."""
@@ -151,7 +163,7 @@ async def relay_migrate(args: argparse.Namespace) -> int:
 async def relay_enroll(args: argparse.Namespace) -> int:
     _check_db(args)
     check_hours(args.hours)
-    relay = await Relay.open(Path(args.data), args.db)
+    relay = await Relay.open(_existing_relay(args), args.db)
     try:
         code = await relay.new_code(args.store, args.name, args.role,
                                     timedelta(hours=args.hours))
@@ -171,7 +183,7 @@ async def relay_enroll(args: argparse.Namespace) -> int:
 
 async def relay_token(args: argparse.Namespace) -> int:
     _check_db(args)
-    relay = await Relay.open(Path(args.data), args.db)
+    relay = await Relay.open(_existing_relay(args), args.db)
     try:
         token = await relay.new_token(args.store)
     finally:
@@ -185,7 +197,7 @@ async def relay_token(args: argparse.Namespace) -> int:
 
 async def relay_revoke(args: argparse.Namespace) -> int:
     _check_db(args)
-    relay = await Relay.open(Path(args.data), args.db)
+    relay = await Relay.open(_existing_relay(args), args.db)
     try:
         row = await relay.revoke(args.store, args.device)
     finally:

@@ -83,11 +83,24 @@ def test_a_second_relay_on_one_sqlite_data_folder_is_refused(tmp_path: Path) -> 
 def test_serve_on_a_read_only_data_folder_refuses_to_start(tmp_path: Path, disk: Disk
                                                            ) -> None:
     data = disk.mount / "relay"
-    run_cli("relay", "enroll", "--data", str(data), "--store", "s", "--name", "Till 1")
+    run_cli("relay", "migrate", "--data", str(data))
     disk.remount("ro")
     result = run_cli("relay", "serve", "--data", str(data), "--port", "0", check=False)
     line = one_line_refusal(result, 2)
     assert "read-only" in line and str(data) in line
+
+
+@pytest.mark.parametrize("verb", [["enroll", "--name", "Till 1"], ["token"],
+                                  ["revoke", "--device", "d"]])
+def test_a_verb_on_a_relay_refuses_a_folder_without_one(tmp_path: Path, verb: list[str]
+                                                       ) -> None:
+    """A mistyped --data is not a new relay: its codes would be for no running relay."""
+    typo = tmp_path / "rleay"
+    result = run_cli("relay", verb[0], "--data", str(typo), "--store", "s", *verb[1:],
+                     check=False)
+    line = one_line_refusal(result, 2)
+    assert "no relay in" in line and "relay migrate --data" in line
+    assert not typo.exists()
 
 
 @pytest.mark.parametrize("hours", ["0", "-1", "nan"])
