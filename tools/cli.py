@@ -387,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_report(areas)
     demo_parser = areas.add_parser("demo", help="a relay and three tills through an outage, "
                                    "end to end",
-                                   description=demo_module.__doc__,
+                                   # the docstring's reST literals, as a terminal shows code
+                                   description=(demo_module.__doc__ or "").replace("``", "`"),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     demo_module.add_arguments(demo_parser)
     demo_parser.set_defaults(func=demo_module.demo)
