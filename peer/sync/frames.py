@@ -58,8 +58,10 @@ def _is_list(v: object) -> bool:
     return isinstance(v, list) and len(v) <= MAX_BATCH
 
 
-def _is_map(v: object) -> bool:
-    return isinstance(v, dict)
+def _is_heads(v: object) -> bool:
+    """Device id -> seq: every seq in tillsync's one range, like every seq on the wire
+    (a seq past it could be neither stored nor compared with what a store holds)."""
+    return isinstance(v, dict) and all(_is_str(k) and _is_int(s) for k, s in v.items())
 
 
 def _is_chunk(v: object) -> bool:
@@ -85,16 +87,16 @@ MESSAGES: dict[str, dict[str, Callable[[object], bool]]] = {
                  "cert": _is_cert},
     "challenge": {"nonce": _is_bytes(32), "relay_key": _is_bytes(32), "sig": _is_bytes(64)},
     "auth": {"sig": _is_bytes(64)},
-    "welcome": {"heads": _is_map, "receipts_head": _is_int, "cert": _is_cert,
+    "welcome": {"heads": _is_heads, "receipts_head": _is_int, "cert": _is_cert,
                 "revoked": _is_certs},
     # till to till, on the shop LAN (see schemas/protocol/README.md, "LAN links")
     "peer_hello": {"v": _is_int, "store": _is_str, "cert": _is_cert, "nonce": _is_bytes(32)},
     "peer_challenge": {"cert": _is_cert, "nonce": _is_bytes(32), "sig": _is_bytes(64)},
-    "have": {"heads": _is_map, "receipts_head": _is_int},
+    "have": {"heads": _is_heads, "receipts_head": _is_int},
     "certs": {"certs": _is_certs},
     "revoked": {"revoked": _is_certs},
     "entries": {"entries": _is_list},
-    "ingested": {"heads": _is_map, "count": _is_int, "receipts_head": _is_int},
+    "ingested": {"heads": _is_heads, "count": _is_int, "receipts_head": _is_int},
     "receipts": {"receipts": _is_list, "head": _is_int},
     "doc": {"m": _is_bytes()},
     "doc_snapshot": {"data": _is_bytes()},

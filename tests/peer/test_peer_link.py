@@ -593,8 +593,9 @@ def test_empty_have_certs_and_entries_are_allowed() -> None:
 
 @pytest.mark.parametrize("heads", [
     {DIALER: "3"}, {DIALER: True}, {DIALER: None}, {DIALER: 1.5}, {DIALER: [1]},
-    {b"till-a": 3},
-], ids=["str seq", "bool seq", "nil seq", "float seq", "list seq", "bin key"])
+    {b"till-a": 3}, {DIALER: 2**53}, {DIALER: 2**64 - 1}, {"d" * 201: 3}, {"": 3},
+], ids=["str seq", "bool seq", "nil seq", "float seq", "list seq", "bin key",
+        "seq past 2^53 - 1", "seq of 64 bits", "overlong key", "empty key"])
 @pytest.mark.parametrize("t", ["have", "ingested"])
 def test_bad_heads_are_refused_bad_field(t: str, heads: dict[Any, Any]) -> None:
     link = link_in("listener", "ready")
