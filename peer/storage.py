@@ -358,10 +358,11 @@ class TillDB:
         ) as cur:
             return {row[0]: int(row[1]) async for row in cur}
 
-    async def entries_after(self, device_id: str, after_seq: int, limit: int) -> list[Entry]:
+    async def entries_after(self, device_id: str, after_seq: int, upto_seq: int, limit: int
+                            ) -> list[Entry]:
         rows = await self._conn.execute_fetchall(
             f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE device_id = ? AND seq > ? "
-            "ORDER BY seq LIMIT ?", (device_id, after_seq, limit))
+            "AND seq <= ? ORDER BY seq LIMIT ?", (device_id, after_seq, upto_seq, limit))
         return [_row_to_entry(r) for r in rows]
 
     async def store_receipts(self, receipts: Sequence[tuple[str, int, str, bytes]]) -> None:

@@ -46,7 +46,7 @@ from tillsync.peer.identity import KEY_FILE, DeviceKey
 from tillsync.peer.log import GENESIS_PREV, Entry, entry_bytes, seal_bytes
 from tillsync.peer.master import MasterData
 from tillsync.peer.storage import TillDB, disk_fault, open_lock_file
-from tillsync.peer.store_base import _Batch, _stamped_effects
+from tillsync.peer.store_base import Committed, _Batch, _stamped_effects
 from tillsync.peer.store_inbound import Inbound
 from tillsync.peer.store_reads import Reads, VerifyReport
 from tillsync.schemas import SchemaViolation, validate_entry
@@ -161,6 +161,7 @@ class Till(Inbound, Reads):
         self.version = 0  # bumped on every commit; see ``wait_changed``
         self.data_version = 0  # bumped on commits that add entries or document changes
         self._changed = asyncio.Event()
+        self.committed = Committed({}, (), 0)  # see ``_committed``; set by ``open``
         # Told (seconds, entries) after each group commit that wrote something (metrics).
         self.on_commit: Callable[[float, int], None] | None = None
 
@@ -279,6 +280,7 @@ class Till(Inbound, Reads):
                 last = await db.last_ticket(till.device_id)
                 till._tickets = int(last.rsplit("-", 1)[1]) if last else 0
                 await till._load_devices()
+                till._committed()
             except BaseException:
                 await db.close()
                 raise
@@ -373,7 +375,7 @@ class Till(Inbound, Reads):
                 self.meta.update(batch.meta)
                 if batch.entries or batch.chunks or batch.snapshot:
                     self.data_version += 1
-                self._notify()
+                self._committed()
         except Exception as exc:
             # Nothing of this batch is on disk: bring memory back to what is.
             await self._db.rollback()
@@ -401,6 +403,13 @@ class Till(Inbound, Reads):
         self._certs = await self._db.certs()
         self._revoked = await self._db.revocations()
         self._others = {d: h for d, h in (await self._db.heads()).items() if d != self.device_id}
+
+    def _committed(self) -> None:
+        """Note where the store stands, now that memory and disk agree again, and wake
+        the waiters: a snapshot of a few heads, taken once per commit."""
+        self.committed = Committed(self.heads(), tuple(self.master.heads()),
+                                   int(self.meta.get("receipts_seq") or 0))
+        self._notify()
 
     def _notify(self) -> None:
         self.version += 1
@@ -622,18 +631,20 @@ class Till(Inbound, Reads):
             else bytes(32)
         return seq, head
 
-    async def entries_after(self, heads: Mapping[str, int], limit: int) -> list[Entry]:
-        """Entries this store holds beyond ``heads`` (device -> seq), oldest first."""
+    async def entries_after(self, heads: Mapping[str, int], limit: int,
+                            upto: Mapping[str, int] | None = None) -> list[Entry]:
+        """Entries this store holds beyond ``heads`` (device -> seq), oldest first; none
+        beyond ``upto`` if given (e.g. ``committed.heads``: none of a batch in flight)."""
         out: list[Entry] = []
-        for device_id, held in self.heads().items():
+        for device_id, held in (self.heads() if upto is None else upto).items():
             if len(out) >= limit:
                 break
-            upto = self.revoked_upto(device_id)
+            revoked = self.revoked_upto(device_id)
             after = heads.get(device_id, 0)
-            if held <= after or (upto is not None and after >= upto):
+            if held <= after or (revoked is not None and after >= revoked):
                 continue  # no query: nothing newer, or a revoked device's (not passed on)
-            found = await self._db.entries_after(device_id, after, limit - len(out))
-            out += found if upto is None else [e for e in found if e.seq <= upto]
+            found = await self._db.entries_after(device_id, after, held, limit - len(out))
+            out += found if revoked is None else [e for e in found if e.seq <= revoked]
         return out
 
     def heads(self) -> dict[str, int]:

@@ -27,6 +27,20 @@ from tillsync.peer.views import Effect, effects, order_of, stamped
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Committed:
+    """Where the store stood after its last commit (``Till.committed``).
+
+    Memory runs ahead of the disk while a batch is in flight: its ops move the device
+    heads and the master document before its transaction commits, and the writer's own
+    connection reads the rows it has written.  A reader that must not show a write before
+    it is durable (the live events) reads only up to this."""
+
+    heads: Mapping[str, int]  # device id -> highest seq committed; never changed
+    master: tuple[bytes, ...]  # the master document's heads
+    receipts: int  # position in the relay's receipt stream
+
+
 @dataclass
 class _Batch:
     """Rows of one group commit, gathered before the single transaction that writes them."""

@@ -36,17 +36,23 @@ def parse_cursor(text: str) -> list[bytes]:
     return heads
 
 
-def changes_all(till: Till, since: list[bytes]) -> dict[str, Delta]:
-    """Per collection, ids changed (created, edited) or deleted after ``since``: read
-    from the operations of the changes since (``peer.master.changes``), at a cost that
-    grows with them; one Automerge diff of the whole document when there are many, or
-    when an operation writes to an object the index cannot place."""
+def changes_all(till: Till, since: list[bytes], upto: list[bytes] | None = None
+                ) -> dict[str, Delta]:
+    """Per collection, ids changed (created, edited) or deleted after ``since`` (and up
+    to the heads ``upto``, known here, if given): read from the operations of the changes
+    since (``peer.master.changes``), at a cost that grows with them; one Automerge diff of
+    the whole document when there are many, or when an operation writes to an object the
+    index cannot place."""
     master = till.master
     doc = master._doc  # read-only use of the store's own document
     now = doc.get_heads()
-    if set(since) == set(now):
+    upto = now if upto is None else upto
+    if set(since) == set(upto):
         return {}
     changes = doc.get_changes(since)
+    if set(upto) != set(now):  # leave out the changes made after ``upto``
+        later = {c.hash for c in doc.get_changes(upto)}
+        changes = [c for c in changes if c.hash not in later]
     # Automerge treats heads it does not hold as "nothing": every change would come back.
     # Every document here starts from the shared genesis change, so a known cursor never
     # has it among the changes after it.
@@ -55,14 +61,15 @@ def changes_all(till: Till, since: list[bytes]) -> dict[str, Delta]:
                        "another till or a reset store): read the collection in full again",
                        [{"path": "since", "message": "unknown heads"}])
     found = master.records_changed(changes)
-    return found if found is not None else diff_all(master, since)
+    return found if found is not None else diff_all(master, since, upto)
 
 
-def diff_all(master: MasterData, since: list[bytes]) -> dict[str, Delta]:
+def diff_all(master: MasterData, since: list[bytes], upto: list[bytes] | None = None
+             ) -> dict[str, Delta]:
     """What ``changes_all`` answers, from one Automerge diff of the whole document."""
     doc = master._doc
     out: dict[str, Delta] = {}
-    for patch in doc.diff(since, doc.get_heads()):
+    for patch in doc.diff(since, doc.get_heads() if upto is None else upto):
         path, action, key = _read_patch(patch)
         if not path:
             continue  # the collection maps themselves (the genesis change)

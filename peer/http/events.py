@@ -14,9 +14,10 @@ Events (the SSE ``event:`` field, with a JSON ``data:`` object):
             or leaves.
 
 The commit-driven events come from the store's own commit signal (``Till.wait_changed``):
-the bus wakes on each commit and reads what it brought, so nothing polls and nothing is
-missed between two wake-ups.  A subscriber that falls ``QUEUE`` events behind is cut
-off (it reconnects and reads the current state again).
+the bus wakes on each commit and reads what it brought, up to where the store stood when
+it committed (``Till.committed``), so nothing polls, nothing is missed between two
+wake-ups and nothing is told before it is durable.  A subscriber that falls ``QUEUE``
+events behind is cut off (it reconnects and reads the current state again).
 """
 
 from __future__ import annotations
@@ -81,45 +82,45 @@ class EventBus:
         self._peers = now
 
     async def watch(self, till: Till) -> None:
-        """Publish what each commit of the store brings, until cancelled."""
-        heads = till.master.heads()
-        position = till.receipts_position()[0]
-        seen_heads = dict(till.heads())
+        """Publish what each commit of the store brings, until cancelled.
+
+        It reads only up to ``till.committed``, taken after each commit, and moves where
+        it stands only to such a snapshot: a batch still in flight (memory already moved,
+        rows on the writer's connection not yet committed) is neither published early
+        nor skipped; its own wake-up publishes it to whoever is subscribed by then."""
+        done = till.committed
         version = till.version
         while True:
             version = await till.wait_changed(version)
-            if not self._subscribers:  # nobody to tell: only where things stand moves
-                heads, position = till.master.heads(), till.receipts_position()[0]
-                seen_heads = dict(till.heads())
-                continue
-            try:
-                heads = self._master(till, heads)
-                position = await self._receipts(till, position)
-                seen_heads = await self._entries(till, seen_heads)
-            except Exception:  # a bad event must not end the stream of the others
-                log.exception("publishing the store's changes failed")
+            now = till.committed
+            if now is done:
+                continue  # a wake-up with no commit (a file came in)
+            if self._subscribers:  # else nobody to tell: only where things stand moves
+                try:
+                    self._master(till, done.master, now.master)
+                    await self._receipts(till, done.receipts, now.receipts)
+                    await self._entries(till, done.heads, now.heads)
+                except Exception:  # a bad event must not end the stream of the others
+                    log.exception("publishing the store's changes failed")
+            done = now
 
-    def _master(self, till: Till, before: list[bytes]) -> list[bytes]:
-        now = till.master.heads()
+    def _master(self, till: Till, before: tuple[bytes, ...], now: tuple[bytes, ...]) -> None:
         if set(now) == set(before):
-            return before
-        deltas = changes_all(till, before)
+            return
+        deltas = changes_all(till, list(before), list(now))
         for collection in COLLECTIONS:
             delta = deltas.get(collection)
             if delta is not None and (delta.changed or delta.deleted):
                 deleted = sorted(i for i in delta.changed | delta.deleted
-                                 if not till.master.has(collection, i))
+                                 if not till.master.has(collection, i, now))
                 self.publish("master", {"collection": collection, "deleted": deleted,
                                         "changed": sorted(delta.changed - set(deleted)),
-                                        "sync_cursor": cursor_of(now)})
-        return now
+                                        "sync_cursor": cursor_of(list(now))})
 
-    async def _receipts(self, till: Till, after: int) -> int:
-        position = till.receipts_position()[0]
-        if position < after:
-            return position  # rewound for a full resync: they come again
+    async def _receipts(self, till: Till, after: int, position: int) -> None:
+        # Below ``after``: rewound for a full resync, they come again.
         while after < position:
-            batch = await till.stream_after(after, 500)
+            batch = await till.stream_after(after, min(500, position - after))
             if not batch:
                 break
             for r in batch:
@@ -128,20 +129,18 @@ class EventBus:
                                          "invoice": official_number(r),
                                          "device_id": r.get("device_id")})
             after = int(batch[-1]["server_seq"])
-        return position
 
-    async def _entries(self, till: Till, before: dict[str, int]) -> dict[str, int]:
-        now = till.heads()
+    async def _entries(self, till: Till, before: Mapping[str, int],
+                       now: Mapping[str, int]) -> None:
         if now == before:
-            return before
+            return
         seen = dict(before)
-        while batch := await till.entries_after(seen, 1000):
+        while batch := await till.entries_after(seen, 1000, now):
             for entry in batch:
                 seen[entry.device_id] = max(seen.get(entry.device_id, 0), entry.seq)
                 self.publish("entry", {"client_id": entry.client_id, "kind": entry.kind,
                                        "device_id": entry.device_id, "seq": entry.seq,
                                        "ticket": entry.ticket})
-        return seen
 
 
 async def stream(request: web.Request, bus: EventBus) -> web.StreamResponse:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import automerge.core as am
@@ -268,8 +268,10 @@ class MasterData:
     def ids(self, collection: str) -> list[str]:
         return list(self._doc.keys(self._collection(collection)))
 
-    def has(self, collection: str, record_id: str) -> bool:
-        return self._doc.get(self._collection(collection), record_id) is not None
+    def has(self, collection: str, record_id: str, at: Sequence[bytes] | None = None) -> bool:
+        """Whether the record exists now, or at the document's heads ``at``."""
+        return self._doc.get(self._collection(collection), record_id,
+                             None if at is None else list(at)) is not None
 
     def heads(self) -> list[bytes]:
         return list(self._doc.get_heads())
