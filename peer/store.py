@@ -633,10 +633,13 @@ class Till(Inbound, Reads):
 
     async def entries_after(self, heads: Mapping[str, int], limit: int,
                             upto: Mapping[str, int] | None = None) -> list[Entry]:
-        """Entries this store holds beyond ``heads`` (device -> seq), oldest first; none
-        beyond ``upto`` if given (e.g. ``committed.heads``: none of a batch in flight)."""
+        """Entries this store holds beyond ``heads`` (device -> seq), oldest first, and
+        committed: none beyond ``upto``, by default ``committed.heads``.  A batch in flight
+        has moved the heads in memory and its rows are readable on the writer's connection,
+        but it may still fail and its seqs go to other entries: what is sent to a peer or
+        the relay must be durable first."""
         out: list[Entry] = []
-        for device_id, held in (self.heads() if upto is None else upto).items():
+        for device_id, held in (self.committed.heads if upto is None else upto).items():
             if len(out) >= limit:
                 break
             revoked = self.revoked_upto(device_id)
