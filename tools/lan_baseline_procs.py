@@ -182,12 +182,14 @@ async def pycrdt_persisted(edits: int, receivers: int = 4, pause: float = 0.0
             procs.append(server)
             async with asyncio.timeout(30):
                 port = (await server.line())["port"]
-                clients = [await _Proc.start("client", f"ws://127.0.0.1:{port}{ROOM}",
-                                             str(Path(root) / f"client{i}.db"))
-                           for i in range(receivers + 1)]
-                procs += clients
-                for client in clients:
-                    await client.until(lambda line: line.get("ready"))
+                clients: list[_Proc] = []
+                for i in range(receivers + 1):
+                    # One at a time: clients joining a room at once sometimes never get
+                    # the server's answer to their first sync message.
+                    clients.append(await _Proc.start("client", f"ws://127.0.0.1:{port}{ROOM}",
+                                                     str(Path(root) / f"client{i}.db")))
+                    procs.append(clients[-1])
+                    await clients[-1].until(lambda line: line.get("ready"))
             editor, others = clients[0], clients[1:]
             on_links = await _link_bytes(clients)
             for i in range(edits):
