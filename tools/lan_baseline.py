@@ -1,9 +1,18 @@
-"""Baseline for the LAN propagation benchmark: ``python -m tillsync.tools.lan_baseline``.
+"""Baselines for the LAN propagation benchmark: ``python -m tillsync.tools.lan_baseline``.
 
-pycrdt-websocket (Yjs sync protocol, no persistence): a ``WebsocketServer`` room on
-127.0.0.1, 1 editor and N receivers (a pycrdt ``Doc`` each, synced by a ``pycrdt.Provider``),
-all in one process on one event loop.  The editor sets an integer in a Map (a price), one
-edit at a time; delay: from just before the edit to each receiver's Map observer firing.
+pycrdt-websocket (Yjs sync protocol): a ``WebsocketServer`` room on 127.0.0.1, 1 editor
+and N receivers (a pycrdt ``Doc`` each, synced by a ``pycrdt.Provider``).  The editor sets
+an integer in a Map (a price), one edit at a time.  Two set-ups:
+
+- **in-process, no persistence** (``pycrdt_propagation``): server and every client in one
+  process on one event loop; delay from just before the edit to each receiver's Map
+  observer firing.  The floor of the sync protocol itself.
+- **a process per client, each persisting** (``pycrdt_persisted``; ``tools.lan_baseline_procs``):
+  the server in a process of its own and each client in its own, every client storing
+  every update it sees (its own edits too) in SQLite, WAL, ``synchronous=FULL``, one
+  insert and commit per update, as a till stores its document changes; delay from the
+  editor having stored its edit (the update then leaves it) to each receiver having
+  stored it, wall clock across processes.  The set-up tillsync's figure is measured in.
 
 Transport: ``websockets`` (a tillsync dependency, so both benchmarks use the same WebSocket
 library) behind a small ``Channel`` adapter, server and clients alike.  The docs show
@@ -138,13 +147,28 @@ async def pycrdt_propagation(edits: int, receivers: int = 4, pause: float = 0.0
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    from tillsync.tools.lan_baseline_procs import node_main, pycrdt_persisted
+
+    if argv is None:
+        import sys
+
+        argv = sys.argv[1:]
+    if argv[:1] in (["server"], ["client"]):  # (internal) one process of the persisted set-up
+        node_main(argv)
+        return
     ap = argparse.ArgumentParser(prog="python -m tillsync.tools.lan_baseline", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--edits", type=positive_int, default=200, help="edits (default 200)")
     ap.add_argument("--receivers", type=positive_int, default=4, help="receivers (default 4)")
-    args = ap.parse_args()
-    result = asyncio.run(pycrdt_propagation(args.edits, args.receivers))
+    ap.add_argument("--pause", type=float, default=0.0, metavar="MS",
+                    help="wait this long after an edit reached every client (default 0)")
+    ap.add_argument("--persisted", action="store_true",
+                    help="the set-up with a process per client, each persisting every update "
+                         "(default: one process, no persistence)")
+    args = ap.parse_args(argv)
+    run = pycrdt_persisted if args.persisted else pycrdt_propagation
+    result = asyncio.run(run(args.edits, args.receivers, args.pause / 1000))
     print(json.dumps({k: v for k, v in result.items() if k != "latencies_ms"}, indent=2))
 
 

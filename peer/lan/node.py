@@ -35,6 +35,7 @@ from tillsync.peer.errors import InvalidInput, StoreError
 from tillsync.peer.http import daemon as http_api
 from tillsync.peer.http.app import API_HOST
 from tillsync.peer.http.events import EventBus
+from tillsync.peer.lan.docsync import Mesh
 from tillsync.peer.lan.session import PeerInfo, PeerSession
 from tillsync.peer.shutdown import Deadlines, cancel_and_wait
 from tillsync.peer.store import Till
@@ -72,6 +73,7 @@ class Node:
         self.config = config
         self.till: Till | None = None
         self.peers: dict[str, PeerInfo] = {}
+        self.mesh = Mesh()  # who is linked with whom on the LAN, for the document's sync
         self.listening: str | None = None
         self._dialing: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -217,7 +219,7 @@ class Node:
                         try:
                             link = self._link(dialer=True)
                             link.start()
-                            session = PeerSession(till, link, ws, url, self.peers)
+                            session = PeerSession(till, link, ws, url, self.peers, self.mesh)
                             self._status_dirty.set()
                             await session.flush()
                             await session.run()
@@ -252,7 +254,8 @@ class Node:
         address = f"{ws.remote_address[0]}:{ws.remote_address[1]}"
         if till is None or till.cert is None:
             return  # no certificate yet: cannot prove who we are
-        session = PeerSession(till, self._link(dialer=False), ws, address, self.peers)
+        session = PeerSession(till, self._link(dialer=False), ws, address, self.peers,
+                              self.mesh)
         deadline = asyncio.create_task(close_unless_authenticated(
             ws, session.authenticated, self.config.handshake_timeout, f"LAN peer {address}"))
         self._status_dirty.set()

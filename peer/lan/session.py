@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from tillsync.peer.errors import EntryRefused
 from tillsync.peer.filelink import FileLink
 from tillsync.peer.files import TillFiles
-from tillsync.peer.lan.docsync import DocSync
+from tillsync.peer.lan.docsync import DocSync, Mesh
 from tillsync.peer.master.roles import forbidden_changes, refusal
 from tillsync.peer.shutdown import Deadlines, cancel_and_wait
 from tillsync.peer.store import Till
@@ -35,6 +35,7 @@ from tillsync.peer.sync.engine import (
     HaveReceived,
     Ingested,
     LinkFailed,
+    LinksReceived,
     PeerAuthenticated,
     PeerLink,
     ReceiptsReceived,
@@ -80,9 +81,12 @@ class PeerSession:
     """Drives one ``PeerLink`` over one socket until either end closes it."""
 
     def __init__(self, till: Till, link: PeerLink, ws: Socket, address: str,
-                 peers: dict[str, PeerInfo]) -> None:
+                 peers: dict[str, PeerInfo], mesh: Mesh | None = None) -> None:
         self.till, self.link, self.ws, self.address = till, link, ws, address
         self._peers = peers
+        # Who is linked with whom, shared by the node's links (see peer.lan.docsync).
+        self._mesh = mesh if mesh is not None else Mesh()
+        self._up: str | None = None  # the peer's device, while this link counts as up
         self.info: PeerInfo | None = None
         # Why the link was refused for good (another store, a certificate that will not
         # do, a revoked device), if it was: no point dialling again soon.
@@ -121,6 +125,10 @@ class PeerSession:
                     self._note_error(f"{type(exc).__name__}: {exc}")
                     log.warning("LAN link %s: %s", self.address, exc)
         finally:
+            if self._up is not None:
+                self._mesh.unlisten(self._wake.set)
+                self._mesh.down(self._up)
+                self._up = None
             # Not `with suppress(BaseException): await task`: that ate the cancellation
             # of the task running this session, so a daemon told to stop while a link
             # was ending went on redialling forever.
@@ -165,7 +173,11 @@ class PeerSession:
                 self.info.entries_in, self.info.entries_out = \
                     previous.entries_in, previous.entries_out
             self._peers[cert.device] = self.info
-            self._doc = DocSync(till.master, first=till.device_id < cert.device)
+            self._doc = DocSync(till.master, first=till.device_id < cert.device,
+                                mesh=self._mesh, peer=cert.device)
+            self._up = cert.device
+            self._mesh.listen(self._wake.set)
+            self._mesh.up(cert.device)
             self.authenticated.set()
             log.info("LAN link with %s (%s) at %s", cert.name, cert.device, self.address)
             link.send_have(till.heads(), till.receipts_position()[0])
@@ -203,16 +215,18 @@ class PeerSession:
             self._wake.set()
         elif isinstance(event, ReceiptsReceived):
             await self._receipts(event.receipts)
+        elif isinstance(event, LinksReceived):
+            if self.info is not None:
+                self._mesh.stated(self.info.device_id, event.devices)
         elif isinstance(event, DocMessage):
             assert self._doc is not None  # a 'doc' comes only on a ready link
-            if not self._doc.received(event.data, till.master):
-                return  # heads this till holds: nothing to ask, nothing owed
+            data = self._doc.received(event.data, till.master, edit=event.edit)
             try:
                 # The relay's rule, here too: prices and settings only from a back-office
                 # or admin device (by the certificates this till holds), so a till-role
                 # device's price change does not spread on the LAN either.  A change of
                 # a device it holds no certificate of was checked by its forwarder.
-                problems = forbidden_changes(till.master, event.data, till.role_of,
+                problems = forbidden_changes(till.master, data, till.role_of,
                                              unknown_allowed=True)
                 if problems:
                     log.warning("LAN peer %s: document changes refused: %s", self.address,
@@ -220,7 +234,7 @@ class PeerSession:
                     self._note_error(f"forbidden: {problems[0]}")
                     link.fail("forbidden", refusal(problems), fatal=False)
                     return
-                await till.receive_document(self._sync, message=event.data)
+                await till.receive_document(self._sync, message=data)
             except Exception as exc:  # the Automerge binding raises plain Exception
                 log.warning("LAN peer %s: bad document message: %s", self.address, exc)
                 link.fail("bad_document", "the document sync message does not apply",
@@ -298,13 +312,19 @@ class PeerSession:
         """Queue what the link owes its peer of the document; whether anything was."""
         if self._doc is None:
             return False
+        devices = self._doc.links_due()
+        if devices is not None:
+            self.link.send_links(devices)
         message, wake_at = self._doc.outgoing(self.till.master, self._sync, time.monotonic())
         if wake_at is not None and self._doc_timer is None:
             self._doc_timer = asyncio.get_running_loop().call_later(
                 max(0.0, wake_at - time.monotonic()), self._doc_due)
         if message is None:
-            return False
-        self.link.send_doc(message)
+            return devices is not None
+        if self._doc.edit:
+            self.link.send_edit(message)
+        else:
+            self.link.send_doc(message)
         return True
 
     def _doc_due(self) -> None:

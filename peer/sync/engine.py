@@ -115,7 +115,11 @@ class ReceiptsReceived(Event):
 
 @dataclass(frozen=True)
 class DocMessage(Event):
+    """An Automerge sync message; ``edit``: an 'edit' frame (LAN only), the sender's own
+    edit, pushed to every till it is linked with at once."""
+
     data: bytes
+    edit: bool = False
 
 
 @dataclass(frozen=True)
@@ -454,6 +458,13 @@ class RevokedReceived(Event):
     revoked: list[bytes]
 
 
+@dataclass(frozen=True)
+class LinksReceived(Event):
+    """The devices the other till says it has a ready LAN link with (a 'links' frame)."""
+
+    devices: list[str]
+
+
 def peer_transcript(store: str, dialer: str, listener: str, nonce_d: bytes,
                     nonce_l: bytes) -> bytes:
     """What two tills sign: the store, both device ids and both nonces."""
@@ -562,10 +573,21 @@ class PeerLink(_Link):
                                                  for e in message["entries"]]))
         elif t in ("ingested", "receipts", "doc"):
             self._events.append(self._answer(message))
+        elif t == "edit":
+            self._events.append(DocMessage(message["m"], edit=True))
+        elif t == "links":
+            self._events.append(LinksReceived(list(message["devices"])))
         elif t in SENDER_GETS or t in RECEIVER_GETS:
             self._events.append(file_event(message))
         else:
             raise self._unexpected(message)
+
+    def send_edit(self, data: bytes) -> None:
+        """A document sync message sent because of this till's own edit ('edit')."""
+        self._send("edit", m=data)
+
+    def send_links(self, devices: list[str]) -> None:
+        self._send("links", devices=devices)
 
     def send_have(self, heads: dict[str, int], receipts_head: int) -> None:
         self._send("have", heads=heads, receipts_head=receipts_head)

@@ -15,7 +15,7 @@ import msgpack
 
 from tillsync.schemas.limits import INTEGER_MAX
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 MAX_FRAME = 4 * 1024 * 1024  # bytes; a batch of 500 sales is ~250 KB
 # The websocket layer accepts up to twice that, so a frame a little too big gets a
 # 'too_large' error frame and the link goes on; a far bigger one is cut off (close 1009).
@@ -64,6 +64,11 @@ def _is_heads(v: object) -> bool:
     return isinstance(v, dict) and all(_is_str(k) and _is_int(s) for k, s in v.items())
 
 
+def _is_devices(v: object) -> bool:
+    """An array of device ids (as ``hello``'s ``device``)."""
+    return isinstance(v, list) and len(v) <= MAX_BATCH and all(_is_str(d) for d in v)
+
+
 def _is_chunk(v: object) -> bool:
     return isinstance(v, bytes) and 0 < len(v) <= MAX_CHUNK
 
@@ -99,6 +104,8 @@ MESSAGES: dict[str, dict[str, Callable[[object], bool]]] = {
     "ingested": {"heads": _is_heads, "count": _is_int, "receipts_head": _is_int},
     "receipts": {"receipts": _is_list, "head": _is_int},
     "doc": {"m": _is_bytes()},
+    "edit": {"m": _is_bytes()},  # till to till: a 'doc' sent for the sender's own edit
+    "links": {"devices": _is_devices},
     "doc_snapshot": {"data": _is_bytes()},
     # files, on relay and LAN links alike (see schemas/protocol/README.md, "Files")
     "file_offer": {"sha256": _is_bytes(32), "size": _is_int, "type": _is_str},

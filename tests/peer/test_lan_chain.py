@@ -15,7 +15,7 @@ import pytest
 
 from tests.peer.lan_processes import LanTill, assert_no_traceback, wait_until
 from tests.relay.processes import Relays
-from tillsync.peer.lan.docsync import ANNOUNCE_DELAY, DocSync
+from tillsync.peer.lan.docsync import ANNOUNCE_DELAY, DocSync, in_sync_message
 from tillsync.peer.master.document import MasterData, heads_only, message_heads
 
 STORE = "shop-lan-chain"
@@ -51,10 +51,16 @@ def test_a_link_announces_changes_from_elsewhere_only_when_due_and_not_held() ->
     assert message_heads(message) == set(mine.heads())
     assert link.outgoing(mine, state, now=9.0) == (None, None)  # stated once
 
-    # A peer stating heads this till holds is not applied; one this till lacks is.
-    assert not link.received(other.heads_message(), mine)
+    # A peer stating heads this till holds stands for the full message saying it holds
+    # those and nothing more (applied, not answered); one stating heads this till
+    # lacks is applied as it came, and answered.
+    held = link.received(other.heads_message(), mine)
+    assert held == in_sync_message(list(mine.heads())) and not heads_only(held)
+    link.applied()
+    assert link.outgoing(mine, state, now=9.0) == (None, None)
     other.put("products", "bread", {"price": 400})
-    assert link.received(other.heads_message(), mine)
+    lacking = other.heads_message()
+    assert link.received(lacking, mine) == lacking
     # An edit made here goes out at once, as a full sync message.
     mine.put("products", "bread", {"price": 410})
     message, wake_at = link.outgoing(mine, state, now=9.0)

@@ -473,7 +473,7 @@ def test_client_checks_that_each_receipt_is_a_map() -> None:
     assert client.closed
 
 
-@pytest.mark.parametrize("v", [0, 1, 2, 3, 5, 99])
+@pytest.mark.parametrize("v", [0, 1, 2, 3, 4, 6, 99])
 def test_a_hello_of_another_version_is_refused(v: int) -> None:
     relay = RelayLink(nonce=NONCE_R)
     relay.receive_data(_packed(_hello(v=v)))
@@ -740,6 +740,8 @@ def _session_frames() -> list[bytes]:
     dialer.send_revoked([Revocation.issue(RELAY_KEY, store=STORE, device="d9", upto=3,
                                           at="2024-05-01T09:00:00Z").raw])
     listener.send_have({}, 0)
+    listener.send_links([DEVICE, "d7"])
+    listener.send_edit(b"\x42\x03")
     lan += dialer.data_to_send() + listener.data_to_send()
     frames = (pair.sent_by_client + pair.sent_by_relay + enroll.sent_by_client
               + enroll.sent_by_relay + lan)

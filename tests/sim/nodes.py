@@ -30,7 +30,7 @@ from tillsync.peer.cert import Certificate
 from tillsync.peer.client import BATCH, DOC_WAIT, PUSH_WINDOW, SyncError
 from tillsync.peer.errors import EntryRefused, InvalidInput
 from tillsync.peer.identity import DeviceKey
-from tillsync.peer.lan.docsync import DocSync
+from tillsync.peer.lan.docsync import DocSync, Mesh
 from tillsync.peer.lan.session import BATCH as LAN_BATCH
 from tillsync.peer.log import Entry
 from tillsync.peer.store import Till
@@ -47,6 +47,7 @@ from tillsync.peer.sync.engine import (
     HelloReceived,
     Ingested,
     LinkFailed,
+    LinksReceived,
     PeerAuthenticated,
     PeerLink,
     Ready,
@@ -104,6 +105,7 @@ class TillNode:
         self.failures = 0
         self._next: Timer | None = None
         self.lan: dict[int, LanSession] = {}  # LAN links, by connection id
+        self.mesh = Mesh()  # who is linked with whom, as peer.lan.node keeps it
         self.dialing: set[str] = set()  # tills this one is dialling on the LAN
         self._lan_next: Timer | None = None
 
@@ -170,7 +172,8 @@ class TillNode:
         lan.start()
 
     def close_lan(self, lan: LanSession) -> None:
-        self.lan.pop(lan.conn.id, None)
+        if self.lan.pop(lan.conn.id, None) is lan and lan.device is not None:
+            self.mesh.down(lan.device)
         self.world.net.close(lan.conn, self.name)
 
     async def crash(self) -> None:
@@ -181,6 +184,7 @@ class TillNode:
         till, self.till = self.till, None
         self.session = None
         self.lan.clear()
+        self.mesh = Mesh()
         self.dialing = set()
         for timer in (self._next, self._lan_next):
             if timer is not None:
@@ -437,6 +441,7 @@ class LanSession:
                              revoked=lambda device: till.revoked_upto(device) is not None)
         self.sync = am.SyncState()
         self.doc: DocSync | None = None  # once the peer is known
+        self.device: str | None = None  # the peer's device, once it is known
         self.peer_heads: dict[str, int] | None = None
         self.peer_receipts = 0
         self.in_flight = False
@@ -473,7 +478,10 @@ class LanSession:
         till, link, stats = self.till, self.link, self.node.world.stats
         if isinstance(event, PeerAuthenticated):
             await till.add_certs([event.cert.raw])
-            self.doc = DocSync(till.master, first=till.device_id < event.cert.device)
+            self.doc = DocSync(till.master, first=till.device_id < event.cert.device,
+                               mesh=self.node.mesh, peer=event.cert.device)
+            self.device = event.cert.device
+            self.node.mesh.up(event.cert.device)
             link.send_have(till.heads(), till.receipts_position()[0])
             stats["lan_links"] += 1
         elif isinstance(event, HaveReceived):
@@ -501,12 +509,15 @@ class LanSession:
             self.in_flight = False
         elif isinstance(event, ReceiptsReceived):
             await self._receipts(event.receipts)
+        elif isinstance(event, LinksReceived):
+            if self.device is not None:
+                self.node.mesh.stated(self.device, event.devices)
         elif isinstance(event, DocMessage):
             assert self.doc is not None
-            if not self.doc.received(event.data, till.master):
+            data = self.doc.received(event.data, till.master, edit=event.edit)
+            if data != event.data:
                 stats["lan_doc_heads_held"] += 1
-                return
-            await till.receive_document(self.sync, message=event.data)
+            await till.receive_document(self.sync, message=data)
             self.doc.applied()
             stats["lan_doc_messages"] += 1
         elif isinstance(event, RemoteError | LinkFailed):
@@ -541,9 +552,15 @@ class LanSession:
             self._flush()
             return
         assert self.doc is not None
+        devices = self.doc.links_due()
+        if devices is not None:
+            link.send_links(devices)
         # An announcement not due yet goes out on a later pass (the node's tick).
         message, _ = self.doc.outgoing(till.master, self.sync, self.node.world.sched.now)
-        if message is not None:
+        if message is not None and self.doc.edit:
+            link.send_edit(message)
+            self.node.world.stats["lan_doc_edits_pushed"] += 1
+        elif message is not None:
             link.send_doc(message)
         mine = till.heads()
         if not self.in_flight and any(seq > self.peer_heads.get(d, 0)

@@ -139,17 +139,27 @@ async def test_regression_sim_closing_cash_never_negative(tmp_path: Path) -> Non
 # -- the shop's LAN ------------------------------------------------------------------------
 
 
-async def test_lan_links_carry_entries_documents_and_store_and_forward(tmp_path: Path) -> None:
-    """With the relay out of reach of every till, the tills exchange their entries and
-    document changes over the LAN; then only till0 reaches the relay and uploads every
-    till's entries (store-and-forward), and the others get their receipts over the LAN."""
-    world = World(tmp_path / "w", await template(3), seed=4)
+async def lan_shop_without_relay(path: Path, seed: int) -> World:
+    """Three tills on a LAN, started, each with its certificate, the relay out of reach."""
+    world = World(path, await template(3), seed=seed)
     world.lan = True
     await world.start()
     try:
         await world.advance(6.0)  # first rounds: every till gets its certificate
-        for till in world.tills:
-            world.net.partition(till.name, world.relay.name)
+    except BaseException:
+        await world.stop()
+        raise
+    for till in world.tills:
+        world.net.partition(till.name, world.relay.name)
+    return world
+
+
+async def test_lan_links_carry_entries_documents_and_store_and_forward(tmp_path: Path) -> None:
+    """With the relay out of reach of every till, the tills exchange their entries and
+    document changes over the LAN; then only till0 reaches the relay and uploads every
+    till's entries (store-and-forward), and the others get their receipts over the LAN."""
+    world = await lan_shop_without_relay(tmp_path / "w", seed=4)
+    try:
         for i in range(3):
             if world.seeded(i):
                 await world.sale(i, 2, "cash", False)
@@ -167,6 +177,38 @@ async def test_lan_links_carry_entries_documents_and_store_and_forward(tmp_path:
         assert {d: s for d, s in relay_heads.items() if s} == heads[0]
         assert world.till(2).receipts_position() == world.till(0).receipts_position()
         assert world.stats["lan_entries_forwarded"] > 0
+
+        await world.settle()
+        await world.check_final()
+    finally:
+        await world.stop()
+
+
+async def test_an_edit_sent_on_a_dying_lan_link_reaches_the_peer_through_another_till(
+        tmp_path: Path) -> None:
+    """A till does not announce an edit to a peer linked with the edit's author (both
+    say so in their 'links' frames): the author sent it there itself.  If that link was
+    dying, its ends say so once it is gone, and the third till announces the edit: with
+    the relay out of reach, the edit still reaches the peer over the LAN."""
+    world = await lan_shop_without_relay(tmp_path / "w", seed=5)
+    try:
+        await world.advance(5.0)
+        assert all(len(node.mesh.mine) == 2 for node in world.tills)  # a full mesh
+        await world.put_price(0, "p-milk")
+        await world.advance(2.0)
+        assert world.stats["lan_doc_edits_pushed"] == 2  # to both peers, at once
+        assert world.till(2).get("products", "p-milk") == world.till(0).get("products",
+                                                                              "p-milk")
+
+        world.net.partition(world.tills[0].name, world.tills[2].name)  # the link is dying
+        await world.put_price(0, "p-milk")
+        await world.advance(5.0)
+        price = world.till(0).get("products", "p-milk")
+        assert world.till(1).get("products", "p-milk") == price
+        # Till 1 trusts the link till 0 and till 2 both still state: no announcement yet.
+        assert world.till(2).get("products", "p-milk") != price
+        await world.advance(3 * RelayNode.KEEPALIVE)  # the link is closed; 'links' say so
+        assert world.till(2).get("products", "p-milk") == price
 
         await world.settle()
         await world.check_final()
