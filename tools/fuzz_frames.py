@@ -136,7 +136,8 @@ def _valid_fields(t: str, target: Target, rng: random.Random) -> dict[str, Any]:
         "receipts_head": 0, "cert": rng.randbytes(100), "revoked": [], "certs": [],
         "entries": wire, "count": 1, "receipts": [], "head": 0, "m": rng.randbytes(20),
         "data": rng.randbytes(20), "message": "m", "fatal": True,
-        "sha256": rng.randbytes(32), "size": 20, "type": "image/png", "offset": 0}
+        "sha256": rng.randbytes(32), "size": 20, "type": "image/png", "offset": 0,
+        "devices": [target.device]}
     return {"t": t, **{name: values[name] for name in MESSAGES[t]}}
 
 
