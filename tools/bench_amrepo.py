@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from tillsync.peer.amrepo.protocol import document_id
 from tillsync.peer.http.auth import owner_token
 from tillsync.peer.store import Till
 from tillsync.tools.bench_api import build
+from tillsync.tools.ports import free_port
 from tillsync.tools.workload import machine, percentile, progress
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,11 +136,6 @@ async def edits(ws_url: str, doc_url: str, product: str, count: int,
     return latencies
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -156,7 +151,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     doc_url = f"automerge:{doc}"
     token = owner_token(path)
     child = _serve(path)
-    port = _free_port()
+    port = free_port()
     baseline = _Node("amrepo_baseline.mjs",
                      {"BASELINE_ARGS": f"{port} {root / 'doc.bin'} {doc}"})
     try:

@@ -51,6 +51,7 @@ from tillsync.peer.store import Till
 from tillsync.relay.server import Relay
 from tillsync.tools.api_cli import call
 from tillsync.tools.bench_relay import PROJECT_ROOT, Server
+from tillsync.tools.ports import free_port
 from tillsync.tools.workload import machine, percentile, positive_int, progress
 
 PRODUCT = "bench-coffee"
@@ -163,13 +164,6 @@ class TillProc:
             await self.reader
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 async def setup(root: Path, tills: int, products: int = 1

@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ from tillsync.peer.lan.node import Node, NodeConfig
 from tillsync.peer.store import Till
 from tillsync.peer.totals import sale_total
 from tillsync.relay.server import Relay
+from tillsync.tools.ports import free_port
 
 STORE = "demo-shop"
 CATALOGUE = {
@@ -138,7 +138,7 @@ async def _story(relay: RelayProcess, paths: list[Path]) -> int:
     # Every till runs its daemon (what `tillsync peer run` does), linked on the LAN (here
     # loopback) with the others.  Only till 2 has an uplink to the relay: it carries the
     # shop's entries up and brings the receipts down; the LAN spreads them.
-    ports = [_free_port() for _ in paths]
+    ports = [free_port() for _ in paths]
     nodes = [Node(NodeConfig(path, lan_host="127.0.0.1", lan_port=port, mdns=False,
                              peers=[f"ws://127.0.0.1:{p}/" for p in ports[:n]],
                              interval=0.5, max_backoff=1.0, relay_enabled=(n == 1)))
@@ -231,11 +231,6 @@ async def _numbered(tills: list[Till], tickets: list[str]) -> bool:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,15 +17,11 @@ from typing import Any
 
 from tests.doubles import REPO
 from tests.relay.processes import RelayProcess, Relays, TillDir, run_cli
+from tillsync.tools.ports import free_port
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def wait_until(check: Callable[[], object], what: str, timeout: float = 30.0) -> Any:

@@ -5,16 +5,10 @@ going through it (a database link lost mid-transaction), or stop (a database gon
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from contextlib import suppress
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tillsync.tools.ports import free_port
 
 
 class Proxy:
