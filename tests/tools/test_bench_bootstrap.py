@@ -21,8 +21,8 @@ def test_the_bootstrap_benchmark_counts_one_snapshot_to_the_fresh_till(
     assert snapshot < run["bytes_to_till"] < snapshot + 4096, result
     assert run["can_sell_s"] > 0 and run["round_s"] >= run["can_sell_s"]
     assert set(result["targets"]) >= {"bytes_within_1_1x_snapshot", "can_sell_within_0_3_s"}
-    for baseline in result["pycrdt"]:  # when the optional extra 'bench' is installed
-        assert baseline["bytes_to_client"] > 0 and baseline["ready_s"] > 0
+    [baseline] = result["pycrdt"]  # pycrdt-websocket is in the test extra too
+    assert baseline["bytes_to_client"] > 0 and baseline["ready_s"] > 0
 
 
 def test_the_store_benchmark_records_every_sale_it_times(
