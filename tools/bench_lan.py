@@ -51,6 +51,7 @@ from tillsync.peer.store import Till
 from tillsync.relay.server import Relay
 from tillsync.tools.api_cli import call
 from tillsync.tools.bench_relay import PROJECT_ROOT, Server
+from tillsync.tools.bench_relay.procs import ended
 from tillsync.tools.ports import free_port
 from tillsync.tools.workload import machine, percentile, positive_int, progress
 
@@ -154,12 +155,7 @@ class TillProc:
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.send_signal(signal.SIGINT)
-            try:
-                async with asyncio.timeout(20):
-                    await self.proc.wait()
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+            await ended(self.proc, 20)
         if self.reader is not None:
             await self.reader
 

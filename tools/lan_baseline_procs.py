@@ -28,6 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tillsync.tools.bench_relay.procs import ended
 from tillsync.tools.workload import percentile
 
 ROOM = "/bench"
@@ -156,12 +157,7 @@ class _Proc:
     async def stop(self) -> None:
         if self.proc.stdin is not None and not self.proc.stdin.is_closing():
             self.proc.stdin.close()
-        try:
-            async with asyncio.timeout(10):
-                await self.proc.wait()
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+        await ended(self.proc, 10)
 
 
 async def pycrdt_persisted(edits: int, receivers: int = 4, pause: float = 0.0

@@ -14,6 +14,17 @@ START_TIMEOUT = 60.0
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LISTENING = re.compile(rb"listening on (?:ws|http)://([0-9.]+):([0-9]+)")
 
+async def ended(proc: asyncio.subprocess.Process, within: float) -> None:
+    """Wait up to ``within`` seconds for ``proc`` to exit (after it was asked to), then
+    kill it."""
+    try:
+        async with asyncio.timeout(within):
+            await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
 class Server:
     """A child process that prints ``... listening on SCHEME://HOST:PORT`` when ready."""
 
@@ -71,12 +82,7 @@ class Server:
     async def stop(self) -> int:
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGINT)
-            try:
-                async with asyncio.timeout(30):
-                    await self.proc.wait()
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+            await ended(self.proc, 30)
         if self._drain is not None:
             await self._drain
         return self.proc.returncode or 0
