@@ -95,15 +95,20 @@ def sale(price: int) -> dict[str, Any]:
             "payments": [{"method": "cash", "amount": price}], "shift_client_id": SHIFT}
 
 
+async def ready_to_sell(till: Till) -> None:
+    """A cashier, product ``x`` and the open shift ``SHIFT``: what ``sale`` needs."""
+    await till.put("cashiers", "ann", {"name": "Ann", "role": "cashier", "pin": "1234"})
+    await till.put("products", "x", {"name": "X", "sku": "x", "price": 100})
+    await till.record("shift_open", {"cashier_id": "ann", "opening_cash": 0},
+                      client_id=SHIFT)
+
+
 @asynccontextmanager
 async def shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                ) -> AsyncIterator[tuple[Till, HeldCommits, PacedBus]]:
     await Till.init(tmp_path / "t", name="T1")
     async with await Till.open(tmp_path / "t") as till:
-        await till.put("cashiers", "ann", {"name": "Ann", "role": "cashier", "pin": "1234"})
-        await till.put("products", "x", {"name": "X", "sku": "x", "price": 100})
-        await till.record("shift_open", {"cashier_id": "ann", "opening_cash": 0},
-                          client_id=SHIFT)
+        await ready_to_sell(till)
         held = HeldCommits(till, monkeypatch)
         paced = PacedBus(till, monkeypatch)
         await paced.started()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.peer.test_events import SHIFT, sale
+from tests.peer.test_events import SHIFT, ready_to_sell, sale
 from tillsync.peer.errors import TillsyncError
 from tillsync.peer.store import Till
 
@@ -44,10 +44,7 @@ async def test_an_entry_in_flight_is_not_sent_and_its_seq_can_go_to_another(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     await Till.init(tmp_path / "t", name="T1")
     async with await Till.open(tmp_path / "t") as till:
-        await till.put("cashiers", "ann", {"name": "Ann", "role": "cashier", "pin": "1234"})
-        await till.put("products", "x", {"name": "X", "sku": "x", "price": 100})
-        await till.record("shift_open", {"cashier_id": "ann", "opening_cash": 0},
-                          client_id=SHIFT)
+        await ready_to_sell(till)
         first = await till.record("sale", sale(100))
         failing = FailingCommit(till, monkeypatch)
         failing.armed = True
