@@ -408,7 +408,7 @@ class Till(Inbound, Reads):
         """Note where the store stands, now that memory and disk agree again, and wake
         the waiters: a snapshot of a few heads, taken once per commit."""
         self.committed = Committed(self.heads(), tuple(self.master.heads()),
-                                   int(self.meta.get("receipts_seq") or 0))
+                                   self.receipts_position()[0])
         self._notify()
 
     def _notify(self) -> None:

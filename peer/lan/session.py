@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -305,7 +306,7 @@ class PeerSession:
             await self.till.store_receipts(vouched, good_seq, good_head, "")
 
     @staticmethod
-    def _behind(mine: dict[str, int], theirs: dict[str, int]) -> bool:
+    def _behind(mine: Mapping[str, int], theirs: Mapping[str, int]) -> bool:
         return any(seq > theirs.get(device, 0) for device, seq in mine.items())
 
     async def _document(self) -> bool:
@@ -357,7 +358,7 @@ class PeerSession:
                 self._revoked_sent.update(revocations)
             if await self._document():
                 await self.flush()  # a price change goes out before any database work
-            if not self._in_flight and self._behind(till.heads(), self._peer_heads):
+            if not self._in_flight and self._behind(till.committed.heads, self._peer_heads):
                 batch = await till.entries_after(self._peer_heads, BATCH)
                 if batch:
                     certs = till.certs()
