@@ -296,6 +296,11 @@ _LISTED: dict[str, Callable[[dict[str, Any]], tuple[Any, ...]]] = {
 
 # An index of the invoice register by sale time (its latest rows of a range).
 INVOICES_BY_TIME = "CREATE INDEX invoices_by_time ON invoices (store, client_created_at);"
+# An index of the invoice register by provisional ticket, for "which invoice did this
+# ticket become" (``relay.reports.invoice_of_ticket``): without it the lookup reads every
+# invoice of the store.  Entries without a ticket are left out of it.
+INVOICES_BY_TICKET = ("CREATE INDEX IF NOT EXISTS invoices_by_ticket ON invoices (store, ticket) "
+                      "WHERE ticket IS NOT NULL;")
 # The tables, in SQL both backends accept (``BIGINT`` is an integer to SQLite), and that
 # index.
 SCHEMA = """

@@ -180,6 +180,9 @@ async def measure(storage: RelayStorage, repeat: int) -> list[dict[str, Any]]:
         ("stock", lambda r: reports.stock(storage, STORE)),
         ("alerts", lambda r: reports.alerts(storage, STORE, r)),
         ("devices", lambda r: reports.devices(storage, STORE)),
+        # The till's first sale of the year: the oldest row, the far end of any scan.
+        ("invoice of a ticket", lambda r: reports.invoice_of_ticket(storage, STORE,
+                                                                     "TILL1-0000002")),
     ]
     out = []
     try:

@@ -140,6 +140,8 @@ ALTER TABLE rejected ADD COLUMN sent_by text;
         "the reports (total mismatches, held sales, drafts); every total filled again from "
         "the entries held", tallies.REPORTS_SCHEMA),
     (9, "customers' balances (counters balance:<id>) set from the entries held", ""),
+    (10, "an index of the invoice register by ticket (finding a ticket's invoice read "
+         "every invoice of the store)", tallies.INVOICES_BY_TICKET),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -22,7 +22,7 @@ from tillsync.peer.log import Entry
 from tillsync.relay import counter_checks, tallies
 from tillsync.relay.storage.base import ALL_HEADS, DeviceRow, code_refusal
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 # Page cache of each connection, in KiB (SQLite's default is 2 MiB).  Every sale inserts
 # into an index keyed by random UUIDs (entries' client_id): once it outgrows the cache,
 # each insert rereads pages from the OS.
@@ -145,7 +145,8 @@ CREATE TABLE doc_changes (id INTEGER PRIMARY KEY, store TEXT NOT NULL, data BLOB
 CREATE INDEX doc_changes_by_store ON doc_changes (store, id);
 CREATE TABLE admin_tokens (token_hash BLOB PRIMARY KEY, store TEXT NOT NULL,
                            created_at TEXT NOT NULL);
-""" + tallies.SCHEMA + tallies.REPORTS_SCHEMA + _INVOICES_APPEND_ONLY + _STORE_KEYS
+""" + tallies.SCHEMA + tallies.REPORTS_SCHEMA + _INVOICES_APPEND_ONLY + _STORE_KEYS \
+    + tallies.INVOICES_BY_TICKET
 
 
 # Upgrades of an older relay database, each to the next version, in one transaction.
@@ -159,6 +160,7 @@ _MIGRATIONS = {
     "6": _REJECTED_SENT_BY,
     "7": tallies.REPORTS_SCHEMA,  # every total filled again: ``_FILLS``
     "8": "",  # customers' balances set from the entries held: ``_FILLS``
+    "9": tallies.INVOICES_BY_TICKET,
 }
 
 

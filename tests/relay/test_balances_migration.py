@@ -78,7 +78,7 @@ async def test_the_migration_sets_balances_from_the_accepted_entries(
         query(relay, "DELETE FROM schema_version WHERE version >= 9" if relay.db else
               "UPDATE meta SET value = '8' WHERE key = 'schema_version'")
         version = PG_SCHEMA_VERSION if relay.db else SQLITE_SCHEMA_VERSION
-        assert version == 9
+        assert version >= 9  # the balances' migration and any after it run
         assert f"schema at version {version}" in run_cli("relay", "migrate", *where).stdout
         assert _balances(relay, store) == expected
         assert cli_json("report", "credit", *where, "--store", store) == report
