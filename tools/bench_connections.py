@@ -13,7 +13,10 @@
 
 Figures: wall time to open all, the server's CPU for it, and the server's RSS growth
 per idle connection (VmRSS after the connections settled, minus before, over their
-number).
+number).  Checked as RSS is read: every connection (the first one too) still open on
+the client's side and, for tillsync, counted by the relay as connected and authenticated
+(``tillsync_relay_connected_devices`` of its ``/metrics``); the exit status is 1 if one
+is missing.
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.protocol import State
 
 from tillsync.peer.identity import DeviceKey
 from tillsync.peer.sync.engine import ClientLink, Enrolled, LinkFailed, Ready, RemoteError
@@ -100,17 +106,19 @@ class Idle:
     def __init__(self) -> None:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._held: list[ClientConnection] = []
 
-    async def open(self, setup: Callable[[contextlib.AsyncExitStack], Awaitable[None]]
-                   ) -> None:
-        """Run ``setup`` (which enters the connection's contexts) in a new task that then
-        holds them until ``close``; returns once it has run."""
+    async def open(self, setup: Callable[[contextlib.AsyncExitStack],
+                                         Awaitable[ClientConnection]]) -> None:
+        """Run ``setup`` (which enters the connection's contexts and returns the
+        connection) in a new task that then holds them until ``close``; returns once it
+        has run."""
         ready = asyncio.get_running_loop().create_future()
 
         async def keep() -> None:
             try:
                 async with contextlib.AsyncExitStack() as stack:
-                    await setup(stack)
+                    self._held.append(await setup(stack))
                     ready.set_result(None)
                     await self._stop.wait()
             except Exception as exc:
@@ -119,6 +127,10 @@ class Idle:
 
         self._tasks.append(asyncio.create_task(keep()))
         await ready
+
+    def still_open(self) -> int:
+        """How many of the connections set up are open now."""
+        return sum(ws.state is State.OPEN for ws in self._held)
 
     async def close(self) -> None:
         self._stop.set()
@@ -131,10 +143,11 @@ async def _drain(ws: ClientConnection) -> None:
             pass
 
 
-async def measure(pid: int, warm: Callable[[], Awaitable[None]],
+async def measure(pid: int, idle: Idle, warm: Callable[[], Awaitable[None]],
                   jobs: Sequence[Callable[[], Awaitable[None]]], concurrency: int
                   ) -> dict[str, Any]:
-    """Open one connection, then all of ``jobs``; time, server CPU and RSS growth."""
+    """Open one connection, then all of ``jobs`` (each held by ``idle``); time, server
+    CPU, RSS growth, and how many connections are open when RSS is read."""
     await warm()
     await asyncio.sleep(SETTLE)
     rss0, cpu0 = rss_kib(pid), process_cpu(pid)
@@ -144,6 +157,7 @@ async def measure(pid: int, warm: Callable[[], Awaitable[None]],
     cpu1 = process_cpu(pid)
     await asyncio.sleep(SETTLE)
     rss1 = rss_kib(pid)
+    still_open = idle.still_open()
     main, threads = cpu1["main"] - cpu0["main"], cpu1["threads"] - cpu0["threads"]
     cpu = main + threads
     n = len(jobs)
@@ -153,7 +167,17 @@ async def measure(pid: int, warm: Callable[[], Awaitable[None]],
             "server_cpu_event_loop_s": round(main, 3),
             "server_cpu_other_threads_s": round(threads, 3),
             "rss_before_kib": rss0, "rss_after_kib": rss1,
-            "rss_kib_per_connection": round((rss1 - rss0) / n, 2)}
+            "rss_kib_per_connection": round((rss1 - rss0) / n, 2),
+            "open_at_rss_read": still_open}  # the first connection too: n + 1
+
+
+def connected_devices(port: int) -> float:
+    """The relay's count of connected, authenticated devices, from its ``/metrics``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+        text = answer.read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples
+               if sample.name == "tillsync_relay_connected_devices")
 
 
 async def tillsync_side(root: Path, devices: int, concurrency: int) -> dict[str, Any]:
@@ -181,22 +205,26 @@ async def tillsync_side(root: Path, devices: int, concurrency: int) -> dict[str,
     try:
 
         async def login(device: str, key: DeviceKey, relay_key: bytes) -> None:
-            async def setup(stack: contextlib.AsyncExitStack) -> None:
+            async def setup(stack: contextlib.AsyncExitStack) -> ClientConnection:
                 link = ClientLink(store=STORE, device=device, key=key, nonce=os.urandom(32),
                                   relay_key=relay_key)
                 link.start()
                 ws = await stack.enter_async_context(
                     connect(url, max_size=TRANSPORT_MAX, compression=None))
-                await handshake(ws, link)
+                if not isinstance(await handshake(ws, link), Ready):
+                    raise RuntimeError(f"{device}: the relay did not welcome it")
                 reader = asyncio.create_task(_drain(ws))  # what the relay sends, dropped
                 stack.callback(reader.cancel)
+                return ws
 
             await idle.open(setup)
 
         progress(f"tillsync: {devices} devices log in and stay idle")
         first, rest = enrolled[0], enrolled[1:]
-        result = await measure(server.proc.pid, lambda: login(*first),
+        result = await measure(server.proc.pid, idle, lambda: login(*first),
                                [functools.partial(login, *d) for d in rest], concurrency)
+        result["relay_connected_devices"] = round(
+            await asyncio.to_thread(connected_devices, server.port))
     finally:
         await idle.close()
         await server.stop()
@@ -236,16 +264,17 @@ async def pycrdt_side(root: Path, clients: int, concurrency: int) -> dict[str, A
     url = f"ws://127.0.0.1:{server.port}/bench"
     idle = Idle()
     try:
-        async def setup(stack: contextlib.AsyncExitStack) -> None:
+        async def setup(stack: contextlib.AsyncExitStack) -> ClientConnection:
             ws = await stack.enter_async_context(connect(url, compression=None))
             provider = await stack.enter_async_context(Provider(Doc(), _Channel(ws, "/bench")))
             await provider.synced.wait()
+            return ws
 
         async def join() -> None:
             await idle.open(setup)
 
         progress(f"pycrdt-websocket: {clients} clients join one room")
-        result = await measure(server.proc.pid, join, [join] * clients, concurrency)
+        result = await measure(server.proc.pid, idle, join, [join] * clients, concurrency)
     finally:
         await idle.close()
         await server.stop()
@@ -270,7 +299,9 @@ def render(report: dict[str, Any]) -> str:
         lines.append(
             f"tillsync relay    {t['connections']} authenticated connections opened in "
             f"{t['open_s']:.2f} s (relay CPU {t['server_cpu_ms_per_connection']:.2f} ms "
-            f"each); idle RSS {t['rss_kib_per_connection']:.1f} KiB each")
+            f"each); idle RSS {t['rss_kib_per_connection']:.1f} KiB each; "
+            f"{t['open_at_rss_read']} open then, {t['relay_connected_devices']} connected "
+            "for the relay (the first one too)")
         if "skipped" in b:
             lines.append(f"pycrdt-websocket  not run: {b['skipped']}")
             continue
@@ -301,7 +332,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(report, indent=2) if args.json else render(report))
-    return 0
+    return 0 if held_all(report, args.devices) else 1
+
+
+def held_all(report: dict[str, Any], devices: int) -> bool:
+    """Every connection of every round was open when RSS was read and, on the relay,
+    connected and authenticated (``devices`` and the first one)."""
+    sides = [*report["tillsync"], *(b for b in report["baseline"] if "skipped" not in b)]
+    return all(side["open_at_rss_read"] == devices + 1 for side in sides) and all(
+        t["relay_connected_devices"] == devices + 1 for t in report["tillsync"])
 
 
 if __name__ == "__main__":

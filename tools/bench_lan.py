@@ -421,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(report, indent=2, default=str) if args.json else render(report))
-    return 0
+    checked = report["convergence"]
+    return 0 if checked["invoices_gapless"] and checked["each_sale_once"] else 1
 
 
 if __name__ == "__main__":

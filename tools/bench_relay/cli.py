@@ -18,6 +18,7 @@ from tillsync.tools.bench_relay.baseline import bench_baseline
 from tillsync.tools.bench_relay.load import generate, till_specs
 from tillsync.tools.bench_relay.relay_run import bench_relay
 from tillsync.tools.bench_relay.report import (
+    RELAY_RUNS,
     TARGET_CPU_RATIO,
     TARGET_CPU_US,
     TARGET_RATIO,
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             report = run(args, Path(tmp))
     text = report.pop("_render")
     print(json.dumps(report, indent=2) if args.json else text)
-    checks = [report.get(k, {}).get("check", {}).get("ok", True) for k in ("relay", "baseline")]
+    checks = [report[k]["check"]["ok"] for k in (*RELAY_RUNS, "baseline") if k in report]
     return 0 if all(checks) else 1
 
 
