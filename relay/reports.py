@@ -159,6 +159,17 @@ async def sales_by_period(storage: RelayStorage, store: str, period: str = "day"
             for key, (n, gross, count, refunds) in sorted(out.items())]
 
 
+# What ``sales_by_product`` groups the rows of a day and product by in SQL, besides the
+# product, for each period (None: the whole range).
+_PRODUCT_PERIOD_SQL = {None: None, "day": "day", "week": "day", "month": "substr(day, 1, 7)"}
+
+
+def _period_key(grouped: str, period: str | None) -> str | None:
+    """The period of a row ``sales_by_product`` grouped in SQL."""
+    return None if period is None else period_of(grouped, period) if period == "week" \
+        else grouped
+
+
 async def sales_by_product(storage: RelayStorage, store: str, within: Range = Range(),
                            product: str | None = None, period: str | None = None
                            ) -> list[dict[str, Any]]:
@@ -175,21 +186,26 @@ async def sales_by_product(storage: RelayStorage, store: str, within: Range = Ra
     if product is not None:
         cond += " AND product_id = ?"
         args.append(product)
+    # Summed in SQL down to a row per product (and period where SQL names it alike on
+    # both backends; a week is made of its days here): a year holds a row per day and
+    # product, tens of thousands, too many to add up in Python within the target.
+    group = _PRODUCT_PERIOD_SQL[period]
+    key, by = (group, f"{group}, product_id") if group else ("''", "product_id")
     sold = await storage.read(
-        f"SELECT day, product_id, {_sum('qty')}, {_sum('revenue')}, sum(sales) FROM "
-        f"tally_products WHERE store = ?{cond} GROUP BY day, product_id", (store, *args))
+        f"SELECT {key}, product_id, {_sum('qty')}, {_sum('revenue')}, sum(sales) FROM "
+        f"tally_products WHERE store = ?{cond} GROUP BY {by}", (store, *args))
     back = await storage.read(
-        f"SELECT day, product_id, {_sum('qty')}, {_sum('amount')} FROM tally_product_refunds "
-        f"WHERE store = ?{cond} GROUP BY day, product_id", (store, *args))
+        f"SELECT {key}, product_id, {_sum('qty')}, {_sum('amount')} FROM "
+        f"tally_product_refunds WHERE store = ?{cond} GROUP BY {by}", (store, *args))
     # (period or None, product) -> qty sold, gross, sales, qty refunded, refunds
     found: dict[tuple[str | None, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
-    for day, pid, qty_high, qty_low, high, low, sales in sold:
-        bucket = found[(period and period_of(day, period), pid)]
+    for when, pid, qty_high, qty_low, high, low, sales in sold:
+        bucket = found[(_period_key(when, period), pid)]
         bucket[0] += _joined(qty_high, qty_low)
         bucket[1] += _joined(high, low)
         bucket[2] += int(sales)
-    for day, pid, qty_high, qty_low, high, low in back:
-        bucket = found[(period and period_of(day, period), pid)]
+    for when, pid, qty_high, qty_low, high, low in back:
+        bucket = found[(_period_key(when, period), pid)]
         bucket[3] += _joined(qty_high, qty_low)
         bucket[4] += _joined(high, low)
     catalogue = await _catalogue(storage, store)
@@ -304,13 +320,16 @@ async def invoice_register(storage: RelayStorage, store: str, within: Range = Ra
             "total": int(total)}
 
 
+# By the invoice register's index on tickets (``relay.tallies.INVOICES_BY_TICKET``).
+TICKET_LOOKUP = ("SELECT series, invoice_no, device_id, total, client_created_at, issued_at "
+                 "FROM invoices WHERE store = ? AND ticket = ?")
+
+
 async def invoice_of_ticket(storage: RelayStorage, store: str, ticket: str
                             ) -> dict[str, Any] | None:
     """The invoice a provisional ticket (``TILL1-000042``) became, if numbered yet."""
     await check_store(storage, store)
-    rows = await storage.read(
-        "SELECT series, invoice_no, device_id, total, client_created_at, issued_at "
-        "FROM invoices WHERE store = ? AND ticket = ?", (store, ticket))
+    rows = await storage.read(TICKET_LOOKUP, (store, ticket))
     if not rows:
         return None
     r = rows[0]

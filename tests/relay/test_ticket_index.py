@@ -10,28 +10,30 @@ from pathlib import Path
 
 import asyncpg
 
+from tillsync.relay.reports import TICKET_LOOKUP
 from tillsync.relay.server import DB_FILE, Relay
 from tillsync.relay.storage import pg_schema
 from tillsync.relay.storage import sqlite as sqlite_storage
 
-_LOOKUP = ("SELECT series, invoice_no FROM invoices "
-           "WHERE store = 'shop' AND ticket = 'TILL1-000042'")
+_ARGS = ("shop", "TILL1-000042")
 
 
 async def _plan(data: Path, db: str | None) -> str:
-    """How the database answers the lookup, as its EXPLAIN prints it."""
+    """How the database answers the report's lookup, as its EXPLAIN prints it."""
     if db is None:
         conn = sqlite3.connect(data / DB_FILE)
         try:
-            return " ".join(str(r[-1]) for r in
-                            conn.execute(f"EXPLAIN QUERY PLAN {_LOOKUP}").fetchall())
+            return " ".join(str(r[-1]) for r in conn.execute(
+                f"EXPLAIN QUERY PLAN {TICKET_LOOKUP}", _ARGS).fetchall())
         finally:
             conn.close()
     pg = await asyncpg.connect(db)
     try:
         # An empty table is cheapest to scan: ask whether the index can answer at all.
         await pg.execute("SET enable_seqscan = off")
-        return " ".join(r[0] for r in await pg.fetch(f"EXPLAIN {_LOOKUP}"))
+        numbered = TICKET_LOOKUP.replace("store = ?", "store = $1").replace("ticket = ?",
+                                                                           "ticket = $2")
+        return " ".join(r[0] for r in await pg.fetch(f"EXPLAIN {numbered}", *_ARGS))
     finally:
         await pg.close()
 
