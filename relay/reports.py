@@ -161,7 +161,8 @@ async def sales_by_period(storage: RelayStorage, store: str, period: str = "day"
 
 # What ``sales_by_product`` groups the rows of a day and product by in SQL, besides the
 # product, for each period (None: the whole range).
-_PRODUCT_PERIOD_SQL = {None: None, "day": "day", "week": "day", "month": "substr(day, 1, 7)"}
+_PRODUCT_PERIOD_SQL: dict[str | None, str | None] = {
+    None: None, "day": "day", "week": "day", "month": "substr(day, 1, 7)"}
 
 
 def _period_key(grouped: str, period: str | None) -> str | None:
@@ -190,12 +191,12 @@ async def sales_by_product(storage: RelayStorage, store: str, within: Range = Ra
     # both backends; a week is made of its days here): a year holds a row per day and
     # product, tens of thousands, too many to add up in Python within the target.
     group = _PRODUCT_PERIOD_SQL[period]
-    key, by = (group, f"{group}, product_id") if group else ("''", "product_id")
+    period_sql, by = (group, f"{group}, product_id") if group else ("''", "product_id")
     sold = await storage.read(
-        f"SELECT {key}, product_id, {_sum('qty')}, {_sum('revenue')}, sum(sales) FROM "
+        f"SELECT {period_sql}, product_id, {_sum('qty')}, {_sum('revenue')}, sum(sales) FROM "
         f"tally_products WHERE store = ?{cond} GROUP BY {by}", (store, *args))
     back = await storage.read(
-        f"SELECT {key}, product_id, {_sum('qty')}, {_sum('amount')} FROM "
+        f"SELECT {period_sql}, product_id, {_sum('qty')}, {_sum('amount')} FROM "
         f"tally_product_refunds WHERE store = ?{cond} GROUP BY {by}", (store, *args))
     # (period or None, product) -> qty sold, gross, sales, qty refunded, refunds
     found: dict[tuple[str | None, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
