@@ -15,7 +15,9 @@ thread (deciding, receipts) and of the other threads (SQLite's); the first two c
 worker, pushing receipts; ``tools.bench_relay`` has those.
 
 A tool for comparing changes to ``relay/ingest.py`` and the storage: run it before and
-after, a few times each, interleaved.
+after, a few times each, interleaved.  ``--without invoices`` (receipts, tallies; may be
+repeated) is an experiment, not a relay: those rows are not written at all, so a run
+shows at most what a cheaper way of storing them could save.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from tillsync.peer.sync.frames import decode, entry_from_wire
 from tillsync.relay.ingest import Batch
 from tillsync.relay.prepare import prepare
 from tillsync.relay.server import Relay, _Job, code_hash
+from tillsync.relay.storage import sqlite as sqlite_storage
 from tillsync.tools.bench_relay import build_till, device_key, till_specs
 from tillsync.tools.workload import machine, positive_int, products_for_sales, progress
 
@@ -106,6 +109,20 @@ async def bench(root: Path, tills: int, sales: int, batch: int, seed: int) -> di
             "wall_us_per_sale_last_tenth": _wall_per_sale(full[-tenth:])}
 
 
+# What ``--without`` leaves out: the storage calls that write those rows.
+LEAVE_OUT = {"receipts": "insert_receipts", "invoices": "add_invoices",
+             "tallies": "add_tallies"}
+
+
+def leave_out(kinds: list[str]) -> None:
+    """Make the SQLite storage skip writing these kinds of rows, in this process."""
+    async def skipped(*_args: Any) -> None:
+        return None
+
+    for kind in kinds:
+        setattr(sqlite_storage._Txn, LEAVE_OUT[kind], skipped)
+
+
 def _wall_per_sale(commits: list[tuple[float, int]]) -> float:
     return round(1e6 * sum(w for w, _ in commits) / sum(n for _, n in commits), 1)
 
@@ -121,22 +138,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=positive_int, default=500, metavar="N",
                    help="entries per batch (default 500)")
     p.add_argument("--seed", type=int, default=1, help="seed of the generated workload")
+    p.add_argument("--without", action="append", choices=sorted(LEAVE_OUT), default=[],
+                   help="an experiment: do not write these rows at all (repeatable), to "
+                        "see what storing them costs; the database is then no relay's")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    leave_out(args.without)
     with tempfile.TemporaryDirectory(prefix="tillsync-bench-ingest-") as tmp:
         report = asyncio.run(bench(Path(tmp), args.tills, args.sales_per_till, args.batch,
                                    args.seed))
+    report["without"] = sorted(set(args.without))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         us = report["us_per_sale"]
         print(f"relay group commit on SQLite, {report['machine']['cpu']}, "
               f"{report['machine']['cores']} cores: {report['tills']} batches of "
-              f"{report['batch']} a commit, {report['sales_timed']:,} sales timed\n"
+              f"{report['batch']} a commit, {report['sales_timed']:,} sales timed"
+              + (f" (without the rows of {', '.join(report['without'])})"
+                 if report["without"] else "") + "\n"
               f"  {report['sales_per_second']:,} sales/s; per sale: wall {us['wall']} us, "
               f"event loop CPU {us['event_loop_cpu']} us, other threads (SQLite) CPU "
               f"{us['other_threads_cpu']} us\n"
