@@ -38,7 +38,8 @@ async def test_the_generated_year_is_what_the_reports_read(tmp_path: Path) -> No
 def test_the_benchmark_prints_every_report(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_reports.main(["--sales", "400", "--repeat", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["sales"] == 400 and len(result["reports"]) == 12
+    assert result["sales"] == 400 and len(result["reports"]) == 13
+    assert "invoice of a ticket" in [r["report"] for r in result["reports"]]
     assert all(r["year_ms"] > 0 for r in result["reports"])
 
 
