@@ -21,6 +21,8 @@ def test_the_bootstrap_benchmark_counts_one_snapshot_to_the_fresh_till(
     assert snapshot < run["bytes_to_till"] < snapshot + 4096, result
     assert run["can_sell_s"] > 0 and run["round_s"] >= run["can_sell_s"]
     assert set(result["targets"]) >= {"bytes_within_1_1x_snapshot", "can_sell_within_0_3_s"}
+    [load] = result["automerge_load_cpu_s"]  # the floor: Automerge's own load, timed
+    assert load > 0
     [baseline] = result["pycrdt"]  # pycrdt-websocket is in the test extra too
     assert baseline["bytes_to_client"] > 0 and baseline["ready_s"] > 0
 
