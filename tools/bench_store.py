@@ -14,7 +14,8 @@ What it measures, on this machine, in one run:
 4. catalogue load: a store with 20,000 products built through ``till.put``, then
    ``Till.open`` + ``till.all("products")`` (median of 5), the on-disk document size, and
    the same products loaded as one JSON blob from SQLite as the baseline;
-5. whether the project's target, p99 <= 5 ms per durable sale, was met.
+5. whether the project's targets were met: p99 <= 5 ms per durable sale, for one caller
+   and for 8 concurrent callers (when ``--writers`` includes 8).
 
 Progress goes to stderr; results to stdout.  Everything is written in a temporary
 directory removed at the end, unless ``--keep DIR`` is given.
@@ -51,6 +52,7 @@ from tillsync.tools.workload import (
 )
 
 TARGET_P99_MS = 5.0
+TARGET_WRITERS = 8  # the concurrent callers the second p99 target is stated for
 SHIFT = "5a1e5a1e-0000-4000-8000-000000000001"
 PROGRESS_EVERY = 2_000
 
@@ -527,6 +529,12 @@ def render(report: dict[str, Any], lat: dict[str, Latency], conc: list[Concurren
         verdict = "MET" if target["met"] else "NOT MET"
         out.append(f"target: p99 <= {TARGET_P99_MS:g} ms per durable sale: {verdict} "
                    f"(sequential p99 {target['p99_ms']:.2f} ms)")
+    eight = report.get("target_concurrent")
+    if eight is not None:
+        verdict = "MET" if eight["met"] else "NOT MET"
+        out.append(f"target: p99 <= {TARGET_P99_MS:g} ms per durable sale under "
+                   f"{eight['writers']} concurrent callers: {verdict} (p99 {eight['p99_ms']:.2f} "
+                   "ms)")
     return "\n".join(out)
 
 
@@ -627,6 +635,11 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                    "p99_ms": None if seq is None else seq.p99,
                    "met": None if seq is None else seq.p99 <= TARGET_P99_MS},
     }
+    eight = [c for c in conc if c.writers == TARGET_WRITERS]
+    if eight:
+        p99 = eight[0].latency.p99
+        report["target_concurrent"] = {"writers": TARGET_WRITERS, "p99_ms_limit": TARGET_P99_MS,
+                                       "p99_ms": p99, "met": p99 <= TARGET_P99_MS}
     if seq is not None:
         ratios: dict[str, Any] = {}
         for key in ("sqlite3", "aiosqlite"):
