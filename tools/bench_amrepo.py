@@ -136,8 +136,6 @@ async def edits(ws_url: str, doc_url: str, product: str, count: int,
     return latencies
 
 
-
-
 async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     path = root / "till"
     progress(f"building a store with {args.products} products")

@@ -9,8 +9,9 @@ It also times the parts of ``prepare`` one by one: decoding the body (msgpack), 
 schema check, the entry's hash (its head packed, then SHA-256), packing the decoded body
 again (what the canonical-form check compares), the lines' amounts.  Decoding, packing
 and hashing run in C libraries (msgpack, OpenSSL): their sum is what preparing an entry
-costs however its Python part were written.  ``prepare`` and the hash are timed on
-fresh ``Entry`` objects each run (an entry caches its hash), less the cost of making them;
+costs however its Python part were written.  The hash is timed as ``Entry.hash``
+computes it but without the entry's cached property around it; ``prepare`` on fresh
+``Entry`` objects each run (an entry caches its hash), less the cost of making them;
 everything with the relay process's garbage collector settings (``relay.server.tune_gc``).
 
     python -m tillsync.tools.bench_entry_rules              # 20,000 sales, best of 15

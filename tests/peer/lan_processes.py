@@ -22,8 +22,6 @@ from tillsync.tools.ports import free_port
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-
-
 def wait_until(check: Callable[[], object], what: str, timeout: float = 30.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
